@@ -1,0 +1,1 @@
+"""TARS on ms-swift: the library core (trainer, rewards, advantages, prompts, data schema, presets)."""

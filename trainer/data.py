@@ -1,0 +1,142 @@
+"""hf_format datasets (design.md section 2) turned into ms-swift's row form.
+
+A user feeds the same datasets as the original; this module validates them (every bad row stops the
+run before training, naming the dataset, row key and field), writes each clip once as a 16 kHz WAV
+file, and writes ms-swift's custom-dataset JSONL: ``messages`` with the speech prompt, ``audios``, and
+the ``tars_*`` columns the trainer and the rewards read (ms-swift passes extra columns through to the
+reward functions). The text prompt travels in ``tars_text_prompt``; the trainer swaps it in for the
+text-conditioned rollouts of a group.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+import soundfile as sf
+from tqdm import tqdm
+
+from trainer import prompts
+from trainer.answer import LETTERS
+from trainer.schema import SAMPLING_RATE, load_audio, load_hf_dataset, schema_error, validate_dataset
+
+# Columns this module adds to every ms-swift row (one place; the trainer and rewards read them).
+KEY, QUESTION, OPTIONS, ANSWER_INDEX, TEXT_PROMPT, SUBJECT = (
+    'tars_key', 'tars_question', 'tars_options', 'tars_answer_index', 'tars_text_prompt', 'tars_subject')
+
+
+def _safe_name(key: str) -> str:
+    stem = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in key)[:80]
+    return f'{stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.wav'
+
+
+def materialize_audio(ds, dataset_name: str, audio_dir: Path) -> List[str]:
+    """Write each row's audio once as a 16 kHz mono WAV under ``audio_dir``; return the paths in row order."""
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for row in tqdm(ds, desc=f'audio of {dataset_name}', disable=len(ds) < 50):
+        path = audio_dir / _safe_name(row['key'])
+        if not path.exists():
+            try:
+                wav = load_audio(row['audio'], SAMPLING_RATE)
+            except Exception as err:
+                raise schema_error(dataset_name, row['key'], 'audio', str(err)) from err
+            tmp = path.with_suffix('.tmp.wav')
+            sf.write(str(tmp), wav, SAMPLING_RATE, subtype='PCM_16')
+            os.replace(tmp, path)
+        paths.append(str(path.resolve()))
+    return paths
+
+
+def grpo_row(row: Dict, audio_path: Optional[str], prompt_type: str) -> Dict:
+    """One ms-swift GRPO row: the speech prompt (when audio exists) plus the ``tars_*`` columns."""
+    if audio_path:
+        messages, audios = prompts.build_messages(prompt_type, 'speech'), [audio_path]
+    else:
+        messages, audios = prompts.build_messages(prompt_type, 'text', row['prompt_for_tts']), []
+    return {
+        'messages': messages,
+        'audios': audios,
+        KEY: row['key'],
+        QUESTION: row['question'],
+        OPTIONS: list(row['options']),
+        ANSWER_INDEX: int(row['answer_index']),
+        TEXT_PROMPT: prompts.user_text(prompt_type, 'text', row['prompt_for_tts']),
+        SUBJECT: row.get('subject') or '',
+    }
+
+
+def warmstart_row(row: Dict, prompt_type: str) -> Dict:
+    """A text-prompt SFT row whose answer is in the systhink format (the embedded default's warm start)."""
+    letter = LETTERS[int(row['answer_index'])]
+    thinking = f'The question is about {row.get("subject") or "this topic"}. Let me check each option.'
+    return {'messages': prompts.build_messages(prompt_type, 'text', row['prompt_for_tts'],
+                                               answer=prompts.systhink_answer(thinking, letter))}
+
+
+def write_jsonl(rows: Iterable[Dict], path: Path) -> int:
+    """Write rows atomically (temp file, then rename); return the count."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + '.tmp')
+    n = 0
+    with open(tmp, 'w') as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + '\n')
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def prepare_grpo_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhink', prompt_modality: str = 'mixed',
+                         split: str = 'train', max_rows: Optional[int] = None) -> Path:
+    """Validate ``dataset`` and write ``out_dir/grpo.jsonl`` (audio clips under ``out_dir/audio``)."""
+    if prompt_modality not in prompts.PROMPT_MODALITIES:
+        raise ValueError(f'prompt_modality must be one of {prompts.PROMPT_MODALITIES}, got {prompt_modality!r}')
+    prompts.system_prompt(prompt_type)  # validates prompt_type early
+    ds = load_hf_dataset(dataset, split)
+    if max_rows:
+        ds = ds.select(range(min(max_rows, len(ds))))
+    need_audio = prompt_modality != 't'
+    validate_dataset(ds, dataset, require_audio=need_audio, check_audio=need_audio)
+    paths = materialize_audio(ds, dataset, out_dir / 'audio') if need_audio else [None] * len(ds)
+    out = out_dir / 'grpo.jsonl'
+    write_jsonl((grpo_row(row, path, prompt_type) for row, path in zip(ds, paths)), out)
+    return out
+
+
+def prepare_warmstart_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhink', split: str = 'train',
+                              max_rows: Optional[int] = None) -> Path:
+    """Write ``out_dir/warmstart.jsonl``: text prompts with systhink answers for ``swift sft``."""
+    ds = load_hf_dataset(dataset, split)
+    if max_rows:
+        ds = ds.select(range(min(max_rows, len(ds))))
+    validate_dataset(ds, dataset, require_audio=False, check_audio=False)
+    out = out_dir / 'warmstart.jsonl'
+    write_jsonl((warmstart_row(row, prompt_type) for row in ds.remove_columns(
+        [c for c in ('audio', ) if c in ds.column_names])), out)
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description='hf_format dataset -> ms-swift JSONL for TARS training.')
+    parser.add_argument('kind', choices=['grpo', 'warmstart'])
+    parser.add_argument('--dataset', required=True, help='local save_to_disk path or hub id (hf_format)')
+    parser.add_argument('--out', required=True, type=Path)
+    parser.add_argument('--prompt_type', default='systhink', choices=prompts.PROMPT_TYPES)
+    parser.add_argument('--prompt_modality', default='mixed', choices=prompts.PROMPT_MODALITIES)
+    parser.add_argument('--split', default='train')
+    parser.add_argument('--max_rows', type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.kind == 'grpo':
+        path = prepare_grpo_dataset(args.dataset, args.out, args.prompt_type, args.prompt_modality, args.split,
+                                    args.max_rows)
+    else:
+        path = prepare_warmstart_dataset(args.dataset, args.out, args.prompt_type, args.split, args.max_rows)
+    print(path)
+
+
+if __name__ == '__main__':
+    main()

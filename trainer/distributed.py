@@ -1,0 +1,28 @@
+"""Gathering rollout data across ranks, so that TARS pairing and baselines see every rollout of a
+question even when its group spans ranks (design.md section 3)."""
+from __future__ import annotations
+
+from typing import Any, List, Tuple
+
+import torch.distributed as dist
+
+
+def world() -> Tuple[int, int]:
+    """(rank, world size); (0, 1) without an initialised process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_lists(local: List[Any]) -> Tuple[List[Any], int]:
+    """All ranks' lists concatenated in rank order, and where this rank's items start.
+
+    Items are pickled between the job's own ranks (CPU tensors included); every rank must call this.
+    """
+    rank, size = world()
+    if size == 1:
+        return list(local), 0
+    parts: List[List[Any]] = [None] * size  # type: ignore[list-item]
+    dist.all_gather_object(parts, list(local))
+    offset = sum(len(p) for p in parts[:rank])
+    return [x for p in parts for x in p], offset

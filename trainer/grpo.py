@@ -1,0 +1,61 @@
+"""Entry point: ``python -m trainer.grpo [TARS flags] [ms-swift rlhf flags]``.
+
+Parses the TARS flags (``trainer.config``), activates them, registers the TARS plugin and hands every
+other flag to ms-swift's ``rlhf_main`` with ``--rlhf_type grpo``. The paper's hyper-parameters
+(reference 2.9, 12) come first, so any flag given on the command line overrides them. Works under
+``torchrun`` unchanged (each rank runs this module).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from trainer import config as tars_config
+
+PLUGIN = Path(__file__).resolve().parent / 'swift_plugin' / 'tars_plugin.py'
+DEFAULT_REWARDS = ['tars_format', 'tars_accuracy', 'tars_representation', 'tars_behaviour']
+
+# The paper's GRPO run (reference 1.3, 2.8, 2.9): DAPO token-level loss, no KL, asymmetric clipping,
+# truncated completions masked, LoRA r 8 / alpha 32 / dropout 0.05 on every linear layer of the LLM with
+# the audio encoder and projector frozen.
+PAPER_DEFAULTS = [
+    '--num_generations', '8', '--temperature', '1.0', '--max_completion_length', '512',
+    '--learning_rate', '2e-5', '--warmup_ratio', '0.01', '--weight_decay', '0.01', '--max_grad_norm', '1.0',
+    '--num_train_epochs', '3', '--loss_type', 'dapo', '--beta', '0', '--epsilon', '0.2', '--epsilon_high', '0.28',
+    '--overlong_filter', 'true', '--tuner_type', 'lora', '--lora_rank', '8', '--lora_alpha', '32',
+    '--lora_dropout', '0.05', '--target_modules', 'all-linear', '--freeze_vit', 'true', '--freeze_aligner', 'true',
+    '--save_steps', '100', '--save_total_limit', '50', '--logging_steps', '5',
+]
+
+
+def build_swift_argv(swift_args: List[str]) -> List[str]:
+    """The full ms-swift argv: paper defaults, then the user's flags, then the TARS plugin."""
+    argv = ['--rlhf_type', 'grpo'] + PAPER_DEFAULTS
+    if '--reward_funcs' not in swift_args:
+        argv += ['--reward_funcs'] + DEFAULT_REWARDS
+    argv += swift_args
+    plugins = [str(PLUGIN)]
+    if '--external_plugins' in swift_args:  # keep the user's plugins too
+        i = swift_args.index('--external_plugins') + 1
+        while i < len(swift_args) and not swift_args[i].startswith('--'):
+            plugins.append(swift_args[i])
+            i += 1
+    return argv + ['--external_plugins'] + plugins
+
+
+def main(argv: Optional[List[str]] = None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tars_config.add_arguments(parser)
+    tars_args, swift_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    tars_config.activate(tars_config.from_namespace(tars_args))
+
+    from trainer.registry import register_with_swift
+    register_with_swift()
+    from swift.pipelines import rlhf_main
+    return rlhf_main(build_swift_argv(swift_args))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,220 @@
+"""``TARSGRPOTrainer``: ms-swift's GRPO trainer with the TARS pieces (design.md section 3).
+
+A thin layer of overrides over ms-swift's stage hooks; the algorithm itself is in ``tars_math``:
+
+1. ``_rollout_samples``: each question's rollouts become speech- or text-conditioned (``mixed``: half
+   each, by occurrence of the question key over all ranks). Text rollouts get the text prompt and no
+   audio, and keep it for scoring and training (the original re-scored them under the speech prompt,
+   reference 2.5 / 11.1).
+2. ``_score_completions`` is deferred: rewards are computed in ``_postprocess_batch``, after the
+   old-log-prob forward, inside which ``_get_per_token_logps_and_entropies`` mean-pools the completion
+   hidden states of every layer (no extra forward; an [L, D] vector per rollout).
+3. ``_compute_advantages``: modality-specific baselines; metrics per modality; the rollout dump.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from typing import Any, Dict, List
+
+import torch
+
+from swift.rlhf_trainers import GRPOTrainer
+from swift.utils import get_logger
+
+from trainer import config as tars_config
+from trainer import tars_math
+from trainer.data import KEY, TEXT_PROMPT
+from trainer.distributed import gather_lists
+from trainer.hidden_states import PooledStateCapture, completion_token_mask
+from trainer.rewards import HIDDEN, MODALITY, NEEDS_HIDDEN_STATES, correctness
+
+logger = get_logger()
+
+
+def text_conditioned(row: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of a dataset row whose last user turn is the text prompt, without audio."""
+    messages = [dict(m) for m in row['messages']]
+    for message in reversed(messages):
+        if message['role'] == 'user':
+            message['content'] = row[TEXT_PROMPT]
+            break
+    return dict(row, messages=messages, audios=[])
+
+
+class TARSGRPOTrainer(GRPOTrainer):
+
+    def __init__(self, *args, **kwargs):
+        self.tars = tars_config.active()
+        super().__init__(*args, **kwargs)
+        if self.dynamic_sample:
+            raise ValueError('dynamic_sample resamples groups before TARS rewards exist; it is not supported')
+        self._needs_hidden = any(isinstance(f, NEEDS_HIDDEN_STATES) for f in self.reward_funcs)
+        if self._needs_hidden and (self.template.padding_free or self.template.sequence_parallel_size > 1):
+            raise ValueError('the representation reward needs padded batches: set padding_free false and '
+                             'sequence_parallel_size 1')
+        self._capture = PooledStateCapture(self.model) if self._needs_hidden else None
+        self._collecting = False
+        self._pooled: List[torch.Tensor] = []
+        self._loss_logps = None
+        logger.info(f'TARS: prompt_modality={self.tars.prompt_modality} rewards={self.reward_func_names} '
+                    f'hidden-state layers={self._capture.num_layers if self._capture else 0}')
+
+    # ---- reward names: the registry names the user gave, not class names ----
+    def _prepare_rewards(self, reward_funcs, *args, **kwargs):
+        given = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+        names = [f if isinstance(f, str) else None for f in given]
+        super()._prepare_rewards(reward_funcs, *args, **kwargs)
+        self.reward_func_names = [n or old for n, old in zip(names, self.reward_func_names)
+                                  ] + self.reward_func_names[len(names):]
+
+    # ---- 1. paired rollouts ----
+    def _rollout_samples(self, inputs):
+        keys, offset = gather_lists([row[KEY] for row in inputs])
+        modalities = tars_math.assign_modalities(keys, self.tars.prompt_modality)[offset:offset + len(inputs)]
+        rows = []
+        for row, modality in zip(inputs, modalities):
+            row = text_conditioned(row) if modality == tars_math.TEXT else dict(row)
+            row[MODALITY] = modality
+            rows.append(row)
+        return super()._rollout_samples(rows)
+
+    # ---- 2. rewards after the forward that yields the pooled states ----
+    def _score_completions(self, samples):
+        return samples
+
+    def _prepare_batch_inputs(self, samples):
+        if self._capture is None:
+            return super()._prepare_batch_inputs(samples)
+        self._collecting, self._pooled = True, []
+        try:
+            batches = super()._prepare_batch_inputs(samples)
+        finally:
+            self._collecting = False
+        ordered = [s for chunk in self.split_by_mini_batches(samples) for s in chunk]
+        pooled = torch.cat(self._pooled) if self._pooled else torch.empty(0)
+        if len(pooled) != len(ordered):
+            raise RuntimeError(f'pooled {len(pooled)} hidden states for {len(ordered)} rollouts')
+        for sample, state in zip(ordered, pooled):
+            sample.extra[HIDDEN] = state
+        self._pooled = []
+        return batches
+
+    def _get_per_token_logps_and_entropies(self, model, model_inputs, grpo_batch, *args, **kwargs):
+        # The old-policy forward of _prepare_batch_inputs runs before old_per_token_logps is set; the
+        # reference-model forward (beta != 0) runs after it, and the loss forward with gradients.
+        old_policy_forward = (self._collecting and grpo_batch.old_per_token_logps is None
+                              and not torch.is_grad_enabled())
+        if not old_policy_forward:
+            out = super()._get_per_token_logps_and_entropies(model, model_inputs, grpo_batch, *args, **kwargs)
+            if torch.is_grad_enabled():
+                self._loss_logps = out[0].detach()
+            return out
+        mask = completion_token_mask(model_inputs['input_ids'], grpo_batch.completion_mask,
+                                     grpo_batch.truncated_mask)
+        with self._capture.pooling(mask):
+            out = super()._get_per_token_logps_and_entropies(model, model_inputs, grpo_batch, *args, **kwargs)
+        self._pooled.append(self._capture.pooled.cpu())
+        return out
+
+    def _postprocess_batch(self, samples, batch_encoded_inputs):
+        self._rewards_per_func = self._compute_rewards_per_func(samples)
+        super()._postprocess_batch(samples, batch_encoded_inputs)
+        chunks = self.split_by_mini_batches(samples)
+        for chunk, encoded in zip(chunks, batch_encoded_inputs):
+            encoded['grpo_batch'].tars_is_speech = torch.tensor(
+                [s.extra[MODALITY] == tars_math.SPEECH for s in chunk], device=self.accelerator.device)
+        for sample in samples:
+            sample.extra.pop(HIDDEN, None)
+
+    # ---- 3. modality-specific advantages ----
+    def _compute_advantages(self, samples, rewards_per_func, batch_encoded_inputs):
+        mode = 'train' if self.model.training else 'eval'
+        lengths = [int(n) for enc in batch_encoded_inputs for n in enc['grpo_batch'].completion_mask.sum(1).tolist()]
+        ordered = [s for chunk in self.split_by_mini_batches(samples) for s in chunk]
+        local = [{
+            'key': s.extra[KEY],
+            'modality': s.extra[MODALITY],
+            'completion': s.messages[-1]['content'] if isinstance(s.messages[-1]['content'], str) else '',
+            'options': s.extra['tars_options'],
+            'gold': s.extra['tars_answer_index'],
+            'length': n,
+        } for s, n in zip(ordered, lengths)]
+        local_by_sample = {id(s): row for s, row in zip(ordered, local)}
+        rows, _ = gather_lists([local_by_sample[id(s)] for s in samples])
+
+        keys = [r['key'] for r in rows]
+        is_speech = torch.tensor([r['modality'] == tars_math.SPEECH for r in rows])
+        total = tars_math.total_reward(rewards_per_func, self.reward_weights)
+        advantages = tars_math.modality_advantages(total, tars_math.group_ids(keys), is_speech,
+                                                   scale_std=self.tars.scale_std)
+        correct = correctness([r['completion'] for r in rows], [r['options'] for r in rows],
+                              [r['gold'] for r in rows])
+        self._log_tars_metrics(mode, rows, keys, is_speech, correct, rewards_per_func, total)
+        for i, name in enumerate(self.reward_func_names):
+            self._logs['rewards'][name].extend(rewards_per_func[:, i].tolist())
+        if mode == 'train' and self.tars.dump_rollouts and self.accelerator.is_main_process:
+            self._dump(rows, rewards_per_func, total, advantages)
+        return advantages.to(rewards_per_func.device)
+
+    def _log_tars_metrics(self, mode, rows, keys, is_speech, correct, rewards_per_func, total):
+        metrics = self._metrics[mode]
+        nan = torch.isnan(total)
+        metrics['reward'].append(torch.nanmean(total).item())
+        metrics['tars/nan_reward_frac'].append(nan.float().mean().item())
+        correct_t = torch.tensor(correct, dtype=torch.float32)
+        lengths = torch.tensor([r['length'] for r in rows], dtype=torch.float32)
+        for modality, mask in ((tars_math.SPEECH, is_speech), (tars_math.TEXT, ~is_speech)):
+            if not bool(mask.any()):
+                continue
+            metrics[f'{modality}/reward'].append(torch.nanmean(total[mask.to(total.device)]).item())
+            metrics[f'{modality}/accuracy'].append(correct_t[mask].mean().item())
+            metrics[f'{modality}/completion_length'].append(lengths[mask].mean().item())
+            for i, name in enumerate(self.reward_func_names):
+                metrics[f'{modality}/rewards/{name}'].append(
+                    torch.nanmean(rewards_per_func[mask.to(rewards_per_func.device), i]).item())
+        if bool(is_speech.any()) and not bool(is_speech.all()):
+            with_text = defaultdict(bool)
+            for key, speech, ok in zip(keys, is_speech.tolist(), correct):
+                with_text[key] |= (not speech) and ok
+            frac = sum(with_text.values()) / len(with_text)
+            metrics['tars/groups_with_correct_text'].append(frac)
+            logger.info(f'TARS {mode}: {frac:.0%} of {len(with_text)} questions had a correct text rollout; '
+                        f'accuracy speech {correct_t[is_speech].mean():.2f} text {correct_t[~is_speech].mean():.2f}')
+
+    def _dump(self, rows, rewards_per_func, total, advantages) -> None:
+        """One JSON line per rollout: step, key, modality, completion, each reward, reward, advantage."""
+        path = self.tars.dump_rollouts
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        step = self.state.global_step
+
+        def num(x: float):
+            return None if x != x else x  # NaN -> null
+
+        with open(path, 'a') as fh:
+            for i, row in enumerate(rows):
+                line = {'step': step, 'key': row['key'], 'modality': row['modality'], 'completion': row['completion']}
+                for j, name in enumerate(self.reward_func_names):
+                    line[name] = num(rewards_per_func[i, j].item())
+                line['reward'] = num(total[i].item())
+                line['advantage'] = advantages[i].item()
+                fh.write(json.dumps(line, ensure_ascii=False) + '\n')
+
+    # ---- clip ratios per modality ----
+    def _compute_loss_and_metrics(self, model, model_inputs, grpo_batch):
+        loss, metrics_data = super()._compute_loss_and_metrics(model, model_inputs, grpo_batch)
+        is_speech = getattr(grpo_batch, 'tars_is_speech', None)
+        if is_speech is not None and self._loss_logps is not None and grpo_batch.old_per_token_logps is not None:
+            mode = metrics_data['mode']
+            coef = torch.exp(self._loss_logps - grpo_batch.old_per_token_logps)
+            adv = grpo_batch.advantages
+            mask = metrics_data['completion_mask'].float()
+            clipped = (((coef < 1 - self.epsilon_low) & (adv < 0)) | ((coef > 1 + self.epsilon_high) & (adv > 0)))
+            for modality, rows in ((tars_math.SPEECH, is_speech), (tars_math.TEXT, ~is_speech)):
+                m = mask * rows.unsqueeze(1).float()
+                ratio = (clipped.float() * m).sum() / m.sum().clamp(min=1.0)
+                self._metrics[mode][f'{modality}/clip_ratio'].append(
+                    self.accelerator.gather_for_metrics(ratio).nanmean().item())
+        self._loss_logps = None
+        return loss, metrics_data

@@ -1,0 +1,95 @@
+"""Mean-pooled per-layer hidden states of the completion tokens, taken inside a forward the GRPO step
+already does (design.md section 3; the original runs a second full forward with every hidden state,
+reference 2.5).
+
+Forward hooks on the LLM's decoder layers pool each layer's output over the completion tokens as the
+forward runs, so a rollout keeps an [L, D] vector, never [L, T, D]. Layer numbering follows
+``output_hidden_states``: layer l (1..L) is the output of decoder layer l, and layer L is taken after
+the final norm, as transformers reports it.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from trainer.tars_math import masked_mean_pool
+
+
+def llm_layers_and_norm(model: nn.Module) -> Tuple[nn.ModuleList, nn.Module]:
+    """The decoder layers and the final norm of the language model inside ``model``.
+
+    The language-model path comes from ms-swift's model architecture registry (``model_meta.model_arch``,
+    e.g. ``thinker.model`` for Qwen2.5-Omni); a plain causal LM falls back to ``model.model``.
+    """
+    base = model.get_base_model() if hasattr(model, 'get_base_model') else model
+    arch = getattr(getattr(base, 'model_meta', None), 'model_arch', None)
+    paths = list(getattr(arch, 'language_model', None) or []) + ['model', 'model.language_model']
+    for path in paths:
+        try:
+            llm = base.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(getattr(llm, 'layers', None), nn.ModuleList) and hasattr(llm, 'norm'):
+            return llm.layers, llm.norm
+    raise ValueError(f'cannot find the decoder layers of {type(base).__name__} (looked at {paths}); '
+                     'the representation reward needs them')
+
+
+class PooledStateCapture:
+    """Pools the language model's layer outputs over a token mask during the forwards run in ``pooling``."""
+
+    def __init__(self, model: nn.Module):
+        layers, norm = llm_layers_and_norm(model)
+        self.modules: List[nn.Module] = list(layers[:-1]) + [norm]
+        self.pooled: Optional[torch.Tensor] = None  # [B, L, D] float32 after a forward
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.modules)
+
+    @contextmanager
+    def pooling(self, token_mask: torch.Tensor):
+        """Hooks active for the forwards in this block; ``token_mask`` [B, T] marks the tokens to pool."""
+        slots: List[Optional[torch.Tensor]] = [None] * len(self.modules)
+
+        def make_hook(index):
+            def hook(_module, _inputs, output):
+                hidden = output[0] if isinstance(output, (tuple, list)) else output
+                if hidden.dim() != 3 or hidden.shape[:2] != token_mask.shape:
+                    raise RuntimeError(f'layer output {tuple(hidden.shape)} does not match the token mask '
+                                       f'{tuple(token_mask.shape)} (padding-free batches are not supported)')
+                slots[index] = masked_mean_pool(hidden.detach(), token_mask)
+            return hook
+
+        handles = [m.register_forward_hook(make_hook(i)) for i, m in enumerate(self.modules)]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+        if any(s is None for s in slots):
+            raise RuntimeError('the forward did not run every decoder layer')
+        self.pooled = torch.stack(slots, dim=1)  # [B, L, D]
+
+
+def completion_token_mask(input_ids: torch.Tensor, completion_mask: torch.Tensor,
+                          truncated: torch.Tensor) -> torch.Tensor:
+    """Full-frame mask [B, T] of the completion tokens whose states are pooled.
+
+    ``completion_mask`` [B, C] covers the last C positions of ``input_ids`` [B, T] (ms-swift's
+    logits_to_keep frame). The final token of a finished completion is its end-of-turn token and is left
+    out, as the original drops the ``<|end|>`` row (reference 3.5); truncated completions keep all tokens.
+    """
+    batch, total = input_ids.shape
+    c = completion_mask.shape[1]
+    mask = torch.zeros(batch, total, dtype=torch.bool, device=completion_mask.device)
+    mask[:, total - c:] = completion_mask.bool()
+    for row in range(batch):
+        if not bool(truncated[row]):
+            positions = mask[row].nonzero()
+            if positions.numel():
+                mask[row, positions[-1]] = False
+    return mask

