@@ -107,6 +107,17 @@ def prepare_grpo_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhi
     return out
 
 
+def prepare_grpo_files(dataset: str, out_dir: Path, prompt_type: str = 'systhink', prompt_modality: str = 'mixed',
+                       split: str = 'train', max_rows: Optional[int] = None, val_split: Optional[str] = None,
+                       val_rows: Optional[int] = None) -> List[Path]:
+    """``grpo.jsonl`` from ``split`` and, when ``val_split`` is given, ``val.jsonl`` from it."""
+    paths = [prepare_grpo_dataset(dataset, out_dir, prompt_type, prompt_modality, split, max_rows)]
+    if val_split:
+        val = prepare_grpo_dataset(dataset, out_dir / 'val', prompt_type, prompt_modality, val_split, val_rows)
+        paths.append(val.rename(out_dir / 'val.jsonl'))
+    return paths
+
+
 def prepare_warmstart_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhink', split: str = 'train',
                               max_rows: Optional[int] = None) -> Path:
     """Write ``out_dir/warmstart.jsonl``: text prompts with systhink answers for ``swift sft``."""
@@ -129,13 +140,15 @@ def main(argv=None) -> None:
     parser.add_argument('--prompt_modality', default='mixed', choices=prompts.PROMPT_MODALITIES)
     parser.add_argument('--split', default='train')
     parser.add_argument('--max_rows', type=int, default=None)
+    parser.add_argument('--val_split', default=None, help='also write val.jsonl from this split (e.g. test)')
+    parser.add_argument('--val_rows', type=int, default=None)
     args = parser.parse_args(argv)
     if args.kind == 'grpo':
-        path = prepare_grpo_dataset(args.dataset, args.out, args.prompt_type, args.prompt_modality, args.split,
-                                    args.max_rows)
+        paths = prepare_grpo_files(args.dataset, args.out, args.prompt_type, args.prompt_modality, args.split,
+                                   args.max_rows, args.val_split, args.val_rows)
     else:
-        path = prepare_warmstart_dataset(args.dataset, args.out, args.prompt_type, args.split, args.max_rows)
-    print(path)
+        paths = [prepare_warmstart_dataset(args.dataset, args.out, args.prompt_type, args.split, args.max_rows)]
+    print('\n'.join(map(str, paths)))
 
 
 if __name__ == '__main__':

@@ -21,9 +21,9 @@ from typing import Dict, List
 
 from trainer.tiny_models import default_cache_dir, tiny_model_dir
 
-SMALL_SET = {'n_rows': 300, 'max_chars': 160, 'seed': 0, 'test_rows': 40}
+SMALL_SET = {'n_rows': 300, 'max_chars': 140, 'seed': 0, 'test_rows': 40, 'espeak_wpm': 220}
 WARM_START = {
-    'steps': 40, 'learning_rate': 5e-3, 'batch_size': 8, 'prompt_type': 'systhink', 'seed': 0,
+    'steps': 64, 'learning_rate': 5e-3, 'batch_size': 8, 'prompt_type': 'systhink', 'seed': 0,
     'builder': 2,  # bump when the warm-start answer text changes
 }
 
@@ -35,10 +35,12 @@ def _digest(*parts) -> str:
 def small_speech_set(cache: Path) -> Path:
     """The cached small MMLU speech set (a ``save_to_disk`` DatasetDict with train and test splits)."""
     from scripts.dataset_building.mmlu import build_speech_set
+    from trainer.tts import EspeakTTS
     out = cache / 'data' / f'mmlu-speech-{_digest(SMALL_SET)}'
     if not (out / 'hf' / 'dataset_dict.json').exists():
         build_speech_set(out, n_rows=SMALL_SET['n_rows'], seed=SMALL_SET['seed'], max_chars=SMALL_SET['max_chars'],
-                         test_rows=SMALL_SET['test_rows'], overwrite=True)
+                         test_rows=SMALL_SET['test_rows'], tts=EspeakTTS(rate=SMALL_SET['espeak_wpm']),
+                         overwrite=True)
     return out / 'hf'
 
 

@@ -30,12 +30,14 @@ PAPER_DEFAULTS = [
 ]
 
 
-def build_swift_argv(swift_args: List[str]) -> List[str]:
+def build_swift_argv(swift_args: List[str], plugin: bool = True) -> List[str]:
     """The full ms-swift argv: paper defaults, then the user's flags, then the TARS plugin."""
     argv = ['--rlhf_type', 'grpo'] + PAPER_DEFAULTS
     if '--reward_funcs' not in swift_args:
         argv += ['--reward_funcs'] + DEFAULT_REWARDS
     argv += swift_args
+    if not plugin:
+        return argv
     plugins = [str(PLUGIN)]
     if '--external_plugins' in swift_args:  # keep the user's plugins too
         i = swift_args.index('--external_plugins') + 1

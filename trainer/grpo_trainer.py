@@ -187,7 +187,7 @@ class TARSGRPOTrainer(GRPOTrainer):
         """One JSON line per rollout: step, key, modality, completion, each reward, reward, advantage."""
         path = self.tars.dump_rollouts
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        step = self.state.global_step
+        step = self.state.global_step + 1  # the optimizer step these rollouts train (1-based, as logged)
 
         def num(x: float):
             return None if x != x else x  # NaN -> null

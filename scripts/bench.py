@@ -1,0 +1,195 @@
+"""Benchmarks: ``python -m scripts.bench NAME`` prints a table and writes ``output/bench/NAME.json``.
+
+``grpo`` (design.md section 7) runs plain ms-swift GRPO and TARS GRPO on the same tiny Qwen2.5-Omni,
+data, batch and seed, alternating runs in one session (this machine is shared and noisy, so only
+ratios within a run are meaningful), and measures:
+  forwards_per_step              model forwards outside generation per optimizer step (hook-counted)
+  step_time_ratio                median TARS step time / median plain step time (first step excluded)
+  hidden_state_bytes_per_rollout bytes of hidden state TARS keeps per rollout, at two completion lengths,
+                                 next to what the original keeps ([L+1, C+1, D] bf16 per rollout)
+Each measured run is a subprocess (``python -m scripts.bench _run ...``) using the trainer classes below,
+which only add counters to the real trainers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PLAIN_REWARDS = ['tars_format', 'tars_accuracy', 'tars_length']
+TARS_REWARDS = PLAIN_REWARDS + ['tars_representation', 'tars_behaviour']
+
+
+# ---------------------------------------------------------------- measured trainers (used in `_run`)
+def _counting(base):
+    """A subclass of ``base`` that counts non-generation forwards of the language model, times
+    training steps and records the hidden-state bytes kept per rollout."""
+    import torch
+
+    from trainer.hidden_states import llm_layers_and_norm
+
+    class Counting(base):
+        bench = {'forwards': [], 'step_seconds': [], 'hidden_bytes': [], 'completion_tokens': []}
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._generating = False
+            self._forwards = 0
+            layers, _ = llm_layers_and_norm(self.model)
+            layers[0].register_forward_pre_hook(self._count)
+
+        def _count(self, *_):
+            if not self._generating:
+                self._forwards += 1
+
+        def _generate_completions(self, samples):
+            self._generating = True
+            try:
+                return super()._generate_completions(samples)
+            finally:
+                self._generating = False
+
+        def _prepare_batch_inputs(self, samples):
+            batches = super()._prepare_batch_inputs(samples)
+            for s in samples:
+                state = s.extra.get('tars_hidden')
+                if state is not None:
+                    self.bench['hidden_bytes'].append(state.numel() * state.element_size())
+            for b in batches:
+                self.bench['completion_tokens'].extend(b['grpo_batch'].completion_mask.sum(1).tolist())
+            return batches
+
+        def training_step(self, *args, **kwargs):
+            start, before = time.perf_counter(), self._forwards
+            out = super().training_step(*args, **kwargs)
+            self.bench['step_seconds'].append(time.perf_counter() - start)
+            self.bench['forwards'].append(self._forwards - before)
+            return out
+
+    return Counting
+
+
+def _run(args) -> None:
+    """One measured training run; writes its counters to ``args.result``."""
+    from swift.rlhf_trainers import GRPOTrainer
+    from swift.trainers.trainer_factory import TrainerFactory
+
+    import trainer.grpo as entry
+    from trainer.grpo_trainer import TARSGRPOTrainer
+    from trainer.registry import register_with_swift
+
+    register_with_swift()
+    cls = _counting(TARSGRPOTrainer if args.trainer == 'tars' else GRPOTrainer)
+    globals()['MeasuredTrainer'] = cls
+    TrainerFactory.TRAINER_MAPPING['grpo'] = f'{__name__}.MeasuredTrainer'
+    # the same argv as the entry point, without the plugin file (it would map 'grpo' back to TARS)
+    from swift.pipelines import rlhf_main
+    argv = entry.build_swift_argv(args.swift_args, plugin=False)
+    rlhf_main(argv)
+    Path(args.result).write_text(json.dumps(cls.bench))
+
+
+# ---------------------------------------------------------------- the grpo benchmark
+def _swift_args(model, data, out, rewards, completion_len, steps):
+    return ['--model', str(model), '--model_type', 'qwen2_5_omni', '--dataset', str(data), '--reward_funcs', *rewards,
+            '--torch_dtype', 'float32', '--fp16', 'false', '--bf16', 'false', '--use_vllm', 'false',
+            '--num_generations', '4', '--max_completion_length', str(completion_len),
+            '--per_device_train_batch_size', '8', '--gradient_accumulation_steps', '1', '--max_steps', str(steps),
+            '--logging_steps', '1', '--save_strategy', 'no', '--learning_rate', '1e-3', '--warmup_ratio', '0',
+            '--gradient_checkpointing', 'false', '--dataloader_num_workers', '0', '--dataset_num_proc', '1',
+            '--split_dataset_ratio', '0', '--report_to', 'none', '--check_model', 'false', '--add_version', 'false',
+            '--output_dir', str(out), '--seed', '11']
+
+
+def _measure(trainer, swift_args, work: Path, tag: str) -> dict:
+    result = work / f'{tag}.json'
+    cmd = [sys.executable, '-m', 'scripts.bench', '_run', '--trainer', trainer, '--result', str(result), '--',
+           *swift_args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f'{tag} failed:\n{(proc.stdout + proc.stderr)[-4000:]}')
+    return json.loads(result.read_text())
+
+
+def bench_grpo(steps: int = 5, repeats: int = 2) -> dict:
+    from scripts.dataset_building.mmlu import build_speech_set
+    from trainer.data import prepare_grpo_dataset
+    from trainer.tiny_models import tiny_model_dir
+    from trainer.tts import EspeakTTS
+
+    work = Path(tempfile.mkdtemp(prefix='bench-grpo-'))
+    model = tiny_model_dir('qwen2_5_omni')
+    build_speech_set(work / 'set', n_rows=16, seed=3, max_chars=120, tts=EspeakTTS(rate=220))
+    data = prepare_grpo_dataset(str(work / 'set' / 'hf'), work / 'data')
+
+    runs = {'plain': [], 'tars': []}
+    for r in range(repeats):  # alternate so both see the same machine load
+        for trainer in ('plain', 'tars'):
+            rewards = TARS_REWARDS if trainer == 'tars' else PLAIN_REWARDS
+            runs[trainer].append(_measure(trainer, _swift_args(model, data, work / f'{trainer}{r}', rewards, 24, steps),
+                                          work, f'{trainer}{r}'))
+    short = _measure('tars', _swift_args(model, data, work / 'short', TARS_REWARDS, 8, 2), work, 'short')
+
+    def median_step(results):
+        return statistics.median(t for res in results for t in res['step_seconds'][1:])
+
+    def forwards(results):
+        return statistics.median(f for res in results for f in res['forwards'])
+
+    from transformers import AutoConfig
+    cfg = AutoConfig.from_pretrained(str(model)).thinker_config.text_config
+    layers, hidden = cfg.num_hidden_layers, cfg.hidden_size
+
+    def hidden_entry(res):
+        length = max(res['completion_tokens'])
+        return str(int(length)), {
+            'tars_bytes': int(statistics.median(res['hidden_bytes'])),
+            'original_bytes': int((layers + 1) * (length + 1) * hidden * 2),  # [L+1, C+1, D] bf16, reference 2.5
+        }
+
+    hidden_bytes = dict([hidden_entry(short), hidden_entry(runs['tars'][0])])
+    return {
+        'forwards_per_step': {'tars': forwards(runs['tars']), 'plain': forwards(runs['plain'])},
+        'step_seconds': {'tars': median_step(runs['tars']), 'plain': median_step(runs['plain'])},
+        'step_time_ratio': median_step(runs['tars']) / median_step(runs['plain']),
+        'hidden_state_bytes_per_rollout': {k: v['tars_bytes'] for k, v in hidden_bytes.items()},
+        'original_hidden_state_bytes_per_rollout': {k: v['original_bytes'] for k, v in hidden_bytes.items()},
+        'setup': {'model': 'tiny qwen2_5_omni', 'layers': layers, 'hidden': hidden, 'rollouts_per_step': 8,
+                  'steps_per_run': steps, 'runs_per_trainer': repeats},
+    }
+
+
+BENCHES = {'grpo': bench_grpo}
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == '_run':
+        parser = argparse.ArgumentParser()
+        parser.add_argument('--trainer', choices=['tars', 'plain'], required=True)
+        parser.add_argument('--result', required=True)
+        own, rest = argv[1:argv.index('--')], argv[argv.index('--') + 1:]
+        args = parser.parse_args(own)
+        args.swift_args = rest
+        return _run(args)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('name', choices=sorted(BENCHES))
+    args = parser.parse_args(argv)
+    result = BENCHES[args.name]()
+    out = REPO / 'output' / 'bench' / f'{args.name}.json'
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        print(f'{key:<{width}}  {json.dumps(value)}')
+    print(f'written to {out}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The project's test command: sets up .venv when missing (env.sh), then runs the pytest suite on the
+# CPU, offline. Extra arguments go to pytest (e.g. `bash test.sh -k rewards`).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+source ./env.sh
+source ./scripts/cpu_env.sh
+python -m pytest -q tests "$@"

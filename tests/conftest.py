@@ -1,0 +1,53 @@
+"""Shared fixtures: the tiny Qwen2.5-Omni twin and a tiny real speech QA set, built once per session.
+
+Built under ``cache/`` of the repo (or ``$TARS_CACHE``) so that reruns reuse them.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope='session')
+def cache_dir() -> Path:
+    from trainer.tiny_models import default_cache_dir
+    return default_cache_dir()
+
+
+@pytest.fixture(scope='session')
+def tiny_model(cache_dir) -> Path:
+    from trainer.tiny_models import tiny_model_dir
+    return tiny_model_dir('qwen2_5_omni', cache_dir)
+
+
+@pytest.fixture(scope='session')
+def tiny_speech_set(tmp_path_factory) -> Path:
+    """8 MMLU questions with espeak speech (short ones), saved as an hf_format DatasetDict."""
+    from scripts.dataset_building.mmlu import build_speech_set
+    from trainer.tts import EspeakTTS
+    out = tmp_path_factory.mktemp('speech_set')
+    build_speech_set(out, n_rows=8, seed=1, max_chars=100, tts=EspeakTTS(rate=260))
+    return out / 'hf'
+
+
+@pytest.fixture(scope='session')
+def grpo_jsonl(tiny_speech_set, tmp_path_factory) -> Path:
+    from trainer.data import prepare_grpo_dataset
+    return prepare_grpo_dataset(str(tiny_speech_set), tmp_path_factory.mktemp('grpo_data'))
+
+
+def run(cmd, env=None, timeout=900, cwd=REPO):
+    """Run a command from the repo root; fail the test with its output's tail when it fails."""
+    full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-6000:]
+        raise AssertionError(f'command failed ({proc.returncode}): {" ".join(map(str, cmd))}\n{tail}')
+    return proc
+
+
+PYTHON = sys.executable

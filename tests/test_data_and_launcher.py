@@ -1,0 +1,112 @@
+"""Data preparation errors (before any training) and the launcher's cluster command (DRY_RUN)."""
+import json
+import os
+import shlex
+import subprocess
+
+import datasets
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from trainer.data import KEY, TEXT_PROMPT, prepare_grpo_dataset, prepare_warmstart_dataset
+from trainer.schema import SchemaError, encode_wav_bytes, rows_to_dataset
+
+
+def make_set(tmp_path, rows, name='set'):
+    path = tmp_path / name
+    datasets.DatasetDict({'train': rows_to_dataset(rows)}).save_to_disk(str(path))
+    return str(path)
+
+
+def good_row(key, audio=None, **over):
+    t = np.arange(16000) / 16000
+    wav = encode_wav_bytes((0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32))
+    row = {'key': key, 'question': 'Which colour?', 'options': ['red', 'green', 'blue', 'black'], 'answer_index': 1,
+           'prompt_for_tts': 'Which colour?\n\nOption A: red\nOption B: green\nOption C: blue\nOption D: black',
+           'audio': audio or {'bytes': wav, 'path': None}}
+    row.update(over)
+    return row
+
+
+def test_prepare_writes_speech_rows_with_the_text_prompt_alongside(tmp_path):
+    path = make_set(tmp_path, [good_row('k1'), good_row('k2')])
+    out = prepare_grpo_dataset(path, tmp_path / 'out')
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [r[KEY] for r in rows] == ['k1', 'k2']
+    assert rows[0]['messages'][0]['role'] == 'system' and rows[0]['messages'][-1]['content'] == '<audio>'
+    assert rows[0][TEXT_PROMPT].startswith('Which colour?') and os.path.exists(rows[0]['audios'][0])
+    warm = [json.loads(l) for l in prepare_warmstart_dataset(path, tmp_path / 'w').read_text().splitlines()]
+    assert warm[0]['messages'][-1]['content'].endswith('<answer>The answer is B.</answer>')
+
+
+@pytest.mark.parametrize('bad, field', [
+    ({'answer_index': 7}, 'answer_index'),
+    ({'options': []}, 'options'),
+    ({'audio': {'bytes': b'not a wav file', 'path': None}}, 'audio'),
+    ({'audio': {'bytes': None, 'path': '/nonexistent/clip.wav'}}, 'audio'),
+])
+def test_bad_rows_stop_before_training_naming_dataset_key_and_field(tmp_path, bad, field):
+    path = make_set(tmp_path, [good_row('fine'), good_row('broken', **bad)])
+    with pytest.raises(SchemaError) as err:
+        prepare_grpo_dataset(path, tmp_path / 'out')
+    message = str(err.value)
+    assert path in message and "'broken'" in message and repr(field) in message
+    assert not (tmp_path / 'out' / 'grpo.jsonl').exists()
+
+
+def test_missing_column_is_named(tmp_path):
+    rows = [good_row('k1')]
+    del rows[0]['prompt_for_tts']
+    path = make_set(tmp_path, rows)
+    with pytest.raises(SchemaError, match='prompt_for_tts'):
+        prepare_grpo_dataset(path, tmp_path / 'out')
+
+
+def dry_run(env):
+    full = dict(os.environ, DRY_RUN='1', **env)
+    proc = subprocess.run(['bash', 'train_grpo.sh'], cwd=REPO, env=full, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [l[2:] for l in proc.stdout.splitlines() if l.startswith('+ ')]
+    assert len(lines) == 2, proc.stdout
+    return shlex.split(lines[0]), shlex.split(lines[1])
+
+
+def flag(cmd, name):
+    return cmd[cmd.index(name) + 1]
+
+
+def test_launcher_dry_run_for_eight_gpus(tmp_path):
+    prepare, train = dry_run({'NPROC_PER_NODE': '8', 'MODEL': 'Qwen/Qwen2.5-Omni-7B', 'DATASET_PATH': 'some/hub-set',
+                              'OUTPUT_DIR': str(tmp_path / 'run')})
+    assert prepare[:4] == ['python', '-m', 'trainer.data', 'grpo'] and flag(prepare, '--dataset') == 'some/hub-set'
+    assert train[:3] == ['torchrun', '--nproc_per_node', '8'] and 'trainer.grpo' in train
+    assert flag(train, '--per_device_train_batch_size') == '2'
+    assert flag(train, '--gradient_accumulation_steps') == '4'  # 64 rollouts / (8 GPUs x 2)
+    assert flag(train, '--deepspeed') == 'zero2' and flag(train, '--use_vllm') == 'true'
+    assert flag(train, '--vllm_mode') == 'colocate' and json.loads(flag(train, '--vllm_limit_mm_per_prompt')) == {
+        'audio': 1}
+    assert flag(train, '--prompt_modality') == 'mixed' and flag(train, '--model') == 'Qwen/Qwen2.5-Omni-7B'
+    rewards = train[train.index('--reward_funcs') + 1:train.index('--output_dir')]
+    assert rewards == ['tars_format', 'tars_accuracy', 'tars_representation', 'tars_behaviour']
+
+
+def test_launcher_dry_run_original_reward_names_and_bad_world_batch(tmp_path):
+    _, train = dry_run({'NPROC_PER_NODE': '8', 'MODEL': 'm', 'OUTPUT_DIR': str(tmp_path / 'r'), 'DEEPSPEED': 'zero3',
+                        'REWARD_FUNCS': 'reward_format reward_xfinder hsorm.hidden_state_sim'})
+    assert flag(train, '--deepspeed') == 'zero3'
+    assert train[train.index('--reward_funcs') + 1:train.index('--output_dir')] == [
+        'reward_format', 'reward_xfinder', 'hsorm.hidden_state_sim']
+    full = dict(os.environ, DRY_RUN='1', NPROC_PER_NODE='3', MODEL='m', OUTPUT_DIR=str(tmp_path / 'x'))
+    proc = subprocess.run(['bash', 'train_grpo.sh'], cwd=REPO, env=full, capture_output=True, text=True)
+    assert proc.returncode == 2 and 'WORLD_BATCH_SIZE' in proc.stderr
+
+
+def test_the_paper_defaults_reach_ms_swift():
+    from trainer.grpo import build_swift_argv
+    argv = build_swift_argv(['--num_generations', '4'])
+    assert argv[argv.index('--loss_type') + 1] == 'dapo' and argv[argv.index('--epsilon_high') + 1] == '0.28'
+    assert argv[argv.index('--lora_rank') + 1] == '8' and argv[argv.index('--lora_alpha') + 1] == '32'
+    # a user flag comes after the default, so argparse keeps the user's value
+    assert max(i for i, a in enumerate(argv) if a == '--num_generations') > argv.index('--lora_rank')
+    assert argv[-1].endswith('tars_plugin.py')

@@ -1,0 +1,76 @@
+"""The TARS rewards as ms-swift ORMs, with hand-set inputs (trainer/rewards.py)."""
+import pytest
+import torch
+
+from trainer import config as tars_config
+from trainer.rewards import (AccuracyReward, BehaviourAlignmentReward, FormatReward, LengthReward,
+                             RepresentationAlignmentReward, register)
+
+S, T = 'speech', 'text'
+OPTIONS = ['red', 'green', 'blue', 'black']
+GOOD_B = '<think>It is green.</think><answer>The answer is B.</answer>'
+GOOD_C = '<think>Blue, I think.</think><answer>The answer is C.</answer>'
+
+
+def columns(n, keys=None, modalities=None, gold=1):
+    return {'tars_key': keys or ['q'] * n, 'tars_modality': modalities or [S, T] * (n // 2),
+            'tars_options': [OPTIONS] * n, 'tars_answer_index': [gold] * n}
+
+
+def test_format_accuracy_and_length_rewards():
+    completions = [GOOD_B, '<think>hmm<answer>B. green', 'B']
+    assert FormatReward()(completions) == [1.0, 0.5, 0.0]
+    assert AccuracyReward()(completions, **columns(3, modalities=[S, S, S])) == [1.0, 1.0, 1.0]
+    assert AccuracyReward()([GOOD_C], **columns(1, modalities=[S])) == [0.0]
+    assert LengthReward()(['x' * 1024, 'x' * 512]) == [0.0, -0.5]
+
+
+def test_accuracy_reward_names_the_missing_column():
+    with pytest.raises(KeyError, match='tars_options'):
+        AccuracyReward()([GOOD_B])
+
+
+def test_representation_reward_pairs_speech_with_correct_text_of_the_same_question():
+    tars_config.activate(tars_config.TARSConfig())
+    e1, e2 = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    hidden = [e1, e1, e2, e2]  # speech 0 ~ text 1 (identical); speech 2 vs text 3 identical too
+    completions = [GOOD_C, GOOD_B, GOOD_C, GOOD_C]  # only text 1 is correct
+    out = RepresentationAlignmentReward()(completions, tars_hidden=hidden, **columns(4))
+    # both speech rollouts pair with text 1: cos(e1, e1) = 1; cos(e2, e1) = mean(0, 1) = 0.5
+    assert out == pytest.approx([1.0, 0.75, 0.5, 0.75])
+
+
+def test_representation_reward_layer_subset_and_no_correct_text():
+    tars_config.activate(tars_config.TARSConfig(target_layers=[1]))
+    try:
+        a, b = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        out = RepresentationAlignmentReward()([GOOD_C, GOOD_B], tars_hidden=[a, b], **columns(2))
+        assert out == pytest.approx([1.0, 1.0])
+        out = RepresentationAlignmentReward()([GOOD_C, GOOD_C], tars_hidden=[a, b], **columns(2))
+        assert out == [0.0, 0.0]
+    finally:
+        tars_config.activate(tars_config.TARSConfig())
+
+
+def test_behaviour_reward_embedding_cosine_round_robin_and_text_mean():
+    tars_config.activate(tars_config.TARSConfig())
+    speech_same = GOOD_B
+    speech_other = '<think>Quarterly revenue grew by ten percent.</think><answer>The answer is A.</answer>'
+    completions = [speech_same, GOOD_B, speech_other, GOOD_C]  # text 1 correct, text 3 wrong
+    out = BehaviourAlignmentReward()(completions, **columns(4))
+    assert out[0] == pytest.approx(1.0, abs=1e-5)  # identical text -> cosine 1
+    assert -1.0 <= out[2] < 0.95  # a different sentence is less similar
+    assert out[1] == pytest.approx((out[0] + out[2]) / 2) and out[3] == out[1]
+
+
+def test_behaviour_reward_is_zero_without_a_correct_text_rollout():
+    out = BehaviourAlignmentReward()([GOOD_B, GOOD_C], **columns(2))
+    assert out == [0.0, 0.0]
+
+
+def test_registration_under_both_naming_schemes():
+    from swift.rewards import orms
+    register()
+    assert orms['tars_representation'] is RepresentationAlignmentReward
+    assert orms['hsorm.hidden_state_sim'] is RepresentationAlignmentReward
+    assert orms['reward_xfinder'] is AccuracyReward

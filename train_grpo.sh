@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# TARS GRPO training (paper section 3; reference sections 1.3 and 2).
+#
+#   bash train_grpo.sh                      # no GPU, no arguments: the embedded default (tiny model,
+#                                           # small MMLU speech set, SFT warm start, a few GRPO steps)
+#   MODEL=Qwen/Qwen2.5-Omni-7B DATASET_PATH=... NPROC_PER_NODE=8 bash train_grpo.sh   # a cluster
+#
+# Environment (all optional):
+#   MODEL_PRESET     ms-swift model type of the architecture (default qwen2_5_omni)
+#   MODEL            checkpoint (hub id or path); default: the preset's real checkpoint on GPUs, its tiny
+#                    warm-started twin on the CPU
+#   DATASET_PATH     hf_format dataset (local save_to_disk path or hub id)
+#   REWARD_FUNCS     reward list; the original's names work too (reward_format reward_xfinder
+#                    hsorm.hidden_state_sim reward_align_audio_to_text); default: all four TARS rewards
+#   PROMPT_MODALITY  a | t | mixed (default mixed); PROMPT_TYPE systhink | cot | simple | none
+#   NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   torchrun layout (default: all GPUs)
+#   DEEPSPEED        zero2 (default on GPUs) | zero3 | none
+#   WORLD_BATCH_SIZE rollouts per optimizer step over all GPUs (default 64); BATCH_SIZE_PER_GPU (default 2)
+#   OUTPUT_DIR       run directory (default output/grpo/tars_<date>); an existing one is resumed only with
+#                    RESUME=1, never overwritten
+#   MAX_STEPS        stop after this many optimizer steps
+#   DRY_RUN=1        print the commands and exit
+# Extra arguments go to ms-swift / TARS as flags (e.g. --target_layers 11-20 --num_train_epochs 1).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$ROOT"
+
+if [ "${DRY_RUN:-0}" = 1 ] && [ -x "$ROOT/.venv/bin/python" ]; then
+    source "$ROOT/.venv/bin/activate"
+else
+    source ./env.sh
+fi
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True} TOKENIZERS_PARALLELISM=false
+
+gpus=0
+if [ -n "${CUDA_VISIBLE_DEVICES-unset}" ] && command -v nvidia-smi >/dev/null 2>&1; then
+    gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+fi
+NPROC_PER_NODE=${NPROC_PER_NODE:-$gpus}
+MODEL_PRESET=${MODEL_PRESET:-qwen2_5_omni}
+PROMPT_MODALITY=${PROMPT_MODALITY:-mixed}
+PROMPT_TYPE=${PROMPT_TYPE:-systhink}
+OUTPUT_DIR=${OUTPUT_DIR:-output/grpo/tars_$(date +%Y%m%d_%H%M%S)}
+read -r -a reward_funcs <<< "${REWARD_FUNCS:-tars_format tars_accuracy tars_representation tars_behaviour}"
+
+if [ -e "$OUTPUT_DIR" ] && [ "${RESUME:-0}" != 1 ] && [ "${DRY_RUN:-0}" != 1 ]; then
+    echo "train_grpo.sh: $OUTPUT_DIR exists; set RESUME=1 to resume it or choose another OUTPUT_DIR" >&2
+    exit 2
+fi
+
+args=()
+prepare_extra=()
+if [ "$NPROC_PER_NODE" = 0 ] && [ -z "${MODEL:-}" ]; then
+    # ---- embedded default: everything offline on the CPU ----
+    source ./scripts/cpu_env.sh
+    if [ "$MODEL_PRESET" != qwen2_5_omni ]; then
+        echo "train_grpo.sh: no tiny twin for MODEL_PRESET=$MODEL_PRESET yet" >&2; exit 2
+    fi
+    if [ "${DRY_RUN:-0}" = 1 ]; then
+        MODEL="<tiny warm-started $MODEL_PRESET>"; DATASET_PATH=${DATASET_PATH:-"<small MMLU speech set>"}
+    else
+        echo "== embedded default: tiny $MODEL_PRESET, small MMLU speech set, SFT warm start (cached) =="
+        embedded=$(python -m trainer.embedded | tail -n 1)
+        MODEL=$(python -c 'import json,sys; print(json.loads(sys.argv[1])["model"])' "$embedded")
+        DATASET_PATH=${DATASET_PATH:-$(python -c 'import json,sys; print(json.loads(sys.argv[1])["dataset"])' "$embedded")}
+    fi
+    args+=(--num_generations 4 --per_device_train_batch_size 8 --gradient_accumulation_steps 1
+           --max_completion_length 40 --max_steps "${MAX_STEPS:-15}" --learning_rate 1e-4 --warmup_ratio 0
+           --logging_steps 1 --save_steps 5 --save_total_limit 3 --torch_dtype float32 --fp16 false --bf16 false
+           --use_vllm false --gradient_checkpointing false --dataloader_num_workers 0 --dataset_num_proc 1
+           --dump_rollouts "$OUTPUT_DIR/rollouts.jsonl" --report_to tensorboard --seed 42
+           --val_dataset "$OUTPUT_DIR/data/val.jsonl" --eval_strategy steps --eval_steps "${MAX_STEPS:-15}"
+           --per_device_eval_batch_size 8 --num_generations_eval 4)
+    prepare_extra=(--val_split test --val_rows 8)
+    launcher=(python -m trainer.grpo)
+else
+    # ---- a cluster: the paper's setting (reference 1.3, 2.9) ----
+    [ "$NPROC_PER_NODE" -ge 1 ] || { echo "train_grpo.sh: MODEL given but no GPU found; set NPROC_PER_NODE" >&2; exit 2; }
+    MODEL=${MODEL:-$(python -c 'import sys; from trainer.presets import get_preset; print(get_preset(sys.argv[1]).checkpoint)' "$MODEL_PRESET")}
+    DATASET_PATH=${DATASET_PATH:-yuantuo666/MMLU_FULL-full_train_hf_format.merged.v1}
+    NNODES=${NNODES:-1}
+    world=$((NPROC_PER_NODE * NNODES))
+    per_gpu=${BATCH_SIZE_PER_GPU:-2}
+    world_batch=${WORLD_BATCH_SIZE:-64}
+    if [ $((world_batch % (world * per_gpu))) != 0 ]; then
+        echo "train_grpo.sh: WORLD_BATCH_SIZE=$world_batch is not divisible by GPUs x BATCH_SIZE_PER_GPU = $((world * per_gpu))" >&2
+        exit 2
+    fi
+    DEEPSPEED=${DEEPSPEED:-zero2}
+    args+=(--per_device_train_batch_size "$per_gpu" --gradient_accumulation_steps $((world_batch / (world * per_gpu)))
+           --per_device_eval_batch_size 4 --torch_dtype bfloat16 --attn_impl flash_attn
+           --use_vllm true --vllm_mode colocate --vllm_gpu_memory_utilization 0.15 --vllm_max_model_len 8704
+           --vllm_limit_mm_per_prompt '{"audio": 1}' --sleep_level 0 --dataloader_num_workers 4
+           --max_length 8704 --report_to tensorboard --log_completions true --eval_steps 100)
+    [ "$DEEPSPEED" = none ] || args+=(--deepspeed "$DEEPSPEED")
+    [ -z "${MAX_STEPS:-}" ] || args+=(--max_steps "$MAX_STEPS")
+    launcher=(torchrun --nproc_per_node "$NPROC_PER_NODE" --nnodes "$NNODES" --node_rank "${NODE_RANK:-0}"
+              --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" -m trainer.grpo)
+fi
+
+prepare=(python -m trainer.data grpo --dataset "$DATASET_PATH" --out "$OUTPUT_DIR/data"
+         --prompt_type "$PROMPT_TYPE" --prompt_modality "$PROMPT_MODALITY" "${prepare_extra[@]}")
+train=("${launcher[@]}" --prompt_modality "$PROMPT_MODALITY" --model "$MODEL" --model_type "$MODEL_PRESET"
+       --dataset "$OUTPUT_DIR/data/grpo.jsonl" --split_dataset_ratio 0 --check_model false
+       --reward_funcs "${reward_funcs[@]}" --output_dir "$OUTPUT_DIR" --add_version false "${args[@]}" "$@")
+if [ "${RESUME:-0}" = 1 ]; then
+    last=$(ls -d "$OUTPUT_DIR"/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -n 1 || true)
+    [ -n "$last" ] && train+=(--resume_from_checkpoint "$last")
+fi
+
+echo "+ ${prepare[*]}"
+echo "+ ${train[*]}"
+[ "${DRY_RUN:-0}" = 1 ] && exit 0
+
+mkdir -p "$OUTPUT_DIR"
+[ -f "$OUTPUT_DIR/data/grpo.jsonl" ] || "${prepare[@]}"
+"${train[@]}"
+
+echo
+echo "== done =="
+echo "checkpoints:  $(ls -d "$OUTPUT_DIR"/checkpoint-* 2>/dev/null | sort -V | tr '\n' ' ')"
+echo "logs:         $OUTPUT_DIR/logging.jsonl (TensorBoard: tensorboard --logdir $OUTPUT_DIR/runs)"
+[ -f "$OUTPUT_DIR/rollouts.jsonl" ] && echo "rollout dump: $OUTPUT_DIR/rollouts.jsonl"
+exit 0
