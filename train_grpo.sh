@@ -108,8 +108,9 @@ if [ "${RESUME:-0}" = 1 ]; then
     [ -n "$last" ] && train+=(--resume_from_checkpoint "$last")
 fi
 
-echo "+ ${prepare[*]}"
-echo "+ ${train[*]}"
+show() { printf '+'; printf ' %q' "$@"; printf '\n'; }  # copy-pastable
+show "${prepare[@]}"
+show "${train[@]}"
 [ "${DRY_RUN:-0}" = 1 ] && exit 0
 
 mkdir -p "$OUTPUT_DIR"

@@ -27,7 +27,8 @@ def grpo_args(model, data, out, *extra, steps=2, batch=8):
             '--warmup_ratio', '0', '--gradient_checkpointing', 'false', '--dataloader_num_workers', '0',
             '--dataset_num_proc', '1', '--split_dataset_ratio', '0', '--report_to', 'none', '--check_model', 'false',
             '--add_version', 'false', '--output_dir', str(out), '--dump_rollouts', str(out / 'rollouts.jsonl'),
-            '--seed', '7', *extra]
+            # a random model never ends its answer: keep its truncated completions in the loss
+            '--overlong_filter', 'false', '--seed', '7', *extra]
 
 
 def read_dump(path: Path):
@@ -88,7 +89,7 @@ def test_two_ranks_whose_groups_span_ranks(tiny_model, grpo_jsonl, tmp_path):
     """2 gloo processes, 2 rollouts each: every question's 4 rollouts are split over the two ranks."""
     out = tmp_path / 'ddp'
     run(['torchrun', '--nproc_per_node', '2', '--master_port', '29633', '-m', 'trainer.grpo',
-         *grpo_args(tiny_model, grpo_jsonl, out, '--ddp_backend', 'gloo', batch=2)])
+         *grpo_args(tiny_model, grpo_jsonl, out, '--ddp_backend', 'gloo', '--use_cpu', 'true', batch=2)])
     rows = read_dump(out / 'rollouts.jsonl')
     groups = check_advantage_rule(rows)
     assert {len(m) for m in groups.values()} == {4}
@@ -106,14 +107,17 @@ def test_deepspeed_zero2_single_process(tiny_model, grpo_jsonl, tmp_path):
 
 
 def test_resume_continues_the_step_count(tiny_model, grpo_jsonl, tmp_path):
+    """A run killed during step 2 (after checkpoint-1) resumes at step 2: step 1 is neither redone nor lost."""
+    import shutil
     out = tmp_path / 'resume'
-    run([PYTHON, '-m', 'trainer.grpo', *grpo_args(tiny_model, grpo_jsonl, out, steps=1)])
-    first = read_dump(out / 'rollouts.jsonl')
-    assert {r['step'] for r in first} == {1}
+    run([PYTHON, '-m', 'trainer.grpo', *grpo_args(tiny_model, grpo_jsonl, out, steps=2)])
+    shutil.rmtree(out / 'checkpoint-2')  # killed before step 2 was saved; its dump lines were written
+    step1 = [r for r in read_dump(out / 'rollouts.jsonl') if r['step'] == 1]
     run([PYTHON, '-m', 'trainer.grpo', *grpo_args(tiny_model, grpo_jsonl, out, '--resume_from_checkpoint',
                                                    str(out / 'checkpoint-1'), steps=2)])
     rows = read_dump(out / 'rollouts.jsonl')
-    assert [r['step'] for r in rows] == [1] * 8 + [2] * 8  # step 1 kept, not redone; step 2 added
+    assert [r['step'] for r in rows] == [1] * 8 + [2] * 8  # the unsaved step-2 lines were replaced
+    assert rows[:8] == step1
     state = json.loads((out / 'checkpoint-2' / 'trainer_state.json').read_text())
     assert state['global_step'] == 2
     assert lora_b_norm(out / 'checkpoint-2') != pytest.approx(lora_b_norm(out / 'checkpoint-1'))

@@ -19,6 +19,7 @@ from collections import defaultdict
 from typing import Any, Dict, List
 
 import torch
+from accelerate.utils import DistributedType
 
 from swift.rlhf_trainers import GRPOTrainer
 from swift.utils import get_logger
@@ -26,6 +27,7 @@ from swift.utils import get_logger
 from trainer import config as tars_config
 from trainer import tars_math
 from trainer.data import KEY, TEXT_PROMPT
+from trainer import distributed
 from trainer.distributed import gather_lists
 from trainer.hidden_states import PooledStateCapture, completion_token_mask
 from trainer.rewards import HIDDEN, MODALITY, NEEDS_HIDDEN_STATES, correctness
@@ -43,6 +45,24 @@ def text_conditioned(row: Dict[str, Any]) -> Dict[str, Any]:
     return dict(row, messages=messages, audios=[])
 
 
+def drop_unsaved_steps(path: str, last_step: int) -> int:
+    """On (re)start at ``last_step``, remove dump lines of later steps: a killed run wrote them, but no
+    checkpoint holds their training, so the resumed run does those steps again. Returns lines removed."""
+    if not os.path.exists(path):
+        return 0
+    with open(path) as fh:
+        lines = fh.readlines()
+    keep = [line for line in lines if json.loads(line)['step'] <= last_step]
+    if len(keep) != len(lines):
+        tmp = path + '.tmp'
+        with open(tmp, 'w') as fh:
+            fh.writelines(keep)
+        os.replace(tmp, path)
+        logger.info(f'rollout dump: removed {len(lines) - len(keep)} lines of steps after {last_step}, '
+                    'which the resumed run repeats')
+    return len(lines) - len(keep)
+
+
 class TARSGRPOTrainer(GRPOTrainer):
 
     def __init__(self, *args, **kwargs):
@@ -54,11 +74,15 @@ class TARSGRPOTrainer(GRPOTrainer):
         if self._needs_hidden and (self.template.padding_free or self.template.sequence_parallel_size > 1):
             raise ValueError('the representation reward needs padded batches: set padding_free false and '
                              'sequence_parallel_size 1')
+        if distributed.world()[1] > 1 and self.accelerator.distributed_type == DistributedType.NO:
+            raise ValueError('several processes but no distributed training (each rank would train alone); '
+                             'on the CPU pass --use_cpu true')
         self._capture = PooledStateCapture(self.model) if self._needs_hidden else None
         self._collecting = False
         self._pooled: List[torch.Tensor] = []
         self._loss_logps = None
         logger.info(f'TARS: prompt_modality={self.tars.prompt_modality} rewards={self.reward_func_names} '
+                    f'processes={self.accelerator.num_processes} ({self.accelerator.distributed_type}) '
                     f'hidden-state layers={self._capture.num_layers if self._capture else 0}')
 
     # ---- reward names: the registry names the user gave, not class names ----
@@ -188,6 +212,9 @@ class TARSGRPOTrainer(GRPOTrainer):
         path = self.tars.dump_rollouts
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         step = self.state.global_step + 1  # the optimizer step these rollouts train (1-based, as logged)
+        if not getattr(self, '_dump_checked', False):
+            self._dump_checked = True
+            drop_unsaved_steps(path, self.state.global_step)
 
         def num(x: float):
             return None if x != x else x  # NaN -> null
