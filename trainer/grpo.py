@@ -27,6 +27,11 @@ PAPER_DEFAULTS = [
     '--overlong_filter', 'true', '--tuner_type', 'lora', '--lora_rank', '8', '--lora_alpha', '32',
     '--lora_dropout', '0.05', '--target_modules', 'all-linear', '--freeze_vit', 'true', '--freeze_aligner', 'true',
     '--save_steps', '100', '--save_total_limit', '50', '--logging_steps', '5',
+    # Left padding: a micro-batch mixes long speech prompts with short text prompts. Padded on the right,
+    # the completion window ms-swift keeps logits for starts at the shortest prompt, i.e. almost the whole
+    # sequence; on the left, completions share the last positions and the window is the completion length
+    # (measured: a mixed step 9.8 s -> 4.7 s on the tiny model; the full-vocabulary logits dominate).
+    '--padding_side', 'left',
 ]
 
 
