@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,7 +36,8 @@ def _counting(base):
     from trainer.hidden_states import llm_layers_and_norm
 
     class Counting(base):
-        bench = {'forwards': [], 'step_seconds': [], 'hidden_bytes': [], 'completion_tokens': []}
+        bench = {'forwards': [], 'step_seconds': [], 'hidden_bytes': [], 'completion_tokens': [],
+                 'paired_rollouts': 0}
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -64,6 +66,12 @@ def _counting(base):
             for b in batches:
                 self.bench['completion_tokens'].extend(b['grpo_batch'].completion_mask.sum(1).tolist())
             return batches
+
+        def _compute_advantages(self, samples, rewards_per_func, *args, **kwargs):
+            if 'tars_behaviour' in self.reward_func_names:  # rollouts whose alignment rewards were computed
+                column = rewards_per_func[:, self.reward_func_names.index('tars_behaviour')]
+                self.bench['paired_rollouts'] += int((column != 0).sum())
+            return super()._compute_advantages(samples, rewards_per_func, *args, **kwargs)
 
         def training_step(self, *args, **kwargs):
             start, before = time.perf_counter(), self._forwards
@@ -118,15 +126,16 @@ def _measure(trainer, swift_args, work: Path, tag: str) -> dict:
 
 
 def bench_grpo(steps: int = 5, repeats: int = 2) -> dict:
-    from scripts.dataset_building.mmlu import build_speech_set
     from trainer.data import prepare_grpo_dataset
-    from trainer.tiny_models import tiny_model_dir
-    from trainer.tts import EspeakTTS
+    from trainer.embedded import prepare
+    from trainer.tiny_models import default_cache_dir
 
+    # the embedded default's warm-started tiny model: it answers in format and sometimes correctly, so
+    # the alignment rewards (pairing, embeddings, pooled-state cosines) do real work in the TARS runs
+    embedded = prepare(default_cache_dir())
+    model = embedded['model']
     work = Path(tempfile.mkdtemp(prefix='bench-grpo-'))
-    model = tiny_model_dir('qwen2_5_omni')
-    build_speech_set(work / 'set', n_rows=16, seed=3, max_chars=120, tts=EspeakTTS(rate=220))
-    data = prepare_grpo_dataset(str(work / 'set' / 'hf'), work / 'data')
+    data = prepare_grpo_dataset(str(embedded['dataset']), work / 'data', max_rows=16)
 
     runs = {'plain': [], 'tars': []}
     for r in range(repeats):  # alternate so both see the same machine load
@@ -135,6 +144,7 @@ def bench_grpo(steps: int = 5, repeats: int = 2) -> dict:
             runs[trainer].append(_measure(trainer, _swift_args(model, data, work / f'{trainer}{r}', rewards, 24, steps),
                                           work, f'{trainer}{r}'))
     short = _measure('tars', _swift_args(model, data, work / 'short', TARS_REWARDS, 8, 2), work, 'short')
+    paired = sum(res['paired_rollouts'] for res in runs['tars'])
 
     def median_step(results):
         return statistics.median(t for res in results for t in res['step_seconds'][1:])
@@ -154,13 +164,15 @@ def bench_grpo(steps: int = 5, repeats: int = 2) -> dict:
         }
 
     hidden_bytes = dict([hidden_entry(short), hidden_entry(runs['tars'][0])])
+    shutil.rmtree(work, ignore_errors=True)
     return {
         'forwards_per_step': {'tars': forwards(runs['tars']), 'plain': forwards(runs['plain'])},
         'step_seconds': {'tars': median_step(runs['tars']), 'plain': median_step(runs['plain'])},
         'step_time_ratio': median_step(runs['tars']) / median_step(runs['plain']),
         'hidden_state_bytes_per_rollout': {k: v['tars_bytes'] for k, v in hidden_bytes.items()},
         'original_hidden_state_bytes_per_rollout': {k: v['original_bytes'] for k, v in hidden_bytes.items()},
-        'setup': {'model': 'tiny qwen2_5_omni', 'layers': layers, 'hidden': hidden, 'rollouts_per_step': 8,
+        'tars_rollouts_with_alignment_rewards': paired,
+        'setup': {'model': 'tiny qwen2_5_omni (warm-started)', 'layers': layers, 'hidden': hidden, 'rollouts_per_step': 8,
                   'steps_per_run': steps, 'runs_per_trainer': repeats},
     }
 

@@ -90,12 +90,15 @@ def test_mean_pool_covers_only_masked_tokens():
     assert math.isnan(pooled[1, 0].item())  # an empty completion has no state
 
 
-def test_completion_token_mask_drops_the_end_token_of_finished_completions():
-    input_ids = torch.zeros(2, 6, dtype=torch.long)
-    completion = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    mask = completion_token_mask(input_ids, completion, torch.tensor([False, True]))
+def test_completion_token_mask_drops_a_final_end_token_only():
+    input_ids = torch.tensor([[5, 5, 5, 7, 8, 99], [5, 5, 5, 7, 8, 0], [5, 5, 5, 7, 8, 9]])
+    completion = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]])
+    mask = completion_token_mask(input_ids, completion, end_token_ids=[99])
+    # row 0 ends with the end token 99: dropped; row 1's completion is 2 tokens (padding after);
+    # row 2 was truncated (no end token): all its tokens are kept
     assert mask.tolist() == [[False, False, False, True, True, False],
-                             [False, False, False, True, True, False]]
+                             [False, False, False, True, True, False],
+                             [False, False, False, True, True, True]]
 
 
 def test_round_robin_pairing_with_correct_text_of_the_same_question():

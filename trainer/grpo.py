@@ -61,7 +61,13 @@ def main(argv: Optional[List[str]] = None):
     from trainer.registry import register_with_swift
     register_with_swift()
     from swift.pipelines import rlhf_main
-    return rlhf_main(build_swift_argv(swift_args))
+    try:
+        return rlhf_main(build_swift_argv(swift_args))
+    finally:
+        # leave no process group to be torn down at interpreter exit (gloo aborted there now and then)
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == '__main__':

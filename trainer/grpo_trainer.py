@@ -63,6 +63,14 @@ def drop_unsaved_steps(path: str, last_step: int) -> int:
     return len(lines) - len(keep)
 
 
+def end_token_ids(tokenizer, generation_config=None) -> List[int]:
+    """The ids that end a completion: the tokenizer's EOS and the generation config's EOS ids."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    eos = getattr(generation_config, 'eos_token_id', None)
+    ids |= set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    return sorted(ids)
+
+
 class TARSGRPOTrainer(GRPOTrainer):
 
     def __init__(self, *args, **kwargs):
@@ -78,6 +86,7 @@ class TARSGRPOTrainer(GRPOTrainer):
             raise ValueError('several processes but no distributed training (each rank would train alone); '
                              'on the CPU pass --use_cpu true')
         self._capture = PooledStateCapture(self.model) if self._needs_hidden else None
+        self._end_token_ids = end_token_ids(self.template.tokenizer, getattr(self.model, 'generation_config', None))
         self._collecting = False
         self._pooled: List[torch.Tensor] = []
         self._loss_logps = None
@@ -135,8 +144,7 @@ class TARSGRPOTrainer(GRPOTrainer):
             if torch.is_grad_enabled():
                 self._loss_logps = out[0].detach()
             return out
-        mask = completion_token_mask(model_inputs['input_ids'], grpo_batch.completion_mask,
-                                     grpo_batch.truncated_mask)
+        mask = completion_token_mask(model_inputs['input_ids'], grpo_batch.completion_mask, self._end_token_ids)
         with self._capture.pooling(mask):
             out = super()._get_per_token_logps_and_entropies(model, model_inputs, grpo_batch, *args, **kwargs)
         self._pooled.append(self._capture.pooled.cpu())

@@ -10,7 +10,7 @@ the final norm, as transformers reports it.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -76,20 +76,20 @@ class PooledStateCapture:
 
 
 def completion_token_mask(input_ids: torch.Tensor, completion_mask: torch.Tensor,
-                          truncated: torch.Tensor) -> torch.Tensor:
+                          end_token_ids: Sequence[int]) -> torch.Tensor:
     """Full-frame mask [B, T] of the completion tokens whose states are pooled.
 
     ``completion_mask`` [B, C] covers the last C positions of ``input_ids`` [B, T] (ms-swift's
-    logits_to_keep frame). The final token of a finished completion is its end-of-turn token and is left
-    out, as the original drops the ``<|end|>`` row (reference 3.5); truncated completions keep all tokens.
+    logits_to_keep frame). A completion's final token is left out when it is an end-of-turn token, as
+    the original drops the ``<|end|>`` row (reference 3.5); a truncated completion keeps all its tokens.
     """
     batch, total = input_ids.shape
     c = completion_mask.shape[1]
     mask = torch.zeros(batch, total, dtype=torch.bool, device=completion_mask.device)
     mask[:, total - c:] = completion_mask.bool()
+    ends = torch.tensor(sorted(set(end_token_ids)), dtype=input_ids.dtype, device=input_ids.device)
     for row in range(batch):
-        if not bool(truncated[row]):
-            positions = mask[row].nonzero()
-            if positions.numel():
-                mask[row, positions[-1]] = False
+        positions = mask[row].nonzero()
+        if positions.numel() and bool(torch.isin(input_ids[row, positions[-1]], ends).any()):
+            mask[row, positions[-1]] = False
     return mask
