@@ -1,6 +1,7 @@
 """Benchmarks: ``python -m scripts.bench NAME`` prints a table and writes ``output/bench/NAME.json``.
 
-``grpo`` (design.md section 7) runs plain ms-swift GRPO and TARS GRPO on the same tiny Qwen2.5-Omni,
+``eval`` measures rule-based extraction speed, the batched-generation speed-up and the time of a
+four-mode evaluation of the offline set. ``grpo`` (design.md section 7) runs plain ms-swift GRPO and TARS GRPO on the same tiny Qwen2.5-Omni,
 data, batch and seed, alternating runs in one session (this machine is shared and noisy, so only
 ratios within a run are meaningful), and measures:
   forwards_per_step              model forwards outside generation per optimizer step (hook-counted)
@@ -9,6 +10,12 @@ ratios within a run are meaningful), and measures:
                                  next to what the original keeps ([L+1, C+1, D] bf16 per rollout)
 Each measured run is a subprocess (``python -m scripts.bench _run ...``) using the trainer classes below,
 which only add counters to the real trainers.
+
+``layers`` runs the layer-similarity analysis (``scripts.layer_similarity_analysis.measure``) as a
+subprocess on the tiny preset: 100 questions of the embedded speech set (train split), text responses
+generated on the fly (greedy, 24 new tokens), the embedded GRPO checkpoint (else the warm start):
+  seconds_100_samples            wall time of the whole run (model load, generation, measurement, plot)
+  peak_rss_mb                    peak resident memory of that process (getrusage of the child)
 """
 from __future__ import annotations
 
@@ -177,7 +184,94 @@ def bench_grpo(steps: int = 5, repeats: int = 2) -> dict:
     }
 
 
-BENCHES = {'grpo': bench_grpo}
+def bench_eval(items: int = 16) -> dict:
+    """Rule-based extraction speed (one core), batched vs one-by-one generation on the tiny preset, and
+    the time to evaluate the embedded default's offline set in all four modes."""
+    import torch
+
+    from eval.engine import ModelSpec, build_engine, generate
+    from eval.modes import build_request
+    from eval.qa import evaluate
+    from trainer.answer import extract_choice
+    from trainer.embedded import prepare
+    from trainer.schema import load_hf_dataset
+    from trainer.tiny_models import default_cache_dir
+
+    torch.set_num_threads(1)
+    cot = ('<think>First, recall what each option says. Option A is a distractor that ignores the premise, '
+           'option B restates the question, and option D contradicts the data given earlier. Only option C '
+           'fits every condition stated in the question, including the boundary case that the question '
+           'mentions in its second sentence.</think><answer>The answer is C.</answer>')
+    options = ['red', 'green', 'blue', 'black']
+    n = 20000
+    start = time.perf_counter()
+    for _ in range(n):
+        extract_choice(cot, options)
+    extractions_per_second = n / (time.perf_counter() - start)
+    torch.set_num_threads(2)
+
+    embedded = prepare(default_cache_dir())
+    spec = ModelSpec(str(embedded['model']))
+    ds = load_hf_dataset(str(embedded['dataset']), 'test').select(range(items))
+    requests = [build_request('text', 'systhink', row['prompt_for_tts']) for row in ds]
+    speeds = {}
+    for batch in (1, 16):
+        engine = build_engine(spec, 'transformers', batch_size=batch)
+        generate(engine, requests[:2], spec, True, 32)  # warm up
+        start = time.perf_counter()
+        generate(engine, requests, spec, True, 32)
+        speeds[batch] = items / (time.perf_counter() - start)
+    work = Path(tempfile.mkdtemp(prefix='bench-eval-'))
+    start = time.perf_counter()
+    evaluate(str(embedded['model']), [('MMLU', str(embedded['dataset']))], out=work, split='test', max_items=items,
+             max_new_tokens=64, batch_size=8, backend='transformers')
+    four_modes = time.perf_counter() - start
+    shutil.rmtree(work, ignore_errors=True)
+    return {'extractions_per_second': extractions_per_second,
+            'items_per_second': {'batch_1': speeds[1], 'batch_16': speeds[16]},
+            'batch_speedup': speeds[16] / speeds[1],
+            'four_modes_seconds': four_modes,
+            'setup': {'items': items, 'max_new_tokens_speedup': 32, 'max_new_tokens_four_modes': 64,
+                      'model': 'tiny qwen2_5_omni (warm-started)'}}
+
+
+# ---------------------------------------------------------------- the layers benchmark
+def bench_layers(samples: int = 100, max_new_tokens: int = 24) -> dict:
+    """The layer-similarity analysis on the tiny preset, as a subprocess (wall time, peak RSS)."""
+    import resource
+
+    from scripts.layer_similarity_analysis.defaults import embedded_default
+    from scripts.layer_similarity_analysis.outputs import read_stats
+
+    default = embedded_default()
+    model = default['checkpoint'] or default['warm']
+    work = Path(tempfile.mkdtemp(prefix='bench-layers-'))
+    cmd = [sys.executable, '-m', 'scripts.layer_similarity_analysis.measure', '--model', model,
+           '--dataset', default['dataset'], '--split', 'train', '--max_samples', str(samples),
+           '--max_new_tokens', str(max_new_tokens), '--out_dir', str(work / 'run')]
+    if default['base_model']:
+        cmd += ['--base_model', default['base_model']]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f'layer similarity run failed:\n{(proc.stdout + proc.stderr)[-4000:]}')
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # kilobytes on Linux
+    stats = read_stats(str(work / 'run'))
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        'seconds_100_samples': seconds,
+        'peak_rss_mb': peak_kb / 1024,
+        'seconds_by_stage': stats['seconds'],
+        'samples_compared': stats['n_samples'],
+        'samples_skipped': stats['n_skipped'],
+        'layers': len(stats['layers']),
+        'setup': {'model': model, 'dataset': default['dataset'], 'split': 'train', 'samples': samples,
+                  'max_new_tokens': max_new_tokens, 'batch_size': 8},
+    }
+
+
+BENCHES = {'grpo': bench_grpo, 'eval': bench_eval, 'layers': bench_layers}
 
 
 def main(argv=None) -> None:

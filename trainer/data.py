@@ -33,22 +33,28 @@ def _safe_name(key: str) -> str:
     return f'{stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.wav'
 
 
+def write_clip(row: Dict, dataset_name: str, audio_dir: Path) -> str:
+    """Write one row's audio once as a 16 kHz mono WAV under ``audio_dir``; return its path.
+
+    An unreadable clip raises a SchemaError naming the dataset, the row key and the field."""
+    path = audio_dir / _safe_name(row['key'])
+    if not path.exists():
+        try:
+            wav = load_audio(row['audio'], SAMPLING_RATE)
+        except Exception as err:
+            raise schema_error(dataset_name, row['key'], 'audio', str(err)) from err
+        audio_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix('.tmp.wav')
+        sf.write(str(tmp), wav, SAMPLING_RATE, subtype='PCM_16')
+        os.replace(tmp, path)
+    return str(path.resolve())
+
+
 def materialize_audio(ds, dataset_name: str, audio_dir: Path) -> List[str]:
-    """Write each row's audio once as a 16 kHz mono WAV under ``audio_dir``; return the paths in row order."""
+    """``write_clip`` for every row, in row order."""
     audio_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for row in tqdm(ds, desc=f'audio of {dataset_name}', disable=len(ds) < 50):
-        path = audio_dir / _safe_name(row['key'])
-        if not path.exists():
-            try:
-                wav = load_audio(row['audio'], SAMPLING_RATE)
-            except Exception as err:
-                raise schema_error(dataset_name, row['key'], 'audio', str(err)) from err
-            tmp = path.with_suffix('.tmp.wav')
-            sf.write(str(tmp), wav, SAMPLING_RATE, subtype='PCM_16')
-            os.replace(tmp, path)
-        paths.append(str(path.resolve()))
-    return paths
+    return [write_clip(row, dataset_name, audio_dir)
+            for row in tqdm(ds, desc=f'audio of {dataset_name}', disable=len(ds) < 50)]
 
 
 def grpo_row(row: Dict, audio_path: Optional[str], prompt_type: str) -> Dict:

@@ -33,15 +33,18 @@ def system_prompt(prompt_type: str) -> Optional[str]:
 
 
 def user_text(prompt_type: str, modality: str, prompt_for_tts: str = '') -> str:
-    """User-turn content: ``<audio>`` + suffix for speech, ``prompt_for_tts`` + suffix for text."""
+    """User-turn content: ``<audio>`` + suffix for speech, ``prompt_for_tts`` + suffix for text,
+    ``<audio>`` + ``prompt_for_tts`` + suffix for speech_text."""
     _check_type(prompt_type)
     if modality == 'speech':
         return AUDIO_TAG + ANSWER_SUFFIX[prompt_type]
+    if modality == 'speech_text':  # the audio is a stimulus and the question is text (CUHK MMSU, reference 6.1)
+        return AUDIO_TAG + prompt_for_tts + ANSWER_SUFFIX[prompt_type]
     if modality == 'text':
         if not prompt_for_tts:
             raise ValueError('a text prompt needs the prompt_for_tts text')
         return prompt_for_tts + ANSWER_SUFFIX[prompt_type]
-    raise ValueError(f'modality must be speech or text, got {modality!r}')
+    raise ValueError(f'modality must be speech, text or speech_text, got {modality!r}')
 
 
 def build_messages(prompt_type: str, modality: str, prompt_for_tts: str = '',

@@ -1,0 +1,109 @@
+"""ASR evaluation (reference 6.2): ``python -m eval.asr --model M --dataset PATH``.
+
+The model transcribes each clip with the original's prompt; both sides are normalised as the original
+does (lower case, punctuation removed, common English contractions expanded, whitespace folded). We
+report the original's score (mean of per-utterance WER capped at 1) and the corpus WER. Unlike the
+original, an empty hypothesis counts as WER 1 instead of being skipped (reference 11.10); an empty
+reference is skipped and counted. Results are appended per item and resumed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import string
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from tqdm import tqdm
+
+from eval.engine import build_engine, generate, resolve_model
+from eval.qa import parse_dataset_arg
+from trainer.data import write_clip
+from trainer.schema import SchemaError, load_hf_dataset
+
+ASR_PROMPT = 'Transcribe the audio clip into text.'
+CONTRACTIONS = {
+    "won't": 'will not', "can't": 'cannot', "n't": ' not', "'re": ' are', "'s": ' is', "'d": ' would',
+    "'ll": ' will', "'ve": ' have', "'m": ' am',
+}
+_PUNCT = re.compile(f'[{re.escape(string.punctuation)}]')
+
+
+def normalize(text: str) -> str:
+    text = text.lower().replace('’', "'")
+    for short, full in CONTRACTIONS.items():
+        text = text.replace(short, full)
+    return ' '.join(_PUNCT.sub(' ', text).split())
+
+
+def wer_scores(references: List[str], hypotheses: List[str]) -> Dict:
+    """Mean capped per-utterance WER (the original's score), corpus WER, counts."""
+    import jiwer
+    pairs = [(normalize(r), normalize(h)) for r, h in zip(references, hypotheses)]
+    kept = [(r, h) for r, h in pairs if r]
+    per_utt = [min(1.0, jiwer.wer(r, h)) if h else 1.0 for r, h in kept]
+    corpus = jiwer.wer([r for r, _ in kept], [h or '<empty>' for _, h in kept]) if kept else None
+    return {'score': sum(per_utt) / len(per_utt) if per_utt else None, 'corpus_wer': corpus, 'count': len(kept),
+            'skipped_empty_reference': len(pairs) - len(kept), 'per_utterance': per_utt}
+
+
+def evaluate_asr(model: str, dataset: str, out: Path = Path('output/eval'), base_model: Optional[str] = None,
+                 model_type: str = 'qwen2_5_omni', backend: str = 'auto', batch_size: int = 16, split: str = 'test',
+                 max_items: Optional[int] = None, max_new_tokens: int = 512, reference_column: Optional[str] = None,
+                 engine=None) -> Dict:
+    spec = resolve_model(model, base_model, model_type)
+    name, dataset = parse_dataset_arg(dataset)
+    ds = load_hf_dataset(dataset, split)
+    ref_col = reference_column or ('text' if 'text' in ds.column_names else 'prompt_for_tts')
+    key_col = 'key' if 'key' in ds.column_names else 'id'
+    for col in (ref_col, key_col, 'audio'):
+        if col not in ds.column_names:
+            raise SchemaError(f'{dataset}: missing column {col!r} (have: {ds.column_names})')
+    if max_items:
+        ds = ds.select(range(min(max_items, len(ds))))
+    run_dir = Path(out) / spec.name / name / 'asr_wer'
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results = run_dir / 'results.jsonl'
+    done = {json.loads(l)['key'] for l in results.read_text().splitlines()} if results.exists() else set()
+    engine = engine or build_engine(spec, backend, batch_size)
+    todo = [i for i, k in enumerate(ds[key_col]) if str(k) not in done]
+    for start in tqdm(range(0, len(todo), batch_size), desc=f'{name} asr'):
+        rows = [ds[i] for i in todo[start:start + batch_size]]
+        requests, ready = [], []
+        for row in rows:
+            row = dict(row, key=str(row[key_col]))
+            path = write_clip(row, name, Path(out) / '_audio' / name)
+            requests.append(([{'role': 'user', 'content': '<audio>' + ASR_PROMPT}], [path]))
+            ready.append(row)
+        outputs = generate(engine, requests, spec, True, max_new_tokens)
+        with open(results, 'a') as fh:
+            for row, hyp in zip(ready, outputs):
+                fh.write(json.dumps({'key': row['key'], 'generated_text': hyp, 'label': row[ref_col]}) + '\n')
+    items = [json.loads(l) for l in results.read_text().splitlines()]
+    scores = wer_scores([i['label'] for i in items], [i['generated_text'] for i in items])
+    (run_dir / 'metrics.json').write_text(json.dumps({k: v for k, v in scores.items() if k != 'per_utterance'},
+                                                     indent=1))
+    return scores
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--model', required=True)
+    p.add_argument('--base_model', default=None)
+    p.add_argument('--dataset', required=True, help='NAME=PATH or PATH (a text or prompt_for_tts reference column)')
+    p.add_argument('--split', default='test')
+    p.add_argument('--out', type=Path, default=Path('output/eval'))
+    p.add_argument('--backend', default='auto', choices=['auto', 'vllm', 'transformers'])
+    p.add_argument('--batch_size', type=int, default=16)
+    p.add_argument('--max_items', type=int, default=None)
+    p.add_argument('--reference_column', default=None, help='default: text, else prompt_for_tts')
+    args = p.parse_args(argv)
+    scores = evaluate_asr(args.model, args.dataset, args.out, args.base_model, backend=args.backend,
+                          batch_size=args.batch_size, split=args.split, max_items=args.max_items,
+                          reference_column=args.reference_column)
+    print(json.dumps({k: v for k, v in scores.items() if k != 'per_utterance'}, indent=1))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,110 @@
+"""Generation through ms-swift's engines: one code path, the backend chosen by flag (design.md section 6).
+
+``transformers``: ``TransformersEngine`` (CPU, or a GPU without vLLM); ``vllm``: ``VllmEngine`` with the
+original's evaluation settings (reference 6.1: max_model_len 6400, gpu_memory_utilization 0.45, one
+audio per prompt). A LoRA checkpoint is applied per request, so the same engine also answers with the
+adapter off (the text-only baseline). Greedy decoding.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+ADAPTER_NAME = 'tars'
+
+
+@dataclass
+class ModelSpec:
+    base: str                     # base model (path or hub id)
+    adapter: Optional[str] = None  # LoRA checkpoint directory, if any
+    model_type: str = 'qwen2_5_omni'
+
+    @property
+    def name(self) -> str:
+        """A readable, filesystem-safe name: the last two path parts of the adapter or the base."""
+        parts = Path(self.adapter or self.base).parts[-2:]
+        return '--'.join(p.replace('/', '-') for p in parts)
+
+
+def resolve_model(model: str, base_model: Optional[str] = None, model_type: str = 'qwen2_5_omni') -> ModelSpec:
+    """A base model, a merged model, or a LoRA checkpoint (its base from ``--base_model``, the adapter's
+    ``base_model_name_or_path`` or ms-swift's ``args.json``); a base that cannot be found is an error."""
+    path = Path(model)
+    if not (path / 'adapter_config.json').exists():
+        return ModelSpec(base=model, model_type=model_type)
+    base = base_model
+    if base is None:
+        base = json.loads((path / 'adapter_config.json').read_text()).get('base_model_name_or_path')
+    if (base is None or not _exists(base)) and (path / 'args.json').exists():
+        base = json.loads((path / 'args.json').read_text()).get('model') or base
+    if base is None or not _exists(base):
+        raise FileNotFoundError(f'{model} is a LoRA checkpoint whose base model {base!r} cannot be found; '
+                                'pass --base_model PATH_OR_HUB_ID')
+    return ModelSpec(base=base, adapter=str(path), model_type=model_type)
+
+
+def _exists(name: str) -> bool:
+    """A local path that exists, or something that looks like a hub id (org/name) when not offline."""
+    if Path(name).exists():
+        return True
+    offline = os.environ.get('HF_HUB_OFFLINE') == '1'
+    return not offline and name.count('/') == 1 and not name.startswith(('/', '.'))
+
+
+def choose_backend(backend: str = 'auto') -> str:
+    """'auto': vLLM when a GPU and vLLM are present, else transformers."""
+    if backend != 'auto':
+        return backend
+    import importlib.util
+
+    import torch
+    return 'vllm' if torch.cuda.is_available() and importlib.util.find_spec('vllm') else 'transformers'
+
+
+def vllm_engine_kwargs(spec: ModelSpec, max_model_len: int = 6400, gpu_memory_utilization: float = 0.45,
+                       tensor_parallel_size: int = 1, max_lora_rank: int = 64) -> Dict:
+    """``VllmEngine`` arguments for a GPU run (one audio per prompt: ms-swift #4210, #5784)."""
+    return dict(model_type=spec.model_type, gpu_memory_utilization=gpu_memory_utilization,
+                tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+                limit_mm_per_prompt={'audio': 1}, enable_lora=spec.adapter is not None,
+                max_lora_rank=max_lora_rank, torch_dtype='bfloat16')
+
+
+def build_engine(spec: ModelSpec, backend: str = 'auto', batch_size: int = 16):
+    backend = choose_backend(backend)
+    if backend == 'vllm':
+        from swift.infer_engine import VllmEngine
+        return VllmEngine(spec.base, max_num_seqs=batch_size, **vllm_engine_kwargs(spec))
+    if backend != 'transformers':
+        raise ValueError(f'backend must be auto, vllm or transformers, got {backend!r}')
+    import torch
+    from swift.infer_engine import TransformersEngine
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    # The adapter is loaded into the model (a per-request adapter breaks batched generation in ms-swift
+    # 4.6's TransformersEngine: peft gets one adapter name for the whole batch); the text-only baseline
+    # switches it off around its generation.
+    return TransformersEngine(spec.base, model_type=spec.model_type, max_batch_size=batch_size, torch_dtype=dtype,
+                              adapters=[spec.adapter] if spec.adapter else None)
+
+
+def generate(engine, requests: List[Tuple[List[Dict], List[str]]], spec: ModelSpec, use_adapter: bool,
+             max_new_tokens: int) -> List[str]:
+    """Greedy completions for (messages, audios) requests, with or without the adapter."""
+    from contextlib import nullcontext
+
+    from swift.infer_engine import AdapterRequest, InferRequest, RequestConfig
+    infer_requests = [InferRequest(messages=m, audios=a) for m, a in requests]
+    config = RequestConfig(max_tokens=max_new_tokens, temperature=0.0)
+    adapter, context = None, nullcontext()
+    disable = getattr(getattr(engine, 'model', None), 'disable_adapter', None)  # a peft model in the engine
+    if spec.adapter and disable is not None:
+        if not use_adapter:
+            context = disable()
+    elif spec.adapter and use_adapter:  # vLLM: the adapter per request (LoRARequest)
+        adapter = AdapterRequest(ADAPTER_NAME, spec.adapter)
+    with context:
+        responses = engine.infer(infer_requests, config, use_tqdm=False, adapter_request=adapter)
+    return [r.choices[0].message.content or '' for r in responses]

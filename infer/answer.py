@@ -1,0 +1,52 @@
+"""Answer one question from its speech and/or its text with any preset:
+
+    python -m infer.answer --model M [--base_model B] --audio question.wav
+    python -m infer.answer --model M --text "Which ...?\n\nOption A: ...\nOption B: ..."
+
+Prints the completion of each given input and the extracted answer letter.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+
+from eval.engine import build_engine, generate, resolve_model
+from eval.modes import build_request
+from trainer.answer import extract_choice
+from trainer.prompts import PROMPT_TYPES
+
+OPTION_LINE = re.compile(r'^\s*Option\s+([A-J])\s*:\s*(.+)$', re.MULTILINE)
+
+
+def options_in(text: str, default_count: int = 4):
+    """The option texts written as 'Option X: ...' lines, else placeholders for A-D."""
+    found = OPTION_LINE.findall(text or '')
+    return [t for _, t in found] if found else [''] * default_count
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--model', required=True)
+    p.add_argument('--base_model', default=None)
+    p.add_argument('--model_type', default='qwen2_5_omni')
+    p.add_argument('--audio', default=None, help='a WAV/FLAC file with the spoken question and options')
+    p.add_argument('--text', default=None, help='the question and options as text')
+    p.add_argument('--prompt_type', default='systhink', choices=PROMPT_TYPES)
+    p.add_argument('--max_new_tokens', type=int, default=512)
+    p.add_argument('--backend', default='auto', choices=['auto', 'vllm', 'transformers'])
+    args = p.parse_args(argv)
+    if not args.audio and not args.text:
+        p.error('give --audio and/or --text')
+    spec = resolve_model(args.model, args.base_model, args.model_type)
+    engine = build_engine(spec, args.backend, batch_size=2)
+    inputs = [('speech', build_request('audio', args.prompt_type, '', audio_path=args.audio))] if args.audio else []
+    if args.text:
+        inputs.append(('text', build_request('text', args.prompt_type, args.text.replace('\\n', '\n'))))
+    outputs = generate(engine, [r for _, r in inputs], spec, True, args.max_new_tokens)
+    options = options_in(args.text)
+    for (name, _), out in zip(inputs, outputs):
+        print(f'--- {name} ---\n{out}\nanswer: {extract_choice(out, options)}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,161 @@
+"""Evaluation: metrics and MRR on hand-made results, resume, the vLLM arguments, and end to end on the tiny
+preset (every mode, ASR WER, LoRA merge equal to base + adapter)."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from eval import metrics as M
+from eval.asr import normalize, wer_scores
+from eval.engine import ModelSpec, resolve_model, vllm_engine_kwargs
+from eval.extract import parse_xfinder, xfinder_prompt
+from eval.modes import build_request
+
+
+def write_results(path: Path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+
+
+def item(key, extracted, gold='A', error=None, category='c1'):
+    return {'key': key, 'mode': 'audio', 'prompt_type': 'systhink', 'output': 'x', 'extracted': extracted,
+            'gold': gold, 'correct': extracted == gold and error is None, 'error': error, 'category': category}
+
+
+def test_run_metrics_on_hand_made_results(tmp_path):
+    rows = [item('1', 'A'), item('2', 'B'), item('3', None), item('4', 'A', category='c2'),
+            item('5', None, error='unreadable audio')]
+    write_results(tmp_path / 'r.jsonl', rows)
+    m = M.run_metrics(M.read_results(tmp_path / 'r.jsonl'))
+    assert m['count'] == 5 and m['failed_items'] == 1
+    assert m['accuracy'] == pytest.approx(2 / 5)  # a failed item counts as wrong
+    assert m['extraction_failure_rate'] == pytest.approx(1 / 4)
+    assert m['per_category'] == {'c1': pytest.approx(1 / 3), 'c2': 1.0}
+
+
+def test_table_and_mrr_in_the_papers_layout():
+    tab = M.table({'MMSU': {'audio': 0.60, 'text': 0.80}, 'OBQA': {'audio': 0.70, 'text': 0.90}})
+    assert tab['columns'] == ['MMSU(A)', 'MMSU(T)', 'OBQA(A)', 'OBQA(T)', 'Avg(A)', 'MRR']
+    assert tab['row']['Avg(A)'] == pytest.approx(0.65)
+    assert tab['row']['MRR'] == pytest.approx(100 * 0.65 / 0.85)  # own Avg(T) by default
+    given = M.table({'MMSU': {'audio': 0.60, 'text': 0.80}}, mrr_reference=0.5)
+    assert given['row']['MRR'] == pytest.approx(120.0) and given['mrr_reference_kind'] == 'given'
+    md = M.markdown('m', tab)
+    assert '| m | 60.00 | 80.00 | 70.00 | 90.00 | 65.00 | 76.47 |' in md
+
+
+def test_wer_normalisation_capping_and_corpus():
+    assert normalize("It's   the CAT's, isn't it?") == 'it is the cat is is not it'
+    s = wer_scores(['a b c d', 'x y', ''], ['a b c e', '', 'z'])
+    # 1/4, and an empty hypothesis counts 1 (capped); the empty reference is skipped and counted
+    assert s['per_utterance'] == [0.25, 1.0] and s['score'] == pytest.approx(0.625)
+    assert s['skipped_empty_reference'] == 1 and s['corpus_wer'] == pytest.approx(3 / 6)
+
+
+def test_requests_per_mode():
+    messages, audios = build_request('audio', 'systhink', 'Q?', audio_path='/a.wav')
+    assert audios == ['/a.wav'] and messages[-1]['content'] == '<audio>' and messages[0]['role'] == 'system'
+    messages, audios = build_request('text_base', 'cot', 'Q?')
+    assert audios == [] and messages[-1]['content'] == 'Q?\nSolve the multiple-choice question step-by-step.'
+    messages, _ = build_request('audio', 'none', 'Q?', audio_path='/a.wav', audio_with_text=True)
+    assert messages[-1]['content'] == '<audio>Q?'
+    assert build_request('asr', 'none', 'Q?', transcript='what was heard')[0][-1]['content'] == 'what was heard'
+
+
+def test_vllm_engine_arguments_for_a_gpu_run():
+    kwargs = vllm_engine_kwargs(ModelSpec('Qwen/Qwen2.5-Omni-7B', adapter='ckpt'))
+    assert kwargs['limit_mm_per_prompt'] == {'audio': 1} and kwargs['enable_lora'] is True
+    assert kwargs['max_model_len'] == 6400 and kwargs['gpu_memory_utilization'] == 0.45
+    assert vllm_engine_kwargs(ModelSpec('m'))['enable_lora'] is False
+
+
+def test_xfinder_prompt_and_parsing():
+    prompt = xfinder_prompt('Which?', 'I pick green', ['red', 'green'])
+    assert prompt.endswith('Answer range: [["A", "red"], ["B", "green"]]\n\nKey extracted answer: ')
+    assert parse_xfinder('B', ['red', 'green']) == 'B'
+    assert parse_xfinder('green.', ['red', 'green']) == 'B'
+    assert parse_xfinder('[No valid answer]', ['red', 'green']) is None
+
+
+def test_a_checkpoint_without_its_base_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    (tmp_path / 'adapter_config.json').write_text(json.dumps({'base_model_name_or_path': '/gone/base'}))
+    with pytest.raises(FileNotFoundError, match='base model'):
+        resolve_model(str(tmp_path))
+
+
+# ---------------------------------------------------------------- the tiny preset, end to end
+@pytest.fixture(scope='module')
+def tiny_adapter(tiny_model, tmp_path_factory):
+    """A random (non-zero) LoRA on the tiny model's LLM, saved the way peft/ms-swift save adapters."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2_5OmniForConditionalGeneration
+    torch.manual_seed(0)
+    model = Qwen2_5OmniForConditionalGeneration.from_pretrained(str(tiny_model))
+    config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                        target_modules=r'thinker\.model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)')
+    peft_model = get_peft_model(model, config)
+    out = tmp_path_factory.mktemp('adapter') / 'checkpoint-1'
+    peft_model.save_pretrained(str(out))
+    return out
+
+
+class CountingEngine:
+    """The real engine, counting the requests it is asked to answer."""
+
+    def __init__(self, engine):
+        self.engine, self.requests = engine, 0
+        self.model = engine.model
+
+    def infer(self, requests, *args, **kwargs):
+        self.requests += len(requests)
+        return self.engine.infer(requests, *args, **kwargs)
+
+
+def test_every_mode_end_to_end_and_resume(tiny_model, tiny_adapter, tiny_speech_set, tmp_path):
+    from eval.engine import build_engine
+    from eval.qa import evaluate
+    spec = resolve_model(str(tiny_adapter), str(tiny_model))
+    engine = CountingEngine(build_engine(spec, 'transformers', batch_size=4))
+    kwargs = dict(model=str(tiny_adapter), base_model=str(tiny_model), datasets=[('MMSU', str(tiny_speech_set))],
+                  out=tmp_path, split='train', max_items=4, max_new_tokens=8, batch_size=4, engine=engine)
+    result = evaluate(**kwargs)
+    assert engine.requests == 16  # 4 items x 4 modes
+    for mode in ('audio', 'text', 'asr', 'text_base'):
+        run = Path(result['dir']) / 'MMSU' / f'{mode}_systhink'
+        rows = M.read_results(run / 'results.jsonl')
+        assert len(rows) == 4 and {'key', 'mode', 'prompt_type', 'output', 'extracted', 'gold', 'correct'} <= set(rows[0])
+        assert json.loads((run / 'metrics.json').read_text())['count'] == 4
+    assert (Path(result['dir']) / 'table.md').read_text().startswith('| model | MMSU(A) | MMSU(T)')
+    # interrupted after two items of the text mode: only those two are generated again
+    text = Path(result['dir']) / 'MMSU' / 'text_systhink' / 'results.jsonl'
+    text.write_text(''.join(text.read_text().splitlines(keepends=True)[:2]))
+    engine.requests = 0
+    evaluate(**kwargs)
+    assert engine.requests == 2 and len(M.read_results(text)) == 4
+
+
+def test_asr_wer_end_to_end(tiny_model, tiny_speech_set, tmp_path):
+    from eval.asr import evaluate_asr
+    scores = evaluate_asr(str(tiny_model), f'SET={tiny_speech_set}', tmp_path, split='train', max_items=2,
+                          max_new_tokens=8, backend='transformers')
+    assert scores['count'] == 2 and 0 <= scores['score'] <= 1
+    assert json.loads(next(tmp_path.glob('*/SET/asr_wer/metrics.json')).read_text())['count'] == 2
+
+
+def test_merged_model_equals_base_plus_adapter(tiny_model, tiny_adapter, tmp_path):
+    from peft import PeftModel
+    from transformers import Qwen2_5OmniForConditionalGeneration
+    from scripts.merge_lora import merge_lora
+    merged_dir = merge_lora(str(tiny_adapter), str(tmp_path / 'merged'), str(tiny_model))
+    ids = torch.tensor([[151644, 872, 198, 3838, 374, 220, 17, 10, 17, 30, 151645]])
+    base = Qwen2_5OmniForConditionalGeneration.from_pretrained(str(tiny_model))
+    with_adapter = PeftModel.from_pretrained(base, str(tiny_adapter)).eval()
+    merged = Qwen2_5OmniForConditionalGeneration.from_pretrained(str(merged_dir)).eval()
+    with torch.no_grad():
+        a = with_adapter.base_model.model.thinker(input_ids=ids).logits
+        b = merged.thinker(input_ids=ids).logits
+        plain = Qwen2_5OmniForConditionalGeneration.from_pretrained(str(tiny_model)).thinker(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-4)
+    assert not torch.allclose(a, plain, atol=1e-4)  # the adapter really changes the model
