@@ -159,3 +159,29 @@ def test_merged_model_equals_base_plus_adapter(tiny_model, tiny_adapter, tmp_pat
         plain = Qwen2_5OmniForConditionalGeneration.from_pretrained(str(tiny_model)).thinker(input_ids=ids).logits
     assert torch.allclose(a, b, atol=1e-4)
     assert not torch.allclose(a, plain, atol=1e-4)  # the adapter really changes the model
+
+
+def test_an_unreadable_clip_is_recorded_as_failed_and_the_run_goes_on(tiny_model, tmp_path):
+    from eval.qa import evaluate
+    from tests.test_data_and_launcher import good_row, make_set
+    path = make_set(tmp_path, [good_row('ok'), good_row('broken', audio={'bytes': b'not audio', 'path': None})])
+    result = evaluate(str(tiny_model), [('SET', path)], modes=['audio'], out=tmp_path / 'eval', split='train',
+                      max_new_tokens=4, batch_size=2, backend='transformers')
+    rows = {r['key']: r for r in M.read_results(Path(result['dir']) / 'SET' / 'audio_systhink' / 'results.jsonl')}
+    assert set(rows) == {'ok', 'broken'}
+    assert rows['broken']['correct'] is False and "'broken'" in rows['broken']['error'] and 'audio' in rows['broken']['error']
+    assert rows['ok'].get('error') is None and isinstance(rows['ok']['output'], str)
+    assert result['datasets']['SET']['audio']['failed_items'] == 1
+
+
+def test_inference_answers_speech_and_text(tiny_model, tiny_speech_set, tmp_path, capsys):
+    from infer.answer import main, options_in
+    from trainer.data import write_clip
+    from trainer.schema import load_hf_dataset
+    row = load_hf_dataset(str(tiny_speech_set))[0]
+    wav = write_clip(row, 'set', tmp_path)
+    main(['--model', str(tiny_model), '--audio', wav, '--text', row['prompt_for_tts'], '--max_new_tokens', '6',
+          '--backend', 'transformers'])
+    out = capsys.readouterr().out
+    assert out.count('--- speech ---') == 1 and out.count('--- text ---') == 1 and out.count('answer: ') == 2
+    assert options_in('Q\nOption A: red\nOption B: green') == ['red', 'green']
