@@ -1,6 +1,7 @@
 """Benchmarks: ``python -m scripts.bench NAME`` prints a table and writes ``output/bench/NAME.json``.
 
-``eval`` measures rule-based extraction speed, the batched-generation speed-up and the time of a
+``tts`` measures the speech-synthesis pipeline's real-time factor (espeak-ng, Piper) and a 1,000-row
+offline MMLU build. ``eval`` measures rule-based extraction speed, the batched-generation speed-up and the time of a
 four-mode evaluation of the offline set. ``grpo`` (design.md section 7) runs plain ms-swift GRPO and TARS GRPO on the same tiny Qwen2.5-Omni,
 data, batch and seed, alternating runs in one session (this machine is shared and noisy, so only
 ratios within a run are meaningful), and measures:
@@ -271,7 +272,36 @@ def bench_layers(samples: int = 100, max_new_tokens: int = 24) -> dict:
     }
 
 
-BENCHES = {'grpo': bench_grpo, 'eval': bench_eval, 'layers': bench_layers}
+def bench_tts(rows: int = 1000) -> dict:
+    """Speech synthesis speed: seconds of audio per wall second for the whole clip pipeline (synthesis,
+    resampling to 16 kHz, writing the WAV), for espeak-ng and (when installed) Piper, and the time to
+    build ``rows`` MMLU rows with speech offline."""
+    from scripts.dataset_building.mmlu import build_speech_set, mmlu_rows, select_rows, synthesize_clip
+    from trainer.tts import EspeakTTS, PiperTTS
+
+    texts = [r['prompt_for_tts'] for r in select_rows(list(mmlu_rows(max_chars=300)), 20, seed=5)]
+    work = Path(tempfile.mkdtemp(prefix='bench-tts-'))
+
+    def realtime_factor(tts, name):
+        start, audio = time.perf_counter(), 0.0
+        for i, text in enumerate(texts):
+            audio += synthesize_clip(tts, text, work / f'{name}-{i}.wav')
+        return audio / (time.perf_counter() - start)
+
+    result = {'espeak_realtime_factor': realtime_factor(EspeakTTS(), 'espeak')}
+    try:
+        result['piper_realtime_factor'] = realtime_factor(PiperTTS(), 'piper')
+    except ImportError as err:
+        result['piper_realtime_factor'] = None
+        result['piper_missing'] = str(err)
+    start = time.perf_counter()
+    build_speech_set(work / 'mmlu', n_rows=rows, seed=0, max_chars=2000)
+    result['mmlu_1000_rows_seconds' if rows == 1000 else f'mmlu_{rows}_rows_seconds'] = time.perf_counter() - start
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+BENCHES = {'grpo': bench_grpo, 'eval': bench_eval, 'tts': bench_tts, 'layers': bench_layers}
 
 
 def main(argv=None) -> None:
