@@ -39,7 +39,6 @@ TARS_REWARDS = PLAIN_REWARDS + ['tars_representation', 'tars_behaviour']
 def _counting(base):
     """A subclass of ``base`` that counts non-generation forwards of the language model, times
     training steps and records the hidden-state bytes kept per rollout."""
-    import torch
 
     from trainer.hidden_states import llm_layers_and_norm
 

@@ -5,12 +5,10 @@ launcher runs it. The length reward is added so that a random model still gets n
 (the format and accuracy rewards of an untrained model are all zero).
 """
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from tests.conftest import PYTHON, run
