@@ -7,6 +7,7 @@ import pytest
 
 from scripts.dataset_building.mmlu import (build_prompt_for_tts, build_speech_set, make_row, mmlu_rows,
                                            read_mmlu_source, rewrite_blanks, select_rows, wav_name)
+from tests.dataset_fixtures import write_source
 from trainer.schema import load_audio, load_hf_dataset, validate_dataset
 from trainer.tts import EspeakTTS
 
@@ -49,15 +50,6 @@ def test_build_prompt_for_tts_exact():
     assert build_prompt_for_tts("Yes or no?", ["yes", "no"]) == "Yes or no?\n\nOption A: yes\nOption B: no"
 
 
-def write_source(path, questions):
-    header = {'question': 'question', 'answer_a': 'answer_a', 'answer_b': 'answer_b', 'answer_c': 'answer_c',
-              'answer_d': 'answer_d', 'correct_answer': 'answer', 'topic': 'x'}
-    lines = [header] + [{'question': q, 'answer_a': 'a', 'answer_b': 'b', 'answer_c': 'c', 'answer_d': 'd',
-                         'correct_answer': 'C', 'topic': 'toys'} for q in questions]
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return path
-
-
 def test_make_row_and_length_filter(tmp_path):
     # "Q?" -> "Q?\n\n" (4) + 4 lines of "Option X: y" (11 each) + 3 newlines = 51 characters;
     # the second question is 10 longer (61); "The  what  sky." (15) gives 15 + 2 + 44 + 3 = 64
@@ -76,8 +68,16 @@ def test_make_row_and_length_filter(tmp_path):
         'key': 'mmlu@3', 'question': "The __ sky.", 'options': ['a', 'b', 'c', 'd'], 'answer_index': 2,
         'question_for_tts': "The  what  sky.",
         'prompt_for_tts': "The  what  sky.\n\nOption A: a\nOption B: b\nOption C: c\nOption D: d",
+        'prompt_for_tts_tn': "the what sky option a a option b b option c c option d d",
         'source': 'mmlu', 'subject': 'toys',
     }
+
+
+def test_prompt_for_tts_tn_is_lower_case_and_punctuation_free():
+    from scripts.dataset_building.mmlu import text_normalise
+    assert text_normalise("Who's   the U.S. president?\n\nOption A: Don't know\nOption B: 2+2") == \
+        "who is the u s president option a do not know option b 2 2"
+    assert text_normalise("ALL CAPS, (really)!") == "all caps really"
 
 
 def test_real_source_is_clean():

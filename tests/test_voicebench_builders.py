@@ -1,9 +1,10 @@
 """scripts/dataset_building/voicebench.py and cuhk_mmsu.py: VoiceBench MMSU/OBQA and CUHK MMSU -> hf_format
 (reference 5.2, 5.3; the defects of 11.13 reported, not written).
 
-Fixtures are written here in the sources' formats: the hub's parquet files (audio as the {bytes, path}
-struct of datasets.Audio) for VoiceBench; <id>.wav/.flac clips at 48 kHz plus a mmsu.jsonl for CUHK.
-Every clip is a tone whose frequency identifies its row, so a clip landing on the wrong row is caught.
+The fixtures (tests/dataset_fixtures.py) are in the sources' formats: the hub's parquet files (audio as the
+{bytes, path} struct of datasets.Audio) for VoiceBench; <id>.wav/.flac clips at 48 kHz plus a mmsu.jsonl
+for CUHK. Every clip is a tone whose frequency identifies its row, so a clip landing on the wrong row is
+caught.
 """
 import io
 import json
@@ -13,28 +14,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from scripts.dataset_building import cuhk_mmsu, voicebench
+from scripts.dataset_building import common, cuhk_mmsu, voicebench
 from scripts.dataset_building.cuhk_mmsu import answer_position, build_cuhk_mmsu, choices_of
 from scripts.dataset_building.voicebench import (MMSU_SPLITS, RowError, answer_from_reference, build_voicebench,
                                                  find_parquet_files, split_prompt)
-from trainer.schema import AUDIO_STORAGE, encode_wav_bytes, load_audio, load_hf_dataset, validate_dataset
-
-INSTRUCTION = "What is the answer to the above multiple choice question? Select one of the following: A, B, C, or D."
-CLIP_SECONDS = 0.6
-AMP = 0.3
-
-
-def tone(freq, sr=16000, seconds=CLIP_SECONDS):
-    t = np.arange(int(seconds * sr)) / sr
-    return (AMP * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
+from tests.dataset_fixtures import (AMP, CLIP_SECONDS, CUHK_FREQ, INSTRUCTION, MULTILINE_Q, ROMAN_Q, meta, prompt,
+                                    source_dataset, tone, write_cuhk_source, write_split, write_voicebench_source)
+from trainer.schema import encode_wav_bytes, load_audio, load_hf_dataset, validate_dataset
 
 def dominant_freq(x, sr=16000):
     return np.fft.rfftfreq(len(x), 1 / sr)[np.argmax(np.abs(np.fft.rfft(x)))]
-
-
-def prompt(question, options):
-    return "\n".join([question] + [f"{chr(65 + i)}. {o}" for i, o in enumerate(options)] + [INSTRUCTION])
 
 
 def check_clip(audio, freq):
@@ -54,41 +43,7 @@ def check_header_16k(out):
 
 
 # -----------------------------------------------------------------------------
-# VoiceBench fixtures: the hub's parquet layout, <config>/<split>-00000-of-00001.parquet
-
-MULTILINE_Q = ("A state statute provides:\n"
-               "\"Whenever a person knows or should know that he is being arrested, he may not resist.\"\n"
-               "Which of the following is the best argument against the statute?")
-ROMAN_Q = "Consider the statements.\nI. Cats are mammals.\nV. Five is odd.\nWhich are true?"
-
-
-def mmsu_rows():
-    """{split: [source rows]} for all 12 splits, with the bad rows in 'law'; returns rows and key->freq."""
-    rows, freqs, n = {}, {}, 0
-
-    def add(split, key_src, qid, question, options, reference, audio=None):
-        nonlocal n
-        freq = 200 + 40 * n
-        n += 1
-        rows.setdefault(split, []).append({
-            'audio': audio or {'bytes': encode_wav_bytes(tone(freq)), 'path': f"{split}_{qid}.wav"},
-            'prompt': prompt(question, options), 'reference': reference, 'question_id': qid,
-            'cot_content': '', 'category': split, 'src': key_src})
-        freqs.setdefault(f"{key_src}_{qid}", freq)   # a repeated key keeps its first row's tone
-
-    add('law', 'ori_mmlu-jurisprudence', 886, "What is law?", ["rules", "food", "music", "weather"], 'A')
-    add('law', 'ori_mmlu-professional_law', 887, MULTILINE_Q, ["due process", "equal protection",
-                                                              "free speech", "commerce"], 'A')
-    add('law', 'ori_mmlu-jurisprudence', 888, "Bad reference?", ["a", "b", "c", "d"], 'E')       # dropped
-    add('law', 'ori_mmlu-jurisprudence', 889, "Only one option?", ["lonely"], 'A')              # dropped
-    add('law', 'ori_mmlu-jurisprudence', 890, "Broken audio?", ["a", "b", "c", "d"], 'B',
-        audio={'bytes': b'not audio at all', 'path': 'x.wav'})                                   # dropped
-    add('law', 'ori_mmlu-logical_fallacies', 891, ROMAN_Q, ["I only", "V only", "both", "neither"], 'C')
-    for i, split in enumerate(MMSU_SPLITS[1:]):
-        add(split, f"stemez-{split}", 100 + i, f"A {split} question?", ["w", "x", "y", "z"], 'ABCD'[i % 4])
-    add('other', 'stemez-other', 101, "Same key as the row above?", ["p", "q"], 'A')            # dropped
-    return rows, freqs
-
+# VoiceBench fixtures: tests/dataset_fixtures.py writes the hub's parquet layout
 
 MMSU_DROPPED = {'ori_mmlu-jurisprudence_888': 'reference_not_an_option',
                 'ori_mmlu-jurisprudence_889': 'fewer_than_2_options',
@@ -96,33 +51,10 @@ MMSU_DROPPED = {'ori_mmlu-jurisprudence_888': 'reference_not_an_option',
                 'stemez-other_101': 'duplicate_key'}
 
 
-def source_dataset(rows, int_columns=('question_id',)):
-    """A Dataset in the hub's format: audio a datasets.Audio(16 kHz) column over {bytes, path}."""
-    cols = list(rows[0])
-    feats = {c: AUDIO_STORAGE if c == 'audio' else datasets.Value('int64' if c in int_columns else 'string')
-             for c in cols}
-    ds = datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in cols}, features=datasets.Features(feats))
-    return ds.cast_column('audio', datasets.Audio(sampling_rate=16000))
-
-
-def write_split(root, config, split, rows):
-    path = root / config / f"{split}-00000-of-00001.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    source_dataset(rows).to_parquet(str(path))
-    return path
-
-
 @pytest.fixture(scope='module')
 def vb_source(tmp_path_factory):
     root = tmp_path_factory.mktemp('voicebench')
-    rows, freqs = mmsu_rows()
-    for split, rs in rows.items():
-        write_split(root, 'mmsu', split, rs)
-    obqa = [{'audio': {'bytes': encode_wav_bytes(tone(1000 + 50 * i)), 'path': None},
-             'prompt': prompt(f"OBQA question {i}?", ["sun", "moon", "rain", "wind"]), 'reference': ref}
-            for i, ref in enumerate(['A', 'D', 'Q', 'B'])]                # row 2: 'Q' names no option
-    write_split(root, 'openbookqa', 'test', obqa)
-    return root, freqs
+    return root, write_voicebench_source(root)
 
 
 @pytest.fixture(scope='module')
@@ -315,8 +247,8 @@ def test_keys_with_the_same_clip_name_keep_their_own_clips(tmp_path):
     items = [({'row': i}, (lambda i=i, k=k: ({'key': k}, [], {'bytes': encode_wav_bytes(tone(300 + 200 * i)),
                                                                 'path': None})))
              for i, k in enumerate(['a/b', 'a_b', 'a b'])]
-    report = voicebench.new_report('toy', {})
-    rows = voicebench.convert_rows(items, tmp_path / 'wav', report)
+    report = common.new_report('toy', {})
+    rows = common.convert_rows(items, tmp_path / 'wav', report)
     assert [r['key'] for r in rows] == ['a/b', 'a_b', 'a b'] and len({r['audio'] for r in rows}) == 3
     for i, r in enumerate(rows):
         check_clip(r['audio'], 300 + 200 * i)
@@ -326,40 +258,13 @@ def test_keys_with_the_same_clip_name_keep_their_own_clips(tmp_path):
 # CUHK MMSU
 
 
-def meta(id_, answer, choices=("rising", "falling", "flat", "none"), question="Which intonation is used?",
-         **kw):
-    return {'id': id_, 'task_name': 'intonation_perception', 'audio_path': f"audio/{id_}.wav",
-            'question': question, **{f"choice_{c}": v for c, v in zip('abcd', choices)}, 'answer_gt': answer,
-            'category': 'Perception', 'sub-category': 'Phonology', 'sub-sub-category': 'Intonation',
-            'linguistics_sub_discipline': 'Prosody', **kw}
-
-
-CUHK_FREQ = {'intonation_0001': 300, 'intonation_0002': 450, 'intonation_0003': 600, 'stress_0004': 750,
-             'stress_0005': 900, 'orphan_0099': 1200, 'yesno_0006': 1050}
 CUHK_DROPPED = {'stress_0004': 'answer_gt_matches_no_choice', 'nosound_0007': 'metadata_without_audio',
                 'orphan_0099': 'audio_without_metadata', None: 'bad_metadata_line'}
 
 
 @pytest.fixture(scope='module')
 def cuhk_source(tmp_path_factory):
-    root = tmp_path_factory.mktemp('cuhk')
-    audio = root / 'audio' / 'sub'
-    audio.mkdir(parents=True)
-    for id_, freq in CUHK_FREQ.items():      # 48 kHz like the hub; flac for one of them
-        ext = 'flac' if id_ == 'intonation_0002' else 'wav'
-        sf.write(str(audio / f"{id_}.{ext}"), tone(freq, sr=48000), 48000)
-    (audio / 'README.txt').write_text("not a clip")
-    lines = [meta('intonation_0001', 'falling'),
-             meta('intonation_0002', '  Rising '),                           # matches 'rising' once normalised
-             meta('intonation_0003', 'flat', question="Listen.\nWhich intonation is used?"),
-             meta('stress_0004', 'penultimate'),                             # matches no choice: dropped
-             meta('stress_0005', 3, choices=(1, 2, 3, 4)),                   # numbers become str
-             meta('yesno_0006', 'yes', choices=('yes', 'no', None, '')),     # 2 choices
-             meta('nosound_0007', 'rising')]                                 # no clip: dropped
-    text = "".join(json.dumps(m) + "\n" for m in lines[:3]) + "{not json\n" + \
-        "".join(json.dumps(m) + "\n" for m in lines[3:])
-    (root / 'mmsu.jsonl').write_text(text)
-    return root
+    return write_cuhk_source(tmp_path_factory.mktemp('cuhk'))
 
 
 def test_cuhk_text_steps():
@@ -456,3 +361,16 @@ def test_cuhk_hub_audio_only_rows_joined_with_metadata(cuhk_source, tmp_path, mo
     with pytest.raises(SystemExit) as e:
         cuhk_mmsu.main(['--out', str(tmp_path / 'x'), '--audio_dir', str(cuhk_source)])
     assert e.value.code == 2 and "--metadata" in capsys.readouterr().err
+
+
+def test_limit_converts_only_the_first_rows(cuhk_source, vb_source, tmp_path):
+    dsd = build_cuhk_mmsu(tmp_path / 'c', audio_dir=cuhk_source / 'audio', metadata=cuhk_source / 'mmsu.jsonl',
+                          limit=2)
+    assert dsd['train']['key'] == ['intonation_0001', 'intonation_0002']
+    report = json.loads((tmp_path / 'c' / 'report.json').read_text())
+    assert report['row_limit'] == 2 and report['rows_kept'] == 2
+    root, _ = vb_source
+    assert build_voicebench('openbookqa', tmp_path / 'o', source_dir=root, limit=3)['train']['key'] == \
+        ['obqa_0', 'obqa_1']                                       # row 2 of the first 3 is bad
+    with pytest.raises(ValueError, match="limit=0"):
+        build_voicebench('openbookqa', tmp_path / 'z', source_dir=root, limit=0)

