@@ -6,7 +6,8 @@
 #   MODEL=Qwen/Qwen2.5-Omni-7B DATASET_PATH=... NPROC_PER_NODE=8 bash train_grpo.sh   # a cluster
 #
 # Environment (all optional):
-#   MODEL_PRESET     ms-swift model type of the architecture (default qwen2_5_omni)
+#   MODEL_PRESET     ms-swift model type of the architecture (default qwen2_5_omni; the presets are the rows of
+#                    trainer/presets.py, e.g. qwen2_audio)
 #   MODEL            checkpoint (hub id or path); default: the preset's real checkpoint on GPUs, its tiny
 #                    warm-started twin on the CPU
 #   DATASET_PATH     hf_format dataset (local save_to_disk path or hub id)
@@ -53,14 +54,14 @@ prepare_extra=()
 if [ "$NPROC_PER_NODE" = 0 ] && [ -z "${MODEL:-}" ]; then
     # ---- embedded default: everything offline on the CPU ----
     source ./scripts/cpu_env.sh
-    if [ "$MODEL_PRESET" != qwen2_5_omni ]; then
-        echo "train_grpo.sh: no tiny twin for MODEL_PRESET=$MODEL_PRESET yet" >&2; exit 2
-    fi
+    python -c 'import sys; from trainer.presets import PRESETS as P; p = P.get(sys.argv[1])
+sys.exit(None if p and p.has_tiny_twin else f"train_grpo.sh: no tiny twin for MODEL_PRESET={sys.argv[1]} "
+         f"(presets with one: {sorted(k for k, v in P.items() if v.has_tiny_twin)})")' "$MODEL_PRESET" || exit 2
     if [ "${DRY_RUN:-0}" = 1 ]; then
         MODEL="<tiny warm-started $MODEL_PRESET>"; DATASET_PATH=${DATASET_PATH:-"<small MMLU speech set>"}
     else
         echo "== embedded default: tiny $MODEL_PRESET, small MMLU speech set, SFT warm start (cached) =="
-        embedded=$(python -m trainer.embedded | tail -n 1)
+        embedded=$(python -m trainer.embedded --model_type "$MODEL_PRESET" | tail -n 1)
         MODEL=$(python -c 'import json,sys; print(json.loads(sys.argv[1])["model"])' "$embedded")
         DATASET_PATH=${DATASET_PATH:-$(python -c 'import json,sys; print(json.loads(sys.argv[1])["dataset"])' "$embedded")}
     fi
@@ -88,10 +89,14 @@ else
     fi
     DEEPSPEED=${DEEPSPEED:-zero2}
     args+=(--per_device_train_batch_size "$per_gpu" --gradient_accumulation_steps $((world_batch / (world * per_gpu)))
-           --per_device_eval_batch_size 4 --torch_dtype bfloat16 --attn_impl flash_attn
-           --use_vllm true --vllm_mode colocate --vllm_gpu_memory_utilization 0.15 --vllm_max_model_len 8704
-           --vllm_limit_mm_per_prompt '{"audio": 1}' --sleep_level 0 --dataloader_num_workers 4
+           --per_device_eval_batch_size 4 --torch_dtype bfloat16 --attn_impl flash_attn --dataloader_num_workers 4
            --max_length 8704 --report_to tensorboard --log_completions true --eval_steps 100)
+    if python -c 'import sys; from trainer.presets import get_preset; sys.exit(0 if get_preset(sys.argv[1]).vllm else 1)' "$MODEL_PRESET"; then
+        args+=(--use_vllm true --vllm_mode colocate --vllm_gpu_memory_utilization 0.15 --vllm_max_model_len 8704
+               --vllm_limit_mm_per_prompt '{"audio": 1}' --sleep_level 0)
+    else   # the GPU stack's vLLM does not serve this architecture: rollouts with transformers
+        args+=(--use_vllm false)
+    fi
     [ "$DEEPSPEED" = none ] || args+=(--deepspeed "$DEEPSPEED")
     [ -z "${MAX_STEPS:-}" ] || args+=(--max_steps "$MAX_STEPS")
     launcher=(torchrun --nproc_per_node "$NPROC_PER_NODE" --nnodes "$NNODES" --node_rank "${NODE_RANK:-0}"

@@ -49,7 +49,7 @@ def wer_scores(references: List[str], hypotheses: List[str]) -> Dict:
 
 
 def evaluate_asr(model: str, dataset: str, out: Path = Path('output/eval'), base_model: Optional[str] = None,
-                 model_type: str = 'qwen2_5_omni', backend: str = 'auto', batch_size: int = 16, split: str = 'test',
+                 model_type: Optional[str] = None, backend: str = 'auto', batch_size: int = 16, split: str = 'test',
                  max_items: Optional[int] = None, max_new_tokens: int = 512, reference_column: Optional[str] = None,
                  engine=None) -> Dict:
     spec = resolve_model(model, base_model, model_type)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from trainer.presets import DEFAULT_PRESET, detect_model_type
+
 ADAPTER_NAME = 'tars'
 
 
@@ -20,7 +22,7 @@ ADAPTER_NAME = 'tars'
 class ModelSpec:
     base: str                     # base model (path or hub id)
     adapter: Optional[str] = None  # LoRA checkpoint directory, if any
-    model_type: str = 'qwen2_5_omni'
+    model_type: str = DEFAULT_PRESET  # ms-swift model type (trainer.presets)
 
     @property
     def name(self) -> str:
@@ -29,12 +31,14 @@ class ModelSpec:
         return '--'.join(p.replace('/', '-') for p in parts)
 
 
-def resolve_model(model: str, base_model: Optional[str] = None, model_type: str = 'qwen2_5_omni') -> ModelSpec:
+def resolve_model(model: str, base_model: Optional[str] = None, model_type: Optional[str] = None) -> ModelSpec:
     """A base model, a merged model, or a LoRA checkpoint (its base from ``--base_model``, the adapter's
-    ``base_model_name_or_path`` or ms-swift's ``args.json``); a base that cannot be found is an error."""
+    ``base_model_name_or_path`` or ms-swift's ``args.json``); a base that cannot be found is an error.
+    ``model_type`` None: the checkpoint's own (``trainer.presets.detect_model_type`` on the model, then on
+    its base), else the default preset."""
     path = Path(model)
     if not (path / 'adapter_config.json').exists():
-        return ModelSpec(base=model, model_type=model_type)
+        return ModelSpec(base=model, model_type=model_type or detect_model_type(model) or DEFAULT_PRESET)
     base = base_model
     if base is None:
         base = json.loads((path / 'adapter_config.json').read_text()).get('base_model_name_or_path')
@@ -43,6 +47,7 @@ def resolve_model(model: str, base_model: Optional[str] = None, model_type: str 
     if base is None or not _exists(base):
         raise FileNotFoundError(f'{model} is a LoRA checkpoint whose base model {base!r} cannot be found; '
                                 'pass --base_model PATH_OR_HUB_ID')
+    model_type = model_type or detect_model_type(model) or detect_model_type(base) or DEFAULT_PRESET
     return ModelSpec(base=base, adapter=str(path), model_type=model_type)
 
 
@@ -54,13 +59,17 @@ def _exists(name: str) -> bool:
     return not offline and name.count('/') == 1 and not name.startswith(('/', '.'))
 
 
-def choose_backend(backend: str = 'auto') -> str:
-    """'auto': vLLM when a GPU and vLLM are present, else transformers."""
+def choose_backend(backend: str = 'auto', model_type: Optional[str] = None) -> str:
+    """'auto': vLLM when a GPU and vLLM are present and vLLM serves the preset, else transformers."""
     if backend != 'auto':
         return backend
     import importlib.util
 
     import torch
+
+    from trainer.presets import PRESETS
+    if model_type in PRESETS and not PRESETS[model_type].vllm:
+        return 'transformers'
     return 'vllm' if torch.cuda.is_available() and importlib.util.find_spec('vllm') else 'transformers'
 
 
@@ -74,7 +83,9 @@ def vllm_engine_kwargs(spec: ModelSpec, max_model_len: int = 6400, gpu_memory_ut
 
 
 def build_engine(spec: ModelSpec, backend: str = 'auto', batch_size: int = 16):
-    backend = choose_backend(backend)
+    from trainer.model_registry import register_models
+    register_models()  # presets registered by the project (trainer.presets)
+    backend = choose_backend(backend, spec.model_type)
     if backend == 'vllm':
         from swift.infer_engine import VllmEngine
         return VllmEngine(spec.base, max_num_seqs=batch_size, **vllm_engine_kwargs(spec))
@@ -91,13 +102,14 @@ def build_engine(spec: ModelSpec, backend: str = 'auto', batch_size: int = 16):
 
 
 def generate(engine, requests: List[Tuple[List[Dict], List[str]]], spec: ModelSpec, use_adapter: bool,
-             max_new_tokens: int) -> List[str]:
-    """Greedy completions for (messages, audios) requests, with or without the adapter."""
+             max_new_tokens: int, temperature: float = 0.0, seed: Optional[int] = None) -> List[str]:
+    """Completions for (messages, audios) requests, with or without the adapter: greedy by default,
+    sampled at ``temperature`` (with ``seed``) otherwise."""
     from contextlib import nullcontext
 
     from swift.infer_engine import AdapterRequest, InferRequest, RequestConfig
     infer_requests = [InferRequest(messages=m, audios=a) for m, a in requests]
-    config = RequestConfig(max_tokens=max_new_tokens, temperature=0.0)
+    config = RequestConfig(max_tokens=max_new_tokens, temperature=temperature, seed=seed)
     adapter, context = None, nullcontext()
     disable = getattr(getattr(engine, 'model', None), 'disable_adapter', None)  # a peft model in the engine
     if spec.adapter and disable is not None:

@@ -109,7 +109,7 @@ def evaluate_mode(engine, spec: ModelSpec, extractor, ds, dataset_name: str, mod
 
 def evaluate(model: str, datasets: Sequence[Tuple[str, str]], modes: Sequence[str] = MODES,
              prompt_type: str = 'systhink', out: Path = Path('output/eval'), base_model: Optional[str] = None,
-             model_type: str = 'qwen2_5_omni', backend: str = 'auto', batch_size: int = 16,
+             model_type: Optional[str] = None, backend: str = 'auto', batch_size: int = 16,
              max_new_tokens: int = 1000, extractor: str = 'rule', xfinder_model: Optional[str] = None,
              split: str = 'test', max_items: Optional[int] = None, asr_model: Optional[str] = None,
              mrr_reference: Optional[float] = None, engine=None, audio_with_text: bool = False) -> Dict:
@@ -161,7 +161,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', required=True, help='base id/path, merged model, or LoRA checkpoint directory')
     p.add_argument('--base_model', default=None, help="a LoRA checkpoint's base (default: from the checkpoint)")
-    p.add_argument('--model_type', default='qwen2_5_omni')
+    p.add_argument('--model_type', default=None,
+                   help='ms-swift model type (trainer.presets); default: the checkpoint\'s own, else qwen2_5_omni')
     p.add_argument('--dataset', action='append', required=True, help='NAME=PATH or PATH (hf_format); repeatable')
     p.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES)
     p.add_argument('--prompt_type', default='systhink')

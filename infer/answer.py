@@ -28,7 +28,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', required=True)
     p.add_argument('--base_model', default=None)
-    p.add_argument('--model_type', default='qwen2_5_omni')
+    p.add_argument('--model_type', default=None,
+                   help='ms-swift model type (trainer.presets); default: the checkpoint\'s own, else qwen2_5_omni')
     p.add_argument('--audio', default=None, help='a WAV/FLAC file with the spoken question and options')
     p.add_argument('--text', default=None, help='the question and options as text')
     p.add_argument('--prompt_type', default='systhink', choices=PROMPT_TYPES)

@@ -46,4 +46,4 @@ def test_build_is_cached_and_keyed_by_the_recipe(tiny_model, cache_dir):
     assert tiny_model.name.endswith(_recipe_hash(TINY_QWEN2_5_OMNI))
     assert _recipe_hash(dict(TINY_QWEN2_5_OMNI, num_hidden_layers=5)) != _recipe_hash(TINY_QWEN2_5_OMNI)
     with pytest.raises(ValueError, match='no tiny twin'):
-        tiny_model_dir('qwen2_audio', cache_dir)
+        tiny_model_dir('no_such_model_type', cache_dir)

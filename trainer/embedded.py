@@ -1,13 +1,13 @@
 """The embedded default of ``bash train_grpo.sh``: everything a CPU run needs, built offline and cached.
 
-1. the tiny Qwen2.5-Omni twin (``trainer.tiny_models``);
+1. the tiny twin of a preset (``trainer.tiny_models``; Qwen2.5-Omni by default, any preset with a twin);
 2. a small real speech QA set: MMLU questions with espeak-ng speech (``scripts.dataset_building.mmlu``);
 3. a short SFT warm start (``swift sft``) on the set's text prompts with systhink answers, because a
    random model never writes the answer format and the format, accuracy and alignment rewards would
    all be zero.
 
 Each artefact sits in the cache under a name hashed from its recipe and its inputs, and is rebuilt
-only when those change. ``python -m trainer.embedded`` prints the model and dataset paths.
+only when those change. ``python -m trainer.embedded [--model_type T]`` prints the model and dataset paths.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List
 
+from trainer.presets import DEFAULT_PRESET, PRESETS, get_preset
 from trainer.tiny_models import default_cache_dir, tiny_model_dir
 
 SMALL_SET = {'n_rows': 300, 'max_chars': 140, 'seed': 0, 'test_rows': 40, 'espeak_wpm': 220}
@@ -44,10 +45,11 @@ def small_speech_set(cache: Path) -> Path:
     return out / 'hf'
 
 
-def warm_start_argv(model_dir: Path, data_jsonl: Path, output_dir: Path, recipe: Dict) -> List[str]:
+def warm_start_argv(model_dir: Path, data_jsonl: Path, output_dir: Path, recipe: Dict,
+                    model_type: str = DEFAULT_PRESET) -> List[str]:
     """``swift sft`` flags of the warm start: full fine-tuning at a high constant rate (recipes/README)."""
     return [
-        '--model', str(model_dir), '--model_type', 'qwen2_5_omni', '--dataset', str(data_jsonl),
+        '--model', str(model_dir), '--model_type', model_type, '--dataset', str(data_jsonl),
         '--tuner_type', 'full', '--torch_dtype', 'float32', '--fp16', 'false', '--bf16', 'false',
         '--learning_rate', str(recipe['learning_rate']), '--lr_scheduler_type', 'constant_with_warmup',
         '--warmup_ratio', '0.05', '--per_device_train_batch_size', str(recipe['batch_size']),
@@ -58,7 +60,8 @@ def warm_start_argv(model_dir: Path, data_jsonl: Path, output_dir: Path, recipe:
     ]
 
 
-def warm_started_model(model_dir: Path, dataset_dir: Path, cache: Path, recipe: Dict = WARM_START) -> Path:
+def warm_started_model(model_dir: Path, dataset_dir: Path, cache: Path, recipe: Dict = WARM_START,
+                       model_type: str = DEFAULT_PRESET) -> Path:
     """The tiny model after the SFT warm start, cached by (model, dataset, recipe)."""
     out = cache / 'models' / f'{model_dir.name}-warm-{_digest(recipe, model_dir.name, str(dataset_dir))}'
     if (out / 'warm_start.json').exists():
@@ -66,10 +69,12 @@ def warm_started_model(model_dir: Path, dataset_dir: Path, cache: Path, recipe: 
     from swift.pipelines import sft_main
 
     from trainer.data import prepare_warmstart_dataset
+    from trainer.model_registry import register_models
+    register_models()
     work = Path(tempfile.mkdtemp(prefix='.warm-', dir=out.parent))
     try:
         jsonl = prepare_warmstart_dataset(str(dataset_dir), work, recipe['prompt_type'])
-        result = sft_main(warm_start_argv(model_dir, jsonl, work / 'sft', recipe))
+        result = sft_main(warm_start_argv(model_dir, jsonl, work / 'sft', recipe, model_type))
         checkpoint = Path(result['last_model_checkpoint'])
         losses = [e['loss'] for e in result.get('log_history', []) if 'loss' in e]
         (checkpoint / 'warm_start.json').write_text(json.dumps({'recipe': recipe, 'losses': losses}, indent=1))
@@ -80,18 +85,23 @@ def warm_started_model(model_dir: Path, dataset_dir: Path, cache: Path, recipe: 
     return out
 
 
-def prepare(cache: Path) -> Dict[str, Path]:
-    """Build (or find) the three artefacts; return their paths."""
-    model = tiny_model_dir('qwen2_5_omni', cache)
+def prepare(cache: Path, model_type: str = DEFAULT_PRESET) -> Dict[str, Path]:
+    """Build (or find) the three artefacts for the preset ``model_type``; return their paths."""
+    if not get_preset(model_type).has_tiny_twin:
+        raise ValueError(f'MODEL_PRESET {model_type!r} has no tiny twin; the embedded default needs one '
+                         f'(with twins: {sorted(k for k, p in PRESETS.items() if p.has_tiny_twin)})')
+    model = tiny_model_dir(model_type, cache)
     data = small_speech_set(cache)
-    return {'base_model': model, 'dataset': data, 'model': warm_started_model(model, data, cache)}
+    return {'base_model': model, 'dataset': data, 'model': warm_started_model(model, data, cache,
+                                                                             model_type=model_type)}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description='Build the embedded default (tiny model, speech set, warm start).')
     parser.add_argument('--cache_dir', type=Path, default=None)
+    parser.add_argument('--model_type', default=DEFAULT_PRESET, choices=sorted(PRESETS))
     args = parser.parse_args(argv)
-    paths = prepare(args.cache_dir or default_cache_dir())
+    paths = prepare(args.cache_dir or default_cache_dir(), args.model_type)
     print(json.dumps({k: str(v) for k, v in paths.items()}))
 
 

@@ -1,12 +1,15 @@
-"""Registration of TARS with ms-swift's plugin registries (``orms`` and ``TrainerFactory``)."""
+"""Registration of TARS with ms-swift's plugin registries (models and templates, ``orms``, ``TrainerFactory``)."""
 
 TRAINER_PATH = 'trainer.grpo_trainer.TARSGRPOTrainer'
 
 
 def register_with_swift() -> None:
-    """Register the TARS rewards and make ``--rlhf_type grpo`` build ``TARSGRPOTrainer``."""
+    """Register the presets' models and templates, the TARS rewards, and make ``--rlhf_type grpo`` build
+    ``TARSGRPOTrainer``."""
     from swift.trainers.trainer_factory import TrainerFactory
 
+    from trainer.model_registry import register_models
     from trainer.rewards import register
+    register_models()
     register()
     TrainerFactory.TRAINER_MAPPING['grpo'] = TRAINER_PATH

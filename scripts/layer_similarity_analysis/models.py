@@ -1,12 +1,13 @@
-"""Loading the model under analysis as the thinker: the part of Qwen2.5-Omni that holds the audio encoder
-and the LLM whose hidden states are compared (reference section 8 runs the whole Phi-4-MM model).
+"""Loading the model under analysis as the thinker: the part of the model that holds the audio encoder
+and the LLM whose hidden states are compared (Qwen2.5-Omni's ``thinker``; the whole model for presets
+without a talker, such as Qwen2-Audio; reference section 8 runs the whole Phi-4-MM model).
 
 ``--model`` may be
 * a base or merged checkpoint (a directory with config.json, or a hub id): the thinker is loaded from it;
 * a LoRA checkpoint from our GRPO runs (``adapter_config.json`` + ``adapter_model.safetensors``; ms-swift
   trains the adapter on the full ``Qwen2_5OmniForConditionalGeneration``, so its module names start
   with ``thinker.``): the thinker of its base is loaded, the adapter applied under those names, then
-  merged. The base is found as the evaluation finds it (``eval.engine.resolve_model``: ``--base_model``,
+  merged (a whole-model thinker takes the adapter as it is). The base is found as the evaluation finds it (``eval.engine.resolve_model``: ``--base_model``,
   else the adapter's ``base_model_name_or_path``, else ms-swift's ``args.json``).
 The processor comes from the checkpoint, else from the base.
 """
@@ -24,8 +25,13 @@ from trainer.presets import get_preset
 
 log = logging.getLogger(__name__)
 
-# ms-swift model type -> (transformers class of the part with the LLM, its attribute in the full model)
-THINKERS = {'qwen2_5_omni': ('Qwen2_5OmniThinkerForConditionalGeneration', 'thinker')}
+# ms-swift model type -> (transformers class of the part with the LLM, its attribute in the full model;
+# None when that part is the full model)
+THINKERS = {
+    'qwen2_5_omni': ('Qwen2_5OmniThinkerForConditionalGeneration', 'thinker'),
+    'qwen2_audio': ('Qwen2AudioForConditionalGeneration', None),
+    'phi4_multimodal': ('Phi4MultimodalForCausalLM', None),
+}
 
 
 @dataclass
@@ -58,13 +64,14 @@ class _Holder(nn.Module):
         self.add_module(attr, thinker)
 
 
-def apply_adapter(thinker: nn.Module, adapter_dir: str, prefix: str) -> nn.Module:
-    """Apply the LoRA in ``adapter_dir`` to ``thinker`` and merge it; every adapter tensor must load."""
+def apply_adapter(thinker: nn.Module, adapter_dir: str, prefix: Optional[str]) -> nn.Module:
+    """Apply the LoRA in ``adapter_dir`` to ``thinker`` and merge it; every adapter tensor must load.
+    ``prefix``: the thinker's attribute in the full model the adapter was trained on (None: the same model)."""
     from peft import PeftConfig, PeftModel
     from peft.utils import get_peft_model_state_dict, load_peft_weights
 
     saved = load_peft_weights(adapter_dir, device='cpu')
-    nested = any(k.startswith(f'base_model.model.{prefix}.') for k in saved)
+    nested = prefix is not None and any(k.startswith(f'base_model.model.{prefix}.') for k in saved)
     config = PeftConfig.from_pretrained(adapter_dir)
     config.task_type = None  # a plain PeftModel: the holder below is not a causal LM
     target = _Holder(prefix, thinker) if nested else thinker
@@ -78,24 +85,31 @@ def apply_adapter(thinker: nn.Module, adapter_dir: str, prefix: str) -> nn.Modul
     return getattr(merged, prefix) if nested else merged
 
 
-def load_model(model: str, base_model: Optional[str] = None, model_type: str = 'qwen2_5_omni',
+def load_model(model: str, base_model: Optional[str] = None, model_type: Optional[str] = None,
                device: str = 'auto', dtype: str = 'auto') -> LoadedModel:
-    """Load the thinker (LoRA merged in) and the processor of ``model``, in eval mode on ``device``."""
+    """Load the thinker (LoRA merged in) and the processor of ``model``, in eval mode on ``device``.
+    ``model_type`` None: the checkpoint's own (``eval.engine.resolve_model``)."""
     import transformers
 
     from eval.engine import resolve_model
-    get_preset(model_type)
-    if model_type not in THINKERS:
-        raise ValueError(f'no thinker loader for model type {model_type!r}; known: {sorted(THINKERS)}')
-    cls_name, attr = THINKERS[model_type]
+    spec = resolve_model(model, base_model, model_type)
+    get_preset(spec.model_type)
+    if spec.model_type not in THINKERS:
+        raise ValueError(f'no thinker loader for model type {spec.model_type!r}; known: {sorted(THINKERS)}')
+    cls_name, attr = THINKERS[spec.model_type]
     cls = getattr(transformers, cls_name)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    spec = resolve_model(model, base_model, model_type)
     thinker = cls.from_pretrained(spec.base, dtype=torch_dtype)
+    if spec.model_type == 'phi4_multimodal':  # the official speech LoRA merged first, as training did (reference 2.1)
+        from trainer.models.phi4_speech_base import merge_speech_lora, speech_lora_dir
+        if Path(spec.base).is_dir() and speech_lora_dir(spec.base) is not None:
+            thinker = merge_speech_lora(thinker, speech_lora_dir(spec.base))
     if spec.adapter:
         log.info('applying the LoRA of %s to %s', spec.adapter, spec.base)
         thinker = apply_adapter(thinker, spec.adapter, attr)
     has_processor = any((Path(model) / f).exists() for f in ('processor_config.json', 'preprocessor_config.json'))
     processor = transformers.AutoProcessor.from_pretrained(model if has_processor else spec.base)
+    if getattr(processor, 'chat_template', None) is None and getattr(processor, 'tokenizer', None) is not None:
+        processor.chat_template = processor.tokenizer.chat_template  # Phi4MultimodalProcessor drops it on load
     return LoadedModel(thinker.to(dev).eval(), processor, model, spec.base if spec.adapter else None)
