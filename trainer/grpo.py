@@ -17,16 +17,18 @@ from trainer import config as tars_config
 PLUGIN = Path(__file__).resolve().parent / 'swift_plugin' / 'tars_plugin.py'
 DEFAULT_REWARDS = ['tars_format', 'tars_accuracy', 'tars_representation', 'tars_behaviour']
 
+# The original's adapter (reference 2.1, also used by DPO/SFT): LoRA r 8 / alpha 32 / dropout 0.05 on every
+# linear layer of the LLM, the audio encoder and projector frozen.
+LORA_DEFAULTS = ['--tuner_type', 'lora', '--lora_rank', '8', '--lora_alpha', '32', '--lora_dropout', '0.05',
+                 '--target_modules', 'all-linear', '--freeze_vit', 'true', '--freeze_aligner', 'true']
+
 # The paper's GRPO run (reference 1.3, 2.8, 2.9): DAPO token-level loss, no KL, asymmetric clipping,
-# truncated completions masked, LoRA r 8 / alpha 32 / dropout 0.05 on every linear layer of the LLM with
-# the audio encoder and projector frozen.
-PAPER_DEFAULTS = [
+# truncated completions masked, the LoRA above.
+PAPER_DEFAULTS = LORA_DEFAULTS + [
     '--num_generations', '8', '--temperature', '1.0', '--max_completion_length', '512',
     '--learning_rate', '2e-5', '--warmup_ratio', '0.01', '--weight_decay', '0.01', '--max_grad_norm', '1.0',
     '--num_train_epochs', '3', '--loss_type', 'dapo', '--beta', '0', '--epsilon', '0.2', '--epsilon_high', '0.28',
-    '--overlong_filter', 'true', '--tuner_type', 'lora', '--lora_rank', '8', '--lora_alpha', '32',
-    '--lora_dropout', '0.05', '--target_modules', 'all-linear', '--freeze_vit', 'true', '--freeze_aligner', 'true',
-    '--save_steps', '100', '--save_total_limit', '50', '--logging_steps', '5',
+    '--overlong_filter', 'true', '--save_steps', '100', '--save_total_limit', '50', '--logging_steps', '5',
     # Left padding: a micro-batch mixes long speech prompts with short text prompts. Padded on the right,
     # the completion window ms-swift keeps logits for starts at the shortest prompt, i.e. almost the whole
     # sequence; on the left, completions share the last positions and the window is the completion length
@@ -41,15 +43,18 @@ def build_swift_argv(swift_args: List[str], plugin: bool = True) -> List[str]:
     if '--reward_funcs' not in swift_args:
         argv += ['--reward_funcs'] + DEFAULT_REWARDS
     argv += swift_args
-    if not plugin:
-        return argv
+    return argv + plugin_args(swift_args) if plugin else argv
+
+
+def plugin_args(swift_args: List[str]) -> List[str]:
+    """``--external_plugins`` with the TARS plugin first, then any plugins the user passed."""
     plugins = [str(PLUGIN)]
     if '--external_plugins' in swift_args:  # keep the user's plugins too
         i = swift_args.index('--external_plugins') + 1
         while i < len(swift_args) and not swift_args[i].startswith('--'):
             plugins.append(swift_args[i])
             i += 1
-    return argv + ['--external_plugins'] + plugins
+    return ['--external_plugins'] + plugins
 
 
 def main(argv: Optional[List[str]] = None):
@@ -61,13 +66,14 @@ def main(argv: Optional[List[str]] = None):
     from trainer.registry import register_with_swift
     register_with_swift()
     from swift.pipelines import rlhf_main
+    from trainer.distributed import shutdown
+    succeeded = False
     try:
-        return rlhf_main(build_swift_argv(swift_args))
+        result = rlhf_main(build_swift_argv(swift_args))
+        succeeded = True
+        return result
     finally:
-        # leave no process group to be torn down at interpreter exit (gloo aborted there now and then)
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown(succeeded)
 
 
 if __name__ == '__main__':

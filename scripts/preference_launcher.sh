@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The body of train_dpo.sh and train_sft.sh (KIND=dpo|sft): the DPO and SFT baselines of the paper's
+# ablation (reference sections 1.3, 4.1), through ms-swift (`swift rlhf --rlhf_type dpo`, `swift sft`).
+# Same conventions as train_grpo.sh; see the header of train_dpo.sh for the environment variables.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+KIND=${KIND:?KIND must be dpo or sft}
+case "$KIND" in dpo|sft) ;; *) echo "KIND must be dpo or sft, got $KIND" >&2; exit 2;; esac
+me="train_$KIND.sh"
+
+if [ "${DRY_RUN:-0}" = 1 ] && [ -x "$ROOT/.venv/bin/python" ]; then
+    source "$ROOT/.venv/bin/activate"
+else
+    source ./env.sh
+fi
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True} TOKENIZERS_PARALLELISM=false
+
+gpus=0
+if [ -n "${CUDA_VISIBLE_DEVICES-unset}" ] && command -v nvidia-smi >/dev/null 2>&1; then
+    gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+fi
+NPROC_PER_NODE=${NPROC_PER_NODE:-$gpus}
+MODEL_PRESET=${MODEL_PRESET:-qwen2_5_omni}
+PROMPT_TYPE=${PROMPT_TYPE:-systhink}
+PROMPT_MODALITY=${PROMPT_MODALITY:-a}
+OUTPUT_DIR=${OUTPUT_DIR:-output/$KIND/${KIND}_$(date +%Y%m%d_%H%M%S)}
+
+if [ -e "$OUTPUT_DIR" ] && [ "${RESUME:-0}" != 1 ] && [ "${DRY_RUN:-0}" != 1 ]; then
+    echo "$me: $OUTPUT_DIR exists; set RESUME=1 to resume it or choose another OUTPUT_DIR" >&2
+    exit 2
+fi
+
+args=()
+prepare=()
+if [ "$NPROC_PER_NODE" = 0 ] && [ -z "${MODEL:-}" ]; then
+    # ---- embedded default: tiny model, preference set built offline, a few steps on the CPU ----
+    source ./scripts/cpu_env.sh
+    if [ "${DRY_RUN:-0}" = 1 ]; then
+        MODEL="<tiny warm-started $MODEL_PRESET>"
+        TRAIN_FILE="<embedded preference set>/$KIND.jsonl"; VAL_FILE="<embedded preference set>/${KIND}_val.jsonl"
+    else
+        echo "== embedded default: tiny $MODEL_PRESET, preference set from its own answers (cached) =="
+        embedded=$(python -m trainer.embedded_preference --model_type "$MODEL_PRESET" | tail -n 1)
+        get() { python -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$embedded" "$1"; }
+        MODEL=$(get model); TRAIN_FILE=$(get "$KIND"); VAL_FILE=$(get "${KIND}_val")
+        echo "preference set: $(get report)"
+    fi
+    args+=(--per_device_train_batch_size 2 --gradient_accumulation_steps 1 --max_steps "${MAX_STEPS:-8}"
+           --learning_rate 1e-4 --warmup_ratio 0 --torch_dtype float32 --fp16 false --bf16 false
+           --gradient_checkpointing false --logging_steps 1 --save_steps 4 --save_total_limit 2
+           --eval_steps "${MAX_STEPS:-8}" --dataloader_num_workers 0 --dataset_num_proc 1 --report_to tensorboard
+           --seed 42)
+    launcher=(python -m trainer.preference_train "$KIND")
+else
+    # ---- a cluster: the original's setting (reference 1.3, 4.1) ----
+    [ "$NPROC_PER_NODE" -ge 1 ] || { echo "$me: MODEL given but no GPU found; set NPROC_PER_NODE" >&2; exit 2; }
+    MODEL=${MODEL:-$(python -c 'import sys; from trainer.presets import get_preset; print(get_preset(sys.argv[1]).checkpoint)' "$MODEL_PRESET")}
+    if [ -n "${PREFERENCE_DATA:-}" ]; then   # the output of `preference build`
+        TRAIN_FILE=$PREFERENCE_DATA/$KIND.jsonl; VAL_FILE=$PREFERENCE_DATA/${KIND}_val.jsonl
+    else                                     # hf_format with chosen/rejected columns (the original's set)
+        DATASET_PATH=${DATASET_PATH:-yuantuo666/MMLU_FULL-full_train_dpo_hf_format.catm2ram2.v1}
+        prepare=(python -m scripts.dataset_building.preference from_columns --dataset "$DATASET_PATH"
+                 --out "$OUTPUT_DIR/data" --prompt_type "$PROMPT_TYPE" --prompt_modality "$PROMPT_MODALITY"
+                 --chosen_type "${CHOSEN_TYPE:-am2}" --rejected_type "${REJECTED_TYPE:-am2}")
+        TRAIN_FILE=$OUTPUT_DIR/data/$KIND.jsonl; VAL_FILE=$OUTPUT_DIR/data/${KIND}_val.jsonl
+    fi
+    NNODES=${NNODES:-1}
+    world=$((NPROC_PER_NODE * NNODES))
+    world_batch=${WORLD_BATCH_SIZE:-64}
+    if [ $((world_batch % world)) != 0 ]; then
+        echo "$me: WORLD_BATCH_SIZE=$world_batch is not divisible by the $world GPUs" >&2; exit 2
+    fi
+    DEEPSPEED=${DEEPSPEED:-zero2}
+    args+=(--per_device_train_batch_size 1 --gradient_accumulation_steps $((world_batch / world))
+           --torch_dtype bfloat16 --attn_impl flash_attn --dataloader_num_workers 4 --report_to tensorboard)
+    [ "$DEEPSPEED" = none ] || args+=(--deepspeed "$DEEPSPEED")
+    [ -z "${MAX_STEPS:-}" ] || args+=(--max_steps "$MAX_STEPS")
+    launcher=(torchrun --nproc_per_node "$NPROC_PER_NODE" --nnodes "$NNODES" --node_rank "${NODE_RANK:-0}"
+              --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}"
+              -m trainer.preference_train "$KIND")
+fi
+
+train=("${launcher[@]}" --model "$MODEL" --model_type "$MODEL_PRESET" --dataset "$TRAIN_FILE"
+       --val_dataset "$VAL_FILE" --split_dataset_ratio 0 --check_model false --output_dir "$OUTPUT_DIR"
+       --add_version false "${args[@]}" "$@")
+if [ "${RESUME:-0}" = 1 ]; then
+    last=$(ls -d "$OUTPUT_DIR"/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -n 1 || true)
+    [ -n "$last" ] && train+=(--resume_from_checkpoint "$last")
+fi
+
+show() { printf '+'; printf ' %q' "$@"; printf '\n'; }  # copy-pastable
+[ ${#prepare[@]} = 0 ] || show "${prepare[@]}"
+show "${train[@]}"
+[ "${DRY_RUN:-0}" = 1 ] && exit 0
+
+mkdir -p "$OUTPUT_DIR"
+if [ ${#prepare[@]} != 0 ] && [ ! -f "$TRAIN_FILE" ]; then "${prepare[@]}"; fi
+"${train[@]}"
+
+echo
+echo "== done =="
+echo "checkpoints:  $(ls -d "$OUTPUT_DIR"/checkpoint-* 2>/dev/null | sort -V | tr '\n' ' ')"
+echo "logs:         $OUTPUT_DIR/logging.jsonl (TensorBoard: tensorboard --logdir $OUTPUT_DIR/runs)"
+exit 0

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The SFT baseline of the paper's ablation (reference sections 1.3 and 4.1), through ms-swift.
+#
+#   bash train_sft.sh                        # no GPU, no arguments: the embedded default (tiny model, a preference
+#                                           # set built offline from its own answers, a few SFT steps)
+#   PREFERENCE_DATA=output/preference/set NPROC_PER_NODE=8 bash train_sft.sh   # a cluster
+#
+# Environment (all optional):
+#   MODEL_PRESET     ms-swift model type of the architecture (default qwen2_5_omni; rows of trainer/presets.py)
+#   MODEL            checkpoint (hub id or path); default: the preset's real checkpoint on GPUs, its tiny
+#                    warm-started twin on the CPU
+#   PREFERENCE_DATA  a directory written by `python -m scripts.dataset_building.preference build`
+#                    (dpo.jsonl, sft.jsonl and their _val files)
+#   DATASET_PATH     else an hf_format set with chosen/rejected columns (default the original's
+#                    yuantuo666/MMLU_FULL-full_train_dpo_hf_format.catm2ram2.v1); CHOSEN_TYPE / REJECTED_TYPE
+#                    pick chosen_<type> / rejected_<type> columns as the original did (default am2)
+#   PROMPT_MODALITY  a | t (default a: the speech prompt); PROMPT_TYPE (default systhink)
+#   NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   torchrun layout (default: all GPUs)
+#   DEEPSPEED        zero2 (default on GPUs) | zero3 | none
+#   WORLD_BATCH_SIZE rows per optimizer step over all GPUs (default 64; batch 1 per GPU)
+#   OUTPUT_DIR       run directory (default output/sft/sft_<date>); an existing one is resumed only with
+#                    RESUME=1, never overwritten
+#   MAX_STEPS        stop after this many optimizer steps
+#   DRY_RUN=1        print the commands and exit
+# Extra arguments go to ms-swift as flags (e.g. --num_train_epochs 2 --learning_rate 1e-5).
+KIND=sft exec bash "$(dirname "${BASH_SOURCE[0]}")/scripts/preference_launcher.sh" "$@"
