@@ -262,6 +262,19 @@ def test_evaluation_in_speech_and_text_mode(preset, tiny_adapter, tiny_speech_se
     assert config['base'] == str(path) and config['adapter'] == str(tiny_adapter)
 
 
+def test_inference_answers_speech_and_text(preset, tiny_adapter, tiny_speech_set, tmp_path, capsys):
+    from infer.answer import main
+    from trainer.data import write_clip
+    from trainer.schema import load_hf_dataset
+    _, _, path = preset
+    row = load_hf_dataset(str(tiny_speech_set))[0]
+    wav = write_clip(row, 'set', tmp_path)
+    main(['--model', str(tiny_adapter), '--base_model', str(path), '--audio', wav, '--text', row['prompt_for_tts'],
+          '--max_new_tokens', '6', '--backend', 'transformers'])
+    out = capsys.readouterr().out
+    assert out.count('--- speech ---') == 1 and out.count('--- text ---') == 1 and out.count('answer: ') == 2
+
+
 def test_merged_model_equals_base_plus_adapter(preset, tiny_adapter, tmp_path):
     import transformers
     from peft import PeftModel
