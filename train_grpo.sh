@@ -26,19 +26,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$ROOT"
 
-if [ "${DRY_RUN:-0}" = 1 ] && [ -x "$ROOT/.venv/bin/python" ]; then
-    source "$ROOT/.venv/bin/activate"
-else
-    source ./env.sh
-fi
-export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True} TOKENIZERS_PARALLELISM=false
-
-gpus=0
-if [ -n "${CUDA_VISIBLE_DEVICES-unset}" ] && command -v nvidia-smi >/dev/null 2>&1; then
-    gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-fi
-NPROC_PER_NODE=${NPROC_PER_NODE:-$gpus}
-MODEL_PRESET=${MODEL_PRESET:-qwen2_5_omni}
+source ./scripts/launcher_env.sh
 PROMPT_MODALITY=${PROMPT_MODALITY:-mixed}
 PROMPT_TYPE=${PROMPT_TYPE:-systhink}
 OUTPUT_DIR=${OUTPUT_DIR:-output/grpo/tars_$(date +%Y%m%d_%H%M%S)}

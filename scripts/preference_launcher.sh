@@ -9,19 +9,7 @@ KIND=${KIND:?KIND must be dpo or sft}
 case "$KIND" in dpo|sft) ;; *) echo "KIND must be dpo or sft, got $KIND" >&2; exit 2;; esac
 me="train_$KIND.sh"
 
-if [ "${DRY_RUN:-0}" = 1 ] && [ -x "$ROOT/.venv/bin/python" ]; then
-    source "$ROOT/.venv/bin/activate"
-else
-    source ./env.sh
-fi
-export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True} TOKENIZERS_PARALLELISM=false
-
-gpus=0
-if [ -n "${CUDA_VISIBLE_DEVICES-unset}" ] && command -v nvidia-smi >/dev/null 2>&1; then
-    gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-fi
-NPROC_PER_NODE=${NPROC_PER_NODE:-$gpus}
-MODEL_PRESET=${MODEL_PRESET:-qwen2_5_omni}
+source ./scripts/launcher_env.sh
 PROMPT_TYPE=${PROMPT_TYPE:-systhink}
 PROMPT_MODALITY=${PROMPT_MODALITY:-a}
 OUTPUT_DIR=${OUTPUT_DIR:-output/$KIND/${KIND}_$(date +%Y%m%d_%H%M%S)}

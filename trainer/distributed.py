@@ -41,3 +41,14 @@ def shutdown(succeeded: bool) -> None:
     if succeeded:
         dist.barrier()
     dist.destroy_process_group()
+
+
+def run_then_shutdown(main_fn, argv):
+    """``main_fn(argv)`` (an ms-swift pipeline entry), then ``shutdown`` with whether it succeeded."""
+    succeeded = False
+    try:
+        result = main_fn(argv)
+        succeeded = True
+        return result
+    finally:
+        shutdown(succeeded)

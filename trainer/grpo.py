@@ -66,14 +66,8 @@ def main(argv: Optional[List[str]] = None):
     from trainer.registry import register_with_swift
     register_with_swift()
     from swift.pipelines import rlhf_main
-    from trainer.distributed import shutdown
-    succeeded = False
-    try:
-        result = rlhf_main(build_swift_argv(swift_args))
-        succeeded = True
-        return result
-    finally:
-        shutdown(succeeded)
+    from trainer.distributed import run_then_shutdown
+    return run_then_shutdown(rlhf_main, build_swift_argv(swift_args))
 
 
 if __name__ == '__main__':

@@ -44,14 +44,8 @@ def main(argv: Optional[List[str]] = None):
     register_with_swift()
     from swift.pipelines import rlhf_main, sft_main
     run = rlhf_main if kind == 'dpo' else sft_main
-    from trainer.distributed import shutdown
-    succeeded = False
-    try:
-        result = run(build_swift_argv(kind, swift_args))
-        succeeded = True
-        return result
-    finally:
-        shutdown(succeeded)
+    from trainer.distributed import run_then_shutdown
+    return run_then_shutdown(run, build_swift_argv(kind, swift_args))
 
 
 if __name__ == '__main__':

@@ -140,6 +140,20 @@ def _write_omni_tokenizer(out: Path) -> None:
     }, SPECIAL_FLAGS)
 
 
+def _save_twin(out: Path, model, processor, tokenizer, ids: dict, added_tokens: dict) -> None:
+    """Set a Qwen-family twin's generation config and save model, processor and tokenizer (safetensors).
+
+    A random model samples any id, including <|AUDIO|>; such a completion breaks the next forward's audio
+    scatter (masked_scatter size error). Every added token but the two end-of-turn ids is suppressed."""
+    eos = [ids['<|im_end|>'], ids['<|endoftext|>']]
+    gen = model.generation_config
+    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = eos, ids['<|endoftext|>'], None
+    gen.suppress_tokens = sorted(i for i in added_tokens if i not in eos)
+    model.save_pretrained(str(out), safe_serialization=True)
+    processor.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+
+
 def _build_qwen2_5_omni(out: Path, recipe: dict) -> None:
     import torch
     from transformers import (AutoTokenizer, Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration,
@@ -201,16 +215,7 @@ def _build_qwen2_5_omni(out: Path, recipe: dict) -> None:
 
     torch.manual_seed(recipe['seed'])
     model = Qwen2_5OmniForConditionalGeneration(config)
-    eos = [ids['<|im_end|>'], ids['<|endoftext|>']]
-    gen = model.generation_config
-    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = eos, ids['<|endoftext|>'], None
-    # A random model samples any id, including <|AUDIO|>; such a completion breaks the log-prob forward
-    # (masked_scatter size error). Suppress every added token but the two end-of-turn ids.
-    gen.suppress_tokens = sorted(i for i in QWEN2_5_OMNI_ADDED_TOKENS if i not in eos)
-
-    model.save_pretrained(str(out), safe_serialization=True)
-    processor.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
+    _save_twin(out, model, processor, tokenizer, ids, QWEN2_5_OMNI_ADDED_TOKENS)
     # from_pretrained of this class reads spk_dict.pt (talker speaker prompts) even without audio output.
     # It is written with torch.save (pickle) because that is the file format transformers expects here.
     torch.save({name: {'cond': torch.zeros(1, 16), 'ref_mel': torch.zeros(1, 30, 80), 'bos_token': 60}
@@ -289,15 +294,7 @@ def _build_qwen2_audio(out: Path, recipe: dict) -> None:
 
     torch.manual_seed(recipe['seed'])
     model = Qwen2AudioForConditionalGeneration(config)
-    eos = [ids['<|im_end|>'], ids['<|endoftext|>']]
-    gen = model.generation_config
-    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = eos, ids['<|endoftext|>'], None
-    # as for Qwen2.5-Omni: a sampled <|AUDIO|> would break the next forward's audio scatter
-    gen.suppress_tokens = sorted(i for i in QWEN2_AUDIO_ADDED_TOKENS if i not in eos)
-
-    model.save_pretrained(str(out), safe_serialization=True)
-    processor.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
+    _save_twin(out, model, processor, tokenizer, ids, QWEN2_AUDIO_ADDED_TOKENS)
 
 
 # Phi-4-multimodal: the o200k tokenizer (offline package toktok-rs) with Phi-4's added tokens at their real

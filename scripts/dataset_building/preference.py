@@ -305,13 +305,20 @@ def build(dataset: str, samples_dir: Path, out_dir: Path, chosen_mode: str = 'te
     need_audio = prompt_modality == 'a'
     validate_dataset(ds, dataset, require_audio=need_audio, check_audio=False)
     keys = set(ds['key'])
-    joined = [k for k in ds['key'] if k in chosen and k in rejected]
-    report.update(base_rows=len(ds), with_chosen=len(chosen), with_rejected=len(rejected), joined=len(joined),
+    report.update(base_rows=len(ds), with_chosen=len(chosen), with_rejected=len(rejected),
                   unknown_keys=sorted((set(chosen) | set(rejected)) - keys)[:20],
                   n_unknown_keys=len((set(chosen) | set(rejected)) - keys))
+    return _join_and_write(ds, dataset, chosen, rejected, report, out_dir, prompt_type, prompt_modality, val_rows,
+                           seed)
+
+
+def _join_and_write(ds, dataset: str, chosen: Dict[str, str], rejected: Dict[str, str], report: Dict, out_dir: Path,
+                    prompt_type: str, prompt_modality: str, val_rows: int, seed: int) -> Dict[str, Path]:
+    """The base rows with both a chosen and a rejected answer, their clips written once, as the DPO/SFT files."""
     keep = ds.select([i for i, k in enumerate(ds['key']) if k in chosen and k in rejected])
+    report['joined'] = len(keep)
     audio_paths = {}
-    if need_audio:
+    if prompt_modality == 'a':
         audio_paths = {row['key']: write_clip(row, dataset, out_dir / 'audio')
                        for row in tqdm(keep, desc='audio', disable=len(keep) < 50)}
     rows = preference_rows(keep.remove_columns([c for c in ('audio', ) if c in keep.column_names]),
@@ -349,15 +356,9 @@ def from_columns(dataset: str, out_dir: Path, chosen_type: str = 'am2', rejected
                for k, c, r in zip(ds['key'], ds[chosen_column], ds[rejected_column])]
     chosen = _first_by_key(records, 'chosen', chosen_column, report)
     rejected = _first_by_key(records, 'rejected', rejected_column, report)
-    keep = ds.select([i for i, k in enumerate(ds['key']) if k in chosen and k in rejected])
-    report.update(base_rows=len(ds), joined=len(keep))
-    audio_paths = {}
-    if need_audio:
-        audio_paths = {row['key']: write_clip(row, dataset, out_dir / 'audio')
-                       for row in tqdm(keep, desc='audio', disable=len(keep) < 50)}
-    rows = preference_rows(keep.remove_columns([c for c in ('audio', ) if c in keep.column_names]),
-                           chosen, rejected, prompt_type, prompt_modality, audio_paths)
-    return write_preference_set(rows, out_dir, report, val_rows, seed)
+    report['base_rows'] = len(ds)
+    return _join_and_write(ds, dataset, chosen, rejected, report, out_dir, prompt_type, prompt_modality, val_rows,
+                           seed)
 
 
 def _env_int(name: str, default: int) -> int:
