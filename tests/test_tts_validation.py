@@ -4,7 +4,6 @@ import hashlib
 import http.server
 import io
 import json
-import threading
 import zlib
 
 import numpy as np
@@ -13,6 +12,7 @@ import soundfile as sf
 
 from scripts.dataset_building.mmlu import (build_speech_set, mmlu_rows, select_rows, sidecar_path, tts_wer,
                                            wav_name)
+from tests.dataset_fixtures import local_http_server
 from trainer.schema import load_hf_dataset, validate_dataset
 from trainer.tts import EspeakTTS, HttpTTS, get_tts
 
@@ -275,16 +275,8 @@ def tts_server():
     buf = io.BytesIO()
     sf.write(buf, resample_poly(x, 3, 2).astype(np.float32), 24000, format='WAV', subtype='PCM_16')  # 24 kHz
     _Handler.clip, _Handler.received = buf.getvalue(), []
-    server = http.server.HTTPServer(('127.0.0.1', 0), _Handler)
-    server.timeout = 5
-    thread = threading.Thread(target=server.serve_forever, kwargs={'poll_interval': 0.1}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/tts", len(x)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with local_http_server(_Handler) as url:
+        yield url, len(x)
 
 
 def test_http_tts_against_local_server(tts_server, tmp_path):

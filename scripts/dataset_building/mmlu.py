@@ -233,6 +233,18 @@ def check_speaker_cache(wav_dir, tts):
     return current
 
 
+def prepare_wav_dir(wav_dir, rows, tts):
+    """Create wav_dir, refuse a clip cache voiced by another speaker set, and name each row's clip
+    (distinct keys must give distinct file names). Returns (wav_dir as a Path, clip names in row order)."""
+    wav_dir = Path(wav_dir)
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    check_speaker_cache(wav_dir, tts)
+    names = [wav_name(r['key']) for r in rows]
+    if len(set(names)) != len(names):
+        raise ValueError("two keys map to the same wav file name")
+    return wav_dir, names
+
+
 def synthesize_rows(rows, wav_dir, tts, retries=2):
     """Make sure every row has a clip in wav_dir; existing clips are reused (resumable).
 
@@ -240,12 +252,7 @@ def synthesize_rows(rows, wav_dir, tts, retries=2):
     column tts_speaker. Returns (rows that have a clip, failures [{key, error}], counts {synthesised,
     cached, audio_seconds}).
     """
-    wav_dir = Path(wav_dir)
-    wav_dir.mkdir(parents=True, exist_ok=True)
-    check_speaker_cache(wav_dir, tts)
-    names = [wav_name(r['key']) for r in rows]
-    if len(set(names)) != len(names):
-        raise ValueError("two keys map to the same wav file name")
+    wav_dir, names = prepare_wav_dir(wav_dir, rows, tts)
     kept, failures = [], []
     counts = dict(synthesised=0, cached=0, audio_seconds=0.0)
     for row, name in tqdm(list(zip(rows, names)), desc="tts", unit="clip"):
@@ -361,12 +368,7 @@ def validate_rows(rows, wav_dir, tts, asr_factory, max_retries=10, stop_wer=0.05
     Returns (kept rows with tts_* columns (tts_speaker with a speaker set), failures [{key, error}],
     dropped [{key, tts_wer, tts_retries, reason}], counts {synthesised, cached, audio_seconds, tts_attempts}).
     """
-    wav_dir = Path(wav_dir)
-    wav_dir.mkdir(parents=True, exist_ok=True)
-    check_speaker_cache(wav_dir, tts)
-    names = [wav_name(r['key']) for r in rows]
-    if len(set(names)) != len(names):
-        raise ValueError("two keys map to the same wav file name")
+    wav_dir, names = prepare_wav_dir(wav_dir, rows, tts)
     kept, failures, dropped = [], [], []
     counts = dict(synthesised=0, cached=0, audio_seconds=0.0, tts_attempts=0)
     asr = None
