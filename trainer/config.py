@@ -23,7 +23,6 @@ class TARSConfig:
     prompt_modality: str = 'mixed'           # a | t | mixed (reference 2.2)
     target_layers: Optional[List[int]] = None  # 1-based layers of the representation reward; None: all
     embedder: str = DEFAULT_EMBEDDER           # 'minilm', a local path or a hub id
-    scale_std: bool = False                    # divide advantages by the per-modality std
     dump_rollouts: Optional[str] = None        # JSONL path: one line per rollout per step
     length_target: int = 1024                  # reward_len target in characters (reference 3.2)
 
@@ -50,9 +49,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='representation-reward layers, 1-based: "all", "1-10", or "31,32"')
     parser.add_argument('--embedder', default=DEFAULT_EMBEDDER,
                         help=f'behaviour-reward sentence embedder: minilm (offline) or e.g. {PAPER_EMBEDDER}')
-    parser.add_argument('--scale_std', action='store_true', help='divide advantages by the per-modality std')
     parser.add_argument('--dump_rollouts', default=None, help='JSONL file for one line per rollout per step')
     parser.add_argument('--length_target', type=int, default=1024)
+
+
+# ms-swift's --scale_rewards values TARS honours, and what each means for the per-modality advantages:
+# 'none' (the original's scale_rewards=False, TARS's default) subtracts the modality baseline only;
+# 'group' also divides by that (question, modality) cell's population std + 1e-4.
+SCALE_REWARDS = {'none': False, 'group': True}
+
+
+def std_scaling(scale_rewards: Optional[str], advantage_estimator: str = 'grpo', kl_in_reward: Optional[bool] = False,
+                beta: float = 0.0) -> bool:
+    """Whether TARS's advantages divide by the per-modality std, from ms-swift's GRPO arguments.
+
+    TARS replaces ms-swift's advantage computation, so every ms-swift setting that would change it
+    must either map onto the per-modality computation or stop the run: a ValueError names the flag.
+    """
+    if advantage_estimator != 'grpo':
+        raise ValueError(f'--advantage_estimator {advantage_estimator} is not supported by TARS, whose '
+                         'advantages are per-modality GRPO baselines; use --advantage_estimator grpo')
+    if kl_in_reward and beta != 0.0:
+        raise ValueError('--kl_in_reward true is not supported by TARS (its rewards are the TARS rewards '
+                         'alone); use --kl_in_reward false, which keeps the KL term in the loss')
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f'--scale_rewards {scale_rewards} is not supported by TARS; use none (the paper) or '
+                         'group (divide by the std of the same question and modality)')
+    return SCALE_REWARDS[scale_rewards]
 
 
 def parse_layers(text: Optional[str]) -> Optional[List[int]]:

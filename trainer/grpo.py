@@ -29,6 +29,9 @@ PAPER_DEFAULTS = LORA_DEFAULTS + [
     '--learning_rate', '2e-5', '--warmup_ratio', '0.01', '--weight_decay', '0.01', '--max_grad_norm', '1.0',
     '--num_train_epochs', '3', '--loss_type', 'dapo', '--beta', '0', '--epsilon', '0.2', '--epsilon_high', '0.28',
     '--overlong_filter', 'true', '--save_steps', '100', '--save_total_limit', '50', '--logging_steps', '5',
+    # Per-modality advantages without std division (the original's scale_rewards=False); ms-swift's own
+    # GRPO default would be 'group' (see trainer.config.std_scaling).
+    '--scale_rewards', 'none',
     # Left padding: a micro-batch mixes long speech prompts with short text prompts. Padded on the right,
     # the completion window ms-swift keeps logits for starts at the shortest prompt, i.e. almost the whole
     # sequence; on the left, completions share the last positions and the window is the completion length
@@ -37,9 +40,30 @@ PAPER_DEFAULTS = LORA_DEFAULTS + [
 ]
 
 
+# The original's correction for vLLM rollouts (vllm_importance_sampling_correction=True, cap 2.0): each
+# completion token's loss is multiplied by exp(old_logp - sampling_logp), capped at 2.0 from above. That
+# is ms-swift's token_truncate mode (min(ratio, threshold) per token); it applies to vLLM rollouts only.
+VLLM_IS_DEFAULTS = ['--rollout_importance_sampling_mode', 'token_truncate',
+                    '--rollout_importance_sampling_threshold', '2.0']
+
+
+def flag_value(args: List[str], name: str) -> Optional[str]:
+    """The value of the last ``--name VALUE`` (or ``--name=VALUE``) in ``args``; None when absent."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + '='):
+            value = arg.split('=', 1)[1]
+    return value
+
+
 def build_swift_argv(swift_args: List[str], plugin: bool = True) -> List[str]:
     """The full ms-swift argv: paper defaults, then the user's flags, then the TARS plugin."""
     argv = ['--rlhf_type', 'grpo'] + PAPER_DEFAULTS
+    if (flag_value(swift_args, '--use_vllm') or '').lower() in ('true', '1') \
+            and flag_value(swift_args, '--rollout_importance_sampling_mode') is None:
+        argv += VLLM_IS_DEFAULTS
     if '--reward_funcs' not in swift_args:
         argv += ['--reward_funcs'] + DEFAULT_REWARDS
     argv += swift_args

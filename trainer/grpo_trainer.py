@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from accelerate.utils import DistributedType
@@ -29,7 +29,7 @@ from trainer import tars_math
 from trainer.data import KEY, TEXT_PROMPT
 from trainer import distributed
 from trainer.distributed import gather_lists
-from trainer.hidden_states import PooledStateCapture, completion_token_mask
+from trainer.hidden_states import PooledStateCapture, completion_token_mask, dropout_off
 from trainer.rewards import HIDDEN, MODALITY, NEEDS_HIDDEN_STATES, correctness
 
 logger = get_logger()
@@ -63,6 +63,15 @@ def drop_unsaved_steps(path: str, last_step: int) -> int:
     return len(lines) - len(keep)
 
 
+def generated_length(sample) -> Optional[int]:
+    """Number of tokens the rollout engine generated for a sample (its ``response_token_ids``); None when
+    the engine did not report them."""
+    ids = getattr(sample, 'response_token_ids', None)
+    if not ids:
+        return None
+    return sum(len(part) if isinstance(part, (list, tuple)) else 1 for part in ids)
+
+
 def end_token_ids(tokenizer, generation_config=None) -> List[int]:
     """The ids that end a completion: the tokenizer's EOS and the generation config's EOS ids."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
@@ -75,7 +84,12 @@ class TARSGRPOTrainer(GRPOTrainer):
 
     def __init__(self, *args, **kwargs):
         self.tars = tars_config.active()
+        targs = kwargs.get('args')
+        if targs is not None:  # refuse advantage settings TARS cannot honour before any engine starts
+            tars_config.std_scaling(targs.scale_rewards, targs.advantage_estimator, targs.kl_in_reward, targs.beta)
         super().__init__(*args, **kwargs)
+        self._scale_std = tars_config.std_scaling(self.scale_rewards, self.advantage_estimator, self.kl_in_reward,
+                                                  self.beta)
         if self.dynamic_sample:
             raise ValueError('dynamic_sample resamples groups before TARS rewards exist; it is not supported')
         self._needs_hidden = any(isinstance(f, NEEDS_HIDDEN_STATES) for f in self.reward_funcs)
@@ -89,6 +103,7 @@ class TARSGRPOTrainer(GRPOTrainer):
         self._end_token_ids = end_token_ids(self.template.tokenizer, getattr(self.model, 'generation_config', None))
         self._collecting = False
         self._pooled: List[torch.Tensor] = []
+        self._generated_lengths: List[List[Optional[int]]] = []  # per pending old-policy forward
         self._loss_logps = None
         logger.info(f'TARS: prompt_modality={self.tars.prompt_modality} rewards={self.reward_func_names} '
                     f'processes={self.accelerator.num_processes} ({self.accelerator.distributed_type}) '
@@ -118,14 +133,17 @@ class TARSGRPOTrainer(GRPOTrainer):
         return samples
 
     def _prepare_batch_inputs(self, samples):
-        if self._capture is None:
-            return super()._prepare_batch_inputs(samples)
+        chunks = self.split_by_mini_batches(samples)  # one old-policy forward per chunk, in this order
+        self._generated_lengths = [[generated_length(s) for s in chunk] for chunk in chunks]
         self._collecting, self._pooled = True, []
         try:
             batches = super()._prepare_batch_inputs(samples)
         finally:
             self._collecting = False
-        ordered = [s for chunk in self.split_by_mini_batches(samples) for s in chunk]
+            self._generated_lengths = []
+        if self._capture is None:
+            return batches
+        ordered = [s for chunk in chunks for s in chunk]
         pooled = torch.cat(self._pooled) if self._pooled else torch.empty(0)
         if len(pooled) != len(ordered):
             raise RuntimeError(f'pooled {len(pooled)} hidden states for {len(ordered)} rollouts')
@@ -137,6 +155,9 @@ class TARSGRPOTrainer(GRPOTrainer):
     def _get_per_token_logps_and_entropies(self, model, model_inputs, grpo_batch, *args, **kwargs):
         # The old-policy forward of _prepare_batch_inputs runs before old_per_token_logps is set; the
         # reference-model forward (beta != 0) runs after it, and the loss forward with gradients.
+        # The old-policy forward runs with dropout off: the pooled states are then those of the original's
+        # model.eval() forward, and the old log-probs those of the policy vLLM samples from (README,
+        # "Deliberate differences").
         old_policy_forward = (self._collecting and grpo_batch.old_per_token_logps is None
                               and not torch.is_grad_enabled())
         if not old_policy_forward:
@@ -144,8 +165,13 @@ class TARSGRPOTrainer(GRPOTrainer):
             if torch.is_grad_enabled():
                 self._loss_logps = out[0].detach()
             return out
-        mask = completion_token_mask(model_inputs['input_ids'], grpo_batch.completion_mask, self._end_token_ids)
-        with self._capture.pooling(mask):
+        generated = self._generated_lengths.pop(0) if self._generated_lengths else None
+        if self._capture is None:
+            with dropout_off(model):
+                return super()._get_per_token_logps_and_entropies(model, model_inputs, grpo_batch, *args, **kwargs)
+        mask = completion_token_mask(model_inputs['input_ids'], grpo_batch.completion_mask, self._end_token_ids,
+                                     generated)
+        with dropout_off(model), self._capture.pooling(mask):
             out = super()._get_per_token_logps_and_entropies(model, model_inputs, grpo_batch, *args, **kwargs)
         self._pooled.append(self._capture.pooled.cpu())
         return out
@@ -180,7 +206,7 @@ class TARSGRPOTrainer(GRPOTrainer):
         is_speech = torch.tensor([r['modality'] == tars_math.SPEECH for r in rows])
         total = tars_math.total_reward(rewards_per_func, self.reward_weights)
         advantages = tars_math.modality_advantages(total, tars_math.group_ids(keys), is_speech,
-                                                   scale_std=self.tars.scale_std)
+                                                   scale_std=self._scale_std)
         correct = correctness([r['completion'] for r in rows], [r['options'] for r in rows],
                               [r['gold'] for r in rows])
         self._log_tars_metrics(mode, rows, keys, is_speech, correct, rewards_per_func, total)
@@ -195,6 +221,12 @@ class TARSGRPOTrainer(GRPOTrainer):
         nan = torch.isnan(total)
         metrics['reward'].append(torch.nanmean(total).item())
         metrics['tars/nan_reward_frac'].append(nan.float().mean().item())
+        groups = tars_math.group_ids(keys).to(total.device)
+        # ms-swift's usual group statistics (over each question's rollouts), and per modality over each
+        # (question, modality) cell: the cells the advantages are computed in
+        std, zero = tars_math.reward_std_stats(total, groups)
+        metrics['reward_std'].append(std)
+        metrics['frac_reward_zero_std'].append(zero)
         correct_t = torch.tensor(correct, dtype=torch.float32)
         lengths = torch.tensor([r['length'] for r in rows], dtype=torch.float32)
         for modality, mask in ((tars_math.SPEECH, is_speech), (tars_math.TEXT, ~is_speech)):
@@ -203,6 +235,9 @@ class TARSGRPOTrainer(GRPOTrainer):
             metrics[f'{modality}/reward'].append(torch.nanmean(total[mask.to(total.device)]).item())
             metrics[f'{modality}/accuracy'].append(correct_t[mask].mean().item())
             metrics[f'{modality}/completion_length'].append(lengths[mask].mean().item())
+            std, zero = tars_math.reward_std_stats(total[mask.to(total.device)], groups[mask.to(total.device)])
+            metrics[f'{modality}/reward_std'].append(std)
+            metrics[f'{modality}/frac_reward_zero_std'].append(zero)
             for i, name in enumerate(self.reward_func_names):
                 metrics[f'{modality}/rewards/{name}'].append(
                     torch.nanmean(rewards_per_func[mask.to(rewards_per_func.device), i]).item())

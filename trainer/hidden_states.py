@@ -76,20 +76,54 @@ class PooledStateCapture:
 
 
 def completion_token_mask(input_ids: torch.Tensor, completion_mask: torch.Tensor,
-                          end_token_ids: Sequence[int]) -> torch.Tensor:
-    """Full-frame mask [B, T] of the completion tokens whose states are pooled.
+                          end_token_ids: Sequence[int],
+                          generated_lengths: Optional[Sequence[Optional[int]]] = None) -> torch.Tensor:
+    """Full-frame mask [B, T] of the completion tokens whose states are pooled: exactly the generated
+    tokens, without a final end-of-turn token.
 
     ``completion_mask`` [B, C] covers the last C positions of ``input_ids`` [B, T] (ms-swift's
-    logits_to_keep frame). A completion's final token is left out when it is an end-of-turn token, as
-    the original drops the ``<|end|>`` row (reference 3.5); a truncated completion keeps all its tokens.
+    logits_to_keep frame) and marks the trained response tokens: the generated ones, then whatever the
+    template appends after them (e.g. ``<|im_end|>`` + newline after a truncated Qwen completion).
+    ``generated_lengths`` [B] (the rollout's token count, None where unknown) keeps only the first that
+    many marked tokens of each row, so template suffixes are never pooled. The last kept token is then
+    left out when it is an end-of-turn token, as the original drops the ``<|end|>`` row; a truncated
+    completion keeps all its generated tokens.
     """
     batch, total = input_ids.shape
     c = completion_mask.shape[1]
+    if generated_lengths is not None and len(generated_lengths) != batch:
+        raise ValueError(f'{len(generated_lengths)} generated lengths for a batch of {batch}')
     mask = torch.zeros(batch, total, dtype=torch.bool, device=completion_mask.device)
     mask[:, total - c:] = completion_mask.bool()
     ends = torch.tensor(sorted(set(end_token_ids)), dtype=input_ids.dtype, device=input_ids.device)
     for row in range(batch):
-        positions = mask[row].nonzero()
+        positions = mask[row].nonzero().flatten()
+        n = generated_lengths[row] if generated_lengths is not None else None
+        if n is not None and n < positions.numel():
+            mask[row, positions[n:]] = False
+            positions = positions[:n]
         if positions.numel() and bool(torch.isin(input_ids[row, positions[-1]], ends).any()):
             mask[row, positions[-1]] = False
     return mask
+
+
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+@contextmanager
+def dropout_off(model: nn.Module):
+    """The forwards in this block run without dropout (the model otherwise stays in train mode).
+
+    The original takes the hidden states of the representation reward in a separate ``model.eval()``
+    forward; ours come from the old-log-prob forward, which ms-swift runs in train mode (LoRA dropout
+    0.05 active). Only the dropout modules are switched, so the trainer's own ``model.training`` checks
+    (metrics mode) are unchanged; attention dropout of the presets' configs is 0.
+    """
+    switched = [m for m in model.modules() if isinstance(m, _DROPOUT) and m.training]
+    for m in switched:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.training = True

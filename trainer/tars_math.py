@@ -10,7 +10,7 @@ Shapes: N rollouts, L layers, D hidden size, B batch rows, T tokens, F reward fu
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -131,27 +131,49 @@ def group_ids(keys: Sequence[str]) -> torch.Tensor:
     return torch.tensor([index.setdefault(k, len(index)) for k in keys], dtype=torch.long)
 
 
+def _cell_moments(rewards: torch.Tensor, cell: torch.Tensor):
+    """Per-cell count, mean and population variance of the non-NaN rewards: [N] float, [N] long ->
+    (valid [N] bool, r [N] with NaN -> 0, count [C], mean [C], var [C]); C = cell.max() + 1."""
+    valid = ~torch.isnan(rewards)
+    n_cells = int(cell.max()) + 1 if cell.numel() else 0
+    r = torch.where(valid, rewards, torch.zeros_like(rewards))
+    zeros = torch.zeros(n_cells, device=rewards.device)
+    count = zeros.clone().index_add_(0, cell, valid.float())
+    mean = zeros.clone().index_add_(0, cell, r) / count.clamp(min=1)
+    sq = zeros.clone().index_add_(0, cell, r * r)
+    var = (sq / count.clamp(min=1) - mean * mean).clamp(min=0)
+    return valid, r, count, mean, var
+
+
 def modality_advantages(rewards: torch.Tensor, groups: torch.Tensor, is_speech: torch.Tensor,
                         scale_std: bool = False, eps: float = 1e-4) -> torch.Tensor:
     """Modality-specific advantages (reference 2.7): r_i minus the mean reward of the rollouts of the same
     question AND the same modality as i.
 
     rewards [N] float (NaN allowed), groups [N] long, is_speech [N] bool -> advantages [N] float32.
-    ``scale_std`` divides by that subset's population std + eps (off by default, as in the original).
-    NaN rewards are left out of the baselines and get advantage 0.
+    ``scale_std`` divides by that subset's population std + eps, (r - mean) / (std + 1e-4) as the
+    original's ``scale_rewards=True`` branch (off by default, as in the original; ms-swift's
+    ``--scale_rewards group`` turns it on). NaN rewards are left out of the baselines and get advantage 0.
     """
     rewards = rewards.float()
     groups, is_speech = groups.to(rewards.device), is_speech.to(rewards.device)
-    valid = ~torch.isnan(rewards)
     cell = groups.long() * 2 + is_speech.long()  # one cell per (question, modality)
-    n_cells = int(cell.max()) + 1 if cell.numel() else 0
-    r = torch.where(valid, rewards, torch.zeros_like(rewards))
-    count = torch.zeros(n_cells, device=rewards.device).index_add_(0, cell, valid.float())
-    total = torch.zeros(n_cells, device=rewards.device).index_add_(0, cell, r)
-    mean = total / count.clamp(min=1)
+    valid, r, _, mean, var = _cell_moments(rewards, cell)
     adv = r - mean[cell]
     if scale_std:
-        sq = torch.zeros(n_cells, device=rewards.device).index_add_(0, cell, r * r)
-        var = (sq / count.clamp(min=1) - mean * mean).clamp(min=0)
         adv = adv / (var.sqrt()[cell] + eps)
     return torch.where(valid, adv, torch.zeros_like(adv))
+
+
+def reward_std_stats(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e-6) -> Tuple[float, float]:
+    """ms-swift's ``reward_std`` and ``frac_reward_zero_std`` over the groups given: the mean over groups
+    of the population std of their non-NaN rewards, and the fraction of groups whose std is ~0 (no
+    learning signal). rewards [N] float, groups [N] long (e.g. one id per question, or per question and
+    modality) -> (mean std, fraction). Groups without a valid reward are left out; (0.0, 1.0) when none.
+    """
+    rewards = rewards.float()
+    _, _, count, _, var = _cell_moments(rewards, groups.long().to(rewards.device))
+    std = var.sqrt()[count > 0]
+    if not std.numel():
+        return 0.0, 1.0
+    return float(std.mean()), float((std <= eps).float().mean())
