@@ -265,13 +265,15 @@ def test_prepare_cli_default_limit_stops_on_a_61_second_clip(tmp_path, capsys):
         main(['grpo', '--dataset', data, '--out', str(tmp_path / 'out')])
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1
-    assert err.startswith(f"error: {data}: field 'audio': 1 clip(s) longer than max_audio_seconds=60: keys 'q1' (61.0 s)")
+    assert err.startswith(f"error: {data}: field 'audio': 1 clip(s) longer than max_audio_seconds=60: "
+                          f"keys 'q1' (61.0 s); ")
     assert not (tmp_path / 'out' / 'grpo.jsonl').exists()
 
 
 def test_prepare_cli_flags_lower_the_limit_and_drop(tmp_path, capsys):
-    from trainer.data import main, prepare_grpo_dataset
     import inspect
+
+    from trainer.data import main, prepare_grpo_dataset
     assert inspect.signature(prepare_grpo_dataset).parameters['max_audio_seconds'].default == 60.0
     data = save_set(tmp_path, [0.3, 0.9, 0.4])
     capsys.readouterr()
