@@ -26,8 +26,8 @@ OPTIONAL_COLUMNS = ('source', 'subject', 'question_for_tts')
 SAMPLING_RATE = 16000
 LETTERS = 'ABCDEFGHIJ'
 # Longest clip a training run accepts by default (trainer.data --max_audio_seconds; launchers' MAX_AUDIO_SECONDS).
-# The paper's data are multiple-choice questions read aloud, well under a minute; a longer clip is most
-# likely a wrong file, and one 10-minute clip took about 14 GB on the tiny model.
+# It fits the paper's data (multiple-choice questions read aloud); a longer clip is more likely a wrong
+# file, and a 10-minute clip was reported to take about 14 GB on the tiny model.
 DEFAULT_MAX_AUDIO_SECONDS = 60.0
 LONG_AUDIO_EXAMPLES = 5   # keys named in the one-line over-long-audio message
 
