@@ -13,7 +13,8 @@
 #                    (dpo.jsonl, sft.jsonl and their _val files)
 #   DATASET_PATH     else an hf_format set with chosen/rejected columns (default the original's
 #                    yuantuo666/MMLU_FULL-full_train_dpo_hf_format.catm2ram2.v1); CHOSEN_TYPE / REJECTED_TYPE
-#                    pick chosen_<type> / rejected_<type> columns as the original did (default am2)
+#                    pick chosen_<type> / rejected_<type> columns as the original did (default am2);
+#                    MAX_AUDIO_SECONDS (default 60, 0: no limit) stops on longer clips, DROP_LONG_AUDIO=1 drops them
 #   PROMPT_MODALITY  a | t (default a: the speech prompt); PROMPT_TYPE (default systhink)
 #   NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   torchrun layout (default: all GPUs)
 #   DEEPSPEED        zero2 (default on GPUs) | zero3 | none

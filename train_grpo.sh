@@ -20,6 +20,8 @@
 #   OUTPUT_DIR       run directory (default output/grpo/tars_<date>); an existing one is resumed only with
 #                    RESUME=1, never overwritten
 #   MAX_STEPS        stop after this many optimizer steps
+#   MAX_AUDIO_SECONDS longest clip accepted (default 60, 0: no limit); longer clips stop the data preparation
+#   DROP_LONG_AUDIO=1 leave clips longer than that out instead (their count and keys are printed)
 #   DRY_RUN=1        print the commands and exit
 # Extra arguments go to ms-swift / TARS as flags (e.g. --target_layers 11-20 --num_train_epochs 1).
 set -euo pipefail
@@ -91,6 +93,8 @@ else
               --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" -m trainer.grpo)
 fi
 
+[ -z "${MAX_AUDIO_SECONDS:-}" ] || prepare_extra+=(--max_audio_seconds "$MAX_AUDIO_SECONDS")
+[ "${DROP_LONG_AUDIO:-0}" != 1 ] || prepare_extra+=(--drop_long_audio)
 prepare=(python -m trainer.data grpo --dataset "$DATASET_PATH" --out "$OUTPUT_DIR/data"
          --prompt_type "$PROMPT_TYPE" --prompt_modality "$PROMPT_MODALITY" "${prepare_extra[@]}")
 train=("${launcher[@]}" --prompt_modality "$PROMPT_MODALITY" --model "$MODEL" --model_type "$MODEL_PRESET"

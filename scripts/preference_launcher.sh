@@ -51,6 +51,8 @@ else
         prepare=(python -m scripts.dataset_building.preference from_columns --dataset "$DATASET_PATH"
                  --out "$OUTPUT_DIR/data" --prompt_type "$PROMPT_TYPE" --prompt_modality "$PROMPT_MODALITY"
                  --chosen_type "${CHOSEN_TYPE:-am2}" --rejected_type "${REJECTED_TYPE:-am2}")
+        [ -z "${MAX_AUDIO_SECONDS:-}" ] || prepare+=(--max_audio_seconds "$MAX_AUDIO_SECONDS")
+        [ "${DROP_LONG_AUDIO:-0}" != 1 ] || prepare+=(--drop_long_audio)
         TRAIN_FILE=$OUTPUT_DIR/data/$KIND.jsonl; VAL_FILE=$OUTPUT_DIR/data/${KIND}_val.jsonl
     fi
     NNODES=${NNODES:-1}

@@ -5,11 +5,11 @@ import datasets
 import numpy as np
 import pytest
 
-from scripts.dataset_building.mmlu import (build_prompt_for_tts, build_speech_set, make_row, mmlu_rows,
-                                           read_mmlu_source, rewrite_blanks, select_rows, wav_name)
+from scripts.dataset_building.mmlu import (TTS_CACHE_FILE, build_prompt_for_tts, build_speech_set, make_row,
+                                           mmlu_rows, read_mmlu_source, rewrite_blanks, select_rows, wav_name)
 from tests.dataset_fixtures import write_source
 from trainer.schema import load_audio, load_hf_dataset, validate_dataset
-from trainer.tts import EspeakTTS
+from trainer.tts import EspeakTTS, TTSUnavailable
 
 # -----------------------------------------------------------------------------
 # text
@@ -183,3 +183,83 @@ def test_failing_tts_row_is_retried_reported_and_skipped(tmp_path):
 def test_build_refuses_bad_test_rows(tmp_path):
     with pytest.raises(ValueError, match="test_rows"):
         build_speech_set(tmp_path / 'set', n_rows=3, test_rows=3, tts=FailingTTS(None))
+
+# -----------------------------------------------------------------------------
+# the clip cache belongs to one backend, voice and rate; an unreachable backend stops the build
+
+
+def two_question_source(tmp_path):
+    return write_source(tmp_path / 'mmlu.jsonl', ["What colour is the sky?", "How many legs has a cat?"])
+
+
+def clips(out):
+    return {f.name: f.read_bytes() for f in sorted((out / 'wav').glob('*.wav'))}
+
+
+def closed_loopback_url():
+    import socket
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()                                                   # nothing listens there now
+    return f"http://127.0.0.1:{port}/unreachable"
+
+
+def test_rebuild_with_unreachable_http_fails_naming_the_url(tmp_path, capsys):
+    from scripts.dataset_building.mmlu import main
+    src, out, url = two_question_source(tmp_path), tmp_path / 'set', closed_loopback_url()
+    main(['--out', str(out), '--rows', '2', '--source', str(src)])
+    summary = (out / 'summary.json').read_text()
+    assert json.loads(summary)['tts'] == 'espeak:en-us' and json.loads(summary)['synthesised'] == 2
+    before = clips(out)
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit) as e:
+        main(['--out', str(out), '--rows', '2', '--source', str(src), '--overwrite', '--tts', 'http', '--tts_url', url])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: TTS server {url} unreachable: ") and err.count("\n") == 1
+    assert "refused" in err
+    assert clips(out) == before and (out / 'summary.json').read_text() == summary   # nothing relabelled
+    assert json.loads((out / 'wav' / TTS_CACHE_FILE).read_text())['cache_key'] == 'espeak:voice=en-us,rate=175'
+
+    with pytest.raises(SystemExit):                             # a fresh folder: stops before any clip
+        main(['--out', str(tmp_path / 'fresh'), '--rows', '2', '--source', str(src), '--tts', 'http', '--tts_url', url])
+    assert capsys.readouterr().err.startswith(f"error: TTS server {url} unreachable: ")
+    assert not list((tmp_path / 'fresh' / 'wav').glob('*.wav')) and not (tmp_path / 'fresh' / 'hf').exists()
+
+
+def test_another_espeak_voice_or_rate_does_not_reuse_the_cache(tmp_path):
+    src, out = two_question_source(tmp_path), tmp_path / 'set'
+    build_speech_set(out, n_rows=2, source_path=src, tts=EspeakTTS())
+    before = clips(out)
+    assert len(before) == 2
+    # rate None speaks at espeak's 175 wpm: same key, the cache is reused
+    build_speech_set(out, n_rows=2, source_path=src, tts=EspeakTTS(rate=175), overwrite=True)
+    assert json.loads((out / 'summary.json').read_text())['reused_from_cache'] == 2
+    for other, key in ((EspeakTTS(rate=260), 'espeak:voice=en-us,rate=260'),
+                       (EspeakTTS(voice='en'), 'espeak:voice=en,rate=175')):
+        with pytest.raises(ValueError) as e:
+            build_speech_set(out, n_rows=2, source_path=src, tts=other, overwrite=True)
+        assert str(e.value) == (f"{out / 'wav'} holds clips voiced by TTS 'espeak:voice=en-us,rate=175', but this "
+                                f"run uses TTS '{key}'; build into another output folder or delete {out / 'wav'}")
+    assert clips(out) == before
+
+    fast = CountingTTS(EspeakTTS(rate=260))
+    fast.cache_key = 'espeak:voice=en-us,rate=260'
+    build_speech_set(tmp_path / 'fast', n_rows=2, source_path=src, tts=fast)
+    assert fast.calls == 2                                      # synthesised afresh, in its own cache
+    summary = json.loads((tmp_path / 'fast' / 'summary.json').read_text())
+    assert summary['synthesised'] == 2 and summary['tts_cache_key'] == 'espeak:voice=en-us,rate=260'
+    for name, data in clips(tmp_path / 'fast').items():
+        assert len(data) < len(before[name])                    # faster speech, shorter clip
+
+    (out / 'wav' / TTS_CACHE_FILE).unlink()                     # clips from before the cache recorded its backend
+    with pytest.raises(ValueError, match="voiced by an unrecorded TTS backend"):
+        build_speech_set(out, n_rows=2, source_path=src, tts=EspeakTTS(), overwrite=True)
+
+
+def test_unknown_espeak_voice_stops_before_any_clip(tmp_path):
+    with pytest.raises(TTSUnavailable, match="unknown voice 'xx-nope'"):
+        build_speech_set(tmp_path / 'set', n_rows=2, source_path=two_question_source(tmp_path),
+                         tts=EspeakTTS(voice='xx-nope'))
+    assert not list((tmp_path / 'set' / 'wav').glob('*.wav'))

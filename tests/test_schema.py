@@ -1,13 +1,17 @@
 """trainer/schema.py: audio reading, loading and row validation (design.md section 2)."""
+import io
+import json
 import logging
+import struct
 
 import datasets
 import numpy as np
 import pytest
 import soundfile as sf
 
-from trainer.schema import (AudioError, SchemaError, encode_wav_bytes, load_audio, load_hf_dataset,
-                            rows_to_dataset, schema_error, validate_dataset)
+from trainer.schema import (DEFAULT_MAX_AUDIO_SECONDS, AudioError, AudioTooLongError, SchemaError,
+                            encode_wav_bytes, load_audio, load_hf_dataset, rows_to_dataset, schema_error,
+                            validate_dataset)
 
 
 def sine(freq=440.0, seconds=1.0, sr=16000, amp=0.5):
@@ -154,3 +158,145 @@ def test_load_hf_dataset_split_fallback_and_undecoded_audio(tmp_path, caplog):
     datasets.DatasetDict(validation=ds).save_to_disk(str(tmp_path / 'only_val'))
     with pytest.raises(SchemaError, match=r"no split 'train' \(available: validation\)"):
         load_hf_dataset(str(tmp_path / 'only_val'))
+
+
+# -----------------------------------------------------------------------------
+# audio that is not what it claims: truncated files, over-long clips
+
+
+def half_cut_wav():
+    """A 1 s 16-bit WAV (44-byte header, data chunk of 32000 bytes) cut in half, header intact."""
+    data = encode_wav_bytes(sine())
+    assert data[36:40] == b'data' and struct.unpack('<I', data[40:44])[0] == 32000 and len(data) == 32044
+    return data[:len(data) // 2]                    # 16022 bytes: 15978 of the declared 32000 data bytes
+
+
+def test_soundfile_alone_reads_a_half_cut_wav_as_a_shorter_clip():
+    x, sr = sf.read(io.BytesIO(half_cut_wav()), dtype='float32')   # why schema.wav_truncation exists
+    assert sr == 16000 and len(x) == 15978 // 2
+
+
+def test_half_cut_wav_is_rejected_as_bytes_and_as_path(tmp_path):
+    cut = half_cut_wav()
+    problem = "truncated WAV: the data chunk declares 32000 bytes but only 15978 are present (50%)"
+    ds = broken('audio', {'bytes': cut, 'path': 'q1.wav'})
+    with pytest.raises(AudioError) as e:
+        validate_dataset(ds, 'toy')
+    assert str(e.value) == f"toy: row key='q1': field 'audio': corrupt audio bytes (path 'q1.wav'): {problem}"
+
+    path = tmp_path / 'cut.wav'
+    path.write_bytes(cut)
+    ds = broken('audio', {'bytes': None, 'path': str(path)}, index=2)
+    with pytest.raises(AudioError) as e:
+        validate_dataset(ds, 'toy')
+    assert str(e.value) == f"toy: row key='q2': field 'audio': corrupt audio file {str(path)!r}: {problem}"
+    with pytest.raises(AudioError, match="truncated WAV"):
+        load_audio(str(path))                       # a bare path string too
+
+
+def test_wav_chunk_walk_float_extra_chunks_and_unset_sizes():
+    buf = io.BytesIO()
+    sf.write(buf, sine(), 16000, format='WAV', subtype='FLOAT')   # float WAV: the `wave` module rejects it
+    whole = buf.getvalue()
+    assert len(load_audio({'bytes': whole, 'path': None})) == 16000
+    with pytest.raises(AudioError, match="truncated WAV"):
+        load_audio({'bytes': whole[:-4], 'path': None})            # one sample short
+
+    pcm = encode_wav_bytes(sine())
+    odd = b'LIST' + struct.pack('<I', 3) + b'abc' + b'\0'          # odd-sized chunk + pad byte before 'data'
+    with_list = pcm[:4] + struct.pack('<I', len(pcm) - 8 + len(odd)) + pcm[8:36] + odd + pcm[36:]
+    assert len(load_audio({'bytes': with_list, 'path': None})) == 16000
+    with pytest.raises(AudioError, match="declares 32000 bytes but only 31998"):
+        load_audio({'bytes': with_list[:-2], 'path': None})
+
+    assert len(load_audio({'bytes': pcm + b'trailing junk!', 'path': None})) == 16000   # more than declared: fine
+    streamed = pcm[:40] + struct.pack('<I', 0xFFFFFFFF) + pcm[44:]   # length left unset by a streaming writer
+    assert len(load_audio({'bytes': streamed[:20044], 'path': None})) == 10000
+
+
+def clip_rows(seconds):
+    """Schema rows q0, q1, ... whose clips last the given seconds (a quiet tone, 16 kHz 16-bit WAV)."""
+    rows = make_rows(len(seconds))
+    for row, s in zip(rows, seconds, strict=True):
+        row['audio'] = {'bytes': encode_wav_bytes(sine(seconds=s, amp=0.1)), 'path': None}
+    return rows
+
+
+def test_default_max_audio_is_60_seconds_and_a_61_second_clip_stops():
+    assert DEFAULT_MAX_AUDIO_SECONDS == 60.0
+    ds = rows_to_dataset(clip_rows([1.0, 61.0, 1.0]))
+    with pytest.raises(AudioTooLongError) as e:
+        validate_dataset(ds, 'toy', max_audio_seconds=DEFAULT_MAX_AUDIO_SECONDS)
+    msg = str(e.value)
+    assert msg.startswith("toy: field 'audio': 1 clip(s) longer than max_audio_seconds=60: keys 'q1' (61.0 s); ")
+    assert "--drop_long_audio" in msg and "\n" not in msg
+    assert validate_dataset(ds, 'toy') is not None   # no limit unless asked (builders)
+
+
+def test_long_clips_listed_first_few_with_count_then_dropped(capsys):
+    seconds = [0.3, 0.6, 0.3, 0.7, 0.8, 0.9, 0.6, 0.61, 0.2, 0.55]     # 7 clips over 0.5 s
+    ds = rows_to_dataset(clip_rows(seconds))
+    with pytest.raises(AudioTooLongError) as e:
+        validate_dataset(ds, 'toy', max_audio_seconds=0.5)
+    assert str(e.value).startswith("toy: field 'audio': 7 clip(s) longer than max_audio_seconds=0.5: keys 'q1' "
+                                   "(0.6 s), 'q3' (0.7 s), 'q4' (0.8 s), 'q5' (0.9 s), 'q6' (0.6 s), ... (7 in all); ")
+    kept = validate_dataset(ds, 'toy', max_audio_seconds=0.5, drop_long_audio=True)
+    assert kept['key'] == ['q0', 'q2', 'q8']
+    assert capsys.readouterr().err.strip() == (
+        "toy: field 'audio': dropped 7 clip(s) longer than max_audio_seconds=0.5: keys 'q1' (0.6 s), 'q3' (0.7 s), "
+        "'q4' (0.8 s), 'q5' (0.9 s), 'q6' (0.6 s), ... (7 in all)")
+    with pytest.raises(AudioTooLongError, match="every row would be dropped"):
+        validate_dataset(ds, 'toy', max_audio_seconds=0.1, drop_long_audio=True)
+    assert validate_dataset(ds, 'toy', max_audio_seconds=0)['key'] == ds['key']   # 0: no limit
+    assert validate_dataset(ds, 'toy', max_audio_seconds=0.5, check_audio=False)['key'] == ds['key']
+
+
+def save_set(tmp_path, seconds):
+    path = tmp_path / 'set'
+    datasets.DatasetDict(train=rows_to_dataset(clip_rows(seconds))).save_to_disk(str(path))
+    return str(path)
+
+
+def test_prepare_cli_default_limit_stops_on_a_61_second_clip(tmp_path, capsys):
+    from trainer.data import main
+    data = save_set(tmp_path, [1.0, 61.0])
+    capsys.readouterr()                              # save_to_disk's progress bar
+    with pytest.raises(SystemExit) as e:
+        main(['grpo', '--dataset', data, '--out', str(tmp_path / 'out')])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {data}: field 'audio': 1 clip(s) longer than max_audio_seconds=60: "
+                          f"keys 'q1' (61.0 s); ")
+    assert not (tmp_path / 'out' / 'grpo.jsonl').exists()
+
+
+def test_prepare_cli_flags_lower_the_limit_and_drop(tmp_path, capsys):
+    import inspect
+
+    from trainer.data import main, prepare_grpo_dataset
+    assert inspect.signature(prepare_grpo_dataset).parameters['max_audio_seconds'].default == 60.0
+    data = save_set(tmp_path, [0.3, 0.9, 0.4])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(['grpo', '--dataset', data, '--out', str(tmp_path / 'a'), '--max_audio_seconds', '0.5'])
+    assert "keys 'q1' (0.9 s)" in capsys.readouterr().err
+    main(['grpo', '--dataset', data, '--out', str(tmp_path / 'b'), '--max_audio_seconds', '0.5', '--drop_long_audio'])
+    assert "dropped 1 clip(s) longer than max_audio_seconds=0.5: keys 'q1' (0.9 s)" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (tmp_path / 'b' / 'grpo.jsonl').read_text().splitlines()]
+    assert [r['tars_key'] for r in rows] == ['q0', 'q2'] and all(len(r['audios']) == 1 for r in rows)
+
+
+def test_prepare_cli_rejects_a_half_cut_wav_file(tmp_path, capsys):
+    from trainer.data import main
+    cut = tmp_path / 'cut.wav'
+    cut.write_bytes(half_cut_wav())
+    rows = clip_rows([0.3, 0.3])
+    rows[1]['audio'] = {'bytes': None, 'path': str(cut)}
+    data = tmp_path / 'set'
+    datasets.DatasetDict(train=rows_to_dataset(rows)).save_to_disk(str(data))   # embeds the file's bytes
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(['grpo', '--dataset', str(data), '--out', str(tmp_path / 'out')])
+    assert capsys.readouterr().err == (f"error: {data}: row key='q1': field 'audio': corrupt audio bytes (path "
+                                       f"'cut.wav'): truncated WAV: the data chunk declares 32000 bytes but only "
+                                       f"15978 are present (50%)\n")

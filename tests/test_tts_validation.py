@@ -14,7 +14,7 @@ from scripts.dataset_building.mmlu import (build_speech_set, mmlu_rows, select_r
                                            wav_name)
 from tests.dataset_fixtures import local_http_server
 from trainer.schema import load_hf_dataset, validate_dataset
-from trainer.tts import EspeakTTS, HttpTTS, get_tts
+from trainer.tts import EspeakTTS, HttpTTS, TTSUnavailable, cache_key, get_tts
 
 TTS_COLS = ('tts_wer', 'tts_retries', 'tts_whisper', 'tts_model')
 
@@ -78,7 +78,12 @@ class ScriptedASR:
 
 
 class NoTTS:
-    name = 'none'
+    """Stands in for the backend `like` (same name and cache key, so its clip cache is reused) but must never
+    be asked for audio."""
+
+    def __init__(self, like=None):
+        self.name = getattr(like, 'name', 'none')
+        self.cache_key = cache_key(like) if like is not None else 'none'
 
     def synthesize(self, text):
         raise AssertionError("nothing should be synthesised")
@@ -135,7 +140,7 @@ def test_asr_validation_espeak_whisper_three_rows(tmp_path, whisper):
 
     # resumed run: the sidecars answer, nothing is synthesised or transcribed
     before = audio_bytes(out / 'hf')
-    build_speech_set(out, n_rows=3, seed=0, max_chars=100, tts=NoTTS(), validate_with_asr=True, asr=NoASR(),
+    build_speech_set(out, n_rows=3, seed=0, max_chars=100, tts=NoTTS(EspeakTTS()), validate_with_asr=True, asr=NoASR(),
                      max_retries=2, wer_threshold=1.01, overwrite=True)
     assert audio_bytes(out / 'hf') == before
     assert json.loads((out / 'summary.json').read_text())['reused_from_cache'] == 3
@@ -198,7 +203,7 @@ def test_threshold_drops_a_row_whose_attempts_are_all_bad(tmp_path):
     assert [(d['key'], d['tts_wer'], d['tts_retries']) for d in v['dropped_by_wer']] == [(bad['key'], 1.0, 3)]
     assert 'wer_threshold' in v['dropped_by_wer'][0]['reason']
     # the best clip and its result stay cached: a run with a looser threshold keeps the row, re-synthesising nothing
-    build_speech_set(out, n_rows=3, seed=2, tts=NoTTS(), validate_with_asr=True, asr=NoASR(), max_retries=3,
+    build_speech_set(out, n_rows=3, seed=2, tts=NoTTS(tts), validate_with_asr=True, asr=NoASR(), max_retries=3,
                      wer_threshold=1.01, overwrite=True)
     assert load_hf_dataset(str(out / 'hf'))['key'] == [r['key'] for r in rows]
 
@@ -220,7 +225,7 @@ def test_sharded_builds_then_assembly_equal_unsharded(tmp_path, validate):
         s = json.loads((shared / f'summary.shard{i}of2.json').read_text())
         assert s['shard_rows'] == (3 if i == 0 else 2) and s['synthesised'] == s['shard_rows']
     assert not (shared / 'hf').exists() and tts.calls == 5
-    assert build_speech_set(shared, tts=NoTTS(), asr=NoASR(), **kw) is not None   # assembles, synthesises nothing
+    assert build_speech_set(shared, tts=NoTTS(tts), asr=NoASR(), **kw) is not None   # assembles, synthesises nothing
     assert json.loads((shared / 'summary.json').read_text())['synthesised'] == 0
 
     for split in ('train', 'test'):
@@ -303,8 +308,29 @@ def test_http_tts_unreachable():
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
     s.close()                                                   # nothing listens there now
-    with pytest.raises(RuntimeError, match="unreachable"):
-        HttpTTS(f"http://127.0.0.1:{port}/tts", timeout=2).synthesize("hello")
+    url = f"http://127.0.0.1:{port}/tts"
+    with pytest.raises(TTSUnavailable, match=rf"^TTS server {url} unreachable: .*refused"):
+        HttpTTS(url, timeout=2).synthesize("hello")
+    with pytest.raises(TTSUnavailable, match=rf"^TTS server {url} unreachable: .*refused"):
+        HttpTTS(url, timeout=2).check()
+
+
+def test_http_tts_check_probes_without_synthesising(tts_server):
+    url, _ = tts_server
+    HttpTTS(url, timeout=5).check()                             # HEAD answered 501 by the POST-only server: reachable
+    assert _Handler.received == []
+
+
+def test_cache_keys_name_backend_voice_and_rate(tmp_path):
+    assert cache_key(EspeakTTS()) == cache_key(EspeakTTS(rate=175)) == 'espeak:voice=en-us,rate=175'
+    assert cache_key(EspeakTTS(rate=220)) == 'espeak:voice=en-us,rate=220'
+    assert cache_key(EspeakTTS(voice='en')) == 'espeak:voice=en,rate=175'
+    url = 'http://127.0.0.1:1/tts'
+    assert cache_key(HttpTTS(url)) == f'http:{url}' and cache_key(HttpTTS(url, name='cosyvoice2')) == 'cosyvoice2'
+    a, b = HttpTTS(url, speaker_prompt=('one', b'RIFF1')), HttpTTS(url, speaker_prompt=('one', b'RIFF2'))
+    assert cache_key(a).startswith(f'http:{url},voice=sha1:') and len({cache_key(a), cache_key(b)}) == 2
+    assert cache_key(HttpTTS(url, speaker_prompt=('one', b'RIFF1'))) == cache_key(a)
+    assert cache_key(NoTTS()) == 'none' and cache_key(OracleTTS()) == 'oracle'   # fallback: the name
 
 
 def test_get_tts_names():

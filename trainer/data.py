@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from trainer import prompts
 from trainer.answer import LETTERS
-from trainer.schema import SAMPLING_RATE, load_audio, load_hf_dataset, schema_error, validate_dataset
+from trainer.schema import (DEFAULT_MAX_AUDIO_SECONDS, SAMPLING_RATE, SchemaError, load_audio, load_hf_dataset,
+                            schema_error, validate_dataset)
 
 # Columns this module adds to every ms-swift row (one place; the trainer and rewards read them).
 KEY, QUESTION, OPTIONS, ANSWER_INDEX, TEXT_PROMPT, SUBJECT = (
@@ -97,8 +98,13 @@ def write_jsonl(rows: Iterable[Dict], path: Path) -> int:
 
 
 def prepare_grpo_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhink', prompt_modality: str = 'mixed',
-                         split: str = 'train', max_rows: Optional[int] = None) -> Path:
-    """Validate ``dataset`` and write ``out_dir/grpo.jsonl`` (audio clips under ``out_dir/audio``)."""
+                         split: str = 'train', max_rows: Optional[int] = None,
+                         max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS,
+                         drop_long_audio: bool = False) -> Path:
+    """Validate ``dataset`` and write ``out_dir/grpo.jsonl`` (audio clips under ``out_dir/audio``).
+
+    Clips longer than ``max_audio_seconds`` (None or <= 0: no limit) stop the preparation naming their keys,
+    or are left out with ``drop_long_audio`` (trainer.schema.validate_dataset)."""
     if prompt_modality not in prompts.PROMPT_MODALITIES:
         raise ValueError(f'prompt_modality must be one of {prompts.PROMPT_MODALITIES}, got {prompt_modality!r}')
     prompts.system_prompt(prompt_type)  # validates prompt_type early
@@ -106,7 +112,8 @@ def prepare_grpo_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhi
     if max_rows:
         ds = ds.select(range(min(max_rows, len(ds))))
     need_audio = prompt_modality != 't'
-    validate_dataset(ds, dataset, require_audio=need_audio, check_audio=need_audio)
+    ds = validate_dataset(ds, dataset, require_audio=need_audio, check_audio=need_audio,
+                          max_audio_seconds=max_audio_seconds, drop_long_audio=drop_long_audio)
     paths = materialize_audio(ds, dataset, out_dir / 'audio') if need_audio else [None] * len(ds)
     out = out_dir / 'grpo.jsonl'
     write_jsonl((grpo_row(row, path, prompt_type) for row, path in zip(ds, paths)), out)
@@ -115,11 +122,14 @@ def prepare_grpo_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhi
 
 def prepare_grpo_files(dataset: str, out_dir: Path, prompt_type: str = 'systhink', prompt_modality: str = 'mixed',
                        split: str = 'train', max_rows: Optional[int] = None, val_split: Optional[str] = None,
-                       val_rows: Optional[int] = None) -> List[Path]:
-    """``grpo.jsonl`` from ``split`` and, when ``val_split`` is given, ``val.jsonl`` from it."""
-    paths = [prepare_grpo_dataset(dataset, out_dir, prompt_type, prompt_modality, split, max_rows)]
+                       val_rows: Optional[int] = None, max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS,
+                       drop_long_audio: bool = False) -> List[Path]:
+    """``grpo.jsonl`` from ``split`` and, when ``val_split`` is given, ``val.jsonl`` from it (same audio limit)."""
+    limit = dict(max_audio_seconds=max_audio_seconds, drop_long_audio=drop_long_audio)
+    paths = [prepare_grpo_dataset(dataset, out_dir, prompt_type, prompt_modality, split, max_rows, **limit)]
     if val_split:
-        val = prepare_grpo_dataset(dataset, out_dir / 'val', prompt_type, prompt_modality, val_split, val_rows)
+        val = prepare_grpo_dataset(dataset, out_dir / 'val', prompt_type, prompt_modality, val_split, val_rows,
+                                   **limit)
         paths.append(val.rename(out_dir / 'val.jsonl'))
     return paths
 
@@ -148,12 +158,22 @@ def main(argv=None) -> None:
     parser.add_argument('--max_rows', type=int, default=None)
     parser.add_argument('--val_split', default=None, help='also write val.jsonl from this split (e.g. test)')
     parser.add_argument('--val_rows', type=int, default=None)
+    parser.add_argument('--max_audio_seconds', type=float, default=DEFAULT_MAX_AUDIO_SECONDS,
+                        help='grpo: longest clip accepted, in seconds (0: no limit); longer ones stop the '
+                             'preparation naming their keys (default %(default)g; launchers: MAX_AUDIO_SECONDS)')
+    parser.add_argument('--drop_long_audio', action='store_true',
+                        help='grpo: leave clips longer than --max_audio_seconds out (count and keys printed) '
+                             'instead of stopping (launchers: DROP_LONG_AUDIO=1)')
     args = parser.parse_args(argv)
-    if args.kind == 'grpo':
-        paths = prepare_grpo_files(args.dataset, args.out, args.prompt_type, args.prompt_modality, args.split,
-                                   args.max_rows, args.val_split, args.val_rows)
-    else:
-        paths = [prepare_warmstart_dataset(args.dataset, args.out, args.prompt_type, args.split, args.max_rows)]
+    try:
+        if args.kind == 'grpo':
+            paths = prepare_grpo_files(args.dataset, args.out, args.prompt_type, args.prompt_modality, args.split,
+                                       args.max_rows, args.val_split, args.val_rows, args.max_audio_seconds,
+                                       args.drop_long_audio)
+        else:
+            paths = [prepare_warmstart_dataset(args.dataset, args.out, args.prompt_type, args.split, args.max_rows)]
+    except SchemaError as err:   # a bad row or an over-long clip: one line naming dataset, key and field
+        parser.exit(2, f'error: {err}\n')
     print('\n'.join(map(str, paths)))
 
 

@@ -9,6 +9,7 @@ decodes (and encodes) Audio only through torchcodec + FFmpeg, which a fresh mach
 import io
 import logging
 import os
+import struct
 import sys
 from math import gcd
 
@@ -24,6 +25,11 @@ REQUIRED_COLUMNS = ('key', 'question', 'options', 'answer_index', 'prompt_for_tt
 OPTIONAL_COLUMNS = ('source', 'subject', 'question_for_tts')
 SAMPLING_RATE = 16000
 LETTERS = 'ABCDEFGHIJ'
+# Longest clip a training run accepts by default (trainer.data --max_audio_seconds; launchers' MAX_AUDIO_SECONDS).
+# It fits the paper's data (multiple-choice questions read aloud); a longer clip is more likely a wrong
+# file, and a 10-minute clip was reported to take about 14 GB on the tiny model.
+DEFAULT_MAX_AUDIO_SECONDS = 60.0
+LONG_AUDIO_EXAMPLES = 5   # keys named in the one-line over-long-audio message
 
 # Arrow storage of an Audio column; building with this plain struct and casting to Audio afterwards
 # avoids Audio.encode_example, which imports torchcodec even for ready-made bytes.
@@ -35,7 +41,11 @@ class SchemaError(ValueError):
 
 
 class AudioError(SchemaError):
-    """Audio that is missing, unreadable or empty."""
+    """Audio that is missing, unreadable, truncated or empty."""
+
+
+class AudioTooLongError(SchemaError):
+    """Clips longer than the run's max_audio_seconds (the message lists the first few keys and the count)."""
 
 
 def schema_error(dataset, key, field, problem, index=None):
@@ -63,10 +73,40 @@ def _to_mono(x):
     return x.mean(axis=1) if x.ndim == 2 else x
 
 
+def wav_truncation(f, size):
+    """Why a RIFF/WAVE file is cut short, or None: its data chunk declares more bytes than the file holds.
+
+    f: a binary file object positioned anywhere, size: its length in bytes. Written by hand because
+    neither soundfile nor `wave` notices: libsndfile clamps the frame count to the bytes present and reads
+    a half file as a shorter clip, and `wave` trusts the declared size (and rejects float WAVs). Only the
+    chunk headers are read. Files that are not RIFF/RIFX WAVE (FLAC, RF64, ...) and streamed WAVs whose
+    data size is left unset (0 or 0xFFFFFFFF) return None: soundfile judges them.
+    """
+    f.seek(0)
+    head = f.read(12)
+    if len(head) < 12 or head[:4] not in (b'RIFF', b'RIFX') or head[8:12] != b'WAVE':
+        return None
+    order = '<' if head[:4] == b'RIFF' else '>'
+    pos = 12
+    while pos + 8 <= size:
+        f.seek(pos)
+        chunk_id, declared = struct.unpack(order + '4sI', f.read(8))
+        if chunk_id == b'data':
+            present = size - pos - 8
+            if declared not in (0, 0xFFFFFFFF) and present < declared:
+                return (f"truncated WAV: the data chunk declares {declared} bytes but only {present} are present "
+                        f"({present / declared:.0%})")
+            return None
+        pos += 8 + declared + (declared & 1)   # chunks are padded to an even length
+    return None
+
+
 def load_audio(value, target_sr=SAMPLING_RATE):
     """Decode one audio cell to float32 mono at target_sr.
 
     value: an `Audio(decode=False)` dict {'bytes', 'path'}, a file path, or {'array', 'sampling_rate'}.
+    A WAV whose data chunk promises more bytes than the file holds (cut short, see wav_truncation) raises
+    AudioError instead of passing as a shorter clip; truncated FLAC/Ogg already fail to decode in soundfile.
     """
     if isinstance(value, dict) and 'array' in value:
         if value.get('sampling_rate') is None:
@@ -85,9 +125,16 @@ def load_audio(value, target_sr=SAMPLING_RATE):
         if data is None and not os.path.isfile(path):
             raise AudioError(f"audio file not found: {path!r}")
         try:
-            x, sr = sf.read(io.BytesIO(data) if data is not None else path, dtype='float32', always_2d=True)
+            with (io.BytesIO(data) if data is not None else open(path, 'rb')) as f:
+                size = f.seek(0, io.SEEK_END)
+                problem = wav_truncation(f, size)
+                if problem is None:
+                    f.seek(0)
+                    x, sr = sf.read(f, dtype='float32', always_2d=True)
         except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
             raise AudioError(f"cannot decode audio {where}: {e}") from e
+        if problem is not None:
+            raise AudioError(f"corrupt audio {where}: {problem}")
         x = _to_mono(x)
     if x.size == 0:
         raise AudioError(f"empty audio: {where}")
@@ -177,7 +224,10 @@ def _nonempty_str(x):
 
 
 def validate_row(row, dataset, index, require_audio=True, check_audio=True):
-    """Check one row against the schema; raise SchemaError naming dataset, key and field."""
+    """Check one row against the schema; raise SchemaError naming dataset, key and field.
+
+    Returns the clip's duration in seconds (at 16 kHz) when its audio was decoded (check_audio), else None.
+    """
     _check_columns(row.keys(), dataset, require_audio)
     key = row['key']
     if not _nonempty_str(key):
@@ -209,20 +259,49 @@ def validate_row(row, dataset, index, require_audio=True, check_audio=True):
         raise err('audio', "missing (None)")
     if check_audio and audio is not None:
         try:
-            load_audio(audio)
+            return len(load_audio(audio)) / SAMPLING_RATE
         except AudioError as e:
             raise AudioError(str(err('audio', str(e)))) from e
+    return None
 
 
-def validate_dataset(ds, dataset, require_audio=True, check_audio=True):
-    """Check every row of ds (columns first, then rows, then unique keys); raise SchemaError."""
+def long_audio_message(dataset, long_rows, max_audio_seconds, dropped=False):
+    """One line: the count of over-long clips and the first LONG_AUDIO_EXAMPLES keys (with seconds).
+
+    long_rows: [(key, seconds)] in row order."""
+    shown = ", ".join(f"{k!r} ({s:.1f} s)" for k, s in long_rows[:LONG_AUDIO_EXAMPLES])
+    more = f", ... ({len(long_rows)} in all)" if len(long_rows) > LONG_AUDIO_EXAMPLES else ""
+    return (f"{dataset}: field 'audio': {'dropped ' if dropped else ''}{len(long_rows)} clip(s) longer than "
+            f"max_audio_seconds={max_audio_seconds:g}: keys {shown}{more}")
+
+
+def validate_dataset(ds, dataset, require_audio=True, check_audio=True, max_audio_seconds=None,
+                     drop_long_audio=False):
+    """Check every row of ds (columns first, then rows, then unique keys); raise SchemaError. Returns ds.
+
+    max_audio_seconds (with check_audio; None or <= 0: no limit): clips longer than this stop the run with
+    AudioTooLongError naming the first few keys and the count, after every row was checked, or, with
+    drop_long_audio, are left out of the returned dataset (the count and keys are printed to stderr).
+    """
     _check_columns(ds.column_names, dataset, require_audio)
     ds = audio_undecoded(ds)
-    seen = {}
+    limit = max_audio_seconds if check_audio and max_audio_seconds and max_audio_seconds > 0 else None
+    seen, long_rows, long_index = {}, [], set()
     quiet = len(ds) < 200 or not sys.stderr.isatty()
     for i, row in enumerate(tqdm(ds, desc=f"validate {dataset}", disable=quiet)):
-        validate_row(row, dataset, i, require_audio=require_audio, check_audio=check_audio)
+        seconds = validate_row(row, dataset, i, require_audio=require_audio, check_audio=check_audio)
         key = row['key']
         if key in seen:
             raise schema_error(dataset, key, 'key', f"duplicate key (rows #{seen[key]} and #{i})", i)
         seen[key] = i
+        if limit is not None and seconds is not None and seconds > limit:
+            long_rows.append((key, seconds))
+            long_index.add(i)
+    if not long_rows:
+        return ds
+    if not drop_long_audio or len(long_rows) == len(ds):
+        why = ("every row would be dropped" if drop_long_audio else "raise the limit (--max_audio_seconds, env "
+               "MAX_AUDIO_SECONDS) or drop them (--drop_long_audio, env DROP_LONG_AUDIO=1)")
+        raise AudioTooLongError(f"{long_audio_message(dataset, long_rows, limit)}; {why}")
+    print(long_audio_message(dataset, long_rows, limit, dropped=True), file=sys.stderr)
+    return ds.select([i for i in range(len(ds)) if i not in long_index])

