@@ -26,11 +26,14 @@ from swift.utils import get_logger
 
 from trainer import config as tars_config
 from trainer import tars_math
-from trainer.data import KEY, TEXT_PROMPT
+from trainer.data import ANSWER_INDEX, KEY, OPTIONS, TEXT_PROMPT
 from trainer import distributed
 from trainer.distributed import gather_lists
 from trainer.hidden_states import PooledStateCapture, completion_token_mask, dropout_off
-from trainer.rewards import HIDDEN, MODALITY, NEEDS_HIDDEN_STATES, correctness
+from trainer.rewards import HIDDEN, MODALITY, NEEDS_HIDDEN_STATES, VIEW_READERS, correctness
+from trainer.rollouts import Rollout, RolloutBatch
+
+LENGTH = 'tars_loss_tokens'  # completion tokens in the loss, set on each sample by _prepare_batch_inputs
 
 logger = get_logger()
 
@@ -105,6 +108,7 @@ class TARSGRPOTrainer(GRPOTrainer):
         self._pooled: List[torch.Tensor] = []
         self._generated_lengths: List[List[Optional[int]]] = []  # per pending old-policy forward
         self._loss_logps = None
+        self._rollouts: Optional[RolloutBatch] = None
         logger.info(f'TARS: prompt_modality={self.tars.prompt_modality} rewards={self.reward_func_names} '
                     f'processes={self.accelerator.num_processes} ({self.accelerator.distributed_type}) '
                     f'hidden-state layers={self._capture.num_layers if self._capture else 0}')
@@ -141,13 +145,16 @@ class TARSGRPOTrainer(GRPOTrainer):
         finally:
             self._collecting = False
             self._generated_lengths = []
+        for chunk, encoded in zip(chunks, batches, strict=True):
+            for sample, n in zip(chunk, encoded['grpo_batch'].completion_mask.sum(1).tolist(), strict=True):
+                sample.extra[LENGTH] = int(n)
         if self._capture is None:
             return batches
         ordered = [s for chunk in chunks for s in chunk]
         pooled = torch.cat(self._pooled) if self._pooled else torch.empty(0)
         if len(pooled) != len(ordered):
             raise RuntimeError(f'pooled {len(pooled)} hidden states for {len(ordered)} rollouts')
-        for sample, state in zip(ordered, pooled):
+        for sample, state in zip(ordered, pooled, strict=True):
             sample.extra[HIDDEN] = state
         self._pooled = []
         return batches
@@ -177,39 +184,52 @@ class TARSGRPOTrainer(GRPOTrainer):
         return out
 
     def _postprocess_batch(self, samples, batch_encoded_inputs):
-        self._rewards_per_func = self._compute_rewards_per_func(samples)
+        # One view of the generation batch: built, judged and gathered once, then read by the rewards,
+        # the advantages, the metrics and the dump.
+        self._rollouts = self._build_rollouts(samples)
+        readers = [f for f in self.reward_funcs if isinstance(f, VIEW_READERS)]
+        for f in readers:
+            f.rollouts = self._rollouts
+        try:
+            self._rewards_per_func = self._compute_rewards_per_func(samples)
+        finally:
+            for f in readers:
+                f.rollouts = None
         super()._postprocess_batch(samples, batch_encoded_inputs)
         chunks = self.split_by_mini_batches(samples)
-        for chunk, encoded in zip(chunks, batch_encoded_inputs):
+        for chunk, encoded in zip(chunks, batch_encoded_inputs, strict=True):
             encoded['grpo_batch'].tars_is_speech = torch.tensor(
                 [s.extra[MODALITY] == tars_math.SPEECH for s in chunk], device=self.accelerator.device)
         for sample in samples:
             sample.extra.pop(HIDDEN, None)
+            sample.extra.pop(LENGTH, None)
+        self._rollouts = None
+
+    def _build_rollouts(self, samples) -> RolloutBatch:
+        """This rank's rollouts in ms-swift's local order (the reward matrix's), judged here, then gathered."""
+        completions = [s.messages[-1]['content'] for s in samples]
+        completions = [c if isinstance(c, str) else '' for c in completions]
+        options = [list(s.extra[OPTIONS]) for s in samples]
+        gold = [int(s.extra[ANSWER_INDEX]) for s in samples]
+        correct = correctness(completions, options, gold)
+        local = [Rollout(key=s.extra[KEY], modality=s.extra[MODALITY], completion=c, options=o, gold=g, correct=ok,
+                         length=s.extra[LENGTH], hidden=s.extra.get(HIDDEN))
+                 for s, c, o, g, ok in zip(samples, completions, options, gold, correct, strict=True)]
+        return RolloutBatch.gather(local)
 
     # ---- 3. modality-specific advantages ----
     def _compute_advantages(self, samples, rewards_per_func, batch_encoded_inputs):
         mode = 'train' if self.model.training else 'eval'
-        lengths = [int(n) for enc in batch_encoded_inputs for n in enc['grpo_batch'].completion_mask.sum(1).tolist()]
-        ordered = [s for chunk in self.split_by_mini_batches(samples) for s in chunk]
-        local = [{
-            'key': s.extra[KEY],
-            'modality': s.extra[MODALITY],
-            'completion': s.messages[-1]['content'] if isinstance(s.messages[-1]['content'], str) else '',
-            'options': s.extra['tars_options'],
-            'gold': s.extra['tars_answer_index'],
-            'length': n,
-        } for s, n in zip(ordered, lengths)]
-        local_by_sample = {id(s): row for s, row in zip(ordered, local)}
-        rows, _ = gather_lists([local_by_sample[id(s)] for s in samples])
-
-        keys = [r['key'] for r in rows]
-        is_speech = torch.tensor([r['modality'] == tars_math.SPEECH for r in rows])
+        rollouts = self._rollouts
+        if rollouts is None or len(rollouts) != len(rewards_per_func):
+            raise RuntimeError('advantages need the rollout view of the same generation batch')
+        keys = rollouts.keys
+        is_speech = torch.tensor([m == tars_math.SPEECH for m in rollouts.modalities])
         total = tars_math.total_reward(rewards_per_func, self.reward_weights)
         advantages = tars_math.modality_advantages(total, tars_math.group_ids(keys), is_speech,
                                                    scale_std=self._scale_std)
-        correct = correctness([r['completion'] for r in rows], [r['options'] for r in rows],
-                              [r['gold'] for r in rows])
-        self._log_tars_metrics(mode, rows, keys, is_speech, correct, rewards_per_func, total)
+        rows = rollouts.rows
+        self._log_tars_metrics(mode, rows, keys, is_speech, rollouts.correct, rewards_per_func, total)
         for i, name in enumerate(self.reward_func_names):
             self._logs['rewards'][name].extend(rewards_per_func[:, i].tolist())
         if mode == 'train' and self.tars.dump_rollouts and self.accelerator.is_main_process:
@@ -228,7 +248,7 @@ class TARSGRPOTrainer(GRPOTrainer):
         metrics['reward_std'].append(std)
         metrics['frac_reward_zero_std'].append(zero)
         correct_t = torch.tensor(correct, dtype=torch.float32)
-        lengths = torch.tensor([r['length'] for r in rows], dtype=torch.float32)
+        lengths = torch.tensor([r.length for r in rows], dtype=torch.float32)
         for modality, mask in ((tars_math.SPEECH, is_speech), (tars_math.TEXT, ~is_speech)):
             if not bool(mask.any()):
                 continue
@@ -243,7 +263,7 @@ class TARSGRPOTrainer(GRPOTrainer):
                     torch.nanmean(rewards_per_func[mask.to(rewards_per_func.device), i]).item())
         if bool(is_speech.any()) and not bool(is_speech.all()):
             with_text = defaultdict(bool)
-            for key, speech, ok in zip(keys, is_speech.tolist(), correct):
+            for key, speech, ok in zip(keys, is_speech.tolist(), correct, strict=True):
                 with_text[key] |= (not speech) and ok
             frac = sum(with_text.values()) / len(with_text)
             metrics['tars/groups_with_correct_text'].append(frac)
@@ -264,7 +284,7 @@ class TARSGRPOTrainer(GRPOTrainer):
 
         with open(path, 'a') as fh:
             for i, row in enumerate(rows):
-                line = {'step': step, 'key': row['key'], 'modality': row['modality'], 'completion': row['completion']}
+                line = {'step': step, 'key': row.key, 'modality': row.modality, 'completion': row.completion}
                 for j, name in enumerate(self.reward_func_names):
                     line[name] = num(rewards_per_func[i, j].item())
                 line['reward'] = num(total[i].item())

@@ -19,7 +19,7 @@ from trainer import config as tars_config
 from trainer import tars_math
 from trainer.answer import format_score, is_correct, length_score
 from trainer.data import ANSWER_INDEX, KEY, OPTIONS
-from trainer.distributed import gather_lists
+from trainer.rollouts import Rollout, RolloutBatch, judge_all
 
 MODALITY, HIDDEN = 'tars_modality', 'tars_hidden'
 
@@ -34,7 +34,29 @@ def _require(kwargs: dict, name: str, reward: str) -> list:
 def correctness(completions: Sequence[str], options: Sequence[Sequence[str]],
                 answer_index: Sequence[int]) -> List[bool]:
     """Whether each completion picks the gold option (rule-based extraction; the one judge rewards share)."""
-    return [is_correct(c, o, int(a)) for c, o, a in zip(completions, options, answer_index)]
+    return judge_all(completions, options, answer_index, is_correct)
+
+
+class TARSReward(ORM):
+    """A TARS reward: reads the step's rollout view (``trainer.rollouts``) when the TARS trainer gives one
+    (``rollouts``), else builds its own from ms-swift's reward inputs (any other GRPO trainer)."""
+    name = 'tars'
+    rollouts: Optional[RolloutBatch] = None  # set by TARSGRPOTrainer for the current generation batch
+
+    def view(self, completions: Sequence[str], kwargs: dict, gather: bool = True) -> RolloutBatch:
+        if self.rollouts is not None and self.rollouts.matches(completions):
+            return self.rollouts
+        options = _require(kwargs, OPTIONS, self.name)
+        gold = _require(kwargs, ANSWER_INDEX, self.name)
+        keys = kwargs.get(KEY) or [''] * len(completions)
+        modalities = kwargs.get(MODALITY) or [tars_math.SPEECH] * len(completions)
+        hidden = kwargs.get(HIDDEN) or [None] * len(completions)
+        correct = correctness(completions, options, gold)
+        local = [Rollout(key=k, modality=m, completion=c, options=list(o), gold=int(g), correct=ok, length=0,
+                         hidden=None if h is None else h.detach().float().cpu())
+                 for k, m, c, o, g, ok, h in zip(keys, modalities, completions, options, gold, correct, hidden,
+                                                 strict=True)]
+        return RolloutBatch.gather(local) if gather else RolloutBatch(rows=local, offset=0, n_local=len(local))
 
 
 class FormatReward(ORM):
@@ -44,13 +66,13 @@ class FormatReward(ORM):
         return [format_score(c) for c in completions]
 
 
-class AccuracyReward(ORM):
+class AccuracyReward(TARSReward):
     """Accuracy (reference 3.3, the original's reward_xfinder): 1 if the extracted choice is the gold one."""
+    name = 'accuracy'
 
     def __call__(self, completions, **kwargs) -> List[float]:
-        options = _require(kwargs, OPTIONS, 'accuracy')
-        gold = _require(kwargs, ANSWER_INDEX, 'accuracy')
-        return [float(ok) for ok in correctness(completions, options, gold)]
+        view = self.view(completions, kwargs, gather=False)
+        return [float(ok) for ok in view.local(view.correct)]
 
 
 class LengthReward(ORM):
@@ -61,34 +83,20 @@ class LengthReward(ORM):
         return [length_score(c, target) for c in completions]
 
 
-class _AlignmentReward(ORM):
+class _AlignmentReward(TARSReward):
     """Shared pairing for the two alignment rewards: speech rollouts are scored against a correct text
     rollout of the same question (round robin); text rollouts get their question's mean speech score."""
     name = 'alignment'
 
-    def inputs(self, completions, kwargs) -> dict:
-        return {
-            'completion': list(completions),
-            'key': _require(kwargs, KEY, self.name),
-            'modality': _require(kwargs, MODALITY, self.name),
-            'options': _require(kwargs, OPTIONS, self.name),
-            'gold': _require(kwargs, ANSWER_INDEX, self.name),
-        }
-
     def __call__(self, completions, **kwargs) -> List[float]:
-        local = self.inputs(completions, kwargs)
-        n_local = len(completions)
-        rows, offset = gather_lists([dict(zip(local, values)) for values in zip(*local.values())])
-        keys = [r['key'] for r in rows]
-        modalities = [r['modality'] for r in rows]
-        correct = correctness([r['completion'] for r in rows], [r['options'] for r in rows],
-                              [r['gold'] for r in rows])
-        partners = tars_math.pair_with_correct_text(keys, modalities, correct)
-        score = self.scorer(rows, partners)
-        rewards = tars_math.alignment_rewards(keys, modalities, partners, score)
-        return rewards[offset:offset + n_local]
+        _require(kwargs, KEY, self.name)
+        _require(kwargs, MODALITY, self.name)
+        view = self.view(completions, kwargs)
+        partners = tars_math.pair_with_correct_text(view.keys, view.modalities, view.correct)
+        rewards = tars_math.alignment_rewards(view.keys, view.modalities, partners, self.scorer(view.rows, partners))
+        return view.local(rewards)
 
-    def scorer(self, rows: List[dict], partners: List[Optional[int]]):
+    def scorer(self, rows: List[Rollout], partners: List[Optional[int]]):
         raise NotImplementedError
 
 
@@ -97,14 +105,14 @@ class RepresentationAlignmentReward(_AlignmentReward):
     completion states of a speech rollout and of its paired correct text rollout."""
     name = 'representation alignment'
 
-    def inputs(self, completions, kwargs) -> dict:
-        out = super().inputs(completions, kwargs)
-        out['hidden'] = [h.detach().float().cpu() for h in _require(kwargs, HIDDEN, self.name)]
-        return out
+    def __call__(self, completions, **kwargs) -> List[float]:
+        if self.rollouts is None or not self.rollouts.matches(completions):
+            _require(kwargs, HIDDEN, self.name)
+        return super().__call__(completions, **kwargs)
 
     def scorer(self, rows, partners):
         layers = tars_config.active().target_layers
-        return lambda i, j: tars_math.pooled_cosine(rows[i]['hidden'], rows[j]['hidden'], layers)
+        return lambda i, j: tars_math.pooled_cosine(rows[i].hidden, rows[j].hidden, layers)
 
 
 class BehaviourAlignmentReward(_AlignmentReward):
@@ -117,7 +125,7 @@ class BehaviourAlignmentReward(_AlignmentReward):
         needed = sorted({i for i, j in enumerate(partners) if j is not None} | {j for j in partners if j is not None})
         if not needed:
             return lambda i, j: 0.0
-        vectors = embed(tars_config.active().embedder, [rows[i]['completion'] for i in needed])
+        vectors = embed(tars_config.active().embedder, [rows[i].completion for i in needed])
         where = {i: n for n, i in enumerate(needed)}
         return lambda i, j: float(torch.dot(vectors[where[i]], vectors[where[j]]))
 
@@ -138,6 +146,8 @@ ORIGINAL_NAMES = {
     'reward_align_audio_to_text': 'tars_behaviour',
 }
 NEEDS_HIDDEN_STATES = (RepresentationAlignmentReward, )
+# rewards that read the trainer's rollout view (``TARSReward.rollouts``)
+VIEW_READERS = (TARSReward, )
 
 
 def register() -> None:
