@@ -7,8 +7,9 @@ letter match, or the text of the option paired with the gold letter.
 
 Pure functions, no torch.
 """
+import functools
 import re
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 LETTERS = 'ABCDEFGHIJ'
 
@@ -87,37 +88,56 @@ _ADV = (r"(?:\s*,?\s+(?:most\s+likely|most\s+probably|in\s+fact|for\s+sure|of\s+
         r"in\s+my\s+(?:opinion|view))\b,?)")
 _VERB = r"(?:is|would|should|must|will|has\s+to|seems\s+to|appears\s+to)\b" + _ADV + r"{0,2}(?:\s+be\b)?" + _ADV + r"{0,2}"
 
-# Strong cues: the statement is the text right after the match. All run on the lower-cased text.
-_STRONG_CUES = (
-    re.compile(r"answer(?<![a-z]answer)s?"
-               r"(?:\s+(?:here|to\s+(?:this|the)\s+question|for\s+(?:this|the)\s+question|choice|option|letter))?"
-               r"(?:\s*" + _VERB + r"\s*:?|\s*[:=]|\s+[-\u2013\u2014]\s)"),
-    re.compile(r"(?<![a-z])(?:option|choice|guess|pick|selection|bet|response)\s+" + _VERB + r"\s*:?"),
-    re.compile(r"答案?(?:应该|应当|应|就|也|最终|可能)?\s*(?:是|为|选|:)\s*:?"),
-    re.compile(r"选项(?:应该|应|就)?\s*(?:是|为)\s*:?"),
-    re.compile(r"(?<![不别未没])选(?:择)?(?![项择])\s*:?"),
+def _word_cues(kind: str, alternatives: Sequence[str], tail: str) -> List[Tuple[str, str, 're.Pattern']]:
+    """(kind, first word, pattern) per alternative. Each pattern starts with its literal first word,
+    which the re engine searches fast, then checks the word boundary before it; extraction runs a
+    pattern only when its first word occurs in the text."""
+    cues = []
+    for alt in alternatives:
+        first = re.match(r"[a-z']+", alt).group(0)
+        cues.append((kind, first, re.compile(f"{first}(?<![a-z]{first}){alt[len(first):]}{tail}")))
+    return cues
+
+
+# Cues, all matched on the lower-cased text; the statement is the text right after the match.
+# 's' strong: a letter, two letters (ambiguous) or one option's text; 'w' weak: only a letter that
+# ends its sentence; 'v' a choice verb whose subject ("I", "we", "let's") is checked before it;
+# 'c' "X is correct" / "(X) is the right answer" / "X is the answer" (the letter is read backwards).
+_CUES = (
+    _word_cues('s', ['answer'], r"s?(?:\s+(?:here|to\s+(?:this|the)\s+question|for\s+(?:this|the)\s+question|choice|"
+                                r"option|letter))?(?:\s*" + _VERB + r"\s*:?|\s*[:=]|\s+[-\u2013\u2014]\s)")
+    + _word_cues('s', ['option', 'choice', 'guess', 'pick', 'selection', 'bet', 'response'],
+                 r"\s*(?:" + _VERB + r"\s*:?|:)")
+    + _word_cues('s', [r'correct\s+one', r'right\s+one', r'best\s+one', r'final\s+one', r'true\s+one'],
+                 r"\s+" + _VERB + r"\s*:?")
+    + _word_cues('v', ['choose', 'select', 'pick', r'go\s+(?:with|for)', r'going\s+(?:with|for)', 'say', 'answer',
+                       'guess', r'opt\s+for', r'vote\s+for', r'stick\s+with', r'settle\s+on', r'lean(?:ing)?\s+towards?'],
+                 r"\b\s*:?")
+    + _word_cues('w', ['it', 'that', 'this', 'which'],
+                 r"(?:(?:'s|\s+has)?\s+(?:gotta|got\s+to)\s+be|\s+needs\s+to\s+be|\s+can\s+only\s+be|'s|\s+is|\s+was|"
+                 r"\s+would\s+be|\s+has\s+to\s+be|\s+must\s+be|\s+should\s+be|\s+will\s+be)\b" + _ADV + r"{0,2}\s*:?")
+    + _word_cues('w', ['so', 'thus', 'therefore', 'hence'], r"\b\s*,?")
+    + _word_cues('w', ['definitely', 'probably', r'most\s+likely', 'likely', 'maybe', 'perhaps', 'possibly', 'surely',
+                       'certainly'], r"\b\s*,?")
+    + _word_cues('c', ['is', 'was'],
+                 r"\s+(?:the\s+|a\s+)?(?:(?:only\s+)?(?:correct|right|best|true|most\s+(?:likely|accurate|appropriate|"
+                 r"plausible))\b(?:\s+(?:answer|option|choice|one))?|answer\b)")
+    + [('s', '答', re.compile(r"答案?(?:应该|应当|应|就|也|最终|可能)?\s*(?:是|为|选|:)\s*:?")),
+       ('s', '选项', re.compile(r"选项(?:应该|应|就)?\s*(?:是|为)\s*:?")),
+       ('s', '的', re.compile(r"(?<![不非])(?:正确|对)的?(?:选项|答案)?(?:应该|应|就)?\s*(?:是|为)\s*:?")),
+       ('s', '选', re.compile(r"(?<![不别未没])选(?:择)?(?![项择])\s*:?"))]
 )
-# "I choose X", "I'd go with X", "I'd say X", "let's go with X": the verb, then the subject is
-# checked in the 24 characters before it.
-_CHOOSE = re.compile(r"(?<![a-z])(?:choose|select|pick|go\s+with|going\s+with|say|answer|guess|opt\s+for|vote\s+for)\b\s*:?")
-_CHOOSE_WORDS = ('choose', 'select', 'pick', 'go with', 'going with', 'say', 'answer', 'guess', 'opt for', 'vote for')
+_CUES_BY_WORD: Dict[str, List[Tuple[str, 're.Pattern']]] = {}
+for _kind, _word, _cue in _CUES:
+    _CUES_BY_WORD.setdefault(_word, []).append((_kind, _cue))
+_CUE_WORDS = frozenset(w for w in _CUES_BY_WORD if w.isascii())
+_CUE_WORDS_CJK = tuple(w for w in _CUES_BY_WORD if not w.isascii())
+# Every ASCII character but a-z to a space: the words of a region, to select the cues to run.
+_NON_WORD = str.maketrans({chr(c): ' ' for c in range(128) if not chr(c).islower()})
 _CHOOSER = re.compile(
     r"(?:(?:^|[^a-z'])(?:i|we)(?:\s+would|\s+will|'d|'ll|'m|\s+am)?(?:\s+(?:probably|definitely|still|rather|just|"
     r"also|then|have\s+to|going\s+to|gonna))?|(?:^|[^a-z])let(?:'s|\s+us|\s+me))\s+$")
 
-# Weak cues: only a letter that ends its sentence counts.
-_WEAK_CUES = (
-    re.compile(r"(?<![a-z])(?:it|that|this|which)(?:'s|\s+is|\s+was|\s+would\s+be|\s+has\s+to\s+be|\s+must\s+be|"
-               r"\s+should\s+be|\s+will\s+be)\b" + _ADV + r"{0,2}\s*:?"),
-    re.compile(r"(?<![a-z])(?:so|thus|therefore|hence)\b\s*,?"),
-    re.compile(r"(?<![a-z])(?:definitely|probably|most\s+likely|likely|maybe|perhaps|possibly|surely|certainly)"
-               r"\b\s*,?"),
-)
-
-# "X is correct" / "(X) is the correct answer" / "X is the answer" (the letter is read backwards).
-_IS_CORRECT = re.compile(
-    r"(?<![a-z])(?:is|was)\s+(?:the\s+|a\s+)?(?:(?:only\s+)?(?:correct|right|best|true|most\s+(?:likely|accurate|"
-    r"appropriate|plausible))\b(?:\s+(?:answer|option|choice|one))?|answer\b)")
 _ZH_CORRECT = re.compile(r"(?<![A-Za-z0-9])(?:选项\s*)?([A-J])\s*(?:选项|项)?\s*(?:是|为)?\s*(?:正确|对)")
 _NEG_BEFORE = re.compile(r"(?<![a-z])(?:not|neither|nor|no|never|if|whether|n't)(?![a-z])|n't")
 
@@ -127,7 +147,7 @@ _BOXED = re.compile(r'\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}')
 # must be bracketed or followed by punctuation / end ("Answer: b", but not "answer: a cat").
 _STMT_LETTER = re.compile(
     r"(?i:either\s+|both\s+)?(?i:(?:option|choice|letter)\s*|选项\s*|选\s*)?"
-    r"([\(\[\{])?\s*([A-Za-z])(?![A-Za-z0-9])(?!'[A-Za-z])\s*([\)\]\}])?")
+    r"([\(\[\{])?\s*([A-Za-z])(?![A-Za-z0-9(\[{^_=+*/])(?!'[A-Za-z])\s*([\)\]\}])?")
 _LOWER_OK_AFTER = re.compile(r"\s*(?:[.,;:!?)]|'?$|'\s)")
 # A second letter joined to the first: "A or B", "(A) and (C)", "A/B", "A, B", "A或B", "A和C".
 _ALT_LETTER = re.compile(
@@ -146,18 +166,22 @@ _HEDGES = frozenset(('i think', 'i believe', 'i guess', 'i suppose', 'probably',
 _ARTICLE = re.compile(r'^(?:the|an?)\s+')
 
 # A sentence ends at a newline or at ., !, ?, ; followed by a space.
-_SENT_END = re.compile(r'\n|[.!?;](?=\s)')
+_SENT_END = re.compile(r"[\n.!?;](?:(?<=\n)|(?=\s))")
 _CONNECTIVES = re.compile(
     r"^(?:(?:so|thus|therefore|hence|ok|okay|yes|well|then|finally|overall|in\s+conclusion|in\s+summary|in\s+short)"
     r"\b\s*[,:]?\s*)+")
+# "Without a doubt, B." / "That's easy: A." (no other letter in the sentence, no negation)
+_TRAILING_LETTER = re.compile(r"[,:]\s*[\(\[]?([A-J])[\)\]]?\s*[.!]?\s*$")
+_OTHER_LETTER = re.compile(r"(?<![A-Za-z0-9'])[A-J](?![A-Za-z0-9])")
 _TRAILING_MENTION = re.compile(
     r"[,;:\-\u2013\u2014]\s*(?:which\s+is\s+|that\s+is\s+|that's\s+|so\s+|i\.e\.,?\s+)?(?i:option|choice)\s+"
     r"[\(\[]?([A-Ja-j])[\)\]]?\s*[.!]?\s*$")
 _BARE = re.compile(r'([\(\[])?\s*([A-Za-z])\s*([\)\]])?\s*[.:,!]?')
 _START = re.compile(r'[\(\[]?([A-J])[.):\]]\s+\S|[\(\[]?([a-j])[)\]]\s+\S')
-# Option labels anywhere ("A. ", "(B) ", "C) "; "Option D:" at a line start): two or more distinct
-# ones mean the text enumerates the options.
-_LABELS = re.compile(r"(?<![A-Za-z0-9'])[\(\[]?([A-J])[.):\]](?=\s)|^[ \t]*(?i:option)\s+([A-J])\b", re.MULTILINE)
+# Option labels anywhere ("A. ", "(B) ", "C) "; "Option D" at a line start): two or more distinct
+# ones mean the text enumerates the options. (The letter is matched first: fast in the re engine.)
+_LABEL = re.compile(r"[A-J][.):\]](?=\s)")
+_LINE_OPTION = re.compile(r"\n[ \t]*option\s+([a-j])\b")
 _MENTIONS = (
     re.compile(r"option(?<![a-z]option)\s+([a-z])(?![\w'])"),
     re.compile(r"choice(?<![a-z]choice)\s+([a-z])(?![\w'])"),
@@ -181,7 +205,7 @@ def extract_choice(output: str, options: Sequence[str]) -> Optional[str]:
     if not output or not output.strip():
         return None
     n = min(len(options), len(LETTERS))
-    opts = [_norm(_OPTION_LABEL.sub('', str(o))) for o in options[:n]]
+    opts = _option_keys(tuple(str(o) for o in options[:n]))
     text = _clean(output)
     if '<answer>' in text or '<ANSWER>' in text or '<Answer>' in text:
         blocks = _ANSWER_BLOCK.findall(text)
@@ -195,9 +219,16 @@ def extract_choice(output: str, options: Sequence[str]) -> Optional[str]:
     return None if res is _AMBIGUOUS else res
 
 
+@functools.lru_cache(maxsize=4096)
+def _option_keys(options: Tuple[str, ...]) -> List[str]:
+    """Normalised option texts ("A. Paris" -> "paris"); cached, since a question's rollouts share them."""
+    return [_norm(_OPTION_LABEL.sub('', o)) for o in options]
+
+
 def _clean(text: str) -> str:
     """Full-width and curly punctuation to ASCII, markdown emphasis dropped, LaTeX wrappers unwrapped."""
-    text = text.translate(_TRANSLATE)
+    if not text.isascii() or '*' in text or '`' in text or '_' in text:
+        text = text.translate(_TRANSLATE)
     if '\\' in text or '$' in text:
         text = _TEX_WRAP.sub(r' \1 ', _TEX_WRAP.sub(r' \1 ', text))   # \textbf{\text{B}} has two levels
         text = _TEX_DELIM.sub(' ', text)
@@ -249,8 +280,7 @@ def _extract_region(text: str, opts: List[str], n: int):
     res = _statements(text, low, opts, n)
     if res is not None:
         return res
-    enumerated = (len({m.group(1) or m.group(2) for m in _LABELS.finditer(text)}) >= 2
-                  or _labelled_options(text, low, opts) >= 2)
+    enumerated = _enumerates(text, low, opts)
     # 3. the last sentence
     if not enumerated:
         res = _last_sentence(whole, opts, n)
@@ -274,31 +304,52 @@ def _extract_region(text: str, opts: List[str], n: int):
     return None
 
 
+_TAIL_WINDOW = 300   # long texts: the last ~300 characters are searched first (the last statement wins)
+
+
 def _statements(text: str, low: str, opts: List[str], n: int):
     """Evidence from answer statements: the last one that yields something, unless a statement of
-    the same sentence names another letter."""
-    found = []   # (start, kind, ref)
-    for cue in _STRONG_CUES:
-        for m in cue.finditer(low):
-            found.append((m.start(), 's', m.end()))
-    if any(w in low for w in _CHOOSE_WORDS):
-        for m in _CHOOSE.finditer(low):
-            if _CHOOSER.search(low, max(0, m.start() - 24), m.start()):
-                found.append((m.start(), 's', m.end()))
-    for cue in _WEAK_CUES:
-        for m in cue.finditer(low):
-            found.append((m.start(), 'w', m.end()))
-    for m in _IS_CORRECT.finditer(low):
-        found.append((m.start(), 'c', m.start()))
-    if '正确' in text or '对' in text:
-        for m in _ZH_CORRECT.finditer(text):
+    the same sentence names another letter. A long text is read in two parts, the tail first (from
+    a sentence start), so that a final answer statement costs a scan of the tail only."""
+    cut = 0
+    if len(text) > _TAIL_WINDOW + 200:
+        for m in _SENT_END.finditer(text, len(text) - _TAIL_WINDOW - 200, len(text) - _TAIL_WINDOW):
+            cut = m.end()
+    if cut:
+        res = _decide(text, _collect(text, low, cut, len(text)), opts, n)
+        if res is not None:
+            return res
+    return _decide(text, _collect(text, low, 0, cut or len(text)), opts, n)
+
+
+def _collect(text: str, low: str, lo: int, hi: int) -> List[Tuple[int, str, object]]:
+    """(start, kind, ref) of every cue starting in text[lo:hi], last first."""
+    found = []
+    region = low[lo:hi]
+    words = set(region.translate(_NON_WORD).split()) & _CUE_WORDS
+    if not region.isascii():
+        words.update(w for w in _CUE_WORDS_CJK if w in region)
+    for word in words:
+        for cue_kind, cue in _CUES_BY_WORD[word]:
+            for m in cue.finditer(low, lo, hi):
+                kind = cue_kind
+                if kind == 'v':   # a choice verb counts after "I", "we", "let's"
+                    if not _CHOOSER.search(low, max(0, m.start() - 24), m.start()):
+                        continue
+                    kind = 's'
+                found.append((m.start(), kind, m.start() if kind == 'c' else m.end()))
+    if text.find('正确', lo, hi) >= 0 or text.find('对', lo, hi) >= 0:
+        for m in _ZH_CORRECT.finditer(text, lo, hi):
             found.append((m.start(), 'z', m.group(1)))
-    if '\\boxed' in text:
-        for m in _BOXED.finditer(text):
-            found.append((m.start(), 'b', m.group(1)))
-    if not found:
-        return None
-    found.sort(key=lambda t: t[0], reverse=True)
+    if text.find('\\boxed', lo, hi) >= 0:
+        for m in _BOXED.finditer(text, lo):
+            if m.start() < hi:
+                found.append((m.start(), 'b', m.group(1)))
+    found.sort(reverse=True)   # last first; ties in a fixed order
+    return found
+
+
+def _decide(text: str, found: List[Tuple[int, str, object]], opts: List[str], n: int):
     for i, (pos, kind, ref) in enumerate(found):
         res = _read_evidence(text, kind, ref, opts, n)
         if res is None:
@@ -420,6 +471,18 @@ def _statement_text(text: str, pos: int) -> str:
     return (s[:nl] if nl >= 0 else s).rstrip()
 
 
+def _enumerates(text: str, low: str, opts: List[str]) -> bool:
+    """Whether the text lists two or more options by label ("A. ", "(B) ", "Option C" lines, "D, Berlin")."""
+    labels = set()
+    for m in _LABEL.finditer(text):
+        i = m.start()
+        if i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "'"):
+            labels.add(text[i])
+    if 'option' in low:
+        labels.update(m.group(1).upper() for m in _LINE_OPTION.finditer('\n' + low))
+    return len(labels) >= 2 or _labelled_options(text, low, opts) >= 2
+
+
 def _labelled_options(text: str, low: str, opts: List[str]) -> int:
     """How many options appear as their letter followed by their text ("A, London", "(B) Paris")."""
     count = 0
@@ -453,8 +516,8 @@ def _clean_tail(tail: str, letter: str, opts: List[str]) -> bool:
     tail = _norm(tail.strip(_TAIL_STRIP))
     if not tail or tail in _HEDGES:
         return True
-    i = LETTERS.index(letter)
-    return i < len(opts) and bool(opts[i]) and _ARTICLE.sub('', tail) in (opts[i], _ARTICLE.sub('', opts[i]))
+    i = LETTERS.find(letter)
+    return 0 <= i < len(opts) and bool(opts[i]) and _ARTICLE.sub('', tail) in (opts[i], _ARTICLE.sub('', opts[i]))
 
 
 def _read_weak(text: str, pos: int, opts: List[str], n: int, raw: bool = False):
@@ -474,9 +537,9 @@ def _read_weak(text: str, pos: int, opts: List[str], n: int, raw: bool = False):
         rest = s[alt.end():]
         end2 = _SENT_END.search(rest)
         return _AMBIGUOUS if not rest[:end2.start() if end2 else len(rest)].strip(_TAIL_STRIP) else None
-    if not _clean_tail(tail, letter, opts):
-        return None
-    return _check(letter, n)
+    if letter not in LETTERS[:n] or not _clean_tail(tail, letter, opts):
+        return None   # "it's O(n)", "that's X-rays": not a committed option letter
+    return letter
 
 
 def _read_boxed(content: str, opts: List[str], n: int):
@@ -513,16 +576,24 @@ def _letter_before(text: str, end: int) -> Optional[str]:
     return letter
 
 
+def _last_sentence_start(text: str) -> int:
+    """Where the last sentence with content begins (sentences end at newlines and ., !, ?, ; + space)."""
+    end = len(text.rstrip(_EDGE + '.!?;'))
+    a = 0
+    for m in _SENT_END.finditer(text, max(0, end - 300), end):
+        a = m.end()
+    return a
+
+
 def _last_sentence(whole: str, opts: List[str], n: int):
     """A final sentence that is a letter ("B.", "So, option C.", "C) 16") or ends in ", option X."."""
-    a = 0
-    for m in _SENT_END.finditer(whole, max(0, len(whole) - 300)):
-        if m.end() < len(whole) and whole[m.end():].strip(_EDGE + '.!?;'):
-            a = m.end()
-    sent = whole[a:].strip(_EDGE)
+    sent = whole[_last_sentence_start(whole):].strip(_EDGE)
     m = _TRAILING_MENTION.search(sent)
     if m is not None:
         return _check(m.group(1).upper(), n)
+    m = _TRAILING_LETTER.search(sent)
+    if m is not None and not _OTHER_LETTER.search(sent, 0, m.start()) and not _NEGATION.search(sent.lower()):
+        return _check(m.group(1), n)
     s = _CONNECTIVES.sub('', sent.lower())
     s = sent[len(sent) - len(s):]
     lm = _letter_match(s)
@@ -540,22 +611,18 @@ def _last_sentence(whole: str, opts: List[str], n: int):
 
 
 def _read_mentions(text: str, low: str, n: int):
-    """'option C' / '(B)': one letter mentioned, in a positive, un-negated last sentence."""
+    """'option C' / '(B)': one letter mentioned in the whole text, in a positive, un-negated last sentence."""
     valid = LETTERS[:n]
-    mentions = []   # (start, end, letter)
+    a = _last_sentence_start(low)
+    seg = low[a:]
+    letters = {text[a + m.start(1)].upper() for pat in _MENTIONS for m in pat.finditer(seg)}
+    letters &= set(valid)
+    if len(letters) != 1 or _NEGATION.search(seg) or not _POSITIVE.search(seg):
+        return None
+    letter = letters.pop()
     for pat in _MENTIONS:
-        for m in pat.finditer(low):
-            letter = text[m.start(1)].upper()
-            if letter in valid:
-                mentions.append((m.start(), m.end(), letter))
-    if not mentions or len({t[2] for t in mentions}) != 1:
-        return None
-    mentions.sort()
-    start, end, letter = mentions[-1]
-    a, b = _sentence(low, start, end)
-    if low[b:].strip(_EDGE + '.!?;'):
-        return None   # not the last sentence
-    seg = low[a:b]
-    if _NEGATION.search(seg) or not _POSITIVE.search(seg):
-        return None
+        for m in pat.finditer(low, 0, a):
+            other = text[m.start(1)].upper()
+            if other in valid and other != letter:
+                return None
     return letter
