@@ -155,6 +155,10 @@ CASES = [
      CAPITALS, None),
     ("Sure, here are the options again: A, London; B, Paris; C, Rome; D, Berlin.", CAPITALS, None),
     ("Option A describes the capital of the United Kingdom.", CAPITALS, None),
+    # an option ending in -ly is not read as an adverb; a second option named by its first word
+    ("So the answer is Italy.", ['France', 'Italy', 'Spain', 'Germany'], 'B'),
+    ("Both classical and operant conditioning involve association.",
+     ['Classical conditioning', 'Operant conditioning', 'Observational learning', 'Habituation'], None),
     # a letter-like token that is not an option letter: "O(n)" is read as no letter, the option text counts
     ("A nested loop is O(n^2), option D.", ['O(n)', 'O(log n)', 'O(n log n)', 'O(n^2)'], 'D'),
     ("Merge sort is O(n log n). It's C.", ['O(n)', 'O(log n)', 'O(n log n)', 'O(n^2)'], 'C'),

@@ -83,12 +83,16 @@ _TEX_DELIM = re.compile(r'\\[()\[\]]|\$')
 _ANSWER_BLOCK = re.compile(r'<answer>(.*?)(?:</answer>|$)', re.DOTALL | re.IGNORECASE)
 
 # Adverbs and asides allowed between a cue and its letter ("the answer is most likely B").
-_ADV = (r"(?:\s*,?\s+(?:most\s+likely|most\s+probably|in\s+fact|for\s+sure|of\s+course|[a-z]+ly|still|then|"
-        r"thus|therefore|indeed|just|also|again|here|now|i\s+(?:believe|think|guess|suppose|would\s+say)|"
-        r"in\s+my\s+(?:opinion|view))\b,?)")
+# (A closed list: "[a-z]+ly" would also eat an option such as "Italy".)
+_ADV = (r"(?:\s*,?\s+(?:most\s+likely|most\s+probably|in\s+fact|for\s+sure|of\s+course|likely|probably|definitely|"
+        r"clearly|obviously|certainly|surely|undoubtedly|typically|usually|generally|actually|really|simply|"
+        r"ultimately|essentially|basically|presumably|apparently|evidently|arguably|technically|correctly|"
+        r"honestly|still|then|thus|therefore|indeed|just|also|again|here|now|"
+        r"i\s+(?:believe|think|guess|suppose|would\s+say)|in\s+my\s+(?:opinion|view))\b,?)")
 _VERB = r"(?:is|would|should|must|will|has\s+to|seems\s+to|appears\s+to)\b" + _ADV + r"{0,2}(?:\s+be\b)?" + _ADV + r"{0,2}"
 
-def _word_cues(kind: str, alternatives: Sequence[str], tail: str) -> List[Tuple[str, str, 're.Pattern']]:
+
+def _word_cues(kind: str, alternatives: Sequence[str], tail: str) -> List[Tuple[str, str, re.Pattern]]:
     """(kind, first word, pattern) per alternative. Each pattern starts with its literal first word,
     which the re engine searches fast, then checks the word boundary before it; extraction runs a
     pattern only when its first word occurs in the text."""
@@ -124,10 +128,11 @@ _CUES = (
                  r"plausible))\b(?:\s+(?:answer|option|choice|one))?|answer\b)")
     + [('s', '答', re.compile(r"答案?(?:应该|应当|应|就|也|最终|可能)?\s*(?:是|为|选|:)\s*:?")),
        ('s', '选项', re.compile(r"选项(?:应该|应|就)?\s*(?:是|为)\s*:?")),
-       ('s', '的', re.compile(r"(?<![不非])(?:正确|对)的?(?:选项|答案)?(?:应该|应|就)?\s*(?:是|为)\s*:?")),
+       ('s', '正确', re.compile(r"(?<![不非])正确的?(?:选项|答案)?(?:应该|应|就)?\s*(?:是|为)\s*:?")),
+       ('s', '对的', re.compile(r"(?<![不])对的(?:选项|答案)?(?:应该|应|就)?\s*(?:是|为)\s*:?")),
        ('s', '选', re.compile(r"(?<![不别未没])选(?:择)?(?![项择])\s*:?"))]
 )
-_CUES_BY_WORD: Dict[str, List[Tuple[str, 're.Pattern']]] = {}
+_CUES_BY_WORD: Dict[str, List[Tuple[str, re.Pattern]]] = {}
 for _kind, _word, _cue in _CUES:
     _CUES_BY_WORD.setdefault(_word, []).append((_kind, _cue))
 _CUE_WORDS = frozenset(w for w in _CUES_BY_WORD if w.isascii())
@@ -192,7 +197,7 @@ _NEGATION = re.compile(r"(?<![a-z])(?:not|no|neither|nor|never|incorrect|wrong|f
 _POSITIVE = re.compile(r"(?<![a-z])(?:correct|right|best|answer|accurate|fits|matches|choose|pick|go\s+with)"
                        r"(?![a-z])|正确|对")
 _SHORT_NEGATION = re.compile(r"(?<![a-z])(?:not|no|neither|nor|never|wrong|incorrect|unsure|unclear|unknown|"
-                             r"cannot|maybe|either|between|whether|if)(?![a-z])|n't|\?|不|无法|没|错|或")
+                             r"cannot|maybe|either|between|whether|if|both|all)(?![a-z])|n't|\?|不|无法|没|错|或")
 _OPTION_LABEL = re.compile(r'^\s*[\(\[]?[A-Ja-j][.):\]]\s+')
 
 
@@ -299,9 +304,26 @@ def _extract_region(text: str, opts: List[str], n: int):
     # 6. a short answer naming one option
     if len(whole) <= 200 and 'option' not in low and not _SHORT_NEGATION.search(low):
         res = _options_in(whole, opts)
-        if res is not _AMBIGUOUS:
+        if res is not _AMBIGUOUS and (res is None or not _names_another(low, opts, LETTERS.index(res))):
             return res
     return None
+
+
+def _names_another(low: str, opts: Sequence[str], hit: int) -> bool:
+    """Whether the text also names another option by its first word ("Both classical and operant
+    conditioning": "classical" is option A's first word when the full text matched option B)."""
+    own = set(opts[hit].split())
+    for i, o in enumerate(opts):
+        words = o.split()
+        if i == hit or not words or len(words[0]) < 4 or words[0] in own:
+            continue
+        start = low.find(words[0])
+        while start >= 0:
+            end = start + len(words[0])
+            if (start == 0 or not _word_char(low[start - 1])) and (end == len(low) or not _word_char(low[end])):
+                return True
+            start = low.find(words[0], start + 1)
+    return False
 
 
 _TAIL_WINDOW = 300   # long texts: the last ~300 characters are searched first (the last statement wins)
