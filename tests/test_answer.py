@@ -218,7 +218,8 @@ def test_load_judge_cases_rejects_bad_rows(tmp_path):
 def test_extract_choice_never_raises_on_noise():
     import random
     rng = random.Random(0)
-    alphabet = list('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefg ()[]{}.,:;!?*_`$\\\'"-/\n') + list('答案是选项正确或和不，。：（）')
+    alphabet = (list('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefg ()[]{}.,:;!?*_`$\\\'"-/\n')
+                + list('答案是选项正确或和不，。：（）'))
     words = ['the answer is ', 'option ', 'it\'s ', 'so ', '\\boxed{', '\\text{', '<answer>', '</answer>', 'is correct',
              'I\'d say ', '选', '答案：', 'either ', ' or ', ' and ']
     for _ in range(3000):

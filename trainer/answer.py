@@ -89,7 +89,8 @@ _ADV = (r"(?:\s*,?\s+(?:most\s+likely|most\s+probably|in\s+fact|for\s+sure|of\s+
         r"ultimately|essentially|basically|presumably|apparently|evidently|arguably|technically|correctly|"
         r"honestly|still|then|thus|therefore|indeed|just|also|again|here|now|"
         r"i\s+(?:believe|think|guess|suppose|would\s+say)|in\s+my\s+(?:opinion|view))\b,?)")
-_VERB = r"(?:is|would|should|must|will|has\s+to|seems\s+to|appears\s+to)\b" + _ADV + r"{0,2}(?:\s+be\b)?" + _ADV + r"{0,2}"
+_VERB = (r"(?:is|would|should|must|will|has\s+to|seems\s+to|appears\s+to)\b" + _ADV + r"{0,2}(?:\s+be\b)?"
+         + _ADV + r"{0,2}")
 
 
 def _word_cues(kind: str, alternatives: Sequence[str], tail: str) -> List[Tuple[str, str, re.Pattern]]:
@@ -115,7 +116,8 @@ _CUES = (
     + _word_cues('s', [r'correct\s+one', r'right\s+one', r'best\s+one', r'final\s+one', r'true\s+one'],
                  r"\s+" + _VERB + r"\s*:?")
     + _word_cues('v', ['choose', 'select', 'pick', r'go\s+(?:with|for)', r'going\s+(?:with|for)', 'say', 'answer',
-                       'guess', r'opt\s+for', r'vote\s+for', r'stick\s+with', r'settle\s+on', r'lean(?:ing)?\s+towards?'],
+                       'guess', r'opt\s+for', r'vote\s+for', r'stick\s+with', r'settle\s+on',
+                       r'lean(?:ing)?\s+towards?'],
                  r"\b\s*:?")
     + _word_cues('w', ['it', 'that', 'this', 'which'],
                  r"(?:(?:'s|\s+has)?\s+(?:gotta|got\s+to)\s+be|\s+needs\s+to\s+be|\s+can\s+only\s+be|'s|\s+is|\s+was|"
@@ -156,7 +158,8 @@ _STMT_LETTER = re.compile(
 _LOWER_OK_AFTER = re.compile(r"\s*(?:[.,;:!?)]|'?$|'\s)")
 # A second letter joined to the first: "A or B", "(A) and (C)", "A/B", "A, B", "A或B", "A和C".
 _ALT_LETTER = re.compile(
-    r"[\s)\]}]*(?:,|/|&|(?i:\bor\b)|(?i:\band\b)|(?i:\bnor\b)|或者|或|还是|和|与|及)\s*(?i:(?:option|choice)\s*)?[\(\[]?\s*"
+    r"[\s)\]}]*(?:,|/|&|(?i:\bor\b)|(?i:\band\b)|(?i:\bnor\b)|或者|或|还是|和|与|及)\s*"
+    r"(?i:(?:option|choice)\s*)?[\(\[]?\s*"
     r"([A-Z])(?![A-Za-z0-9])(?!'[A-Za-z])(?!\s+(?i:is|was|are|were)\b)")
 # After "A" / "I": a lower-case word makes it the article / the pronoun, except these.
 _WORD_AFTER = re.compile(r"\s+([a-z'][a-z']*)")
@@ -225,9 +228,9 @@ def extract_choice(output: str, options: Sequence[str]) -> Optional[str]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _option_keys(options: Tuple[str, ...]) -> List[str]:
+def _option_keys(options: Tuple[str, ...]) -> Tuple[str, ...]:
     """Normalised option texts ("A. Paris" -> "paris"); cached, since a question's rollouts share them."""
-    return [_norm(_OPTION_LABEL.sub('', o)) for o in options]
+    return tuple(_norm(_OPTION_LABEL.sub('', o)) for o in options)
 
 
 def _clean(text: str) -> str:
@@ -267,7 +270,8 @@ def _sentence(text: str, start: int, end: int) -> Tuple[int, int]:
     return a, (m.start() if m else len(text))
 
 
-def _extract_region(text: str, opts: List[str], n: int):
+def _extract_region(text: str, opts: Sequence[str], n: int):
+    """A letter, _AMBIGUOUS or None for one cleaned region (an answer block or the whole output)."""
     whole = text.strip(_EDGE)
     if not whole:
         return None
@@ -329,7 +333,7 @@ def _names_another(low: str, opts: Sequence[str], hit: int) -> bool:
 _TAIL_WINDOW = 300   # long texts: the last ~300 characters are searched first (the last statement wins)
 
 
-def _statements(text: str, low: str, opts: List[str], n: int):
+def _statements(text: str, low: str, opts: Sequence[str], n: int):
     """Evidence from answer statements: the last one that yields something, unless a statement of
     the same sentence names another letter. A long text is read in two parts, the tail first (from
     a sentence start), so that a final answer statement costs a scan of the tail only."""
@@ -371,7 +375,7 @@ def _collect(text: str, low: str, lo: int, hi: int) -> List[Tuple[int, str, obje
     return found
 
 
-def _decide(text: str, found: List[Tuple[int, str, object]], opts: List[str], n: int):
+def _decide(text: str, found: List[Tuple[int, str, object]], opts: Sequence[str], n: int):
     for i, (pos, kind, ref) in enumerate(found):
         res = _read_evidence(text, kind, ref, opts, n)
         if res is None:
@@ -389,7 +393,7 @@ def _decide(text: str, found: List[Tuple[int, str, object]], opts: List[str], n:
     return None
 
 
-def _read_evidence(text: str, kind: str, ref, opts: List[str], n: int, raw: bool = False):
+def _read_evidence(text: str, kind: str, ref, opts: Sequence[str], n: int, raw: bool = False):
     """What one piece of evidence says: a letter, _AMBIGUOUS or None. raw: a weak cue's letter counts
     whatever follows it (used to find a competing letter in the same sentence: "Maybe A, maybe C")."""
     if kind == 's':
@@ -419,7 +423,7 @@ def _bare_letter(s: str) -> Optional[str]:
     return letter.upper()
 
 
-def _whole_option(s: str, opts: List[str]):
+def _whole_option(s: str, opts: Sequence[str]):
     key = _norm(s)
     hits = [i for i, o in enumerate(opts) if o and o == key]
     if len(hits) == 1:
@@ -432,7 +436,7 @@ def _word_char(c: str) -> bool:
     return c.isascii() and c.isalnum()
 
 
-def _options_in(s: str, opts: List[str]):
+def _options_in(s: str, opts: Sequence[str]):
     """The one option whose text occurs in `s` (whole words), _AMBIGUOUS if several, else None."""
     low = ' '.join(s.lower().split())
     hits = []
@@ -493,7 +497,7 @@ def _statement_text(text: str, pos: int) -> str:
     return (s[:nl] if nl >= 0 else s).rstrip()
 
 
-def _enumerates(text: str, low: str, opts: List[str]) -> bool:
+def _enumerates(text: str, low: str, opts: Sequence[str]) -> bool:
     """Whether the text lists two or more options by label ("A. ", "(B) ", "Option C" lines, "D, Berlin")."""
     labels = set()
     for m in _LABEL.finditer(text):
@@ -505,7 +509,7 @@ def _enumerates(text: str, low: str, opts: List[str]) -> bool:
     return len(labels) >= 2 or _labelled_options(text, low, opts) >= 2
 
 
-def _labelled_options(text: str, low: str, opts: List[str]) -> int:
+def _labelled_options(text: str, low: str, opts: Sequence[str]) -> int:
     """How many options appear as their letter followed by their text ("A, London", "(B) Paris")."""
     count = 0
     for i, o in enumerate(opts):
@@ -521,7 +525,7 @@ def _labelled_options(text: str, low: str, opts: List[str]) -> int:
     return count
 
 
-def _read_statement(text: str, pos: int, opts: List[str], n: int):
+def _read_statement(text: str, pos: int, opts: Sequence[str], n: int):
     s = _statement_text(text, pos)
     if not s or s.startswith('\\boxed'):
         return None
@@ -533,7 +537,7 @@ def _read_statement(text: str, pos: int, opts: List[str], n: int):
     return _options_in(s, opts)
 
 
-def _clean_tail(tail: str, letter: str, opts: List[str]) -> bool:
+def _clean_tail(tail: str, letter: str, opts: Sequence[str]) -> bool:
     """Whether the rest of a sentence after a weak cue's letter leaves the letter as the answer."""
     tail = _norm(tail.strip(_TAIL_STRIP))
     if not tail or tail in _HEDGES:
@@ -542,7 +546,7 @@ def _clean_tail(tail: str, letter: str, opts: List[str]) -> bool:
     return 0 <= i < len(opts) and bool(opts[i]) and _ARTICLE.sub('', tail) in (opts[i], _ARTICLE.sub('', opts[i]))
 
 
-def _read_weak(text: str, pos: int, opts: List[str], n: int, raw: bool = False):
+def _read_weak(text: str, pos: int, opts: Sequence[str], n: int, raw: bool = False):
     s = _statement_text(text, pos)
     if not s:
         return None
@@ -564,7 +568,7 @@ def _read_weak(text: str, pos: int, opts: List[str], n: int, raw: bool = False):
     return letter
 
 
-def _read_boxed(content: str, opts: List[str], n: int):
+def _read_boxed(content: str, opts: Sequence[str], n: int):
     s = content.replace('{', '').replace('}', '').strip(_EDGE)
     if not s:
         return None
@@ -607,7 +611,7 @@ def _last_sentence_start(text: str) -> int:
     return a
 
 
-def _last_sentence(whole: str, opts: List[str], n: int):
+def _last_sentence(whole: str, opts: Sequence[str], n: int):
     """A final sentence that is a letter ("B.", "So, option C.", "C) 16") or ends in ", option X."."""
     sent = whole[_last_sentence_start(whole):].strip(_EDGE)
     m = _TRAILING_MENTION.search(sent)
