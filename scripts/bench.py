@@ -2,7 +2,9 @@
 
 ``tts`` measures the speech-synthesis pipeline's real-time factor (espeak-ng, Piper) and a 1,000-row
 offline MMLU build. ``eval`` measures rule-based extraction speed, the batched-generation speed-up and the time of a
-four-mode evaluation of the offline set. ``grpo`` (design.md section 7) runs plain ms-swift GRPO and TARS GRPO on the same tiny Qwen2.5-Omni,
+four-mode evaluation of the offline set. ``judge`` measures the rule-based judge (trainer.answer.extract_choice)
+on the labelled set tests/data/judge_cases.jsonl (recall, precision, false answers) and its speed (one core).
+``grpo`` (design.md section 7) runs plain ms-swift GRPO and TARS GRPO on the same tiny Qwen2.5-Omni,
 data, batch and seed, alternating runs in one session (this machine is shared and noisy, so only
 ratios within a run are meaningful), and measures:
   forwards_per_step              model forwards outside generation per optimizer step (hook-counted)
@@ -184,6 +186,91 @@ def bench_grpo(steps: int = 5, repeats: int = 2) -> dict:
     }
 
 
+JUDGE_CASES = REPO / 'tests' / 'data' / 'judge_cases.jsonl'
+# The fixed chain of thought whose extraction speed ``eval`` has always reported (systhink format).
+JUDGE_COT = ('<think>First, recall what each option says. Option A is a distractor that ignores the premise, '
+             'option B restates the question, and option D contradicts the data given earlier. Only option C '
+             'fits every condition stated in the question, including the boundary case that the question '
+             'mentions in its second sentence.</think><answer>The answer is C.</answer>')
+
+
+def load_judge_cases(path: Path = JUDGE_CASES) -> list:
+    """The labelled judge set: one JSON object per line with output, options, expected (letter or null)."""
+    cases = []
+    for i, line in enumerate(Path(path).read_text(encoding='utf-8').splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        for key in ('id', 'output', 'options', 'expected'):
+            if key not in row:
+                raise ValueError(f'{path}: line {i}: missing field {key!r}')
+        if not isinstance(row['options'], list) or len(row['options']) < 2:
+            raise ValueError(f"{path}: {row['id']}: field 'options' must list two or more options")
+        if row['expected'] is not None and row['expected'] not in 'ABCDEFGHIJ'[:len(row['options'])]:
+            raise ValueError(f"{path}: {row['id']}: field 'expected' {row['expected']!r} is not an option letter")
+        cases.append(row)
+    return cases
+
+
+def judge_quality(cases: list) -> dict:
+    """Recall, precision and false answers of the rule-based judge on labelled cases.
+
+    recall: positives (expected a letter) extracted exactly; false_answers: a wrong letter on a positive
+    or any letter on a negative (expected null); precision: right letters / letters returned.
+    """
+    from trainer.answer import extract_choice
+    right = wrong_on_positives = letters_on_negatives = returned = 0
+    misses, false = [], []
+    for row in cases:
+        got = extract_choice(row['output'], row['options'])
+        returned += got is not None
+        if row['expected'] is None:
+            if got is not None:
+                letters_on_negatives += 1
+                false.append(row['id'])
+        elif got == row['expected']:
+            right += 1
+        elif got is None:
+            misses.append(row['id'])
+        else:
+            wrong_on_positives += 1
+            false.append(row['id'])
+    positives = sum(row['expected'] is not None for row in cases)
+    return {'cases': len(cases), 'positives': positives, 'negatives': len(cases) - positives,
+            'recall': right / positives if positives else None,
+            'precision': right / returned if returned else None,
+            'false_answers': wrong_on_positives + letters_on_negatives,
+            'letters_on_negatives': letters_on_negatives, 'wrong_letters_on_positives': wrong_on_positives,
+            'missed': misses, 'false': false}
+
+
+def extraction_speed(cases: list, repeats: int = 5) -> dict:
+    """Extractions per second on one core: the fixed chain of thought (20,000 calls) and the labelled
+    set (``repeats`` passes); the best of three timings each, since the machine is shared."""
+    from trainer.answer import extract_choice
+
+    def best_rate(items, calls):
+        rates = []
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(calls // len(items)):
+                for output, options in items:
+                    extract_choice(output, options)
+            rates.append(calls // len(items) * len(items) / (time.perf_counter() - start))
+        return max(rates)
+
+    options = ['red', 'green', 'blue', 'black']
+    return {'extractions_per_second': best_rate([(JUDGE_COT, options)], 20000),
+            'extractions_per_second_labelled_set': best_rate([(r['output'], r['options']) for r in cases],
+                                                             repeats * len(cases))}
+
+
+def bench_judge() -> dict:
+    """The rule-based judge: quality on tests/data/judge_cases.jsonl and extraction speed (one core)."""
+    cases = load_judge_cases()
+    return {**judge_quality(cases), **extraction_speed(cases)}
+
+
 def bench_eval(items: int = 16) -> dict:
     """Rule-based extraction speed (one core), batched vs one-by-one generation on the tiny preset, and
     the time to evaluate the embedded default's offline set in all four modes."""
@@ -192,22 +279,12 @@ def bench_eval(items: int = 16) -> dict:
     from eval.engine import ModelSpec, build_engine, generate
     from eval.modes import build_request
     from eval.qa import evaluate
-    from trainer.answer import extract_choice
     from trainer.embedded import prepare
     from trainer.schema import load_hf_dataset
     from trainer.tiny_models import default_cache_dir
 
     torch.set_num_threads(1)
-    cot = ('<think>First, recall what each option says. Option A is a distractor that ignores the premise, '
-           'option B restates the question, and option D contradicts the data given earlier. Only option C '
-           'fits every condition stated in the question, including the boundary case that the question '
-           'mentions in its second sentence.</think><answer>The answer is C.</answer>')
-    options = ['red', 'green', 'blue', 'black']
-    n = 20000
-    start = time.perf_counter()
-    for _ in range(n):
-        extract_choice(cot, options)
-    extractions_per_second = n / (time.perf_counter() - start)
+    extractions_per_second = extraction_speed(load_judge_cases())['extractions_per_second']
     torch.set_num_threads(2)
 
     embedded = prepare(default_cache_dir())
@@ -300,7 +377,7 @@ def bench_tts(rows: int = 1000) -> dict:
     return result
 
 
-BENCHES = {'grpo': bench_grpo, 'eval': bench_eval, 'tts': bench_tts, 'layers': bench_layers}
+BENCHES = {'grpo': bench_grpo, 'eval': bench_eval, 'judge': bench_judge, 'tts': bench_tts, 'layers': bench_layers}
 
 
 def main(argv=None) -> None:

@@ -128,12 +128,104 @@ CASES = [
     ("a", CAPITALS, None),
     # an echo of the options is not an answer
     ("A. London\nB. Paris\nC. Rome\nD. Berlin", CAPITALS, None),
+    # phrasings of real voice assistants that the first extractor missed (issue 10)
+    ("So the answer is option **A**.", CAPITALS, 'A'),
+    ("The answer is \\( \\text{A} \\).", CAPITALS, 'A'),
+    ("The answer is 'B'.", CAPITALS, 'B'),
+    ("I'd say B.", CAPITALS, 'B'),
+    ("The answer is typically C.", CAPITALS, 'C'),
+    ("答案是C。", CAPITALS, 'C'),
+    ("正确答案是：C", CAPITALS, 'C'),
+    ("选C", CAPITALS, 'C'),
+    ("The answer is \\(\\textbf{B}\\).", CAPITALS, 'B'),
+    ("The answer is $\\mathbf{D}$.", CAPITALS, 'D'),
+    ("The answer is \u201cC\u201d.", CAPITALS, 'C'),
+    ("It's B, Paris.", CAPITALS, 'B'),
+    ("C) Rome", CAPITALS, 'C'),
+    ("The capital of France is Paris.", CAPITALS, 'B'),
+    ("<think>Paris is in France.</think><answer>答案是B。</answer>", CAPITALS, 'B'),
+    # no commitment, or two options
+    ("It could be A or B.", CAPITALS, None),
+    ("I'm not sure.", CAPITALS, None),
+    ("Neither A nor B is right, I can't tell", CAPITALS, None),
+    ("A and C are both plausible", CAPITALS, None),
+    ("Maybe A, maybe C.", CAPITALS, None),
+    ("答案可能是A或B。", CAPITALS, None),
+    ("Which city is the capital of France?\nOption A: London\nOption B: Paris\nOption C: Rome\nOption D: Berlin",
+     CAPITALS, None),
+    ("Sure, here are the options again: A, London; B, Paris; C, Rome; D, Berlin.", CAPITALS, None),
+    ("Option A describes the capital of the United Kingdom.", CAPITALS, None),
+    # an option ending in -ly is not read as an adverb; a second option named by its first word
+    ("So the answer is Italy.", ['France', 'Italy', 'Spain', 'Germany'], 'B'),
+    ("Both classical and operant conditioning involve association.",
+     ['Classical conditioning', 'Operant conditioning', 'Observational learning', 'Habituation'], None),
+    # a letter-like token that is not an option letter: "O(n)" is read as no letter, the option text counts
+    ("A nested loop is O(n^2), option D.", ['O(n)', 'O(log n)', 'O(n log n)', 'O(n^2)'], 'D'),
+    ("Merge sort is O(n log n). It's C.", ['O(n)', 'O(log n)', 'O(n log n)', 'O(n^2)'], 'C'),
 ]
 
 
 @pytest.mark.parametrize('output, options, expected', CASES)
 def test_extract_choice(output, options, expected):
     assert extract_choice(output, options) == expected
+
+
+# -----------------------------------------------------------------------------
+# the labelled set (tests/data/judge_cases.jsonl): hand-written outputs, positives with their letter
+# and negatives (no commitment, two options, restated questions) expected None
+
+def test_judge_set_recall_and_no_false_answers():
+    from scripts.bench import judge_quality, load_judge_cases
+    cases = load_judge_cases()
+    assert len(cases) >= 300
+    assert len({c['id'] for c in cases}) == len(cases)
+    kinds = {c['kind'] for c in cases}
+    assert {'voice', 'cot', 'systhink', 'zh', 'negative'} <= kinds
+    assert sum(c['expected'] is None for c in cases) >= 100
+    q = judge_quality(cases)
+    assert q['false_answers'] == 0, q['false']
+    assert q['recall'] >= 0.97, q['missed']
+    assert q['precision'] == 1.0
+
+
+def test_judge_quality_counts():
+    from scripts.bench import judge_quality
+    cases = [
+        {'id': 'p1', 'output': 'The answer is B.', 'options': CAPITALS, 'expected': 'B'},      # right
+        {'id': 'p2', 'output': 'The answer is C.', 'options': CAPITALS, 'expected': 'B'},      # wrong letter
+        {'id': 'p3', 'output': 'I do not know.', 'options': CAPITALS, 'expected': 'A'},        # missed
+        {'id': 'n1', 'output': 'The answer is D.', 'options': CAPITALS, 'expected': None},     # false answer
+        {'id': 'n2', 'output': 'It could be A or B.', 'options': CAPITALS, 'expected': None},  # clean
+    ]
+    q = judge_quality(cases)
+    assert (q['positives'], q['negatives']) == (3, 2)
+    assert q['recall'] == 1 / 3
+    assert q['precision'] == 1 / 3   # 1 right of 3 letters returned
+    assert q['false_answers'] == 2 and q['false'] == ['p2', 'n1'] and q['missed'] == ['p3']
+
+
+def test_load_judge_cases_rejects_bad_rows(tmp_path):
+    from scripts.bench import load_judge_cases
+    path = tmp_path / 'cases.jsonl'
+    path.write_text('{"id": "x1", "output": "B", "options": ["a", "b"], "expected": "C"}\n')
+    with pytest.raises(ValueError, match="x1: field 'expected'"):
+        load_judge_cases(path)
+    path.write_text('{"id": "x2", "output": "B", "options": ["a", "b"]}\n')
+    with pytest.raises(ValueError, match="line 1: missing field 'expected'"):
+        load_judge_cases(path)
+
+
+def test_extract_choice_never_raises_on_noise():
+    import random
+    rng = random.Random(0)
+    alphabet = (list('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefg ()[]{}.,:;!?*_`$\\\'"-/\n')
+                + list('答案是选项正确或和不，。：（）'))
+    words = ['the answer is ', 'option ', 'it\'s ', 'so ', '\\boxed{', '\\text{', '<answer>', '</answer>', 'is correct',
+             'I\'d say ', '选', '答案：', 'either ', ' or ', ' and ']
+    for _ in range(3000):
+        parts = [rng.choice(words) if rng.random() < 0.3 else rng.choice(alphabet) for _ in range(rng.randint(0, 40))]
+        got = extract_choice(''.join(parts), CAPITALS)
+        assert got is None or got in 'ABCD'
 
 
 def test_is_correct_and_gold_letter():

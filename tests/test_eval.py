@@ -46,7 +46,11 @@ def test_table_and_mrr_in_the_papers_layout():
 
 
 def test_wer_normalisation_capping_and_corpus():
-    assert normalize("It's   the CAT's, isn't it?") == 'it is the cat is is not it'
+    # the original's jiwer order: punctuation goes before the contraction step, so contractions stay one word
+    assert normalize("I can't go, it's John's dog.") == 'i cant go its johns dog'
+    assert normalize("It's   the CAT's, isn't it?") == 'its the cats isnt it'
+    # symbols stay; every whitespace character becomes one space (jiwer splits words on spaces)
+    assert normalize("  What is 2+2?\n\nOption A: 4\nOption B:\t5.  ") == 'what is 2+2 option a 4 option b 5'
     s = wer_scores(['a b c d', 'x y', ''], ['a b c e', '', 'z'])
     # 1/4, and an empty hypothesis counts 1 (capped); the empty reference is skipped and counted
     assert s['per_utterance'] == [0.25, 1.0] and s['score'] == pytest.approx(0.625)

@@ -71,16 +71,65 @@ def test_t_interval_against_a_hand_computed_one():
     assert upper.tolist() == pytest.approx([0.9 + 0.2484138, 0.5], abs=1e-6)
 
 
-def test_summary_has_the_originals_keys_and_no_interval_from_one_sample():
+def test_summary_has_the_originals_keys_and_one_sample_gives_the_point_interval():
+    # one sample: the original's interval is (mean, mean); the standard deviation is undefined (None)
     token, pooled = RunningStats(3), RunningStats(3)
     token.add(torch.tensor([[1.0], [0.9], [0.8]]))
     pooled.add(torch.tensor([[1.0], [0.95], [0.9]]))
     s = summary(token, pooled)
     assert s['layers'] == [0, 1, 2] and s['n_samples'] == 1
     assert s['means'] == pytest.approx([1.0, 0.9, 0.8]) and s['pooled_means'] == pytest.approx([1.0, 0.95, 0.9])
-    for key in ('ci_lower', 'ci_upper', 'pooled_ci_lower', 'pooled_ci_upper', 'stds'):
-        assert s[key] == [None, None, None]  # JSON has no NaN
+    assert s['ci_lower'] == s['means'] and s['ci_upper'] == s['means']
+    assert s['pooled_ci_lower'] == s['pooled_means'] and s['pooled_ci_upper'] == s['pooled_means']
+    assert s['stds'] == [None, None, None] and s['pooled_stds'] == [None, None, None]  # JSON has no NaN
+    assert s['n_per_layer'] == [1, 1, 1] and s['nan_dropped'] == [0, 0, 0]
     json.dumps(s, allow_nan=False)
+
+
+def test_nan_values_are_dropped_per_layer_and_counted():
+    nan = math.nan
+    # four samples in two batches; per layer after dropping NaN:
+    #   layer 0: 0.9, 0.8, 1.0 -> mean 0.9, sd 0.1, n 3, half width t_{0.975,2} 4.3026527 * 0.1 / sqrt 3 = 0.2484138
+    #   layer 1: 0.5, 0.7      -> mean 0.6, sd sqrt(0.02) = 0.1414214, n 2,
+    #                             half width t_{0.975,1} 12.7062047 * 0.1414214 / sqrt 2 = 1.2706205
+    #   layer 2: 0.75          -> (0.75, 0.75), sd undefined
+    #   layer 3: nothing       -> no mean, no interval
+    values = torch.tensor([[0.9, nan, 0.8, 1.0],
+                           [0.5, 0.7, nan, nan],
+                           [nan, 0.75, nan, nan],
+                           [nan, nan, nan, nan]], dtype=torch.float64)
+    token, pooled = RunningStats(4), RunningStats(4)
+    token.add(values[:, :2])
+    token.add(values[:, 2:])
+    pooled.add(torch.full((4, 4), 0.5, dtype=torch.float64))
+    assert token.n == 4 and token.count.tolist() == [3, 2, 1, 0] and token.dropped.tolist() == [1, 2, 3, 4]
+    s = summary(token, pooled)
+    assert s['n_samples'] == 4
+    assert s['n_per_layer'] == [3, 2, 1, 0] and s['nan_dropped'] == [1, 2, 3, 4]
+    assert s['means'][:3] == pytest.approx([0.9, 0.6, 0.75], abs=1e-12) and s['means'][3] is None
+    assert s['stds'][:2] == pytest.approx([0.1, 0.1414214], abs=1e-7) and s['stds'][2:] == [None, None]
+    assert s['ci_lower'][:3] == pytest.approx([0.9 - 0.2484138, 0.6 - 1.2706205, 0.75], abs=1e-6)
+    assert s['ci_upper'][:3] == pytest.approx([0.9 + 0.2484138, 0.6 + 1.2706205, 0.75], abs=1e-6)
+    assert s['ci_lower'][3] is None and s['ci_upper'][3] is None
+    # a NaN in one layer leaves the other layers' statistics as if the sample were there
+    assert s['pooled_n_per_layer'] == [4, 4, 4, 4] and s['pooled_nan_dropped'] == [0, 0, 0, 0]
+    assert s['pooled_ci_lower'] == pytest.approx([0.5] * 4) and s['pooled_ci_upper'] == pytest.approx([0.5] * 4)
+    json.dumps(s, allow_nan=False)
+
+
+def test_streaming_with_nan_equals_one_batch():
+    torch.manual_seed(3)
+    values = torch.rand(5, 40, dtype=torch.float64)
+    values[torch.rand(5, 40) < 0.2] = math.nan
+    whole, parts = RunningStats(5), RunningStats(5)
+    whole.add(values)
+    for chunk in values.split(7, dim=1):
+        parts.add(chunk)
+    assert torch.equal(whole.count, parts.count) and torch.equal(whole.dropped, parts.dropped)
+    expected_mean = torch.tensor([row[~row.isnan()].mean().item() for row in values], dtype=torch.float64)
+    expected_std = torch.tensor([row[~row.isnan()].std().item() for row in values], dtype=torch.float64)
+    assert torch.allclose(parts.means(), expected_mean, atol=1e-12)
+    assert torch.allclose(parts.std(), expected_std, atol=1e-12)
 
 
 # ---------------------------------------------------------------- files

@@ -76,7 +76,7 @@ def test_make_row_and_length_filter(tmp_path):
 def test_prompt_for_tts_tn_is_lower_case_and_punctuation_free():
     from scripts.dataset_building.mmlu import text_normalise
     assert text_normalise("Who's   the U.S. president?\n\nOption A: Don't know\nOption B: 2+2") == \
-        "who is the u s president option a do not know option b 2 2"
+        "whos the us president option a dont know option b 2+2"   # the original's jiwer chain
     assert text_normalise("ALL CAPS, (really)!") == "all caps really"
 
 

@@ -7,8 +7,9 @@ letter match, or the text of the option paired with the gold letter.
 
 Pure functions, no torch.
 """
+import functools
 import re
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 LETTERS = 'ABCDEFGHIJ'
 
@@ -48,72 +49,158 @@ def is_correct(output: str, options: Sequence[str], answer_index: int) -> bool:
 # -----------------------------------------------------------------------------
 # extraction
 #
-# An output is read in a fixed order of evidence, most explicit first:
+# The output is first cleaned (full-width punctuation, curly quotes, markdown emphasis, LaTeX
+# \text{}/\textbf{}/\mathbf{} wrappers and math delimiters), then read in a fixed order of
+# evidence, most explicit first:
 #   1. the whole text is a bare letter ("B", "(B)", "B.") or exactly one option's text;
-#   2. answer statements: "the answer is X", "Answer: X", "the correct option is X", "I choose X",
-#      \boxed{X}; the LAST one that yields something decides (chain of thought revises itself);
-#      a statement without a letter may name one option's text ("The answer is Paris.");
-#   3. "X is correct" / "X is the answer", last one;
-#   4. the last line is a bare letter;
-#   5. "X. <option text>" at the start;
-#   6. mentions: "option C", "(B)" - one letter, not negated.
-# Inside <answer>...</answer> the same order is applied to the block first. A final statement
-# that commits to two letters ("A or B") or to a letter outside the options gives None.
+#   2. statements, the LAST one that yields something decides (chain of thought revises itself):
+#      strong ones - "the answer is X", "Answer: X", "my choice is X", "I'd go with X", "I'd say X",
+#      \boxed{X}, 答案是X, 选X - may also name one option's text ("The answer is Paris.");
+#      weak ones - "it's X", "that is X", "so X", "probably X" - count only when the letter ends
+#      the sentence (or is followed by its own option text); and "X is correct", "X is the
+#      answer", X项正确. Two statements of the same sentence naming different letters cancel out;
+#   3. the last sentence is a letter ("Paris yes. B.", "So, option C.") or ends in ", option X.";
+#   4. "X. <option text>" / "X) <option text>" at the start;
+#   5. one letter mentioned as "option X" / "(X)" in a positive, un-negated last sentence;
+#   6. a short answer (<= 200 characters) naming exactly one option's text, without negation.
+# Inside <answer>...</answer> the same order is applied to the block first. A statement that
+# commits to two letters ("A or B", "A和C"), or to a letter outside the options, gives None; so do
+# texts that enumerate the options (a restated question) unless a statement commits to one.
 
 _AMBIGUOUS = object()   # stop: no answer (two letters, or a letter outside the options)
 
-_EDGE = ' \t\r\n*_"\'`$'
+_EDGE = ' \t\r\n"\'`$'
 
-# Keyword searches run on the lower-cased text, each pattern starting with a literal (fast in
-# the re engine); letters are then read, with their case, from the original text at the same
-# offsets.
+# Cleaning: same-meaning ASCII for full-width / curly characters, markdown emphasis dropped.
+_TRANSLATE = str.maketrans({
+    '\uff08': ' (', '\uff09': ') ', '\uff1a': ': ', '\uff0c': ', ', '\u3002': '. ', '\uff1b': '; ',
+    '\uff01': '! ', '\uff1f': '? ', '\u3001': ', ', '\u3010': '[', '\u3011': ']', '\u201c': '"', '\u201d': '"',
+    '\u2018': "'", '\u2019': "'", '\u00a0': ' ', '*': None, '`': None, '_': ' ',
+    **{chr(0xff21 + i): LETTERS[i] for i in range(len(LETTERS))}})
+_TEX_WRAP = re.compile(r'\\(?:textbf|textit|textrm|text|mathrm|mathbf|mathit|mbox|operatorname)\s*\{([^{}]*)\}')
+_TEX_DELIM = re.compile(r'\\[()\[\]]|\$')
+
 _ANSWER_BLOCK = re.compile(r'<answer>(.*?)(?:</answer>|$)', re.DOTALL | re.IGNORECASE)
 
-# Answer statements; the statement is the text right after the match.
+# Adverbs and asides allowed between a cue and its letter ("the answer is most likely B").
+# (A closed list: "[a-z]+ly" would also eat an option such as "Italy".)
+_ADV = (r"(?:\s*,?\s+(?:most\s+likely|most\s+probably|in\s+fact|for\s+sure|of\s+course|likely|probably|definitely|"
+        r"clearly|obviously|certainly|surely|undoubtedly|typically|usually|generally|actually|really|simply|"
+        r"ultimately|essentially|basically|presumably|apparently|evidently|arguably|technically|correctly|"
+        r"honestly|still|then|thus|therefore|indeed|just|also|again|here|now|"
+        r"i\s+(?:believe|think|guess|suppose|would\s+say)|in\s+my\s+(?:opinion|view))\b,?)")
+_VERB = (r"(?:is|would|should|must|will|has\s+to|seems\s+to|appears\s+to)\b" + _ADV + r"{0,2}(?:\s+be\b)?"
+         + _ADV + r"{0,2}")
+
+
+def _word_cues(kind: str, alternatives: Sequence[str], tail: str) -> List[Tuple[str, str, re.Pattern]]:
+    """(kind, first word, pattern) per alternative. Each pattern starts with its literal first word,
+    which the re engine searches fast, then checks the word boundary before it; extraction runs a
+    pattern only when its first word occurs in the text."""
+    cues = []
+    for alt in alternatives:
+        first = re.match(r"[a-z']+", alt).group(0)
+        cues.append((kind, first, re.compile(f"{first}(?<![a-z]{first}){alt[len(first):]}{tail}")))
+    return cues
+
+
+# Cues, all matched on the lower-cased text; the statement is the text right after the match.
+# 's' strong: a letter, two letters (ambiguous) or one option's text; 'w' weak: only a letter that
+# ends its sentence; 'v' a choice verb whose subject ("I", "we", "let's") is checked before it;
+# 'c' "X is correct" / "(X) is the right answer" / "X is the answer" (the letter is read backwards).
 _CUES = (
-    re.compile(
-        r"answer(?<![a-z]answer)"
-        r"(?:\s+(?:here|to\s+(?:this|the)\s+question|for\s+(?:this|the)\s+question))?"
-        r"(?:[\s*_]*(?:is|would\s+be|should\s+be|must\s+be|will\s+be|seems\s+to\s+be|appears\s+to\s+be)\b"
-        r"(?:\s+(?:therefore|thus|then|clearly|likely|probably|definitely|indeed|still))?[\s*_]*:?"
-        r"|[\s*_]*[:=])"),
-    re.compile(r"option(?<![a-z]option)\s+(?:is|would\s+be|should\s+be|must\s+be)\b\s*:?"),
-    re.compile(r"choice(?<![a-z]choice)\s+(?:is|would\s+be|should\s+be|must\s+be)\b\s*:?"),
+    _word_cues('s', ['answer'], r"s?(?:\s+(?:here|to\s+(?:this|the)\s+question|for\s+(?:this|the)\s+question|choice|"
+                                r"option|letter))?(?:\s*" + _VERB + r"\s*:?|\s*[:=]|\s+[-\u2013\u2014]\s)")
+    + _word_cues('s', ['option', 'choice', 'guess', 'pick', 'selection', 'bet', 'response'],
+                 r"\s*(?:" + _VERB + r"\s*:?|:)")
+    + _word_cues('s', [r'correct\s+one', r'right\s+one', r'best\s+one', r'final\s+one', r'true\s+one'],
+                 r"\s+" + _VERB + r"\s*:?")
+    + _word_cues('v', ['choose', 'select', 'pick', r'go\s+(?:with|for)', r'going\s+(?:with|for)', 'say', 'answer',
+                       'guess', r'opt\s+for', r'vote\s+for', r'stick\s+with', r'settle\s+on',
+                       r'lean(?:ing)?\s+towards?'],
+                 r"\b\s*:?")
+    + _word_cues('w', ['it', 'that', 'this', 'which'],
+                 r"(?:(?:'s|\s+has)?\s+(?:gotta|got\s+to)\s+be|\s+needs\s+to\s+be|\s+can\s+only\s+be|'s|\s+is|\s+was|"
+                 r"\s+would\s+be|\s+has\s+to\s+be|\s+must\s+be|\s+should\s+be|\s+will\s+be)\b" + _ADV + r"{0,2}\s*:?")
+    + _word_cues('w', ['so', 'thus', 'therefore', 'hence'], r"\b\s*,?")
+    + _word_cues('w', ['definitely', 'probably', r'most\s+likely', 'likely', 'maybe', 'perhaps', 'possibly', 'surely',
+                       'certainly'], r"\b\s*,?")
+    + _word_cues('c', ['is', 'was'],
+                 r"\s+(?:the\s+|a\s+)?(?:(?:only\s+)?(?:correct|right|best|true|most\s+(?:likely|accurate|appropriate|"
+                 r"plausible))\b(?:\s+(?:answer|option|choice|one))?|answer\b)")
+    + [('s', '答', re.compile(r"答案?(?:应该|应当|应|就|也|最终|可能)?\s*(?:是|为|选|:)\s*:?")),
+       ('s', '选项', re.compile(r"选项(?:应该|应|就)?\s*(?:是|为)\s*:?")),
+       ('s', '正确', re.compile(r"(?<![不非])正确的?(?:选项|答案)?(?:应该|应|就)?\s*(?:是|为)\s*:?")),
+       ('s', '对的', re.compile(r"(?<![不])对的(?:选项|答案)?(?:应该|应|就)?\s*(?:是|为)\s*:?")),
+       ('s', '选', re.compile(r"(?<![不别未没])选(?:择)?(?![项择])\s*:?"))]
 )
-_CHOOSE_WORDS = ('choose', 'select', 'pick', 'go with')
-_CHOOSE = re.compile(r"(?:choose|select|pick|go\s+with)\b\s*:?")
-_CHOOSER = re.compile(r"(?:^|[^a-z])(?:i|we)(?:\s+would|\s+will|'d|'ll)?\s+$")   # "I'd choose"
+_CUES_BY_WORD: Dict[str, List[Tuple[str, re.Pattern]]] = {}
+for _kind, _word, _cue in _CUES:
+    _CUES_BY_WORD.setdefault(_word, []).append((_kind, _cue))
+_CUE_WORDS = frozenset(w for w in _CUES_BY_WORD if w.isascii())
+_CUE_WORDS_CJK = tuple(w for w in _CUES_BY_WORD if not w.isascii())
+# Every ASCII character but a-z to a space: the words of a region, to select the cues to run.
+_NON_WORD = str.maketrans({chr(c): ' ' for c in range(128) if not chr(c).islower()})
+_CHOOSER = re.compile(
+    r"(?:(?:^|[^a-z'])(?:i|we)(?:\s+would|\s+will|'d|'ll|'m|\s+am)?(?:\s+(?:probably|definitely|still|rather|just|"
+    r"also|then|have\s+to|going\s+to|gonna))?|(?:^|[^a-z])let(?:'s|\s+us|\s+me))\s+$")
+
+_ZH_CORRECT = re.compile(r"(?<![A-Za-z0-9])(?:选项\s*)?([A-J])\s*(?:选项|项)?\s*(?:是|为)?\s*(?:正确|对)")
+_NEG_BEFORE = re.compile(r"(?<![a-z])(?:not|neither|nor|no|never|if|whether|n't)(?![a-z])|n't")
 
 _BOXED = re.compile(r'\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}')
-_TEX_WRAP = re.compile(r'\\(?:textbf|textit|text|mathrm|mathbf|mbox)\s*')
 
 # A letter at the start of a statement. Upper case needs a word boundary after it; lower case
 # must be bracketed or followed by punctuation / end ("Answer: b", but not "answer: a cat").
 _STMT_LETTER = re.compile(
-    r"(?i:either\s+|both\s+)?(?i:(?:option|choice|letter)\s*)?"
-    r"([\(\[\{])?\s*([A-Za-z])(?![A-Za-z0-9'\u2019])\s*([\)\]\}])?")
-_LOWER_OK_AFTER = re.compile(r'\s*(?:[.,;:!?]|$)')
-# A second letter joined to the first: "A or B", "(A) and (C)", "A/B", "A, B".
+    r"(?i:either\s+|both\s+)?(?i:(?:option|choice|letter)\s*|选项\s*|选\s*)?"
+    r"([\(\[\{])?\s*([A-Za-z])(?![A-Za-z0-9(\[{^_=+*/])(?!'[A-Za-z])\s*([\)\]\}])?")
+_LOWER_OK_AFTER = re.compile(r"\s*(?:[.,;:!?)]|'?$|'\s)")
+# A second letter joined to the first: "A or B", "(A) and (C)", "A/B", "A, B", "A或B", "A和C".
 _ALT_LETTER = re.compile(
-    r"[\s)\]}*]*(?:,|/|&|(?i:\bor\b)|(?i:\band\b))\s*(?i:(?:option|choice)\s*)?[\(\[]?\s*"
-    r"([A-Z])(?![A-Za-z0-9'])(?!\s+(?i:is|was|are|were)\b)")
-_WORD_AFTER = re.compile(r"\s+[a-z'\u2019]")
-_NEGATED_STMT = re.compile(r"(?i:not|none|unclear|unknown|cannot|can't|n/a)\b")
+    r"[\s)\]}]*(?:,|/|&|(?i:\bor\b)|(?i:\band\b)|(?i:\bnor\b)|或者|或|还是|和|与|及)\s*"
+    r"(?i:(?:option|choice)\s*)?[\(\[]?\s*"
+    r"([A-Z])(?![A-Za-z0-9])(?!'[A-Za-z])(?!\s+(?i:is|was|are|were)\b)")
+# After "A" / "I": a lower-case word makes it the article / the pronoun, except these.
+_WORD_AFTER = re.compile(r"\s+([a-z'][a-z']*)")
+_LETTER_WORDS = frozenset(('because', 'since', 'as', 'for', 'which', 'is', 'was', 'seems', 'fits', 'here',
+                           'then', 'so', 'but', 'though', 'although', 'given', 'due', 'according', 'or', 'and'))
+_NEGATED_STMT = re.compile(r"(?i:not|none|neither|unclear|unknown|uncertain|cannot|can't|n/a|impossible)\b|不|无法")
 
-# "X is correct" / "(X) is the correct answer" / "X is the answer" (the letter is checked by hand)
-_IS_CORRECT = re.compile(
-    r"is(?<![a-z]is)\s+(?:the\s+)?(?:(?:correct|right|best|true)\b(?:\s+(?:answer|option|choice|one))?|answer\b)")
+# A clean tail after a weak cue's letter: nothing, or the letter's own option text, or a hedge.
+_TAIL_STRIP = ' \t.,;:!?)-\u2013\u2014\'"'
+_HEDGES = frozenset(('i think', 'i believe', 'i guess', 'i suppose', 'probably', 'i would say', "i'd say",
+                     'for sure', 'definitely', 'right', 'i am sure', "i'm sure", "i'm pretty sure"))
+_ARTICLE = re.compile(r'^(?:the|an?)\s+')
 
-_BARE = re.compile(r'([\(\[])?\s*([A-Za-z])\s*([\)\]])?\s*[.:,]?')
+# A sentence ends at a newline or at ., !, ?, ; followed by a space.
+_SENT_END = re.compile(r"[\n.!?;](?:(?<=\n)|(?=\s))")
+_CONNECTIVES = re.compile(
+    r"^(?:(?:so|thus|therefore|hence|ok|okay|yes|well|then|finally|overall|in\s+conclusion|in\s+summary|in\s+short)"
+    r"\b\s*[,:]?\s*)+")
+# "Without a doubt, B." / "That's easy: A." (no other letter in the sentence, no negation)
+_TRAILING_LETTER = re.compile(r"[,:]\s*[\(\[]?([A-J])[\)\]]?\s*[.!]?\s*$")
+_OTHER_LETTER = re.compile(r"(?<![A-Za-z0-9'])[A-J](?![A-Za-z0-9])")
+_TRAILING_MENTION = re.compile(
+    r"[,;:\-\u2013\u2014]\s*(?:which\s+is\s+|that\s+is\s+|that's\s+|so\s+|i\.e\.,?\s+)?(?i:option|choice)\s+"
+    r"[\(\[]?([A-Ja-j])[\)\]]?\s*[.!]?\s*$")
+_BARE = re.compile(r'([\(\[])?\s*([A-Za-z])\s*([\)\]])?\s*[.:,!]?')
 _START = re.compile(r'[\(\[]?([A-J])[.):\]]\s+\S|[\(\[]?([a-j])[)\]]\s+\S')
-_ENUM = re.compile(r'^[ \t*]*[\(\[]?([A-J])[.)\]:][ \t]', re.MULTILINE)
+# Option labels anywhere ("A. ", "(B) ", "C) "; "Option D" at a line start): two or more distinct
+# ones mean the text enumerates the options. (The letter is matched first: fast in the re engine.)
+_LABEL = re.compile(r"[A-J][.):\]](?=\s)")
+_LINE_OPTION = re.compile(r"\n[ \t]*option\s+([a-j])\b")
 _MENTIONS = (
     re.compile(r"option(?<![a-z]option)\s+([a-z])(?![\w'])"),
     re.compile(r"choice(?<![a-z]choice)\s+([a-z])(?![\w'])"),
     re.compile(r"\(([a-z])\)"),
 )
-_NEGATION = re.compile(r"\b(?:not|incorrect|wrong|false|isn't|cannot|can't|eliminat\w*|rule\w*\s+out)\b")
-_POSITIVE = re.compile(r"\b(?:correct|right|true|best|answer|accurate|fits|matches)\b")
+_NEGATION = re.compile(r"(?<![a-z])(?:not|no|neither|nor|never|incorrect|wrong|false|isn't|cannot|can't|unsure|"
+                       r"eliminat\w*|rule\w*\s+out|if|whether|explain)(?![a-z])|n't|不|无法|错")
+_POSITIVE = re.compile(r"(?<![a-z])(?:correct|right|best|answer|accurate|fits|matches|choose|pick|go\s+with)"
+                       r"(?![a-z])|正确|对")
+_SHORT_NEGATION = re.compile(r"(?<![a-z])(?:not|no|neither|nor|never|wrong|incorrect|unsure|unclear|unknown|"
+                             r"cannot|maybe|either|between|whether|if|both|all)(?![a-z])|n't|\?|不|无法|没|错|或")
 _OPTION_LABEL = re.compile(r'^\s*[\(\[]?[A-Ja-j][.):\]]\s+')
 
 
@@ -126,17 +213,34 @@ def extract_choice(output: str, options: Sequence[str]) -> Optional[str]:
     if not output or not output.strip():
         return None
     n = min(len(options), len(LETTERS))
-    opts = [_norm(_OPTION_LABEL.sub('', str(o))) for o in options[:n]]
-    if '<answer>' in output.lower():
-        blocks = _ANSWER_BLOCK.findall(output)
+    opts = _option_keys(tuple(str(o) for o in options[:n]))
+    text = _clean(output)
+    if '<answer>' in text or '<ANSWER>' in text or '<Answer>' in text:
+        blocks = _ANSWER_BLOCK.findall(text)
         if blocks:
             res = _extract_region(blocks[-1], opts, n)
             if res is _AMBIGUOUS:
                 return None
             if res is not None:
                 return res
-    res = _extract_region(output, opts, n)
+    res = _extract_region(text, opts, n)
     return None if res is _AMBIGUOUS else res
+
+
+@functools.lru_cache(maxsize=4096)
+def _option_keys(options: Tuple[str, ...]) -> Tuple[str, ...]:
+    """Normalised option texts ("A. Paris" -> "paris"); cached, since a question's rollouts share them."""
+    return tuple(_norm(_OPTION_LABEL.sub('', o)) for o in options)
+
+
+def _clean(text: str) -> str:
+    """Full-width and curly punctuation to ASCII, markdown emphasis dropped, LaTeX wrappers unwrapped."""
+    if not text.isascii() or '*' in text or '`' in text or '_' in text:
+        text = text.translate(_TRANSLATE)
+    if '\\' in text or '$' in text:
+        text = _TEX_WRAP.sub(r' \1 ', _TEX_WRAP.sub(r' \1 ', text))   # \textbf{\text{B}} has two levels
+        text = _TEX_DELIM.sub(' ', text)
+    return text
 
 
 def _lower(text: str) -> str:
@@ -157,12 +261,22 @@ def _check(letter: str, n: int):
     return letter if letter in LETTERS[:n] else _AMBIGUOUS
 
 
-def _extract_region(text: str, opts: List[str], n: int):
+def _sentence(text: str, start: int, end: int) -> Tuple[int, int]:
+    """Bounds of the sentence around text[start:end] (split at newlines and ., !, ?, ; + space)."""
+    a = 0
+    for m in _SENT_END.finditer(text, max(0, start - 400), start):
+        a = m.end()
+    m = _SENT_END.search(text, end)
+    return a, (m.start() if m else len(text))
+
+
+def _extract_region(text: str, opts: Sequence[str], n: int):
+    """A letter, _AMBIGUOUS or None for one cleaned region (an answer block or the whole output)."""
     whole = text.strip(_EDGE)
     if not whole:
         return None
     # 1. whole text: bare letter, or one option's text
-    if len(whole) <= 5:
+    if len(whole) <= 6:
         letter = _bare_letter(whole)
         if letter is not None:
             return _check(letter, n)
@@ -171,45 +285,132 @@ def _extract_region(text: str, opts: List[str], n: int):
         if res is not None:
             return res
     low = _lower(text)
-    # 2. answer statements and \boxed{}, last first
-    found = []
-    for cue in _CUES:
-        for m in cue.finditer(low):
-            found.append((m.start(), False, m.end()))
-    if any(w in low for w in _CHOOSE_WORDS):
-        for m in _CHOOSE.finditer(low):
-            if _CHOOSER.search(low[max(0, m.start() - 16):m.start()]):
-                found.append((m.start(), False, m.end()))
-    if '\\boxed' in text:
-        for m in _BOXED.finditer(text):
-            found.append((m.start(), True, m.group(1)))
-    found.sort(key=lambda t: t[0], reverse=True)
-    for _, boxed, ref in found:
-        res = _read_boxed(ref, opts, n) if boxed else _read_statement(text, ref, opts, n)
+    # 2. statements, last first
+    res = _statements(text, low, opts, n)
+    if res is not None:
+        return res
+    enumerated = _enumerates(text, low, opts)
+    # 3. the last sentence
+    if not enumerated:
+        res = _last_sentence(whole, opts, n)
         if res is not None:
             return res
-    # 3. "X is correct" / "X is the answer", last one
-    last = None
-    for m in _IS_CORRECT.finditer(low):
-        letter = _letter_before(text, m.start())
-        if letter is not None:
-            last = letter
-    if last is not None:
-        return _check(last, n)
-    # 4. last line is a bare letter
-    nl = whole.rfind('\n')
-    if nl >= 0:
-        tail = whole[nl + 1:].strip(_EDGE)
-        if len(tail) <= 5:
-            letter = _bare_letter(tail)
-            if letter is not None:
-                return _check(letter, n)
-    # 5. "X. <option text>" at the start, unless the text enumerates the options
-    m = _START.match(whole)
-    if m is not None and len({e.group(1) for e in _ENUM.finditer(text)}) < 2:
-        return _check((m.group(1) or m.group(2)).upper(), n)
-    # 6. mentions
-    return _read_mentions(text, low, n)
+        # 4. "X. <option text>" at the start
+        m = _START.match(whole)
+        if m is not None:
+            res = _letter_at(whole, n)
+            if res is not None:
+                return res
+    # 5. mentions
+    res = _read_mentions(text, low, n)
+    if res is not None:
+        return res
+    # 6. a short answer naming one option
+    if len(whole) <= 200 and 'option' not in low and not _SHORT_NEGATION.search(low):
+        res = _options_in(whole, opts)
+        if res is not _AMBIGUOUS and (res is None or not _names_another(low, opts, LETTERS.index(res))):
+            return res
+    return None
+
+
+def _names_another(low: str, opts: Sequence[str], hit: int) -> bool:
+    """Whether the text also names another option by its first word ("Both classical and operant
+    conditioning": "classical" is option A's first word when the full text matched option B)."""
+    own = set(opts[hit].split())
+    for i, o in enumerate(opts):
+        words = o.split()
+        if i == hit or not words or len(words[0]) < 4 or words[0] in own:
+            continue
+        start = low.find(words[0])
+        while start >= 0:
+            end = start + len(words[0])
+            if (start == 0 or not _word_char(low[start - 1])) and (end == len(low) or not _word_char(low[end])):
+                return True
+            start = low.find(words[0], start + 1)
+    return False
+
+
+_TAIL_WINDOW = 300   # long texts: the last ~300 characters are searched first (the last statement wins)
+
+
+def _statements(text: str, low: str, opts: Sequence[str], n: int):
+    """Evidence from answer statements: the last one that yields something, unless a statement of
+    the same sentence names another letter. A long text is read in two parts, the tail first (from
+    a sentence start), so that a final answer statement costs a scan of the tail only."""
+    cut = 0
+    if len(text) > _TAIL_WINDOW + 200:
+        for m in _SENT_END.finditer(text, len(text) - _TAIL_WINDOW - 200, len(text) - _TAIL_WINDOW):
+            cut = m.end()
+    if cut:
+        res = _decide(text, _collect(text, low, cut, len(text)), opts, n)
+        if res is not None:
+            return res
+    return _decide(text, _collect(text, low, 0, cut or len(text)), opts, n)
+
+
+def _collect(text: str, low: str, lo: int, hi: int) -> List[Tuple[int, str, object]]:
+    """(start, kind, ref) of every cue starting in text[lo:hi], last first."""
+    found = []
+    region = low[lo:hi]
+    words = set(region.translate(_NON_WORD).split()) & _CUE_WORDS
+    if not region.isascii():
+        words.update(w for w in _CUE_WORDS_CJK if w in region)
+    for word in words:
+        for cue_kind, cue in _CUES_BY_WORD[word]:
+            for m in cue.finditer(low, lo, hi):
+                kind = cue_kind
+                if kind == 'v':   # a choice verb counts after "I", "we", "let's"
+                    if not _CHOOSER.search(low, max(0, m.start() - 24), m.start()):
+                        continue
+                    kind = 's'
+                found.append((m.start(), kind, m.start() if kind == 'c' else m.end()))
+    if text.find('正确', lo, hi) >= 0 or text.find('对', lo, hi) >= 0:
+        for m in _ZH_CORRECT.finditer(text, lo, hi):
+            found.append((m.start(), 'z', m.group(1)))
+    if text.find('\\boxed', lo, hi) >= 0:
+        for m in _BOXED.finditer(text, lo):
+            if m.start() < hi:
+                found.append((m.start(), 'b', m.group(1)))
+    found.sort(reverse=True)   # last first; ties in a fixed order
+    return found
+
+
+def _decide(text: str, found: List[Tuple[int, str, object]], opts: Sequence[str], n: int):
+    for i, (pos, kind, ref) in enumerate(found):
+        res = _read_evidence(text, kind, ref, opts, n)
+        if res is None:
+            continue
+        if res is _AMBIGUOUS:
+            return res
+        a, _ = _sentence(text, pos, pos)
+        for pos2, kind2, ref2 in found[i + 1:]:
+            if pos2 < a:
+                break
+            other = _read_evidence(text, kind2, ref2, opts, n, raw=True)
+            if other is not None and other != res:
+                return _AMBIGUOUS
+        return res
+    return None
+
+
+def _read_evidence(text: str, kind: str, ref, opts: Sequence[str], n: int, raw: bool = False):
+    """What one piece of evidence says: a letter, _AMBIGUOUS or None. raw: a weak cue's letter counts
+    whatever follows it (used to find a competing letter in the same sentence: "Maybe A, maybe C")."""
+    if kind == 's':
+        return _read_statement(text, ref, opts, n)
+    if kind == 'w':
+        return _read_weak(text, ref, opts, n, raw)
+    if kind == 'c':
+        letter = _letter_before(text, ref)
+        if letter is None:
+            return None
+        a, _ = _sentence(text, ref, ref)
+        if _NEG_BEFORE.search(text[a:ref].lower()):
+            return None
+        return _check(letter, n)
+    if kind == 'z':
+        return _check(ref, n)
+    return _read_boxed(ref, opts, n)
 
 
 def _bare_letter(s: str) -> Optional[str]:
@@ -222,7 +423,7 @@ def _bare_letter(s: str) -> Optional[str]:
     return letter.upper()
 
 
-def _whole_option(s: str, opts: List[str]):
+def _whole_option(s: str, opts: Sequence[str]):
     key = _norm(s)
     hits = [i for i, o in enumerate(opts) if o and o == key]
     if len(hits) == 1:
@@ -230,7 +431,12 @@ def _whole_option(s: str, opts: List[str]):
     return _AMBIGUOUS if hits else None
 
 
-def _options_in(s: str, opts: List[str]):
+def _word_char(c: str) -> bool:
+    """An ASCII letter or digit: a word boundary check that lets CJK text run into an option."""
+    return c.isascii() and c.isalnum()
+
+
+def _options_in(s: str, opts: Sequence[str]):
     """The one option whose text occurs in `s` (whole words), _AMBIGUOUS if several, else None."""
     low = ' '.join(s.lower().split())
     hits = []
@@ -240,7 +446,7 @@ def _options_in(s: str, opts: List[str]):
         start = low.find(o)
         while start >= 0:
             end = start + len(o)
-            if (start == 0 or not low[start - 1].isalnum()) and (end == len(low) or not low[end].isalnum()):
+            if (start == 0 or not _word_char(low[start - 1])) and (end == len(low) or not _word_char(low[end])):
                 hits.append(i)
                 break
             start = low.find(o, start + 1)
@@ -251,8 +457,8 @@ def _options_in(s: str, opts: List[str]):
     return _AMBIGUOUS if hits else None
 
 
-def _letter_at(s: str, n: int):
-    """Parse a letter at the start of a statement: letter, _AMBIGUOUS, or None."""
+def _letter_match(s: str):
+    """(letter upper-cased, end of the label) for a letter at the start of s, or None."""
     m = _STMT_LETTER.match(s)
     if m is None:
         return None
@@ -263,22 +469,64 @@ def _letter_at(s: str, n: int):
         if not bracketed and not _LOWER_OK_AFTER.match(after):
             return None
         letter = letter.upper()
-    elif letter == 'I' and not bracketed and _WORD_AFTER.match(after):
-        return None   # the pronoun: "The answer is I think B"
+    elif letter in 'AI' and not bracketed:
+        w = _WORD_AFTER.match(after)
+        if w is not None and w.group(1) not in _LETTER_WORDS:
+            return None   # the article or the pronoun: "A cat ...", "The answer is I think B"
+    return letter, m
+
+
+def _letter_at(s: str, n: int):
+    """Parse a letter at the start of a statement: letter, _AMBIGUOUS, or None."""
+    lm = _letter_match(s)
+    if lm is None:
+        return None
+    letter, m = lm
     alt = _ALT_LETTER.match(s, m.end())
     if alt is not None and alt.group(1) != letter:
         # "B, I think" / "B and A is ..." use the pronoun or the article, not a second letter
-        if not (alt.group(1) in 'AI' and _WORD_AFTER.match(s, alt.end())):
+        if not (alt.group(1) in 'AI' and _WORD_AFTER.match(s, alt.end())
+                and _WORD_AFTER.match(s, alt.end()).group(1) not in _LETTER_WORDS):
             return _AMBIGUOUS
     return _check(letter, n)
 
 
-def _read_statement(text: str, pos: int, opts: List[str], n: int):
-    s = text[pos:pos + 240].lstrip(_EDGE + ':')
+def _statement_text(text: str, pos: int) -> str:
+    s = text[pos:pos + 240].lstrip(_EDGE + ':-')
     nl = s.find('\n')
-    if nl >= 0:
-        s = s[:nl]
-    s = s.rstrip()
+    return (s[:nl] if nl >= 0 else s).rstrip()
+
+
+def _enumerates(text: str, low: str, opts: Sequence[str]) -> bool:
+    """Whether the text lists two or more options by label ("A. ", "(B) ", "Option C" lines, "D, Berlin")."""
+    labels = set()
+    for m in _LABEL.finditer(text):
+        i = m.start()
+        if i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "'"):
+            labels.add(text[i])
+    if 'option' in low:
+        labels.update(m.group(1).upper() for m in _LINE_OPTION.finditer('\n' + low))
+    return len(labels) >= 2 or _labelled_options(text, low, opts) >= 2
+
+
+def _labelled_options(text: str, low: str, opts: Sequence[str]) -> int:
+    """How many options appear as their letter followed by their text ("A, London", "(B) Paris")."""
+    count = 0
+    for i, o in enumerate(opts):
+        if not o:
+            continue
+        pos = low.find(o)
+        while pos >= 0:
+            pre = text[max(0, pos - 8):pos].rstrip(' \t,.:;)-\u2013\u2014')
+            if pre.endswith(LETTERS[i]) and (len(pre) == 1 or not pre[-2].isalnum()):
+                count += 1
+                break
+            pos = low.find(o, pos + 1)
+    return count
+
+
+def _read_statement(text: str, pos: int, opts: Sequence[str], n: int):
+    s = _statement_text(text, pos)
     if not s or s.startswith('\\boxed'):
         return None
     res = _letter_at(s, n)
@@ -289,8 +537,39 @@ def _read_statement(text: str, pos: int, opts: List[str], n: int):
     return _options_in(s, opts)
 
 
-def _read_boxed(content: str, opts: List[str], n: int):
-    s = _TEX_WRAP.sub('', content).replace('{', '').replace('}', '').strip(_EDGE)
+def _clean_tail(tail: str, letter: str, opts: Sequence[str]) -> bool:
+    """Whether the rest of a sentence after a weak cue's letter leaves the letter as the answer."""
+    tail = _norm(tail.strip(_TAIL_STRIP))
+    if not tail or tail in _HEDGES:
+        return True
+    i = LETTERS.find(letter)
+    return 0 <= i < len(opts) and bool(opts[i]) and _ARTICLE.sub('', tail) in (opts[i], _ARTICLE.sub('', opts[i]))
+
+
+def _read_weak(text: str, pos: int, opts: Sequence[str], n: int, raw: bool = False):
+    s = _statement_text(text, pos)
+    if not s:
+        return None
+    lm = _letter_match(s)
+    if lm is None:
+        return None
+    letter, m = lm
+    if raw:
+        return letter
+    end = _SENT_END.search(s, m.end())
+    tail = s[m.end():end.start() if end else len(s)]
+    alt = _ALT_LETTER.match(s, m.end())
+    if alt is not None and alt.group(1) != letter:
+        rest = s[alt.end():]
+        end2 = _SENT_END.search(rest)
+        return _AMBIGUOUS if not rest[:end2.start() if end2 else len(rest)].strip(_TAIL_STRIP) else None
+    if letter not in LETTERS[:n] or not _clean_tail(tail, letter, opts):
+        return None   # "it's O(n)", "that's X-rays": not a committed option letter
+    return letter
+
+
+def _read_boxed(content: str, opts: Sequence[str], n: int):
+    s = content.replace('{', '').replace('}', '').strip(_EDGE)
     if not s:
         return None
     res = _letter_at(s, n)
@@ -303,63 +582,73 @@ def _read_boxed(content: str, opts: List[str], n: int):
 
 
 def _letter_before(text: str, end: int) -> Optional[str]:
-    """The upper-case letter label ("B", "(B)", "**B**") just before text[end], else None."""
+    """The upper-case letter label ("B", "(B)", "option B") just before text[end], else None."""
     i = end - 1
     if i < 0 or not text[i].isspace():
         return None
     while i >= 0 and text[i].isspace():
         i -= 1
-    while i >= 0 and text[i] == '*':
-        i -= 1
-    closing = i >= 0 and text[i] == ')'
+    closing = i >= 0 and text[i] in ')]'
     if closing:
         i -= 1
-    if i < 0 or text[i] not in 'ABCDEFGHIJ':
+    if i < 0 or text[i] not in LETTERS:
         return None
     letter = text[i]
     i -= 1
-    if closing and i >= 0 and text[i] == '(':
+    if closing and i >= 0 and text[i] in '([':
         i -= 1
-    while i >= 0 and text[i] == '*':
-        i -= 1
-    if i >= 0 and (text[i].isalnum() or text[i] in "'_"):
+    if i >= 0 and (text[i].isascii() and text[i].isalnum() or text[i] in "'_"):
         return None
     return letter
 
 
-def _segment(text: str, start: int, end: int) -> Tuple[int, int]:
-    """Bounds of the sentence around text[start:end] (split at newlines and ., !, ?, ; + space)."""
-    a = max(text.rfind('\n', 0, start), text.rfind('. ', 0, start), text.rfind('! ', 0, start),
-            text.rfind('? ', 0, start), text.rfind('; ', 0, start)) + 1
-    b = len(text)
-    for sep in ('\n', '. ', '! ', '? ', '; '):
-        k = text.find(sep, end)
-        if 0 <= k < b:
-            b = k
-    return a, b
+def _last_sentence_start(text: str) -> int:
+    """Where the last sentence with content begins (sentences end at newlines and ., !, ?, ; + space)."""
+    end = len(text.rstrip(_EDGE + '.!?;'))
+    a = 0
+    for m in _SENT_END.finditer(text, max(0, end - 300), end):
+        a = m.end()
+    return a
+
+
+def _last_sentence(whole: str, opts: Sequence[str], n: int):
+    """A final sentence that is a letter ("B.", "So, option C.", "C) 16") or ends in ", option X."."""
+    sent = whole[_last_sentence_start(whole):].strip(_EDGE)
+    m = _TRAILING_MENTION.search(sent)
+    if m is not None:
+        return _check(m.group(1).upper(), n)
+    m = _TRAILING_LETTER.search(sent)
+    if m is not None and not _OTHER_LETTER.search(sent, 0, m.start()) and not _NEGATION.search(sent.lower()):
+        return _check(m.group(1), n)
+    s = _CONNECTIVES.sub('', sent.lower())
+    s = sent[len(sent) - len(s):]
+    lm = _letter_match(s)
+    if lm is None:
+        return None
+    letter, lmatch = lm
+    if s[lmatch.start(2)].islower() and not lmatch.group(3):
+        return None   # "a" is the article, "(a)" / "a)" a label
+    alt = _ALT_LETTER.match(s, lmatch.end())
+    if alt is not None and alt.group(1) != letter:
+        return _AMBIGUOUS
+    if not _clean_tail(s[lmatch.end():], letter, opts):
+        return None
+    return _check(letter, n)
 
 
 def _read_mentions(text: str, low: str, n: int):
-    """'option C' / '(B)': one letter mentioned and not negated, or a positive final sentence."""
+    """'option C' / '(B)': one letter mentioned in the whole text, in a positive, un-negated last sentence."""
     valid = LETTERS[:n]
-    mentions = []   # (start, end, letter)
+    a = _last_sentence_start(low)
+    seg = low[a:]
+    letters = {text[a + m.start(1)].upper() for pat in _MENTIONS for m in pat.finditer(seg)}
+    letters &= set(valid)
+    if len(letters) != 1 or _NEGATION.search(seg) or not _POSITIVE.search(seg):
+        return None
+    letter = letters.pop()
     for pat in _MENTIONS:
-        for m in pat.finditer(low):
-            letter = text[m.start(1)]
-            if letter in valid:
-                mentions.append((m.start(), m.end(), letter))
-    if not mentions:
-        return None
-    mentions.sort()
-    start, end, letter = mentions[-1]
-    a, b = _segment(low, start, end)
-    seg = low[a:b]
-    if _NEGATION.search(seg):
-        return None
-    if len({t[2] for t in mentions}) == 1:
-        return letter
-    # several letters mentioned: only a positive sentence naming one letter counts
-    seg_letters = {t[2] for t in mentions if a <= t[0] < b}
-    if len(seg_letters) == 1 and _POSITIVE.search(seg):
-        return letter
-    return None
+        for m in pat.finditer(low, 0, a):
+            other = text[m.start(1)].upper()
+            if other in valid and other != letter:
+                return None
+    return letter

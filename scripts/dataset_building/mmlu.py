@@ -122,8 +122,9 @@ def build_prompt_for_tts(question_for_tts, options):
 def text_normalise(text):
     """prompt_for_tts_tn: the text-normalised prompt of the original's published sets (reference 5.1:
     lower-case, punctuation-free; the code that made it is not in the original's repository). Here it is
-    the normalisation the WER uses (eval.asr.normalize: lower case, contractions expanded, punctuation
-    removed, whitespace folded to single spaces), so the column is what the ASR round trip compares."""
+    the normalisation the WER uses (eval.asr.normalize, the original's jiwer chain: lower case, punctuation
+    removed, contractions expanded, whitespace to single spaces, strip), so the column holds the words the
+    ASR round trip compares."""
     from eval.asr import normalize
     return normalize(text)
 

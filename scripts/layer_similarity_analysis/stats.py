@@ -8,9 +8,12 @@ run ``b`` (the same response tokens, teacher-forced):
 * pooled measure (the representation reward's, ``trainer.tars_math.pooled_cosine``): mean-pool each run's
   states over the response tokens first (``trainer.tars_math.masked_mean_pool``), then one cosine.
 
-Over samples: the mean and a 95 % t-interval, mean +- t_{0.975, n-1} * sd / sqrt(n) with the sample
-standard deviation (as the original). Statistics are accumulated in a streaming way (Chan et al.'s
-parallel form of Welford's update, float64), so nothing per sample is kept but the running moments.
+Over samples, per layer: the mean and a 95 % t-interval, mean +- t_{0.975, n-1} * sd / sqrt(n) with the
+sample standard deviation (as the original). As in the original, a NaN value (e.g. a sample without response
+tokens, or an overflow in half precision) is dropped from its layer only, so n may differ between layers (the
+drops are counted), and one value gives the interval (mean, mean). Statistics are accumulated in a streaming
+way (Chan et al.'s parallel form of Welford's update, float64), so nothing per sample is kept but the
+running moments.
 """
 from __future__ import annotations
 
@@ -40,14 +43,16 @@ def pair_similarities(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> T
 
 
 class RunningStats:
-    """Streaming count, mean and sum of squared deviations of L per-layer values (float64).
+    """Streaming per-layer count, mean and sum of squared deviations of L per-layer values (float64).
 
     ``add`` takes a batch of values [L, B]; batches may have any size, the result does not depend on how
-    the samples were split into batches (up to rounding).
+    the samples were split into batches (up to rounding). NaN values are dropped per layer and counted.
     """
 
     def __init__(self, num_layers: int):
-        self.n = 0
+        self.n = 0   # samples added (all layers)
+        self.count = torch.zeros(num_layers, dtype=torch.int64)     # non-NaN values per layer
+        self.dropped = torch.zeros(num_layers, dtype=torch.int64)   # NaN values dropped per layer
         self.mean = torch.zeros(num_layers, dtype=torch.float64)
         self.m2 = torch.zeros(num_layers, dtype=torch.float64)
 
@@ -55,31 +60,45 @@ class RunningStats:
         values = values.detach().to('cpu', torch.float64)
         if values.dim() != 2 or values.shape[0] != self.mean.shape[0]:
             raise ValueError(f'expected values [L={self.mean.shape[0]}, B], got {tuple(values.shape)}')
-        nb = values.shape[1]
-        if nb == 0:
+        if values.shape[1] == 0:
             return
-        batch_mean = values.mean(1)
-        batch_m2 = ((values - batch_mean.unsqueeze(1)) ** 2).sum(1)
-        total = self.n + nb
+        valid = ~torch.isnan(values)
+        nb = valid.sum(1)                                        # [L] values kept in this batch
+        filled = torch.where(valid, values, torch.zeros_like(values))
+        batch_mean = filled.sum(1) / nb.clamp(min=1)
+        batch_m2 = torch.where(valid, (values - batch_mean.unsqueeze(1)) ** 2, torch.zeros_like(values)).sum(1)
+        n_old = self.count.to(torch.float64)
+        total = n_old + nb
         delta = batch_mean - self.mean
-        self.mean = self.mean + delta * (nb / total)
-        self.m2 = self.m2 + batch_m2 + delta ** 2 * (self.n * nb / total)
-        self.n = total
+        share = torch.where(total > 0, nb / total.clamp(min=1), torch.zeros_like(total))
+        self.mean = self.mean + delta * share
+        self.m2 = self.m2 + batch_m2 + delta ** 2 * n_old * share
+        self.count += nb
+        self.dropped += values.shape[1] - nb
+        self.n += values.shape[1]
+
+    def means(self) -> torch.Tensor:
+        """Mean per layer (NaN for a layer without values)."""
+        return torch.where(self.count > 0, self.mean, torch.full_like(self.mean, math.nan))
 
     def std(self) -> torch.Tensor:
-        """Sample standard deviation per layer (NaN with fewer than 2 samples)."""
-        if self.n < 2:
-            return torch.full_like(self.mean, math.nan)
-        return (self.m2 / (self.n - 1)).clamp(min=0).sqrt()
+        """Sample standard deviation per layer (NaN for a layer with fewer than 2 values)."""
+        var = self.m2 / (self.count - 1).clamp(min=1)
+        return torch.where(self.count >= 2, var.clamp(min=0).sqrt(), torch.full_like(self.mean, math.nan))
 
 
-def t_interval(mean: torch.Tensor, std: torch.Tensor, n: int, confidence: float = CONFIDENCE):
-    """(lower, upper) of the t-interval mean +- t_{(1+c)/2, n-1} * std / sqrt(n); NaN when n < 2."""
-    if n < 2:
-        nan = torch.full_like(mean, math.nan)
-        return nan, nan.clone()
+def t_interval(mean: torch.Tensor, std: torch.Tensor, n, confidence: float = CONFIDENCE):
+    """(lower, upper) of the t-interval mean +- t_{(1+c)/2, n-1} * std / sqrt(n) per layer.
+
+    n: the number of values, an int or a tensor [L] of per-layer counts. One value gives (mean, mean), as
+    the original; no value gives NaN.
+    """
     from scipy.stats import t
-    half = float(t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
+    n = torch.as_tensor(n, dtype=torch.float64).expand_as(mean)
+    df = (n - 1).clamp(min=1).numpy()
+    half = torch.from_numpy(t.ppf((1 + confidence) / 2, df)).to(mean.dtype) * std / n.clamp(min=1).sqrt()
+    half = torch.where(n == 1, torch.zeros_like(half), half)
+    half = torch.where(n < 1, torch.full_like(half, math.nan), half)
     return mean - half, mean + half
 
 
@@ -92,12 +111,15 @@ def summary(token: RunningStats, pooled: RunningStats) -> Dict:
     """The statistics part of layer_stats.json (the original's keys, plus the pooled measure and counts).
 
     ``layers`` is 0-based as in the original: entry i is layer i + 1 (``hidden_states[i + 1]``).
+    ``n_samples`` counts the compared samples; ``n_per_layer`` / ``nan_dropped`` (and their ``pooled_``
+    twins) the values each layer kept and the NaN values it dropped.
     """
     out = {'layers': list(range(token.mean.shape[0]))}
     for prefix, acc in (('', token), ('pooled_', pooled)):
-        lower, upper = t_interval(acc.mean, acc.std(), acc.n)
-        out.update({f'{prefix}means': _floats(acc.mean if acc.n else acc.mean * math.nan),
-                    f'{prefix}ci_lower': _floats(lower), f'{prefix}ci_upper': _floats(upper),
-                    f'{prefix}stds': _floats(acc.std())})
+        means = acc.means()
+        lower, upper = t_interval(means, acc.std(), acc.count)
+        out.update({f'{prefix}means': _floats(means), f'{prefix}ci_lower': _floats(lower),
+                    f'{prefix}ci_upper': _floats(upper), f'{prefix}stds': _floats(acc.std()),
+                    f'{prefix}n_per_layer': acc.count.tolist(), f'{prefix}nan_dropped': acc.dropped.tolist()})
     out['n_samples'] = token.n
     return out
