@@ -31,7 +31,6 @@ def test_accuracy_reward_names_the_missing_column():
 
 
 def test_representation_reward_pairs_speech_with_correct_text_of_the_same_question():
-    tars_config.activate(tars_config.TARSConfig())
     e1, e2 = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.0, 1.0], [0.0, 1.0]])
     hidden = [e1, e1, e2, e2]  # speech 0 ~ text 1 (identical); speech 2 vs text 3 identical too
     completions = [GOOD_C, GOOD_B, GOOD_C, GOOD_C]  # only text 1 is correct
@@ -41,19 +40,29 @@ def test_representation_reward_pairs_speech_with_correct_text_of_the_same_questi
 
 
 def test_representation_reward_layer_subset_and_no_correct_text():
-    tars_config.activate(tars_config.TARSConfig(target_layers=[1]))
-    try:
-        a, b = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        out = RepresentationAlignmentReward()([GOOD_C, GOOD_B], tars_hidden=[a, b], **columns(2))
-        assert out == pytest.approx([1.0, 1.0])
-        out = RepresentationAlignmentReward()([GOOD_C, GOOD_C], tars_hidden=[a, b], **columns(2))
-        assert out == [0.0, 0.0]
-    finally:
-        tars_config.activate(tars_config.TARSConfig())
+    reward = RepresentationAlignmentReward()
+    reward.config = tars_config.TARSConfig(target_layers='1')  # the reward reads the config it is given
+    a, b = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert reward([GOOD_C, GOOD_B], tars_hidden=[a, b], **columns(2)) == pytest.approx([1.0, 1.0])
+    # all layers (the default config): layer 2 is orthogonal -> mean(1, 0)
+    assert RepresentationAlignmentReward()([GOOD_C, GOOD_B], tars_hidden=[a, b], **columns(2)) == \
+        pytest.approx([0.5, 0.5])
+    assert reward([GOOD_C, GOOD_C], tars_hidden=[a, b], **columns(2)) == [0.0, 0.0]
+
+
+def test_tars_flags_parse_into_the_config_and_leave_ms_swift_flags_in_order():
+    config, rest = tars_config.parse_args(['--target_layers', '11-20', '--lora_rank', '8', '--prompt_modality', 'a',
+                                           '--target_modules', 'all-linear', '--length_target', '512'])
+    assert config == tars_config.TARSConfig(prompt_modality='a', target_layers='11-20', length_target=512)
+    assert config.layers == list(range(11, 21))
+    assert rest == ['--lora_rank', '8', '--target_modules', 'all-linear']
+    with pytest.raises(SystemExit):  # argparse rejects a value outside the choices
+        tars_config.parse_args(['--prompt_modality', 'speech'])
+    with pytest.raises(ValueError, match='target_layers must be'):
+        tars_config.TARSConfig(target_layers='first')
 
 
 def test_behaviour_reward_embedding_cosine_round_robin_and_text_mean():
-    tars_config.activate(tars_config.TARSConfig())
     speech_same = GOOD_B
     speech_other = '<think>Quarterly revenue grew by ten percent.</think><answer>The answer is A.</answer>'
     completions = [speech_same, GOOD_B, speech_other, GOOD_C]  # text 1 correct, text 3 wrong

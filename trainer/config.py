@@ -1,15 +1,16 @@
 """TARS options that ms-swift's argument classes do not have (one place).
 
-``python -m trainer.grpo`` parses them and activates them for the process; the trainer subclass and
-the reward functions read ``active()``. Used through ``swift rlhf --external_plugins trainer/plugin.py``
-directly, the defaults below apply (the paper's setting).
+``TARSConfig`` is the single declaration: its fields (with their help text) are the command-line flags of
+``python -m trainer.grpo``, parsed by transformers' ``HfArgumentParser``; every other flag goes to ms-swift.
+The entry point hands the parsed config to the trainer ms-swift builds through ``activate`` (the trainer
+class is instantiated by ms-swift from its registered path, so this is the one hand-off); the trainer then
+gives it to the TARS rewards it holds. Used through ``swift rlhf --external_plugins
+trainer/swift_plugin/tars_plugin.py`` directly, the defaults below apply (the paper's setting).
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-from dataclasses import dataclass
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
 
 from trainer.prompts import PROMPT_MODALITIES
 
@@ -18,39 +19,71 @@ DEFAULT_EMBEDDER = 'minilm'
 PAPER_EMBEDDER = 'Qwen/Qwen3-Embedding-0.6B'
 
 
+def parse_layers(text: Optional[str]) -> Optional[List[int]]:
+    """'all' / None -> None; '1-10' -> [1..10]; '31,32' -> [31, 32]; anything else is a ValueError."""
+    if text is None or text.strip().lower() in ('', 'all'):
+        return None
+    layers: List[int] = []
+    try:
+        for part in text.split(','):
+            if '-' in part:
+                lo, hi = part.split('-')
+                layers.extend(range(int(lo), int(hi) + 1))
+            else:
+                layers.append(int(part))
+    except ValueError:
+        raise ValueError(f'target_layers must be "all", a range like "1-10" or a list like "31,32", '
+                         f'not {text!r}') from None
+    return layers
+
+
 @dataclass
 class TARSConfig:
-    prompt_modality: str = 'mixed'           # a | t | mixed (reference 2.2)
-    target_layers: Optional[List[int]] = None  # 1-based layers of the representation reward; None: all
-    embedder: str = DEFAULT_EMBEDDER           # 'minilm', a local path or a hub id
-    dump_rollouts: Optional[str] = None        # JSONL path: one line per rollout per step
-    length_target: int = 1024                  # reward_len target in characters (reference 3.2)
+    prompt_modality: str = field(default='mixed', metadata={
+        'help': 'rollout modality: a (speech only), t (text only) or mixed (half of each question\'s rollouts '
+                'from its speech, half from its text; docs/original.md §2.2)', 'choices': list(PROMPT_MODALITIES)})
+    target_layers: str = field(default='all', metadata={
+        'help': 'layers of the representation reward, 1-based: "all" (the paper), "1-10", "11-20" or "31,32"'})
+    embedder: str = field(default=DEFAULT_EMBEDDER, metadata={
+        'help': f'behaviour-reward sentence embedder: minilm (offline), a local path, or e.g. {PAPER_EMBEDDER} '
+                '(the paper)'})
+    dump_rollouts: Optional[str] = field(default=None, metadata={
+        'help': 'JSONL file that gets one line per rollout per step (docs/formats.md)'})
+    length_target: int = field(default=1024, metadata={
+        'help': 'target length in characters of the length reward tars_length (docs/original.md §3.2)'})
+
+    def __post_init__(self) -> None:
+        if self.prompt_modality not in PROMPT_MODALITIES:
+            raise ValueError(f'prompt_modality must be one of {PROMPT_MODALITIES}, got {self.prompt_modality!r}')
+        parse_layers(self.target_layers)  # a malformed layer list fails here, before any model loads
+
+    @property
+    def layers(self) -> Optional[List[int]]:
+        """The representation reward's 1-based layers; None for all."""
+        return parse_layers(self.target_layers)
+
+
+def parse_args(argv: Sequence[str]) -> Tuple[TARSConfig, List[str]]:
+    """The TARS flags of ``argv`` as a ``TARSConfig``, and the remaining (ms-swift) flags in order."""
+    from transformers import HfArgumentParser
+
+    # allow_abbrev off: an ms-swift flag must never be taken for an abbreviated TARS flag
+    parser = HfArgumentParser(TARSConfig, allow_abbrev=False)
+    config, remaining = parser.parse_args_into_dataclasses(args=list(argv), return_remaining_strings=True)
+    return config, remaining
 
 
 _ACTIVE = TARSConfig()
 
 
 def activate(config: TARSConfig) -> None:
-    """Make ``config`` the process's TARS configuration."""
+    """Hand ``config`` to the TARS trainer of this process (see the module docstring)."""
     global _ACTIVE
-    if config.prompt_modality not in PROMPT_MODALITIES:
-        raise ValueError(f'prompt_modality must be one of {PROMPT_MODALITIES}, got {config.prompt_modality!r}')
     _ACTIVE = config
 
 
 def active() -> TARSConfig:
     return _ACTIVE
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The TARS command-line flags (everything else goes to ms-swift)."""
-    parser.add_argument('--prompt_modality', default='mixed', choices=PROMPT_MODALITIES)
-    parser.add_argument('--target_layers', default=None,
-                        help='representation-reward layers, 1-based: "all", "1-10", or "31,32"')
-    parser.add_argument('--embedder', default=DEFAULT_EMBEDDER,
-                        help=f'behaviour-reward sentence embedder: minilm (offline) or e.g. {PAPER_EMBEDDER}')
-    parser.add_argument('--dump_rollouts', default=None, help='JSONL file for one line per rollout per step')
-    parser.add_argument('--length_target', type=int, default=1024)
 
 
 # ms-swift's --scale_rewards values TARS honours, and what each means for the per-modality advantages:
@@ -76,24 +109,3 @@ def std_scaling(scale_rewards: Optional[str], advantage_estimator: str = 'grpo',
         raise ValueError(f'--scale_rewards {scale_rewards} is not supported by TARS; use none (the paper) or '
                          'group (divide by the std of the same question and modality)')
     return SCALE_REWARDS[scale_rewards]
-
-
-def parse_layers(text: Optional[str]) -> Optional[List[int]]:
-    """'all' / None -> None; '1-10' -> [1..10]; '31,32' -> [31, 32]."""
-    if text is None or text.strip().lower() in ('', 'all'):
-        return None
-    layers: List[int] = []
-    for part in text.split(','):
-        if '-' in part:
-            lo, hi = part.split('-')
-            layers.extend(range(int(lo), int(hi) + 1))
-        else:
-            layers.append(int(part))
-    return layers
-
-
-def from_namespace(ns: argparse.Namespace) -> TARSConfig:
-    names = {f.name for f in dataclasses.fields(TARSConfig)}
-    values = {k: v for k, v in vars(ns).items() if k in names}
-    values['target_layers'] = parse_layers(values.get('target_layers'))
-    return TARSConfig(**values)

@@ -7,7 +7,6 @@ other flag to ms-swift's ``rlhf_main`` with ``--rlhf_type grpo``. The paper's hy
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -82,10 +81,8 @@ def plugin_args(swift_args: List[str]) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    tars_config.add_arguments(parser)
-    tars_args, swift_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    tars_config.activate(tars_config.from_namespace(tars_args))
+    tars, swift_args = tars_config.parse_args(sys.argv[1:] if argv is None else argv)
+    tars_config.activate(tars)
 
     from trainer.registry import register_with_swift
     register_with_swift()

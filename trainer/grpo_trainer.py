@@ -93,6 +93,9 @@ class TARSGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self._scale_std = tars_config.std_scaling(self.scale_rewards, self.advantage_estimator, self.kl_in_reward,
                                                   self.beta)
+        for f in self.reward_funcs:
+            if isinstance(f, VIEW_READERS):
+                f.config = self.tars
         if self.dynamic_sample:
             raise ValueError('dynamic_sample resamples groups before TARS rewards exist; it is not supported')
         self._needs_hidden = any(isinstance(f, NEEDS_HIDDEN_STATES) for f in self.reward_funcs)

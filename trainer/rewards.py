@@ -42,6 +42,7 @@ class TARSReward(ORM):
     (``rollouts``), else builds its own from ms-swift's reward inputs (any other GRPO trainer)."""
     name = 'tars'
     rollouts: Optional[RolloutBatch] = None  # set by TARSGRPOTrainer for the current generation batch
+    config: tars_config.TARSConfig = tars_config.TARSConfig()  # the run's TARS options, set by TARSGRPOTrainer
 
     def view(self, completions: Sequence[str], kwargs: dict, gather: bool = True) -> RolloutBatch:
         if self.rollouts is not None and self.rollouts.matches(completions):
@@ -75,11 +76,11 @@ class AccuracyReward(TARSReward):
         return [float(ok) for ok in view.local(view.correct)]
 
 
-class LengthReward(ORM):
+class LengthReward(TARSReward):
     """reward_len (reference 3.2): -|target - characters| / target."""
 
     def __call__(self, completions, **kwargs) -> List[float]:
-        target = tars_config.active().length_target
+        target = self.config.length_target
         return [length_score(c, target) for c in completions]
 
 
@@ -111,7 +112,7 @@ class RepresentationAlignmentReward(_AlignmentReward):
         return super().__call__(completions, **kwargs)
 
     def scorer(self, rows, partners):
-        layers = tars_config.active().target_layers
+        layers = self.config.layers
         return lambda i, j: tars_math.pooled_cosine(rows[i].hidden, rows[j].hidden, layers)
 
 
@@ -125,7 +126,7 @@ class BehaviourAlignmentReward(_AlignmentReward):
         needed = sorted({i for i, j in enumerate(partners) if j is not None} | {j for j in partners if j is not None})
         if not needed:
             return lambda i, j: 0.0
-        vectors = embed(tars_config.active().embedder, [rows[i].completion for i in needed])
+        vectors = embed(self.config.embedder, [rows[i].completion for i in needed])
         where = {i: n for n, i in enumerate(needed)}
         return lambda i, j: float(torch.dot(vectors[where[i]], vectors[where[j]]))
 
