@@ -135,10 +135,10 @@ def evaluate(model: str, datasets: Sequence[Tuple[str, str]], modes: Sequence[st
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f'unknown modes {bad}; choose from {MODES}')
-    spec = resolve_model(model, base_model, model_type)
-    engine = engine or build_engine(spec, backend, batch_size)
     if prompt_type not in EVAL_PROMPT_TYPES:
         raise ValueError(f'prompt_type must be one of {EVAL_PROMPT_TYPES}, got {prompt_type!r}')
+    spec = resolve_model(model, base_model, model_type)
+    engine = engine or build_engine(spec, backend, batch_size)
     judge = get_extractor(extractor, xfinder_model, backend, batch_size)
     model_dir = Path(out) / spec.name
     summary: Dict[str, Dict] = {}
@@ -178,7 +178,8 @@ def summarize(model_dir: Path, prompt_type: str, mrr_reference: Optional[float] 
     return runs, tab
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m eval.qa``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', required=True, help='base id/path, merged model, or LoRA checkpoint directory')
     p.add_argument('--base_model', default=None, help="a LoRA checkpoint's base (default: from the checkpoint)")
@@ -203,7 +204,11 @@ def main(argv=None) -> None:
                    help='audio mode: the question text follows the audio (CUHK MMSU)')
     p.add_argument('--mrr_reference', type=float, default=None,
                    help="text accuracy (0-1) MRR divides by; default: the model's own Avg(T)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     result = evaluate(args.model, [parse_dataset_arg(d) for d in args.dataset], args.modes, args.prompt_type,
                       args.out, args.base_model, args.model_type, args.backend, args.batch_size, args.max_new_tokens,
                       args.extractor, args.xfinder_model, args.split, args.max_items, args.asr_model,
