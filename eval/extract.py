@@ -106,12 +106,11 @@ def build_judge_engine(model: str, backend: str = 'auto', batch_size: int = 16):
     from eval.engine import ModelSpec, build_engine, choose_backend
     from trainer.models.xfinder import MODEL_TYPE, register
     register()
-    spec = ModelSpec(base=model, model_type=MODEL_TYPE)
     if choose_backend(backend, MODEL_TYPE) == 'vllm':
         from swift.infer_engine import VllmEngine
         return VllmEngine(model, model_type=MODEL_TYPE, max_num_seqs=batch_size, max_model_len=JUDGE_MAX_MODEL_LEN,
-                          gpu_memory_utilization=JUDGE_GPU_MEMORY_UTILIZATION, torch_dtype='bfloat16'), spec
-    return build_engine(spec, 'transformers', batch_size), spec
+                          gpu_memory_utilization=JUDGE_GPU_MEMORY_UTILIZATION, torch_dtype='bfloat16')
+    return build_engine(ModelSpec(base=model, model_type=MODEL_TYPE), 'transformers', batch_size)
 
 
 class XFinderExtractor:
@@ -123,9 +122,8 @@ class XFinderExtractor:
         from eval.engine import ModelSpec
         from trainer.models.xfinder import MODEL_TYPE
         self.model = model
-        if engine is None:
-            engine, _ = build_judge_engine(model, backend, batch_size)
-        self.engine, self.spec = engine, ModelSpec(base=model, model_type=MODEL_TYPE)
+        self.engine = engine if engine is not None else build_judge_engine(model, backend, batch_size)
+        self.spec = ModelSpec(base=model, model_type=MODEL_TYPE)
 
     @staticmethod
     def requests(questions: List[str], outputs: List[str], options: List[Sequence[str]]):

@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--max_items', type=int, default=None)
     p.add_argument('--extractor', default='rule', choices=['rule', 'xfinder'])
     p.add_argument('--xfinder_model', default=None,
-                   help='xFinder checkpoint for --extractor xfinder (path or hub id; default IAAR-Shanghai/xFinder-qwen1505)')
+                   help='the xFinder checkpoint of --extractor xfinder (path or hub id; default '
+                        'IAAR-Shanghai/xFinder-qwen1505)')
     p.add_argument('--asr_model', default=None, help='faster-whisper model (default: offline tiny.en)')
     p.add_argument('--audio_with_text', action='store_true',
                    help='audio mode: the question text follows the audio (CUHK MMSU)')

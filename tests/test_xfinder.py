@@ -131,7 +131,7 @@ def test_the_engine_encodes_the_exact_prompt_decodes_greedily_and_falls_back(jud
     from transformers import GenerationConfig
 
     from eval.extract import build_judge_engine
-    engine, _ = build_judge_engine(str(judge_dir), 'transformers', batch_size=4)
+    engine = build_judge_engine(str(judge_dir), 'transformers', batch_size=4)
     recorder = RecordingEngine(engine)
     judge = XFinderExtractor(str(judge_dir), engine=recorder)
     questions = ['Which colour?'] * 4

@@ -387,7 +387,8 @@ def main(argv=None) -> None:
     g.add_argument('--batch_size', type=int, default=16, help='sequences per engine batch')
     g.add_argument('--backend', default='auto', choices=['auto', 'vllm', 'transformers'])
     g.add_argument('--extractor', default='rule', choices=['rule', 'xfinder'])
-    g.add_argument('--xfinder_model', default=None)
+    g.add_argument('--xfinder_model', default=None,
+                   help='the xFinder checkpoint of --extractor xfinder (default IAAR-Shanghai/xFinder-qwen1505)')
     g.add_argument('--seed', type=int, default=42)
     g.add_argument('--shard_index', type=int, default=_env_int('RANK', 0))
     g.add_argument('--num_shards', type=int, default=_env_int('WORLD_SIZE', 1))
