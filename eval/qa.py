@@ -21,8 +21,8 @@ from eval.engine import ModelSpec, build_engine, generate, resolve_model
 from eval.extract import get_extractor
 from eval.modes import MODES, build_request, uses_adapter
 from trainer.answer import LETTERS
-from trainer.prompts import EVAL_PROMPT_TYPES
 from trainer.data import write_clip
+from trainer.prompts import EVAL_PROMPT_TYPES
 from trainer.schema import REQUIRED_COLUMNS, SchemaError, load_audio, load_hf_dataset
 
 ITEM_FIELDS = ('key', 'mode', 'prompt_type', 'output', 'extracted', 'gold', 'correct')
