@@ -1,10 +1,27 @@
-"""Answer extraction for evaluation: the rule-based extractor (default, and the fallback) and an
-xFinder backend written by us (reference 3.3: its prompt and comparator, run through our engines on
-``IAAR-Shanghai/xFinder-qwen1505`` or a local copy; the ``xfinder`` package is not used: CC BY-NC-ND,
-pins torch 2.3.1)."""
+"""Answer extraction for evaluation and preference data: the rule-based extractor (default, and the
+fallback) and the xFinder judge.
+
+xFinder is our own implementation of the original's judging (README, "Evaluation"): the
+``IAAR-Shanghai/xFinder-qwen1505`` checkpoint (or a local copy) run through an ms-swift engine under the
+model type and prompt template registered in ``trainer.models.xfinder``; the ``xfinder`` package is not
+used (CC BY-NC-ND, pins torch 2.3.1). Its user text, answer range and comparator are the original's:
+
+* user text: the question and the model output, each in triple double quotes, the answer range, then
+  "Key extracted answer: " (``xfinder_prompt``), under the system prompt ``XFINDER_SYSTEM``;
+* answer range: the JSON list of [letter, option] pairs, serialised by ``json.dumps`` with its defaults
+  (ASCII escapes), as the original sends it. The original has four options (A-D); more options get the
+  next letters (E, F, ...), an extension of ours;
+* comparator: an extracted string (stripped, trailing dots removed, lower-cased) is option X when it equals
+  X's letter or X's text (normalised the same way);
+* decoding: greedy, pinned (temperature 0), at most 100 new tokens.
+
+Where xFinder gives no option ("[No valid answer]", anything outside the answer range) the rule-based
+extractor fills in; an item that neither yields counts as an extraction failure.
+"""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from trainer.answer import LETTERS, extract_choice
@@ -12,58 +29,138 @@ from trainer.answer import LETTERS, extract_choice
 XFINDER_SYSTEM = ('You are a help assistant tasked with extracting the precise key answer from given output '
                   'sentences.')
 XFINDER_FAILURES = ('[No valid answer]', '[Error in inference]')
+XFINDER_CHECKPOINT = 'IAAR-Shanghai/xFinder-qwen1505'
+XFINDER_MAX_NEW_TOKENS = 100
+# The judge's own vLLM engine shares the GPU with the evaluated model's (0.45): a 0.5B model needs little.
+JUDGE_GPU_MEMORY_UTILIZATION = 0.2
+JUDGE_MAX_MODEL_LEN = 8192
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """One item's extracted answer: ``choice`` (a letter or None), the extractor that gave it
+    (``'xfinder'``, ``'rule'`` or None when none did) and xFinder's raw answer (None without xFinder)."""
+    choice: Optional[str]
+    source: Optional[str]
+    judge_output: Optional[str] = None
+
+
+def answer_range(options: Sequence[str]) -> str:
+    """The original's answer range: ``[["A", "opt"], ...]`` as ``json.dumps`` writes it by default."""
+    if len(options) > len(LETTERS):
+        raise ValueError(f'at most {len(LETTERS)} options are supported, got {len(options)}')
+    return json.dumps([[LETTERS[i], opt] for i, opt in enumerate(options)])
 
 
 def xfinder_prompt(question: str, output: str, options: Sequence[str]) -> str:
-    """The xFinder user text (reference 3.3) with an alphabet-option answer range."""
-    answer_range = json.dumps([[LETTERS[i], opt] for i, opt in enumerate(options)], ensure_ascii=False)
+    """The xFinder user text for one model output."""
     return (f'Question: """{question}"""\n\nOutput sentences: """{output}"""\n\n'
-            f'Answer range: {answer_range}\n\nKey extracted answer: ')
+            f'Answer range: {answer_range(options)}\n\nKey extracted answer: ')
+
+
+def _normalise(text: str) -> str:
+    """The original comparator's normalisation: strip, drop trailing dots, lower-case."""
+    return text.strip().rstrip('.').lower()
+
+
+def xfinder_matches(extracted: str, options: Sequence[str], index: int) -> bool:
+    """The original comparator: whether xFinder's ``extracted`` string names option ``index`` (its letter
+    or its text)."""
+    text = _normalise(extracted)
+    return text == LETTERS[index].lower() or text == _normalise(options[index])
 
 
 def parse_xfinder(extracted: str, options: Sequence[str]) -> Optional[str]:
-    """xFinder's answer as a letter: a letter, or an option's text (reference 3.3 comparator)."""
-    text = extracted.strip().rstrip('.').strip()
-    if not text or text in XFINDER_FAILURES:
+    """xFinder's answer as a letter: the option whose letter it is, else the first option whose text it is
+    (the comparator of ``xfinder_matches``); None for "[No valid answer]" and anything outside the range."""
+    if extracted.strip() in XFINDER_FAILURES:
         return None
-    letters = LETTERS[:len(options)]
-    if len(text) == 1 and text.upper() in letters:
-        return text.upper()
-    for i, opt in enumerate(options):
-        if text.lower() == opt.strip().rstrip('.').lower():
-            return letters[i]
+    for i in range(len(options)):
+        if _normalise(extracted) == LETTERS[i].lower():
+            return LETTERS[i]
+    for i in range(len(options)):
+        if xfinder_matches(extracted, options, i):
+            return LETTERS[i]
     return None
 
 
 class RuleExtractor:
+    """The rule-based extractor (``trainer.answer.extract_choice``)."""
     name = 'rule'
 
+    def extract(self, questions: List[str], outputs: List[str], options: List[Sequence[str]]) -> List[Extraction]:
+        """One ``Extraction`` per output."""
+        choices = [extract_choice(o, opts) for o, opts in zip(outputs, options, strict=True)]
+        return [Extraction(c, 'rule' if c else None) for c in choices]
+
     def __call__(self, questions: List[str], outputs: List[str], options: List[Sequence[str]]) -> List[Optional[str]]:
-        return [extract_choice(o, opts) for o, opts in zip(outputs, options)]
+        """One letter (or None) per output."""
+        return [e.choice for e in self.extract(questions, outputs, options)]
+
+
+def build_judge_engine(model: str, backend: str = 'auto', batch_size: int = 16):
+    """An ms-swift engine for the xFinder checkpoint ``model`` under the ``xfinder_qwen1505`` model type.
+
+    vLLM is built here (text only, a small share of GPU memory) rather than by ``eval.engine.build_engine``,
+    whose vLLM arguments are those of the evaluated speech model (one audio per prompt, LoRA)."""
+    from eval.engine import ModelSpec, build_engine, choose_backend
+    from trainer.models.xfinder import MODEL_TYPE, register
+    register()
+    if choose_backend(backend, MODEL_TYPE) == 'vllm':
+        from swift.infer_engine import VllmEngine
+        return VllmEngine(model, model_type=MODEL_TYPE, max_num_seqs=batch_size, max_model_len=JUDGE_MAX_MODEL_LEN,
+                          gpu_memory_utilization=JUDGE_GPU_MEMORY_UTILIZATION, torch_dtype='bfloat16')
+    return build_engine(ModelSpec(base=model, model_type=MODEL_TYPE), 'transformers', batch_size)
 
 
 class XFinderExtractor:
     """xFinder judged through an ms-swift engine; rule-based extraction where xFinder finds nothing."""
     name = 'xfinder'
 
-    def __init__(self, model: str = 'IAAR-Shanghai/xFinder-qwen1505', backend: str = 'auto', batch_size: int = 16):
-        from eval.engine import ModelSpec, build_engine
-        self.spec = ModelSpec(base=model, model_type='qwen1half')
-        self.engine = build_engine(self.spec, backend, batch_size)
+    def __init__(self, model: str = XFINDER_CHECKPOINT, backend: str = 'auto', batch_size: int = 16, engine=None):
+        """``engine``: an engine already built by ``build_judge_engine(model, ...)`` (else one is built)."""
+        from eval.engine import ModelSpec
+        from trainer.models.xfinder import MODEL_TYPE
+        self.model = model
+        self.engine = engine if engine is not None else build_judge_engine(model, backend, batch_size)
+        self.spec = ModelSpec(base=model, model_type=MODEL_TYPE)
 
-    def __call__(self, questions, outputs, options):
+    @staticmethod
+    def requests(questions: List[str], outputs: List[str], options: List[Sequence[str]]):
+        """The judge's (messages, audios) requests: the xFinder system prompt and user text per output."""
+        return [([{'role': 'system', 'content': XFINDER_SYSTEM},
+                  {'role': 'user', 'content': xfinder_prompt(q, o, opts)}], [])
+                for q, o, opts in zip(questions, outputs, options, strict=True)]
+
+    def judge(self, questions: List[str], outputs: List[str], options: List[Sequence[str]]) -> List[str]:
+        """xFinder's raw answers (stripped), greedy, at most 100 new tokens."""
         from eval.engine import generate
-        requests = [([{'role': 'system', 'content': XFINDER_SYSTEM},
-                      {'role': 'user', 'content': xfinder_prompt(q, o, opts)}], [])
-                    for q, o, opts in zip(questions, outputs, options)]
-        judged = generate(self.engine, requests, self.spec, use_adapter=False, max_new_tokens=100)
-        rule = RuleExtractor()(questions, outputs, options)
-        return [parse_xfinder(j, opts) or r for j, opts, r in zip(judged, options, rule)]
+        if not outputs:
+            return []
+        judged = generate(self.engine, self.requests(questions, outputs, options), self.spec, use_adapter=False,
+                          max_new_tokens=XFINDER_MAX_NEW_TOKENS, temperature=0.0)
+        return [j.strip() for j in judged]
+
+    def extract(self, questions: List[str], outputs: List[str], options: List[Sequence[str]]) -> List[Extraction]:
+        """One ``Extraction`` per output: xFinder's option, else the rule-based extractor's."""
+        judged = self.judge(questions, outputs, options)
+        rule = RuleExtractor().extract(questions, outputs, options)
+        found = []
+        for j, opts, r in zip(judged, options, rule, strict=True):
+            letter = parse_xfinder(j, opts)
+            found.append(Extraction(letter, 'xfinder', j) if letter else Extraction(r.choice, r.source, j))
+        return found
+
+    def __call__(self, questions: List[str], outputs: List[str], options: List[Sequence[str]]) -> List[Optional[str]]:
+        """One letter (or None) per output."""
+        return [e.choice for e in self.extract(questions, outputs, options)]
 
 
-def get_extractor(name: str = 'rule', xfinder_model: Optional[str] = None, backend: str = 'auto'):
+def get_extractor(name: str = 'rule', xfinder_model: Optional[str] = None, backend: str = 'auto',
+                  batch_size: int = 16):
+    """The extractor ``name`` (rule or xfinder; xFinder from ``xfinder_model``, default the hub checkpoint)."""
     if name == 'rule':
         return RuleExtractor()
     if name == 'xfinder':
-        return XFinderExtractor(xfinder_model or 'IAAR-Shanghai/xFinder-qwen1505', backend)
+        return XFinderExtractor(xfinder_model or XFINDER_CHECKPOINT, backend, batch_size)
     raise ValueError(f'extractor must be rule or xfinder, got {name!r}')

