@@ -95,16 +95,16 @@ def _counting(base):
 def _run(args) -> None:
     """One measured training run; writes its counters to ``args.result``."""
     from swift.rlhf_trainers import GRPOTrainer
-    from swift.trainers.trainer_factory import TrainerFactory
 
     import trainer.grpo as entry
+    from trainer.compat import register_trainer
     from trainer.grpo_trainer import TARSGRPOTrainer
     from trainer.registry import register_with_swift
 
     register_with_swift()
     cls = _counting(TARSGRPOTrainer if args.trainer == 'tars' else GRPOTrainer)
     globals()['MeasuredTrainer'] = cls
-    TrainerFactory.TRAINER_MAPPING['grpo'] = f'{__name__}.MeasuredTrainer'
+    register_trainer('grpo', f'{__name__}.MeasuredTrainer')
     # the same argv as the entry point, without the plugin file (it would map 'grpo' back to TARS)
     from swift.pipelines import rlhf_main
     argv = entry.build_swift_argv(args.swift_args, plugin=False)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import threading
-from contextlib import contextmanager
 from typing import Dict, List
 
 import torch
+
+from trainer.compat import outside_zero3_init
 
 _LOCK = threading.Lock()
 _CACHE: Dict[str, object] = {}
@@ -21,31 +22,13 @@ def resolve(name: str) -> str:
     return name
 
 
-@contextmanager
-def _outside_zero3_init():
-    """Build the embedder as a plain module even under DeepSpeed ZeRO-3.
-
-    transformers partitions every model built while a ZeRO-3 config is registered, which breaks models
-    created inside reward code ('weight' must be 2-D; TRL #2984/#3326). The registration is a module
-    global of transformers; it is cleared for the load and put back. This is the project's only touch
-    of a library internal.
-    """
-    from transformers.integrations import deepspeed as hf_ds
-    saved = getattr(hf_ds, '_hf_deepspeed_config_weak_ref', None)
-    hf_ds._hf_deepspeed_config_weak_ref = None
-    try:
-        yield
-    finally:
-        hf_ds._hf_deepspeed_config_weak_ref = saved
-
-
 def load_embedder(name: str):
     """A SentenceTransformer for ``name`` on this rank's device, loaded once per process."""
     with _LOCK:
         if name not in _CACHE:
             from sentence_transformers import SentenceTransformer
             device = f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}' if torch.cuda.is_available() else 'cpu'
-            with _outside_zero3_init():
+            with outside_zero3_init():
                 _CACHE[name] = SentenceTransformer(resolve(name), device=device)
         return _CACHE[name]
 

@@ -25,6 +25,7 @@ from swift.rlhf_trainers import GRPOTrainer
 from swift.utils import get_logger
 
 from trainer import config as tars_config
+from trainer.compat import batch_modality, set_batch_modality
 from trainer import tars_math
 from trainer.data import ANSWER_INDEX, KEY, OPTIONS, TEXT_PROMPT
 from trainer import distributed
@@ -201,8 +202,8 @@ class TARSGRPOTrainer(GRPOTrainer):
         super()._postprocess_batch(samples, batch_encoded_inputs)
         chunks = self.split_by_mini_batches(samples)
         for chunk, encoded in zip(chunks, batch_encoded_inputs, strict=True):
-            encoded['grpo_batch'].tars_is_speech = torch.tensor(
-                [s.extra[MODALITY] == tars_math.SPEECH for s in chunk], device=self.accelerator.device)
+            set_batch_modality(encoded['grpo_batch'], torch.tensor(
+                [s.extra[MODALITY] == tars_math.SPEECH for s in chunk], device=self.accelerator.device))
         for sample in samples:
             sample.extra.pop(HIDDEN, None)
             sample.extra.pop(LENGTH, None)
@@ -297,7 +298,7 @@ class TARSGRPOTrainer(GRPOTrainer):
     # ---- clip ratios per modality ----
     def _compute_loss_and_metrics(self, model, model_inputs, grpo_batch):
         loss, metrics_data = super()._compute_loss_and_metrics(model, model_inputs, grpo_batch)
-        is_speech = getattr(grpo_batch, 'tars_is_speech', None)
+        is_speech = batch_modality(grpo_batch)
         if is_speech is not None and self._loss_logps is not None and grpo_batch.old_per_token_logps is not None:
             mode = metrics_data['mode']
             coef = torch.exp(self._loss_logps - grpo_batch.old_per_token_logps)

@@ -6,10 +6,9 @@ TRAINER_PATH = 'trainer.grpo_trainer.TARSGRPOTrainer'
 def register_with_swift() -> None:
     """Register the presets' models and templates, the TARS rewards, and make ``--rlhf_type grpo`` build
     ``TARSGRPOTrainer``."""
-    from swift.trainers.trainer_factory import TrainerFactory
-
+    from trainer.compat import register_trainer
     from trainer.model_registry import register_models
     from trainer.rewards import register
     register_models()
     register()
-    TrainerFactory.TRAINER_MAPPING['grpo'] = TRAINER_PATH
+    register_trainer('grpo', TRAINER_PATH)

@@ -78,9 +78,7 @@ def merge_speech_lora(model, lora_dir) -> 'object':
     merged = peft_model.merge_and_unload()
     logging.getLogger(__name__).warning('merged the speech LoRA %s (r %s, alpha %s) into %d modules (reference 2.1)',
                                         lora_dir, config.r, config.lora_alpha, len(config.target_modules))
-    if hasattr(merged, 'peft_config'):  # leave no adapter bookkeeping behind for ms-swift's own LoRA
-        del merged.peft_config
-    return merged
+    return merged  # peft's merge_and_unload also removes its peft_config (tests/test_compat.py)
 
 
 def _get(model, name):

@@ -63,12 +63,12 @@ CHAT_TEMPLATE = (
 
 def o200k_token_bytes() -> List[bytes]:
     """The bytes of o200k_base's 199998 regular tokens, indexed by rank (from the ``toktok-rs`` package)."""
+    from trainer.compat import o200k_encoding
     try:
-        import toktok
+        enc = o200k_encoding()
     except ImportError as e:  # pragma: no cover - env.sh installs it
         raise RuntimeError('the tiny Phi-4-multimodal tokenizer needs `pip install toktok-rs==0.3.0` '
                            '(o200k_base ranks, offline)') from e
-    enc = toktok._encoding('o200k_base')  # the package's documented full encode/decode surface
     return [bytes(enc.decode_single_token_bytes(i)) for i in range(NUM_RANKS)]
 
 
