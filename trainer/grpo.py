@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from trainer import config as tars_config
+from trainer.model_loading import add_trust_remote_code_argument, check_swift_argv
 
 PLUGIN = Path(__file__).resolve().parent / 'swift_plugin' / 'tars_plugin.py'
 DEFAULT_REWARDS = ['tars_format', 'tars_accuracy', 'tars_representation', 'tars_behaviour']
@@ -60,7 +61,9 @@ def plugin_args(swift_args: List[str]) -> List[str]:
 def main(argv: Optional[List[str]] = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     tars_config.add_arguments(parser)
+    add_trust_remote_code_argument(parser)  # ours: ms-swift 4.6 has no such flag (trainer.model_loading)
     tars_args, swift_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    check_swift_argv(swift_args, tars_args.trust_remote_code)
     tars_config.activate(tars_config.from_namespace(tars_args))
 
     from trainer.registry import register_with_swift
