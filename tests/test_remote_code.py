@@ -175,6 +175,30 @@ def test_merge_never_reads_the_checkpoints_plugins():
     assert argv[argv.index('--external_plugins') + 1:] == [str(PLUGIN)]
 
 
+def test_merge_ignores_plugins_named_by_the_checkpoint(tiny_model, tmp_path):
+    """A checkpoint's args.json names a plugin that writes a marker: ms-swift's own export imports it (its
+    command line names no plugin), our merge does not and still merges."""
+    from peft import LoraConfig, get_peft_model
+    from swift.pipelines import export_main
+    from transformers import Qwen2_5OmniForConditionalGeneration
+
+    from scripts.merge_lora import merge_lora
+    model = Qwen2_5OmniForConditionalGeneration.from_pretrained(str(tiny_model))
+    adapter = tmp_path / 'checkpoint-1'
+    get_peft_model(model, LoraConfig(r=2, target_modules=r'thinker\.model\.layers\.0\.self_attn\.q_proj')
+                   ).save_pretrained(str(adapter))
+    marker = tmp_path / 'plugin-marker.txt'
+    plugin = tmp_path / 'evil_plugin.py'
+    plugin.write_text(f'from pathlib import Path\nPath({str(marker)!r}).write_text("plugin ran")\n')
+    (adapter / 'args.json').write_text(json.dumps({'model': str(tiny_model), 'model_type': 'qwen2_5_omni',
+                                                   'external_plugins': [str(plugin)]}))
+    out = merge_lora(str(adapter), str(tmp_path / 'merged'))
+    assert (out / 'model.safetensors').is_file() and not marker.exists()
+    with pytest.raises(FileExistsError, match='already exists'):  # stops once its arguments are built
+        export_main(['--adapters', str(adapter), '--merge_lora', 'true', '--output_dir', str(out)])
+    assert marker.read_text() == 'plugin ran'
+
+
 def test_training_refuses(evil, marker, tmp_path, tiny_model):
     from trainer import grpo, preference_train
     refused(lambda: grpo.main(['--model', str(evil), '--dataset', str(tmp_path / 'none.jsonl')]), evil, marker)
@@ -231,7 +255,12 @@ def test_merge_opt_in(evil, marker, tmp_path):
 
 
 def test_training_opt_in(evil, marker, tmp_path):
-    # ms-swift reads the model's config while parsing its arguments, before the (missing) dataset
-    proc = _opt_in(['trainer.grpo', '--model', str(evil), '--dataset', str(tmp_path / 'none.jsonl'),
-                    '--output_dir', str(tmp_path / 'out'), '--trust_remote_code'], marker)
-    assert 'unrecognized' not in proc.stderr.lower() and 'remaining_argv' not in proc.stderr  # the flag is ours
+    """ms-swift reads the model's config while building its arguments; the run then stops at the missing
+    dataset, i.e. after ms-swift's check for unknown flags: ``--trust_remote_code`` was ours, not passed on."""
+    missing = tmp_path / 'none.jsonl'
+    proc = _opt_in(['trainer.grpo', '--model', str(evil), '--dataset', str(missing), '--output_dir',
+                    str(tmp_path / 'out'), '--num_generations', '2', '--per_device_train_batch_size', '2',
+                    '--trust_remote_code'], marker)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and last.startswith('ValueError: The local path does not exist') \
+        and str(missing) in last, proc.stderr[-3000:]
