@@ -51,7 +51,18 @@ def marker(tmp_path) -> Path:
 
 @pytest.fixture
 def evil(tiny_model, tmp_path, marker) -> Path:
-    return evil_copy(tiny_model, tmp_path / 'evil-model', marker)
+    """A fresh malicious folder per test; its name is unique because transformers imports the folder's module
+    as ``transformers_modules.<folder name>`` (a copy in its modules cache, removed afterwards)."""
+    folder = evil_copy(tiny_model, tmp_path / f'evil_{tmp_path.name}', marker)
+    yield folder
+    from transformers.utils import HF_MODULES_CACHE
+    shutil.rmtree(Path(HF_MODULES_CACHE) / 'transformers_modules' / folder.name, ignore_errors=True)
+
+
+def adapter_on(adapter: Path, base: Path) -> None:
+    """A LoRA checkpoint folder (config only) whose base is ``base``."""
+    adapter.mkdir()
+    (adapter / 'adapter_config.json').write_text(json.dumps({'base_model_name_or_path': str(base), 'peft_type': 'LORA'}))
 
 
 def refused(call, folder: Path, marker: Path, entry: str = ENTRY) -> str:
@@ -73,7 +84,8 @@ def test_the_tiny_twin_runs_no_code(tiny_model):
 
 
 def test_every_auto_map_and_custom_generate_is_found(tmp_path):
-    (tmp_path / 'config.json').write_text(json.dumps({'model_type': 'x', 'text_config': {'auto_map': {'AutoConfig': 'c.C'}}}))
+    nested = {'model_type': 'x', 'text_config': {'auto_map': {'AutoConfig': 'c.C'}}}
+    (tmp_path / 'config.json').write_text(json.dumps(nested))
     (tmp_path / 'tokenizer_config.json').write_text(json.dumps({'auto_map': ['tok.T', None]}))  # the older list form
     (tmp_path / 'processor_config.json').write_text(json.dumps({'auto_map': {'AutoProcessor': 'proc.P'}}))
     (tmp_path / 'preprocessor_config.json').write_text(json.dumps({'auto_map': {'AutoFeatureExtractor': 'fe.F'}}))
@@ -151,8 +163,7 @@ def test_asr_evaluation_refuses(evil, marker, tmp_path):
 def test_merge_refuses_an_evil_base_and_an_evil_checkpoint(evil, marker, tmp_path, tiny_model):
     from scripts.merge_lora import main
     adapter = tmp_path / 'checkpoint-1'
-    adapter.mkdir()
-    (adapter / 'adapter_config.json').write_text(json.dumps({'base_model_name_or_path': str(evil), 'peft_type': 'LORA'}))
+    adapter_on(adapter, evil)
     refused(lambda: main(['--adapter', str(adapter)]), evil, marker)
     # a checkpoint folder of its own with a processor that would run code
     (adapter / 'processor_config.json').write_text(json.dumps({'auto_map': {'AutoProcessor': 'p.P'}}))
@@ -249,8 +260,7 @@ def test_evaluation_opt_in(evil, marker, tmp_path):
 
 def test_merge_opt_in(evil, marker, tmp_path):
     adapter = tmp_path / 'checkpoint-1'  # no weights: ms-swift reads the base's config before the adapter
-    adapter.mkdir()
-    (adapter / 'adapter_config.json').write_text(json.dumps({'base_model_name_or_path': str(evil), 'peft_type': 'LORA'}))
+    adapter_on(adapter, evil)
     _opt_in(['scripts.merge_lora', '--adapter', str(adapter), '--trust_remote_code'], marker)
 
 
