@@ -21,6 +21,7 @@ from tqdm import tqdm
 from eval.engine import build_engine, generate, resolve_model
 from eval.qa import parse_dataset_arg
 from trainer.data import write_clip
+from trainer.model_loading import add_trust_remote_code_argument, check_no_remote_code
 from trainer.schema import SchemaError, load_hf_dataset
 
 ASR_PROMPT = 'Transcribe the audio clip into text.'
@@ -59,8 +60,12 @@ def wer_scores(references: List[str], hypotheses: List[str]) -> Dict:
 def evaluate_asr(model: str, dataset: str, out: Path = Path('output/eval'), base_model: Optional[str] = None,
                  model_type: Optional[str] = None, backend: str = 'auto', batch_size: int = 16, split: str = 'test',
                  max_items: Optional[int] = None, max_new_tokens: int = 512, reference_column: Optional[str] = None,
-                 engine=None) -> Dict:
+                 engine=None, trust_remote_code: bool = False) -> Dict:
+    """WER of ``model`` on ``dataset``; ``trust_remote_code``: let the model folder run its own code
+    (``trainer.model_loading``)."""
     spec = resolve_model(model, base_model, model_type)
+    if engine is None:  # refused before the dataset is read (build_engine checks again)
+        check_no_remote_code([spec.base, spec.adapter], trust_remote_code)
     name, dataset = parse_dataset_arg(dataset)
     ds = load_hf_dataset(dataset, split)
     ref_col = reference_column or ('text' if 'text' in ds.column_names else 'prompt_for_tts')
@@ -74,7 +79,7 @@ def evaluate_asr(model: str, dataset: str, out: Path = Path('output/eval'), base
     run_dir.mkdir(parents=True, exist_ok=True)
     results = run_dir / 'results.jsonl'
     done = {json.loads(l)['key'] for l in results.read_text().splitlines()} if results.exists() else set()
-    engine = engine or build_engine(spec, backend, batch_size)
+    engine = engine or build_engine(spec, backend, batch_size, trust_remote_code)
     todo = [i for i, k in enumerate(ds[key_col]) if str(k) not in done]
     for start in tqdm(range(0, len(todo), batch_size), desc=f'{name} asr'):
         rows = [ds[i] for i in todo[start:start + batch_size]]
@@ -106,10 +111,11 @@ def main(argv=None) -> None:
     p.add_argument('--batch_size', type=int, default=16)
     p.add_argument('--max_items', type=int, default=None)
     p.add_argument('--reference_column', default=None, help='default: text, else prompt_for_tts')
+    add_trust_remote_code_argument(p)
     args = p.parse_args(argv)
     scores = evaluate_asr(args.model, args.dataset, args.out, args.base_model, backend=args.backend,
                           batch_size=args.batch_size, split=args.split, max_items=args.max_items,
-                          reference_column=args.reference_column)
+                          reference_column=args.reference_column, trust_remote_code=args.trust_remote_code)
     print(json.dumps({k: v for k, v in scores.items() if k != 'per_utterance'}, indent=1))
 
 

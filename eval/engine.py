@@ -82,7 +82,11 @@ def vllm_engine_kwargs(spec: ModelSpec, max_model_len: int = 6400, gpu_memory_ut
                 max_lora_rank=max_lora_rank, torch_dtype='bfloat16')
 
 
-def build_engine(spec: ModelSpec, backend: str = 'auto', batch_size: int = 16):
+def build_engine(spec: ModelSpec, backend: str = 'auto', batch_size: int = 16, trust_remote_code: bool = False):
+    """An ms-swift engine for ``spec``; a base or adapter folder that would run its own code is refused
+    unless ``trust_remote_code`` (``trainer.model_loading``)."""
+    from trainer.model_loading import check_no_remote_code
+    check_no_remote_code([spec.base, spec.adapter], trust_remote_code)
     from trainer.model_registry import register_models
     register_models()  # presets registered by the project (trainer.presets)
     backend = choose_backend(backend, spec.model_type)

@@ -22,6 +22,7 @@ from eval.extract import get_extractor
 from eval.modes import MODES, build_request, uses_adapter
 from trainer.answer import LETTERS
 from trainer.data import write_clip
+from trainer.model_loading import add_trust_remote_code_argument
 from trainer.prompts import EVAL_PROMPT_TYPES
 from trainer.schema import REQUIRED_COLUMNS, SchemaError, load_audio, load_hf_dataset
 
@@ -130,15 +131,17 @@ def evaluate(model: str, datasets: Sequence[Tuple[str, str]], modes: Sequence[st
              model_type: Optional[str] = None, backend: str = 'auto', batch_size: int = 16,
              max_new_tokens: int = 1000, extractor: str = 'rule', xfinder_model: Optional[str] = None,
              split: str = 'test', max_items: Optional[int] = None, asr_model: Optional[str] = None,
-             mrr_reference: Optional[float] = None, engine=None, audio_with_text: bool = False) -> Dict:
-    """Evaluate ``model`` on ``datasets`` in ``modes``; return {dataset: {mode: metrics}} plus the table."""
+             mrr_reference: Optional[float] = None, engine=None, audio_with_text: bool = False,
+             trust_remote_code: bool = False) -> Dict:
+    """Evaluate ``model`` on ``datasets`` in ``modes``; return {dataset: {mode: metrics}} plus the table.
+    ``trust_remote_code``: let the model folder run its own code (``trainer.model_loading``)."""
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f'unknown modes {bad}; choose from {MODES}')
     if prompt_type not in EVAL_PROMPT_TYPES:
         raise ValueError(f'prompt_type must be one of {EVAL_PROMPT_TYPES}, got {prompt_type!r}')
     spec = resolve_model(model, base_model, model_type)
-    engine = engine or build_engine(spec, backend, batch_size)
+    engine = engine or build_engine(spec, backend, batch_size, trust_remote_code)
     judge = get_extractor(extractor, xfinder_model, backend, batch_size)
     model_dir = Path(out) / spec.name
     summary: Dict[str, Dict] = {}
@@ -205,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='audio mode: the question text follows the audio (CUHK MMSU)')
     p.add_argument('--mrr_reference', type=float, default=None,
                    help="text accuracy (0-1) MRR divides by; default: the model's own Avg(T)")
+    add_trust_remote_code_argument(p)
     return p
 
 
@@ -213,7 +217,8 @@ def main(argv=None) -> None:
     result = evaluate(args.model, [parse_dataset_arg(d) for d in args.dataset], args.modes, args.prompt_type,
                       args.out, args.base_model, args.model_type, args.backend, args.batch_size, args.max_new_tokens,
                       args.extractor, args.xfinder_model, args.split, args.max_items, args.asr_model,
-                      args.mrr_reference, audio_with_text=args.audio_with_text)
+                      args.mrr_reference, audio_with_text=args.audio_with_text,
+                      trust_remote_code=args.trust_remote_code)
     print(Path(result['dir'], 'table.md').read_text())
     print(f"results and metrics in {result['dir']}")
 

@@ -13,6 +13,7 @@ import re
 from eval.engine import build_engine, generate, resolve_model
 from eval.modes import build_request
 from trainer.answer import extract_choice
+from trainer.model_loading import add_trust_remote_code_argument
 from trainer.prompts import PROMPT_TYPES
 
 OPTION_LINE = re.compile(r'^\s*Option\s+([A-J])\s*:\s*(.+)$', re.MULTILINE)
@@ -35,11 +36,12 @@ def main(argv=None) -> None:
     p.add_argument('--prompt_type', default='systhink', choices=PROMPT_TYPES)
     p.add_argument('--max_new_tokens', type=int, default=512)
     p.add_argument('--backend', default='auto', choices=['auto', 'vllm', 'transformers'])
+    add_trust_remote_code_argument(p)
     args = p.parse_args(argv)
     if not args.audio and not args.text:
         p.error('give --audio and/or --text')
     spec = resolve_model(args.model, args.base_model, args.model_type)
-    engine = build_engine(spec, args.backend, batch_size=2)
+    engine = build_engine(spec, args.backend, batch_size=2, trust_remote_code=args.trust_remote_code)
     inputs = [('speech', build_request('audio', args.prompt_type, '', audio_path=args.audio))] if args.audio else []
     if args.text:
         inputs.append(('text', build_request('text', args.prompt_type, args.text.replace('\\n', '\n'))))

@@ -3,32 +3,44 @@
     python -m scripts.merge_lora --adapter output/grpo/RUN/checkpoint-N [--output DIR] [--base_model B] [--model_type T]
 
 The merged model (safetensors, with the processor and tokenizer files) goes to ``DIR`` (default:
-``<checkpoint>-merged``); an existing directory is never overwritten.
+``<checkpoint>-merged``); an existing directory is never overwritten. A base or checkpoint folder that would
+run its own code is refused unless ``--trust_remote_code`` (``trainer.model_loading``).
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
+
+from trainer.model_loading import add_trust_remote_code_argument
 
 
 def merge_lora(adapter: str, output: Optional[str] = None, base_model: Optional[str] = None,
-               model_type: Optional[str] = None) -> Path:
+               model_type: Optional[str] = None, trust_remote_code: bool = False) -> Path:
     """``model_type`` None: the checkpoint's own (``eval.engine.resolve_model``)."""
-    from swift.pipelines import export_main
-
     from eval.engine import resolve_model
-    from trainer.model_registry import register_models
-    register_models()
+    from trainer.model_loading import check_no_remote_code
     spec = resolve_model(adapter, base_model, model_type)
     if spec.adapter is None:
         raise ValueError(f'{adapter} holds no adapter_config.json: nothing to merge')
     out = Path(output or f'{adapter.rstrip("/")}-merged')
     if out.exists():
         raise FileExistsError(f'{out} exists; choose another --output')
-    export_main(['--model', spec.base, '--model_type', spec.model_type, '--adapters', spec.adapter,
-                 '--merge_lora', 'true', '--output_dir', str(out)])
+    check_no_remote_code([spec.base, spec.adapter], trust_remote_code)
+    from swift.pipelines import export_main
+
+    from trainer.model_registry import register_models
+    register_models()
+    export_main(export_argv(spec.base, spec.model_type, spec.adapter, out))
     return out
+
+
+def export_argv(base: str, model_type: str, adapter: str, out: Path) -> List[str]:
+    """``swift export`` flags of the merge. The TARS plugin is passed explicitly: without plugins on the
+    command line ms-swift would import the ``external_plugins`` listed in the checkpoint's ``args.json``."""
+    from trainer.grpo import PLUGIN
+    return ['--model', base, '--model_type', model_type, '--adapters', adapter, '--merge_lora', 'true',
+            '--output_dir', str(out), '--external_plugins', str(PLUGIN)]
 
 
 def main(argv=None) -> None:
@@ -38,8 +50,9 @@ def main(argv=None) -> None:
     parser.add_argument('--base_model', default=None)
     parser.add_argument('--model_type', default=None,
                         help="ms-swift model type (trainer.presets); default: the checkpoint's own, else qwen2_5_omni")
+    add_trust_remote_code_argument(parser)
     args = parser.parse_args(argv)
-    print(merge_lora(args.adapter, args.output, args.base_model, args.model_type))
+    print(merge_lora(args.adapter, args.output, args.base_model, args.model_type, args.trust_remote_code))
 
 
 if __name__ == '__main__':

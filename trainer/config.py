@@ -10,7 +10,7 @@ trainer/swift_plugin/tars_plugin.py`` directly, the defaults below apply (the pa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from trainer.prompts import PROMPT_MODALITIES
 
@@ -63,14 +63,14 @@ class TARSConfig:
         return parse_layers(self.target_layers)
 
 
-def parse_args(argv: Sequence[str]) -> Tuple[TARSConfig, List[str]]:
-    """The TARS flags of ``argv`` as a ``TARSConfig``, and the remaining (ms-swift) flags in order."""
+def parse_args(argv: Sequence[str], *extra: type) -> Tuple[Any, ...]:
+    """``(TARSConfig, *one instance per dataclass in extra, remaining flags)`` from ``argv``: the TARS flags
+    (and those of ``extra``) parsed by ``HfArgumentParser``, every other flag left for ms-swift, in order."""
     from transformers import HfArgumentParser
 
     # allow_abbrev off: an ms-swift flag must never be taken for an abbreviated TARS flag
-    parser = HfArgumentParser(TARSConfig, allow_abbrev=False)
-    config, remaining = parser.parse_args_into_dataclasses(args=list(argv), return_remaining_strings=True)
-    return config, remaining
+    parser = HfArgumentParser((TARSConfig, *extra), allow_abbrev=False)
+    return tuple(parser.parse_args_into_dataclasses(args=list(argv), return_remaining_strings=True))
 
 
 _ACTIVE = TARSConfig()

@@ -66,6 +66,8 @@ def warm_started_model(model_dir: Path, dataset_dir: Path, cache: Path, recipe: 
     out = cache / 'models' / f'{model_dir.name}-warm-{_digest(recipe, model_dir.name, str(dataset_dir))}'
     if (out / 'warm_start.json').exists():
         return out
+    from trainer.model_loading import check_no_remote_code
+    check_no_remote_code([str(model_dir)])  # our own twin; checked like any folder ms-swift loads
     from swift.pipelines import sft_main
 
     from trainer.data import prepare_warmstart_dataset

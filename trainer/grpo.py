@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from trainer import config as tars_config
+from trainer.model_loading import RemoteCodeArguments, check_swift_argv
 
 PLUGIN = Path(__file__).resolve().parent / 'swift_plugin' / 'tars_plugin.py'
 DEFAULT_REWARDS = ['tars_format', 'tars_accuracy', 'tars_representation', 'tars_behaviour']
@@ -81,7 +82,8 @@ def plugin_args(swift_args: List[str]) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None):
-    tars, swift_args = tars_config.parse_args(sys.argv[1:] if argv is None else argv)
+    tars, loading, swift_args = tars_config.parse_args(sys.argv[1:] if argv is None else argv, RemoteCodeArguments)
+    check_swift_argv(swift_args, loading.trust_remote_code)  # before ms-swift sees any model folder
     tars_config.activate(tars)
 
     from trainer.registry import register_with_swift

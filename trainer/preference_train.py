@@ -12,6 +12,7 @@ import sys
 from typing import List, Optional
 
 from trainer.grpo import LORA_DEFAULTS, plugin_args
+from trainer.model_loading import OPT_IN, check_swift_argv
 
 # Reference 1.3 and 4.1: batch 1 per GPU (gradient accumulation from the world batch, set by the launcher),
 # lr 2e-5, weight decay 0.01, warmup 0.1, one epoch, 8192 tokens kept from the start (the audio tokens are
@@ -38,8 +39,9 @@ def build_swift_argv(kind: str, swift_args: List[str]) -> List[str]:
 def main(argv: Optional[List[str]] = None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in KINDS:
-        raise SystemExit(f'usage: python -m trainer.preference_train {{{",".join(KINDS)}}} [ms-swift flags]')
-    kind, swift_args = argv[0], argv[1:]
+        raise SystemExit(f'usage: python -m trainer.preference_train {{{",".join(KINDS)}}} [{OPT_IN}] [ms-swift flags]')
+    kind, swift_args = argv[0], [a for a in argv[1:] if a != OPT_IN]  # ours: ms-swift 4.6 has no such flag
+    check_swift_argv(swift_args, OPT_IN in argv[1:])
     from trainer.registry import register_with_swift
     register_with_swift()
     from swift.pipelines import rlhf_main, sft_main

@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from trainer.model_loading import add_trust_remote_code_argument
+
 # OpenMP threads that spin while waiting are very slow when the cores are shared with other work: on this
 # 2-core machine under load, greedy generation on the tiny model took 5.7 s for 16 questions with the
 # default (active) policy and 1.7 s with the passive one. Read when torch loads, so set before importing it.
@@ -61,6 +63,7 @@ def parse_args(argv=None):
     p.add_argument('--dataset_name', help='name of the dataset in the directory name (default: from its path)')
     p.add_argument('--model_name', help='name of the model in the directory name (default: from its path)')
     p.add_argument('--ylim', type=float, nargs=2, default=None)
+    add_trust_remote_code_argument(p)
     return p.parse_args(argv)
 
 
@@ -106,7 +109,8 @@ def main(argv=None) -> Path:
     rows = list(ds)
 
     started = time.perf_counter()
-    loaded = load_model(args.model, args.base_model, args.model_type, args.device, args.torch_dtype)
+    loaded = load_model(args.model, args.base_model, args.model_type, args.device, args.torch_dtype,
+                        args.trust_remote_code)
     load_seconds = time.perf_counter() - started
     started = time.perf_counter()
     if args.text_responses:

@@ -86,13 +86,16 @@ def apply_adapter(thinker: nn.Module, adapter_dir: str, prefix: Optional[str]) -
 
 
 def load_model(model: str, base_model: Optional[str] = None, model_type: Optional[str] = None,
-               device: str = 'auto', dtype: str = 'auto') -> LoadedModel:
+               device: str = 'auto', dtype: str = 'auto', trust_remote_code: bool = False) -> LoadedModel:
     """Load the thinker (LoRA merged in) and the processor of ``model``, in eval mode on ``device``.
-    ``model_type`` None: the checkpoint's own (``eval.engine.resolve_model``)."""
+    ``model_type`` None: the checkpoint's own (``eval.engine.resolve_model``). A folder that would run its
+    own code is refused unless ``trust_remote_code`` (``trainer.model_loading``), which then reaches the loaders."""
     import transformers
 
     from eval.engine import resolve_model
+    from trainer.model_loading import check_no_remote_code
     spec = resolve_model(model, base_model, model_type)
+    check_no_remote_code([model, spec.base, spec.adapter], trust_remote_code)
     get_preset(spec.model_type)
     if spec.model_type not in THINKERS:
         raise ValueError(f'no thinker loader for model type {spec.model_type!r}; known: {sorted(THINKERS)}')
@@ -100,7 +103,7 @@ def load_model(model: str, base_model: Optional[str] = None, model_type: Optiona
     cls = getattr(transformers, cls_name)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    thinker = cls.from_pretrained(spec.base, dtype=torch_dtype)
+    thinker = cls.from_pretrained(spec.base, dtype=torch_dtype, trust_remote_code=trust_remote_code)
     if spec.model_type == 'phi4_multimodal':  # the official speech LoRA merged first, as training did (reference 2.1)
         from trainer.models.phi4_speech_base import merge_speech_lora, speech_lora_dir
         if Path(spec.base).is_dir() and speech_lora_dir(spec.base) is not None:
@@ -109,7 +112,8 @@ def load_model(model: str, base_model: Optional[str] = None, model_type: Optiona
         log.info('applying the LoRA of %s to %s', spec.adapter, spec.base)
         thinker = apply_adapter(thinker, spec.adapter, attr)
     has_processor = any((Path(model) / f).exists() for f in ('processor_config.json', 'preprocessor_config.json'))
-    processor = transformers.AutoProcessor.from_pretrained(model if has_processor else spec.base)
+    processor = transformers.AutoProcessor.from_pretrained(model if has_processor else spec.base,
+                                                           trust_remote_code=trust_remote_code)
     if getattr(processor, 'chat_template', None) is None and getattr(processor, 'tokenizer', None) is not None:
         processor.chat_template = processor.tokenizer.chat_template  # Phi4MultimodalProcessor drops it on load
     return LoadedModel(thinker.to(dev).eval(), processor, model, spec.base if spec.adapter else None)
