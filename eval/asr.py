@@ -49,7 +49,7 @@ def normalize(text: str) -> str:
 def wer_scores(references: List[str], hypotheses: List[str]) -> Dict:
     """Mean capped per-utterance WER (the original's score), corpus WER, counts."""
     import jiwer
-    pairs = [(normalize(r), normalize(h)) for r, h in zip(references, hypotheses)]
+    pairs = [(normalize(r), normalize(h)) for r, h in zip(references, hypotheses, strict=True)]
     kept = [(r, h) for r, h in pairs if r]
     per_utt = [min(1.0, jiwer.wer(r, h)) if h else 1.0 for r, h in kept]
     corpus = jiwer.wer([r for r, _ in kept], [h or '<empty>' for _, h in kept]) if kept else None
@@ -91,7 +91,7 @@ def evaluate_asr(model: str, dataset: str, out: Path = Path('output/eval'), base
             ready.append(row)
         outputs = generate(engine, requests, spec, True, max_new_tokens)
         with open(results, 'a') as fh:
-            for row, hyp in zip(ready, outputs):
+            for row, hyp in zip(ready, outputs, strict=True):
                 fh.write(json.dumps({'key': row['key'], 'generated_text': hyp, 'label': row[ref_col]}) + '\n')
     items = [json.loads(l) for l in results.read_text().splitlines()]
     scores = wer_scores([i['label'] for i in items], [i['generated_text'] for i in items])

@@ -47,7 +47,7 @@ def main(argv=None) -> None:
         inputs.append(('text', build_request('text', args.prompt_type, args.text.replace('\\n', '\n'))))
     outputs = generate(engine, [r for _, r in inputs], spec, True, args.max_new_tokens)
     options = options_in(args.text)
-    for (name, _), out in zip(inputs, outputs):
+    for (name, _), out in zip(inputs, outputs, strict=True):
         print(f'--- {name} ---\n{out}\nanswer: {extract_choice(out, options)}')
 
 

@@ -181,7 +181,8 @@ def bench_grpo(steps: int = 5, repeats: int = 2) -> dict:
         'hidden_state_bytes_per_rollout': {k: v['tars_bytes'] for k, v in hidden_bytes.items()},
         'original_hidden_state_bytes_per_rollout': {k: v['original_bytes'] for k, v in hidden_bytes.items()},
         'tars_rollouts_with_alignment_rewards': paired,
-        'setup': {'model': 'tiny qwen2_5_omni (warm-started)', 'layers': layers, 'hidden': hidden, 'rollouts_per_step': 8,
+        'setup': {'model': 'tiny qwen2_5_omni (warm-started)', 'layers': layers, 'hidden': hidden,
+                  'rollouts_per_step': 8,
                   'steps_per_run': steps, 'runs_per_trainer': repeats},
     }
 

@@ -85,7 +85,8 @@ def write_split(root, config, split, rows):
 def meta(id_, answer, choices=("rising", "falling", "flat", "none"), question="Which intonation is used?",
          **kw):
     return {'id': id_, 'task_name': 'intonation_perception', 'audio_path': f"audio/{id_}.wav",
-            'question': question, **{f"choice_{c}": v for c, v in zip('abcd', choices)}, 'answer_gt': answer,
+            'question': question, **{f"choice_{c}": v for c, v in zip('abcd', choices, strict=False)},
+            'answer_gt': answer,
             'category': 'Perception', 'sub-category': 'Phonology', 'sub-sub-category': 'Intonation',
             'linguistics_sub_discipline': 'Prosody', **kw}
 

@@ -180,7 +180,8 @@ def test_every_mode_end_to_end_and_resume(tiny_model, tiny_adapter, tiny_speech_
     for mode in ('audio', 'text', 'asr', 'text_base'):
         run = Path(result['dir']) / 'MMSU' / f'{mode}_systhink'
         rows = M.read_results(run / 'results.jsonl')
-        assert len(rows) == 4 and {'key', 'mode', 'prompt_type', 'output', 'extracted', 'gold', 'correct'} <= set(rows[0])
+        assert len(rows) == 4
+        assert {'key', 'mode', 'prompt_type', 'output', 'extracted', 'gold', 'correct'} <= set(rows[0])
         assert json.loads((run / 'metrics.json').read_text())['count'] == 4
     assert (Path(result['dir']) / 'table.md').read_text().startswith('| model | MMSU(A) | MMSU(T)')
     # interrupted after two items of the text mode: only those two are generated again
@@ -224,7 +225,8 @@ def test_an_unreadable_clip_is_recorded_as_failed_and_the_run_goes_on(tiny_model
                       max_new_tokens=4, batch_size=2, backend='transformers')
     rows = {r['key']: r for r in M.read_results(Path(result['dir']) / 'SET' / 'audio_systhink' / 'results.jsonl')}
     assert set(rows) == {'ok', 'broken'}
-    assert rows['broken']['correct'] is False and "'broken'" in rows['broken']['error'] and 'audio' in rows['broken']['error']
+    assert rows['broken']['correct'] is False
+    assert "'broken'" in rows['broken']['error'] and 'audio' in rows['broken']['error']
     assert rows['ok'].get('error') is None and isinstance(rows['ok']['output'], str)
     assert result['datasets']['SET']['audio']['failed_items'] == 1
 

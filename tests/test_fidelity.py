@@ -84,7 +84,8 @@ def test_ms_swift_token_truncate_equals_the_original_correction():
         rollout_importance_sampling_threshold = 2.0
     old = torch.tensor([[-1.0, -2.0, -0.5]])
     sampling = torch.tensor([[-1.5, -1.0, -2.0]])
-    weights = GRPOTrainer._apply_rollout_importance_sampling(Probe(), old - sampling, torch.ones(1, 3, dtype=torch.bool))
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    weights = GRPOTrainer._apply_rollout_importance_sampling(Probe(), old - sampling, mask)
     expected = torch.clamp(torch.exp(old - sampling), max=2.0)  # exp(.5)=1.65, exp(-1)=.37, exp(1.5)=4.5 -> 2
     assert torch.allclose(weights, expected)
     assert weights[0, 2].item() == 2.0

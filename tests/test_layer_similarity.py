@@ -250,7 +250,7 @@ def test_hooks_match_all_hidden_states_for_any_batch_size(tiny_model, tiny_speec
     rows = list(load_hf_dataset(str(tiny_speech_set), 'train').select(range(3)))
     responses = [RESPONSE, 'B. Because of the second option.', None]
     per_sample = []
-    for row, response in zip(rows[:2], responses):
+    for row, response in zip(rows[:2], responses, strict=False):
         pair = render_pair(loaded.processor, 'systhink', row['prompt_for_tts'], response)
         r, tail = len(pair['text'].response_ids), pair['text'].tail
         with torch.no_grad():
@@ -258,7 +258,8 @@ def test_hooks_match_all_hidden_states_for_any_batch_size(tiny_model, tiny_speec
                                   output_hidden_states=True).hidden_states
             speech = loaded.thinker(**loaded.processor(text=[pair['speech'].text], audio=[load_audio(row['audio'])],
                                                        return_tensors='pt'), output_hidden_states=True).hidden_states
-        per_sample.append([torch.nn.functional.cosine_similarity(text[l][0, -tail - r:-tail], speech[l][0, -tail - r:-tail],
+        window = slice(-tail - r, -tail)
+        per_sample.append([torch.nn.functional.cosine_similarity(text[l][0, window], speech[l][0, window],
                                                                  dim=-1).mean().item() for l in range(1, len(text))])
     expected = torch.tensor(per_sample).mean(0).tolist()
     for batch_size in (1, 3):
@@ -277,8 +278,8 @@ def test_generation_without_the_prompts_full_logits_is_the_same(tiny_model, tiny
     with_hook = generate_text_responses(loaded.thinker, loaded.processor, rows, 'systhink', 6)
     assert not loaded.thinker.get_output_embeddings()._forward_pre_hooks  # removed after generation
     from trainer.prompts import build_messages
-    prompts = [loaded.processor.apply_chat_template(processor_messages(build_messages('systhink', 'text', r['prompt_for_tts'])),
-                                                    tokenize=False, add_generation_prompt=True) for r in rows]
+    chats = [processor_messages(build_messages('systhink', 'text', r['prompt_for_tts'])) for r in rows]
+    prompts = [loaded.processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
     inputs = loaded.processor(text=prompts, return_tensors='pt', padding=True, padding_side='left')
     with torch.no_grad():
         out = loaded.thinker.generate(**inputs, max_new_tokens=6, do_sample=False)

@@ -209,7 +209,8 @@ def test_launchers_dry_run_for_eight_gpus(tmp_path):
     assert train[:3] == ['torchrun', '--nproc_per_node', '8'] and train[train.index('-m') + 1:][:2] == [
         'trainer.preference_train', 'dpo']
     assert train[train.index('--gradient_accumulation_steps') + 1] == '8'  # 64 / 8 GPUs x 1
-    assert train[train.index('--deepspeed') + 1] == 'zero2' and train[train.index('--model') + 1] == 'Qwen/Qwen2.5-Omni-7B'
+    assert train[train.index('--deepspeed') + 1] == 'zero2'
+    assert train[train.index('--model') + 1] == 'Qwen/Qwen2.5-Omni-7B'
     proc, cmds = _dry_run('train_sft.sh', {'NPROC_PER_NODE': '8', 'PREFERENCE_DATA': '/data/pref',
                                           'OUTPUT_DIR': str(tmp_path / 's')})
     assert proc.returncode == 0 and len(cmds) == 1

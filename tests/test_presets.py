@@ -134,12 +134,13 @@ def test_template_expands_audio_before_the_model_like_the_processor(preset, swif
     wav = sine(3)
     clip = tmp_path / 'clip.wav'
     sf.write(str(clip), wav, 16000)
-    encoded = template.encode({'messages': [{'role': 'user', 'content': '<audio>What is said?'}], 'audios': [str(clip)]})
+    messages = [{'role': 'user', 'content': '<audio>What is said?'}]
+    encoded = template.encode({'messages': messages, 'audios': [str(clip)]})
     audio_id = processor.tokenizer.convert_tokens_to_ids(case.audio_token)
     assert encoded['input_ids'].count(audio_id) == case.tokens_per_3s
 
-    text = processor.apply_chat_template([{'role': 'user', 'content': [{'type': 'audio'}, {'type': 'text', 'text': 'What is said?'}]}],
-                                         tokenize=False, add_generation_prompt=True)
+    chat = [{'role': 'user', 'content': [{'type': 'audio'}, {'type': 'text', 'text': 'What is said?'}]}]
+    text = processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     native = case.processor_inputs(processor, text, wav)
     assert encoded['input_ids'] == native['input_ids'][0].tolist()
 
@@ -159,7 +160,8 @@ def test_qwen2_audio_clip_too_short_to_expand_is_a_clear_error(preset, swift_mod
     # 30 ms = 3 mel frames -> 1 audio token, which Qwen2AudioModel would take for an unexpanded placeholder
     sf.write(str(tmp_path / 'short.wav'), sine(0.03), 16000)
     with pytest.raises(ValueError, match='too short'):
-        template.encode({'messages': [{'role': 'user', 'content': '<audio>Hi'}], 'audios': [str(tmp_path / 'short.wav')]})
+        template.encode({'messages': [{'role': 'user', 'content': '<audio>Hi'}],
+                         'audios': [str(tmp_path / 'short.wav')]})
 
 
 def test_mixed_batch_and_pooled_hidden_states(preset, swift_model, tmp_path):
@@ -173,9 +175,11 @@ def test_mixed_batch_and_pooled_hidden_states(preset, swift_model, tmp_path):
     model, processor, template = swift_model
     clip = tmp_path / 'clip.wav'
     sf.write(str(clip), sine(2), 16000)
-    rows = [{'messages': [{'role': 'user', 'content': '<audio>Answer.'}, {'role': 'assistant', 'content': 'B, I think.'}],
+    rows = [{'messages': [{'role': 'user', 'content': '<audio>Answer.'},
+                          {'role': 'assistant', 'content': 'B, I think.'}],
              'audios': [str(clip)]},
-            {'messages': [{'role': 'user', 'content': 'Is 2 prime? A: yes B: no'}, {'role': 'assistant', 'content': 'A.'}]}]
+            {'messages': [{'role': 'user', 'content': 'Is 2 prime? A: yes B: no'},
+                          {'role': 'assistant', 'content': 'A.'}]}]
     template.padding_side = 'left'
     batch = template.data_collator([template.encode(r) for r in rows])
     assert 'input_features' not in batch or batch['input_features'].shape[0] == 1  # only the speech row has features

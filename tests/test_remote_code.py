@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -62,7 +61,8 @@ def evil(tiny_model, tmp_path, marker) -> Path:
 def adapter_on(adapter: Path, base: Path) -> None:
     """A LoRA checkpoint folder (config only) whose base is ``base``."""
     adapter.mkdir()
-    (adapter / 'adapter_config.json').write_text(json.dumps({'base_model_name_or_path': str(base), 'peft_type': 'LORA'}))
+    config = {'base_model_name_or_path': str(base), 'peft_type': 'LORA'}
+    (adapter / 'adapter_config.json').write_text(json.dumps(config))
 
 
 def refused(call, folder: Path, marker: Path, entry: str = ENTRY) -> str:

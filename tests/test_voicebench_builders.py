@@ -176,7 +176,7 @@ def test_obqa_build(vb_source, tmp_path):
     assert ds['answer_index'] == [0, 3, 1]
     assert set(ds['category']) == set(ds['subject']) == {'obqa'} and set(ds['source']) == {'obqa'}
     assert 'question_id' not in dsd['train'].column_names
-    for row, i in zip(ds, (0, 1, 3)):
+    for row, i in zip(ds, (0, 1, 3), strict=False):
         assert row['question'] == f"OBQA question {i}?"
         check_clip(row['audio'], 1000 + 50 * i)
     report = json.loads((tmp_path / 'obqa' / 'report.json').read_text())

@@ -116,7 +116,7 @@ def prepare_grpo_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhi
                           max_audio_seconds=max_audio_seconds, drop_long_audio=drop_long_audio)
     paths = materialize_audio(ds, dataset, out_dir / 'audio') if need_audio else [None] * len(ds)
     out = out_dir / 'grpo.jsonl'
-    write_jsonl((grpo_row(row, path, prompt_type) for row, path in zip(ds, paths)), out)
+    write_jsonl((grpo_row(row, path, prompt_type) for row, path in zip(ds, paths, strict=True)), out)
     return out
 
 

@@ -122,7 +122,7 @@ class TARSGRPOTrainer(GRPOTrainer):
         given = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
         names = [f if isinstance(f, str) else None for f in given]
         super()._prepare_rewards(reward_funcs, *args, **kwargs)
-        self.reward_func_names = [n or old for n, old in zip(names, self.reward_func_names)
+        self.reward_func_names = [n or old for n, old in zip(names, self.reward_func_names, strict=False)
                                   ] + self.reward_func_names[len(names):]
 
     # ---- 1. paired rollouts ----
@@ -130,7 +130,7 @@ class TARSGRPOTrainer(GRPOTrainer):
         keys, offset = gather_lists([row[KEY] for row in inputs])
         modalities = tars_math.assign_modalities(keys, self.tars.prompt_modality)[offset:offset + len(inputs)]
         rows = []
-        for row, modality in zip(inputs, modalities):
+        for row, modality in zip(inputs, modalities, strict=True):
             row = text_conditioned(row) if modality == tars_math.TEXT else dict(row)
             row[MODALITY] = modality
             rows.append(row)

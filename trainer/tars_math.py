@@ -79,12 +79,12 @@ def pair_with_correct_text(keys: Sequence[str], modalities: Sequence[str],
     and speech rollouts whose question has no correct text get None.
     """
     pool: Dict[str, List[int]] = {}
-    for i, (key, mod) in enumerate(zip(keys, modalities)):
+    for i, (key, mod) in enumerate(zip(keys, modalities, strict=True)):
         if mod == TEXT and correct[i]:
             pool.setdefault(key, []).append(i)
     count: Dict[str, int] = {}
     partners: List[Optional[int]] = []
-    for key, mod in zip(keys, modalities):
+    for key, mod in zip(keys, modalities, strict=True):
         if mod != SPEECH:
             partners.append(None)
             continue
@@ -105,11 +105,11 @@ def alignment_rewards(keys: Sequence[str], modalities: Sequence[str], partners: 
     """
     out = [0.0] * len(keys)
     per_key: Dict[str, List[float]] = {}
-    for i, (key, mod) in enumerate(zip(keys, modalities)):
+    for i, (key, mod) in enumerate(zip(keys, modalities, strict=True)):
         if mod == SPEECH:
             out[i] = score(i, partners[i]) if partners[i] is not None else 0.0
             per_key.setdefault(key, []).append(out[i])
-    for i, (key, mod) in enumerate(zip(keys, modalities)):
+    for i, (key, mod) in enumerate(zip(keys, modalities, strict=True)):
         if mod == TEXT:
             values = torch.tensor(per_key.get(key, []), dtype=torch.float64)
             out[i] = float(values.nanmean()) if values.numel() and not values.isnan().all() else 0.0

@@ -168,8 +168,8 @@ def _build_qwen2_5_omni(out: Path, recipe: dict) -> None:
         assert ids[expected] == token, (expected, ids[expected], token)
 
     feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160,
-                                                chunk_length=recipe['audio_chunk_seconds'], n_fft=400, padding_value=0.0,
-                                                return_attention_mask=True)
+                                                chunk_length=recipe['audio_chunk_seconds'], n_fft=400,
+                                                padding_value=0.0, return_attention_mask=True)
     vision = dict(min_pixels=3136, max_pixels=12845056, patch_size=14, temporal_patch_size=2, merge_size=2)
     processor = Qwen2_5OmniProcessor(image_processor=Qwen2VLImageProcessor(**vision),
                                      video_processor=Qwen2VLVideoProcessor(**vision),

@@ -311,7 +311,7 @@ def synthesize_rows(rows, wav_dir, tts, retries=2):
     wav_dir, names = prepare_wav_dir(wav_dir, rows, tts)
     kept, failures = [], []
     counts = dict(synthesised=0, cached=0, audio_seconds=0.0)
-    for row, name in tqdm(list(zip(rows, names)), desc="tts", unit="clip"):
+    for row, name in tqdm(list(zip(rows, names, strict=True)), desc="tts", unit="clip"):
         path = wav_dir / name
         speaker = speaker_of(tts, row['key'])
         if path.is_file():
@@ -434,7 +434,7 @@ def validate_rows(rows, wav_dir, tts, asr_factory, max_retries=10, stop_wer=0.05
     kept, failures, dropped = [], [], []
     counts = dict(synthesised=0, cached=0, audio_seconds=0.0, tts_attempts=0)
     asr = None
-    for row, name in tqdm(list(zip(rows, names)), desc="tts+asr", unit="clip"):
+    for row, name in tqdm(list(zip(rows, names, strict=True)), desc="tts+asr", unit="clip"):
         path = wav_dir / name
         side = read_sidecar(sidecar_path(path), row['prompt_for_tts']) if path.is_file() else None
         if side is not None:

@@ -206,7 +206,7 @@ def generate(model: str, dataset: str, out_dir: Path, mode: str = 'text', base_m
                                       max_new_tokens, temperature=temperature, seed=round_seed)
             outputs = [strip_end_of_turn(o) for o in outputs]
             letters = judge([row['question'] for row, _ in batch], outputs, [row['options'] for row, _ in batch])
-            for (row, state), output, letter in zip(batch, outputs, letters):
+            for (row, state), output, letter in zip(batch, outputs, letters, strict=True):
                 if not state.decided:
                     state.add(output, letter == gold_letter(state.answer_index), letter)
             still = []
@@ -364,7 +364,7 @@ def from_columns(dataset: str, out_dir: Path, chosen_type: str = 'am2', rejected
     report = {'dataset': dataset, 'split': split, 'chosen_column': chosen_column, 'rejected_column': rejected_column,
               'prompt_type': prompt_type, 'prompt_modality': prompt_modality, 'duplicate_keys': {}}
     records = [{'key': k, 'chosen': c, 'rejected': r}
-               for k, c, r in zip(ds['key'], ds[chosen_column], ds[rejected_column])]
+               for k, c, r in zip(ds['key'], ds[chosen_column], ds[rejected_column], strict=True)]
     chosen = _first_by_key(records, 'chosen', chosen_column, report)
     rejected = _first_by_key(records, 'rejected', rejected_column, report)
     report['base_rows'] = len(ds)

@@ -97,7 +97,7 @@ def split_prompt(prompt):
         end = len(lines)
     bounds = [x[0] for x in block] + [end]
     options = []
-    for (i, _letter, cut), nxt in zip(block, bounds[1:]):
+    for (i, _letter, cut), nxt in zip(block, bounds[1:], strict=False):
         parts = [lines[i][cut:].strip()] + [ln.strip() for ln in lines[i + 1:nxt] if ln.strip()]
         if len(parts) > 1:
             notes.append('multi_line_option')

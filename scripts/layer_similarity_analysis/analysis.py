@@ -103,7 +103,7 @@ def measure(thinker, processor, rows: Sequence[Dict], responses: Sequence[Option
             pending.clear()
 
     from tqdm import tqdm
-    for row, response in tqdm(list(zip(rows, responses)), desc='layer similarity', disable=not progress):
+    for row, response in tqdm(list(zip(rows, responses, strict=True)), desc='layer similarity', disable=not progress):
         try:
             if response is None:
                 raise SkipSample('no text response for this key')

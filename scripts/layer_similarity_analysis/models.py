@@ -7,7 +7,8 @@ without a talker, such as Qwen2-Audio; reference section 8 runs the whole Phi-4-
 * a LoRA checkpoint from our GRPO runs (``adapter_config.json`` + ``adapter_model.safetensors``; ms-swift
   trains the adapter on the full ``Qwen2_5OmniForConditionalGeneration``, so its module names start
   with ``thinker.``): the thinker of its base is loaded, the adapter applied under those names, then
-  merged (a whole-model thinker takes the adapter as it is). The base is found as the evaluation finds it (``eval.engine.resolve_model``: ``--base_model``,
+  merged (a whole-model thinker takes the adapter as it is). The base is found as the evaluation finds it
+  (``eval.engine.resolve_model``: ``--base_model``,
   else the adapter's ``base_model_name_or_path``, else ms-swift's ``args.json``).
 The processor comes from the checkpoint, else from the base.
 """

@@ -80,7 +80,7 @@ def plot_comparison(runs: Sequence[Tuple[str, str, Dict]], out_stem: Path, measu
     colors = {label: plt.get_cmap('tab10')(i % 10) for i, label in enumerate(labels)}
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), sharey=True, squeeze=False)
     drawn: Dict[str, List[str]] = {d: [] for d in datasets}
-    for ax, dataset in zip(axes[0], datasets):
+    for ax, dataset in zip(axes[0], datasets, strict=True):
         for label, ds, stats in runs:
             if ds != dataset:
                 continue
