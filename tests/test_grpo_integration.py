@@ -120,11 +120,11 @@ def test_resume_continues_the_step_count(tiny_model, grpo_jsonl, tmp_path):
     tensorboard = ('--report_to', 'tensorboard')
     run([PYTHON, '-m', 'trainer.grpo', *grpo_args(tiny_model, grpo_jsonl, out, *tensorboard, steps=2)])
     shutil.rmtree(out / 'checkpoint-2')  # killed before step 2 was saved; its dump and log lines were written
-    with open(out / 'rollouts.jsonl', 'a') as fh:
-        fh.write('{"step": 2, "key": "torn')  # ... and in the middle of a dump line
     first = [strict_json(l) for l in (out / 'logging.jsonl').read_text().splitlines()]
     assert [l.get('global_step/max_steps') for l in first][:2] == ['1/2', '2/2'] and 'log_history' in first[-1]
     step1 = [r for r in read_dump(out / 'rollouts.jsonl') if r['step'] == 1]
+    with open(out / 'rollouts.jsonl', 'a') as fh:
+        fh.write('{"step": 2, "key": "torn')  # ... and in the middle of a dump line
     run([PYTHON, '-m', 'trainer.grpo', *grpo_args(tiny_model, grpo_jsonl, out, *tensorboard, '--resume_from_checkpoint',
                                                    str(out / 'checkpoint-1'), steps=2)])
     rows = read_dump(out / 'rollouts.jsonl')
