@@ -331,3 +331,40 @@ def test_tensorboard_restart_marker_hides_the_killed_attempts_later_steps(tmp_pa
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars('train/loss')] == (
         [(s, s) for s in range(1, 6)] + [(s, 100 + s) for s in range(6, 13)])
+
+
+# ---------------------------------------------------------------- the launcher, for real (tiny model)
+def test_train_grpo_resume_after_a_kill_during_a_save(tmp_path):
+    """bash train_grpo.sh (embedded default, 2 steps, a checkpoint each step); checkpoint-2 loses its
+    trainer_state.json as in a kill during the save; RESUME=1 continues from checkpoint-1 without preparing
+    the data again, and the logs read as one uninterrupted run."""
+    out = tmp_path / 'tars-run'
+    env = {k: v for k, v in os.environ.items() if k != 'CUDA_VISIBLE_DEVICES'}
+    env.update(MAX_STEPS='2', OUTPUT_DIR=str(out), DRY_RUN='0')
+
+    def train(**extra):
+        return subprocess.run(['bash', 'train_grpo.sh', '--save_steps', '1'], cwd=REPO, env={**env, **extra},
+                              capture_output=True, text=True, timeout=1500)
+
+    proc = train()
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    assert json.loads((out / MANIFEST).read_text())['inputs']['PROMPT_MODALITY'] == 'mixed'
+    first = jsonl.read(out / 'logging.jsonl')
+    (out / 'checkpoint-2' / 'trainer_state.json').unlink()
+    proc = train(RESUME='1')
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    assert f'skipping {out / "checkpoint-2"}: incomplete (no trainer_state.json' in proc.stderr
+    assert '= data prepared before' in proc.stdout and '+ python -m trainer.data' not in proc.stdout
+    train_cmd = [shlex.split(l[2:]) for l in proc.stdout.splitlines() if l.startswith('+ ')][-1]
+    assert flag(train_cmd, '--resume_from_checkpoint') == str(out / 'checkpoint-1')
+    assert json.loads((out / 'checkpoint-2' / 'trainer_state.json').read_text())['global_step'] == 2
+    assert [r['step'] for r in jsonl.read(out / 'rollouts.jsonl')] == [1] * 8 + [2] * 8
+    logs = jsonl.read(out / 'logging.jsonl')
+    shape = [(l.get('global_step/max_steps'), sorted(k for k in l if not k.startswith(('eval_', 'train_'))))
+             for l in logs]
+    assert shape == [(l.get('global_step/max_steps'), sorted(k for k in l if not k.startswith(('eval_', 'train_'))))
+                     for l in first]  # the same records, step by step, as the uninterrupted first attempt
+    assert logs[0] == first[0] and sum('log_history' in l for l in logs) == 1
+    proc = train(RESUME='1', DATASET_PATH='another/set')
+    assert proc.returncode == 2 and "DATASET_PATH 'small MMLU speech set (embedded default)' -> 'another/set'" in (
+        proc.stderr.strip().splitlines()[-1])
