@@ -60,10 +60,10 @@ def list_flag(swift_args: List[str], flag: str, ours: List[str]) -> List[str]:
 
 
 def plugin_args(swift_args: List[str]) -> List[str]:
-    """``--external_plugins`` with the TARS plugin first, then any plugins the user passed; ``--callbacks``
-    with the TARS run-log callback (``trainer.run_logs``: resumed runs log like uninterrupted ones)."""
-    return (list_flag(swift_args, '--external_plugins', [str(PLUGIN)])
-            + list_flag(swift_args, '--callbacks', [RUN_LOG_CALLBACK]))
+    """``--callbacks`` with the TARS run-log callback first (``trainer.run_logs``: resumed runs log like
+    uninterrupted ones), ``--external_plugins`` with the TARS plugin first; then any the user passed."""
+    return (list_flag(swift_args, '--callbacks', [RUN_LOG_CALLBACK])
+            + list_flag(swift_args, '--external_plugins', [str(PLUGIN)]))
 
 
 def main(argv: Optional[List[str]] = None):
