@@ -18,7 +18,10 @@
 #   DEEPSPEED        zero2 (default on GPUs) | zero3 | none
 #   WORLD_BATCH_SIZE rollouts per optimizer step over all GPUs (default 64); BATCH_SIZE_PER_GPU (default 2)
 #   OUTPUT_DIR       run directory (default output/grpo/tars_<date>); an existing one is resumed only with
-#                    RESUME=1, never overwritten
+#                    RESUME=1, never overwritten. run.json in it records the inputs (dataset, model, preset,
+#                    prompts, rewards) once the data is prepared; a resume with other inputs is refused.
+#   RESUME=1         continue OUTPUT_DIR from its newest complete checkpoint (an incomplete one, left by a
+#                    kill during a save, is skipped and named)
 #   MAX_STEPS        stop after this many optimizer steps
 #   MAX_AUDIO_SECONDS longest clip accepted (default 60, 0: no limit); longer clips stop the data preparation
 #   DROP_LONG_AUDIO=1 leave clips longer than that out instead (their count and keys are printed)
@@ -27,21 +30,32 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$ROOT"
+me=train_grpo.sh
 
 source ./scripts/launcher_env.sh
 PROMPT_MODALITY=${PROMPT_MODALITY:-mixed}
 PROMPT_TYPE=${PROMPT_TYPE:-systhink}
 OUTPUT_DIR=${OUTPUT_DIR:-output/grpo/tars_$(date +%Y%m%d_%H%M%S)}
 read -r -a reward_funcs <<< "${REWARD_FUNCS:-tars_format tars_accuracy tars_representation tars_behaviour}"
+[ -z "${MODEL:-}" ] && [ "$NPROC_PER_NODE" = 0 ] && embedded_default=1 || embedded_default=0
 
-if [ -e "$OUTPUT_DIR" ] && [ "${RESUME:-0}" != 1 ] && [ "${DRY_RUN:-0}" != 1 ]; then
-    echo "train_grpo.sh: $OUTPUT_DIR exists; set RESUME=1 to resume it or choose another OUTPUT_DIR" >&2
-    exit 2
+# ---- checks before anything is loaded or created: settings, reward names, OUTPUT_DIR, the resume point ----
+if [ "$embedded_default" = 1 ]; then
+    inputs=(--input "MODEL=tiny $MODEL_PRESET twin (embedded default)"
+            --input "DATASET_PATH=${DATASET_PATH:-small MMLU speech set (embedded default)}")
+else
+    inputs=(--input "MODEL=${MODEL:-the checkpoint of MODEL_PRESET}"
+            --input "DATASET_PATH=${DATASET_PATH:-yuantuo666/MMLU_FULL-full_train_hf_format.merged.v1}")
 fi
+inputs+=(--input "MODEL_PRESET=$MODEL_PRESET" --input "PROMPT_TYPE=$PROMPT_TYPE"
+         --input "PROMPT_MODALITY=$PROMPT_MODALITY" --input "REWARD_FUNCS=${reward_funcs[*]}")
+plugins=0; launcher_has_flag --external_plugins "$@" && plugins=1
+launcher_preflight "${inputs[@]}" --reward_funcs "${reward_funcs[@]}" --plugins_given "$plugins" \
+    --prompt_type "$PROMPT_TYPE" --prompt_modality "$PROMPT_MODALITY" --model_preset "$MODEL_PRESET"
 
 args=()
 prepare_extra=()
-if [ "$NPROC_PER_NODE" = 0 ] && [ -z "${MODEL:-}" ]; then
+if [ "$embedded_default" = 1 ]; then
     # ---- embedded default: everything offline on the CPU ----
     source ./scripts/cpu_env.sh
     python -c 'import sys; from trainer.presets import PRESETS as P; p = P.get(sys.argv[1])
@@ -66,7 +80,7 @@ sys.exit(None if p and p.has_tiny_twin else f"train_grpo.sh: no tiny twin for MO
     launcher=(python -m trainer.grpo)
 else
     # ---- a cluster: the paper's setting (reference 1.3, 2.9) ----
-    [ "$NPROC_PER_NODE" -ge 1 ] || { echo "train_grpo.sh: MODEL given but no GPU found; set NPROC_PER_NODE" >&2; exit 2; }
+    [ "$NPROC_PER_NODE" -ge 1 ] || launcher_fail "MODEL given but no GPU found; set NPROC_PER_NODE"
     MODEL=${MODEL:-$(python -c 'import sys; from trainer.presets import get_preset; print(get_preset(sys.argv[1]).checkpoint)' "$MODEL_PRESET")}
     DATASET_PATH=${DATASET_PATH:-yuantuo666/MMLU_FULL-full_train_hf_format.merged.v1}
     NNODES=${NNODES:-1}
@@ -100,23 +114,25 @@ prepare=(python -m trainer.data grpo --dataset "$DATASET_PATH" --out "$OUTPUT_DI
 train=("${launcher[@]}" --prompt_modality "$PROMPT_MODALITY" --model "$MODEL" --model_type "$MODEL_PRESET"
        --dataset "$OUTPUT_DIR/data/grpo.jsonl" --split_dataset_ratio 0 --check_model false
        --reward_funcs "${reward_funcs[@]}" --output_dir "$OUTPUT_DIR" --add_version false "${args[@]}" "$@")
-if [ "${RESUME:-0}" = 1 ]; then
-    last=$(ls -d "$OUTPUT_DIR"/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -n 1 || true)
-    [ -n "$last" ] && train+=(--resume_from_checkpoint "$last")
-fi
+[ -z "$checkpoint" ] || train+=(--resume_from_checkpoint "$checkpoint")
 
-show() { printf '+'; printf ' %q' "$@"; printf '\n'; }  # copy-pastable
-show "${prepare[@]}"
-show "${train[@]}"
+if [ "$prepared" = 1 ]; then
+    echo "= data prepared before (see $(printf '%q' "$OUTPUT_DIR/run.json")), not prepared again:$(printf ' %q' "${prepare[@]}")"
+else
+    launcher_show "${prepare[@]}"
+fi
+launcher_show "${train[@]}"
 [ "${DRY_RUN:-0}" = 1 ] && exit 0
 
-mkdir -p "$OUTPUT_DIR"
-[ -f "$OUTPUT_DIR/data/grpo.jsonl" ] || "${prepare[@]}"
+if [ "$prepared" != 1 ]; then   # validates everything before writing; run.json marks the data ready
+    "${prepare[@]}"
+    python -m trainer.run_state record --launcher "$me" --output_dir "$OUTPUT_DIR" "${inputs[@]}"
+fi
 "${train[@]}"
 
 echo
 echo "== done =="
 echo "checkpoints:  $(ls -d "$OUTPUT_DIR"/checkpoint-* 2>/dev/null | sort -V | tr '\n' ' ')"
-echo "logs:         $OUTPUT_DIR/logging.jsonl (TensorBoard: tensorboard --logdir $OUTPUT_DIR/runs)"
+echo "logs:         $OUTPUT_DIR/logging.jsonl (TensorBoard: tensorboard --logdir $(printf '%q' "$OUTPUT_DIR/runs"))"
 [ -f "$OUTPUT_DIR/rollouts.jsonl" ] && echo "rollout dump: $OUTPUT_DIR/rollouts.jsonl"
 exit 0

@@ -20,7 +20,10 @@
 #   DEEPSPEED        zero2 (default on GPUs) | zero3 | none
 #   WORLD_BATCH_SIZE rows per optimizer step over all GPUs (default 64; batch 1 per GPU)
 #   OUTPUT_DIR       run directory (default output/sft/sft_<date>); an existing one is resumed only with
-#                    RESUME=1, never overwritten
+#                    RESUME=1, never overwritten. run.json in it records the inputs (data, model, preset, prompts)
+#                    once the data is prepared; a resume with other inputs is refused.
+#   RESUME=1         continue OUTPUT_DIR from its newest complete checkpoint (an incomplete one, left by a
+#                    kill during a save, is skipped and named)
 #   MAX_STEPS        stop after this many optimizer steps
 #   DRY_RUN=1        print the commands and exit
 # Extra arguments go to ms-swift as flags (e.g. --num_train_epochs 2 --learning_rate 1e-5).

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from eval.engine import build_engine, generate, resolve_model
 from eval.qa import parse_dataset_arg
+from trainer import jsonl
 from trainer.data import write_clip
 from trainer.model_loading import add_trust_remote_code_argument, check_no_remote_code
 from trainer.schema import SchemaError, load_hf_dataset
@@ -78,7 +79,7 @@ def evaluate_asr(model: str, dataset: str, out: Path = Path('output/eval'), base
     run_dir = Path(out) / spec.name / name / 'asr_wer'
     run_dir.mkdir(parents=True, exist_ok=True)
     results = run_dir / 'results.jsonl'
-    done = {json.loads(l)['key'] for l in results.read_text().splitlines()} if results.exists() else set()
+    done = {r['key'] for r in jsonl.read(results)}  # a torn last line of a killed run is redone
     engine = engine or build_engine(spec, backend, batch_size, trust_remote_code)
     todo = [i for i, k in enumerate(ds[key_col]) if str(k) not in done]
     for start in tqdm(range(0, len(todo), batch_size), desc=f'{name} asr'):
@@ -90,10 +91,9 @@ def evaluate_asr(model: str, dataset: str, out: Path = Path('output/eval'), base
             requests.append(([{'role': 'user', 'content': '<audio>' + ASR_PROMPT}], [path]))
             ready.append(row)
         outputs = generate(engine, requests, spec, True, max_new_tokens)
-        with open(results, 'a') as fh:
-            for row, hyp in zip(ready, outputs, strict=True):
-                fh.write(json.dumps({'key': row['key'], 'generated_text': hyp, 'label': row[ref_col]}) + '\n')
-    items = [json.loads(l) for l in results.read_text().splitlines()]
+        jsonl.append(results, [{'key': row['key'], 'generated_text': hyp, 'label': row[ref_col]}
+                               for row, hyp in zip(ready, outputs, strict=True)])
+    items = jsonl.read(results)
     scores = wer_scores([i['label'] for i in items], [i['generated_text'] for i in items])
     (run_dir / 'metrics.json').write_text(json.dumps({k: v for k, v in scores.items() if k != 'per_utterance'},
                                                      indent=1))

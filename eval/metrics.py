@@ -6,19 +6,19 @@ accuracy); ``mrr_reference`` gives the paper's convention of the text backbone's
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
+
+from trainer import jsonl
 
 TABLE_DATASETS = ('MMSU', 'OBQA')
 
 
 def read_results(path: Path) -> List[Dict]:
-    """The per-item JSONL of one run (key, mode, prompt_type, output, extracted, gold, correct, ...)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The per-item JSONL of one run (key, mode, prompt_type, output, extracted, gold, correct, ...); [] when
+    absent. A torn last line of a killed run is dropped (and redone); corruption elsewhere names file and line."""
+    return jsonl.read(path)
 
 
 def run_metrics(rows: Iterable[Dict]) -> Dict:

@@ -1,6 +1,33 @@
-# Sourced by the launchers (train_grpo.sh, scripts/preference_launcher.sh) from the repository root:
-# the environment (.venv through env.sh; a dry run only activates an existing one), allocator and
-# tokenizer settings, and NPROC_PER_NODE (default: the GPUs nvidia-smi lists, 0 without any).
+# Sourced by the launchers (train_grpo.sh, scripts/preference_launcher.sh) from the repository root, with
+# `me` set to the launcher's name: the checks of numeric settings (before anything is loaded), the
+# environment (.venv through env.sh; a dry run only activates an existing one), allocator and tokenizer
+# settings, and NPROC_PER_NODE (default: the GPUs nvidia-smi lists, 0 without any).
+
+# launcher_fail MESSAGE: the launcher's one-line error, exit status 2.
+launcher_fail() { echo "${me:-launcher}: $*" >&2; exit 2; }
+
+# launcher_whole NAME MIN [MAX]: the variable NAME, when set, must be a whole number in [MIN, MAX].
+launcher_whole() {
+    local name=$1 min=$2 max=${3:-} value=${!1-}
+    [ -n "$value" ] || return 0
+    [[ $value =~ ^[0-9]+$ ]] && [ ${#value} -le 9 ] && [ $((10#$value)) -ge "$min" ] \
+        && { [ -z "$max" ] || [ $((10#$value)) -le "$max" ]; } \
+        || launcher_fail "$name must be a whole number >= $min${max:+ and <= $max}, got '$value'"
+}
+launcher_whole NPROC_PER_NODE 0
+launcher_whole NNODES 1
+launcher_whole NODE_RANK 0
+launcher_whole MASTER_PORT 1 65535
+launcher_whole MAX_STEPS 1
+launcher_whole WORLD_BATCH_SIZE 1
+launcher_whole BATCH_SIZE_PER_GPU 1
+case "${DEEPSPEED:-zero2}" in
+    none|zero0|zero1|zero2|zero3|zero2_offload|zero3_offload) ;;
+    *) [ -f "$DEEPSPEED" ] || launcher_fail "DEEPSPEED must be none, zero0-zero3, zero2_offload, zero3_offload or a json file, got '$DEEPSPEED'";;
+esac
+case "${RESUME:-0}" in 0|1) ;; *) launcher_fail "RESUME must be 0 or 1, got '$RESUME'";; esac
+case "${DRY_RUN:-0}" in 0|1) ;; *) launcher_fail "DRY_RUN must be 0 or 1, got '$DRY_RUN'";; esac
+
 if [ "${DRY_RUN:-0}" = 1 ] && [ -x .venv/bin/python ]; then
     source .venv/bin/activate
 else
@@ -14,3 +41,24 @@ if [ -n "${CUDA_VISIBLE_DEVICES-unset}" ] && command -v nvidia-smi >/dev/null 2>
 fi
 NPROC_PER_NODE=${NPROC_PER_NODE:-$gpus}
 MODEL_PRESET=${MODEL_PRESET:-qwen2_5_omni}
+
+# launcher_preflight ARGS...: `python -m trainer.run_state preflight` (input and run-directory checks, the
+# checkpoint to resume); sets `checkpoint` (empty: start at step 0) and `prepared` (1: the data is ready).
+launcher_preflight() {
+    local plan
+    plan=$(python -m trainer.run_state preflight --launcher "$me" --output_dir "$OUTPUT_DIR" \
+           --resume "${RESUME:-0}" --dry_run "${DRY_RUN:-0}" "$@") || exit 2
+    checkpoint=$(sed -n 's/^run_state:checkpoint=//p' <<< "$plan")
+    prepared=$(sed -n 's/^run_state:prepared=//p' <<< "$plan")
+}
+
+# launcher_has_flag FLAG ARGS...: whether FLAG is among ARGS (the extra arguments).
+launcher_has_flag() {
+    local flag=$1 a
+    shift
+    for a in "$@"; do [ "$a" = "$flag" ] && return 0; done
+    return 1
+}
+
+# launcher_show CMD...: the command, copy-pastable.
+launcher_show() { printf '+'; printf ' %q' "$@"; printf '\n'; }

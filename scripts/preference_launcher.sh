@@ -13,15 +13,26 @@ source ./scripts/launcher_env.sh
 PROMPT_TYPE=${PROMPT_TYPE:-systhink}
 PROMPT_MODALITY=${PROMPT_MODALITY:-a}
 OUTPUT_DIR=${OUTPUT_DIR:-output/$KIND/${KIND}_$(date +%Y%m%d_%H%M%S)}
+[ -z "${MODEL:-}" ] && [ "$NPROC_PER_NODE" = 0 ] && embedded_default=1 || embedded_default=0
 
-if [ -e "$OUTPUT_DIR" ] && [ "${RESUME:-0}" != 1 ] && [ "${DRY_RUN:-0}" != 1 ]; then
-    echo "$me: $OUTPUT_DIR exists; set RESUME=1 to resume it or choose another OUTPUT_DIR" >&2
-    exit 2
+# ---- checks before anything is loaded or created: settings, OUTPUT_DIR, the resume point ----
+if [ "$embedded_default" = 1 ]; then
+    inputs=(--input "MODEL=tiny $MODEL_PRESET twin (embedded default)"
+            --input "DATA=preference set of the tiny model (embedded default)")
+elif [ -n "${PREFERENCE_DATA:-}" ]; then
+    inputs=(--input "MODEL=${MODEL:-the checkpoint of MODEL_PRESET}" --input "DATA=PREFERENCE_DATA=$PREFERENCE_DATA")
+else
+    inputs=(--input "MODEL=${MODEL:-the checkpoint of MODEL_PRESET}"
+            --input "DATA=DATASET_PATH=${DATASET_PATH:-yuantuo666/MMLU_FULL-full_train_dpo_hf_format.catm2ram2.v1} CHOSEN_TYPE=${CHOSEN_TYPE:-am2} REJECTED_TYPE=${REJECTED_TYPE:-am2}")
 fi
+inputs+=(--input "KIND=$KIND" --input "MODEL_PRESET=$MODEL_PRESET" --input "PROMPT_TYPE=$PROMPT_TYPE"
+         --input "PROMPT_MODALITY=$PROMPT_MODALITY")
+launcher_preflight "${inputs[@]}" --prompt_type "$PROMPT_TYPE" --prompt_modality "$PROMPT_MODALITY" \
+    --modalities a t --model_preset "$MODEL_PRESET"
 
 args=()
 prepare=()
-if [ "$NPROC_PER_NODE" = 0 ] && [ -z "${MODEL:-}" ]; then
+if [ "$embedded_default" = 1 ]; then
     # ---- embedded default: tiny model, preference set built offline, a few steps on the CPU ----
     source ./scripts/cpu_env.sh
     if [ "${DRY_RUN:-0}" = 1 ]; then
@@ -42,7 +53,7 @@ if [ "$NPROC_PER_NODE" = 0 ] && [ -z "${MODEL:-}" ]; then
     launcher=(python -m trainer.preference_train "$KIND")
 else
     # ---- a cluster: the original's setting (reference 1.3, 4.1) ----
-    [ "$NPROC_PER_NODE" -ge 1 ] || { echo "$me: MODEL given but no GPU found; set NPROC_PER_NODE" >&2; exit 2; }
+    [ "$NPROC_PER_NODE" -ge 1 ] || launcher_fail "MODEL given but no GPU found; set NPROC_PER_NODE"
     MODEL=${MODEL:-$(python -c 'import sys; from trainer.presets import get_preset; print(get_preset(sys.argv[1]).checkpoint)' "$MODEL_PRESET")}
     if [ -n "${PREFERENCE_DATA:-}" ]; then   # the output of `preference build`
         TRAIN_FILE=$PREFERENCE_DATA/$KIND.jsonl; VAL_FILE=$PREFERENCE_DATA/${KIND}_val.jsonl
@@ -74,22 +85,24 @@ fi
 train=("${launcher[@]}" --model "$MODEL" --model_type "$MODEL_PRESET" --dataset "$TRAIN_FILE"
        --val_dataset "$VAL_FILE" --split_dataset_ratio 0 --check_model false --output_dir "$OUTPUT_DIR"
        --add_version false "${args[@]}" "$@")
-if [ "${RESUME:-0}" = 1 ]; then
-    last=$(ls -d "$OUTPUT_DIR"/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -n 1 || true)
-    [ -n "$last" ] && train+=(--resume_from_checkpoint "$last")
-fi
+[ -z "$checkpoint" ] || train+=(--resume_from_checkpoint "$checkpoint")
 
-show() { printf '+'; printf ' %q' "$@"; printf '\n'; }  # copy-pastable
-[ ${#prepare[@]} = 0 ] || show "${prepare[@]}"
-show "${train[@]}"
+if [ ${#prepare[@]} != 0 ] && [ "$prepared" = 1 ]; then
+    echo "= data prepared before (see $(printf '%q' "$OUTPUT_DIR/run.json")), not prepared again:$(printf ' %q' "${prepare[@]}")"
+elif [ ${#prepare[@]} != 0 ]; then
+    launcher_show "${prepare[@]}"
+fi
+launcher_show "${train[@]}"
 [ "${DRY_RUN:-0}" = 1 ] && exit 0
 
-mkdir -p "$OUTPUT_DIR"
-if [ ${#prepare[@]} != 0 ] && [ ! -f "$TRAIN_FILE" ]; then "${prepare[@]}"; fi
+if [ "$prepared" != 1 ]; then   # the preparation validates before writing; run.json marks the data ready
+    [ ${#prepare[@]} = 0 ] || "${prepare[@]}"
+    python -m trainer.run_state record --launcher "$me" --output_dir "$OUTPUT_DIR" "${inputs[@]}"
+fi
 "${train[@]}"
 
 echo
 echo "== done =="
 echo "checkpoints:  $(ls -d "$OUTPUT_DIR"/checkpoint-* 2>/dev/null | sort -V | tr '\n' ' ')"
-echo "logs:         $OUTPUT_DIR/logging.jsonl (TensorBoard: tensorboard --logdir $OUTPUT_DIR/runs)"
+echo "logs:         $OUTPUT_DIR/logging.jsonl (TensorBoard: tensorboard --logdir $(printf '%q' "$OUTPUT_DIR/runs"))"
 exit 0

@@ -108,4 +108,10 @@ def test_the_paper_defaults_reach_ms_swift():
     assert argv[argv.index('--lora_rank') + 1] == '8' and argv[argv.index('--lora_alpha') + 1] == '32'
     # a user flag comes after the default, so argparse keeps the user's value
     assert max(i for i, a in enumerate(argv) if a == '--num_generations') > argv.index('--lora_rank')
+    assert argv[argv.index('--external_plugins') + 1].endswith('tars_plugin.py')
+    assert argv[argv.index('--callbacks') + 1] == 'tars_run_logs'  # trainer.run_logs
     assert argv[-1].endswith('tars_plugin.py')
+    # the user's plugins and callbacks are kept, after ours (the last flag wins in ms-swift's parser)
+    from trainer.grpo import PLUGIN
+    argv = build_swift_argv(['--callbacks', 'early_stop', '--external_plugins', 'my.py'])
+    assert argv[-6:] == ['--callbacks', 'tars_run_logs', 'early_stop', '--external_plugins', str(PLUGIN), 'my.py']

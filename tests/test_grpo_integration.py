@@ -104,14 +104,28 @@ def test_deepspeed_zero2_single_process(tiny_model, grpo_jsonl, tmp_path):
     assert lora_b_norm(out / 'checkpoint-1') > 0
 
 
+def strict_json(line: str):
+    """json.loads that rejects NaN / Infinity, as strict JSON readers do."""
+    def reject(name):
+        raise ValueError(f'bare {name} in {line[:80]}')
+    return json.loads(line, parse_constant=reject)
+
+
 def test_resume_continues_the_step_count(tiny_model, grpo_jsonl, tmp_path):
-    """A run killed during step 2 (after checkpoint-1) resumes at step 2: step 1 is neither redone nor lost."""
+    """A run killed during step 2 (after checkpoint-1) resumes at step 2: step 1 is neither redone nor lost,
+    and its logs (logging.jsonl, TensorBoard, rollout dump) read as those of a run that never stopped."""
     import shutil
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     out = tmp_path / 'resume'
-    run([PYTHON, '-m', 'trainer.grpo', *grpo_args(tiny_model, grpo_jsonl, out, steps=2)])
-    shutil.rmtree(out / 'checkpoint-2')  # killed before step 2 was saved; its dump lines were written
+    tensorboard = ('--report_to', 'tensorboard')
+    run([PYTHON, '-m', 'trainer.grpo', *grpo_args(tiny_model, grpo_jsonl, out, *tensorboard, steps=2)])
+    shutil.rmtree(out / 'checkpoint-2')  # killed before step 2 was saved; its dump and log lines were written
+    first = [strict_json(l) for l in (out / 'logging.jsonl').read_text().splitlines()]
+    assert [l.get('global_step/max_steps') for l in first][:2] == ['1/2', '2/2'] and 'log_history' in first[-1]
     step1 = [r for r in read_dump(out / 'rollouts.jsonl') if r['step'] == 1]
-    run([PYTHON, '-m', 'trainer.grpo', *grpo_args(tiny_model, grpo_jsonl, out, '--resume_from_checkpoint',
+    with open(out / 'rollouts.jsonl', 'a') as fh:
+        fh.write('{"step": 2, "key": "torn')  # ... and in the middle of a dump line
+    run([PYTHON, '-m', 'trainer.grpo', *grpo_args(tiny_model, grpo_jsonl, out, *tensorboard, '--resume_from_checkpoint',
                                                    str(out / 'checkpoint-1'), steps=2)])
     rows = read_dump(out / 'rollouts.jsonl')
     assert [r['step'] for r in rows] == [1] * 8 + [2] * 8  # the unsaved step-2 lines were replaced
@@ -119,3 +133,13 @@ def test_resume_continues_the_step_count(tiny_model, grpo_jsonl, tmp_path):
     state = json.loads((out / 'checkpoint-2' / 'trainer_state.json').read_text())
     assert state['global_step'] == 2
     assert lora_b_norm(out / 'checkpoint-2') != pytest.approx(lora_b_norm(out / 'checkpoint-1'))
+    # logging.jsonl: step 1 of the first attempt, step 2 once, one end of training (as an uninterrupted run)
+    logs = [strict_json(l) for l in (out / 'logging.jsonl').read_text().splitlines()]
+    steps = [l.get('global_step/max_steps') for l in logs if 'log_history' not in l]
+    assert steps == ['1/2', '2/2', '2/2'], steps  # step 1, step 2, the train_runtime line
+    assert 'train_runtime' in logs[2] and 'log_history' in logs[3] and len(logs) == 4
+    assert logs[0] == first[0]
+    # TensorBoard: the first attempt's step 2 is hidden by the restart marker; each step once
+    acc = EventAccumulator(str(out / 'runs'))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars('train/loss')] == [1, 2]

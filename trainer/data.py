@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
@@ -19,7 +18,7 @@ from typing import Dict, Iterable, List, Optional
 import soundfile as sf
 from tqdm import tqdm
 
-from trainer import prompts
+from trainer import jsonl, prompts
 from trainer.answer import LETTERS
 from trainer.schema import (DEFAULT_MAX_AUDIO_SECONDS, SAMPLING_RATE, SchemaError, load_audio, load_hf_dataset,
                             schema_error, validate_dataset)
@@ -85,23 +84,14 @@ def warmstart_row(row: Dict, prompt_type: str) -> Dict:
 
 
 def write_jsonl(rows: Iterable[Dict], path: Path) -> int:
-    """Write rows atomically (temp file, then rename); return the count."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + '.tmp')
-    n = 0
-    with open(tmp, 'w') as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + '\n')
-            n += 1
-    os.replace(tmp, path)
-    return n
+    """Write rows atomically (temp file, then rename; no partial file on failure); return the count."""
+    return jsonl.write_atomic(path, rows)
 
 
-def prepare_grpo_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhink', prompt_modality: str = 'mixed',
-                         split: str = 'train', max_rows: Optional[int] = None,
-                         max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS,
-                         drop_long_audio: bool = False) -> Path:
-    """Validate ``dataset`` and write ``out_dir/grpo.jsonl`` (audio clips under ``out_dir/audio``).
+def load_grpo_split(dataset: str, prompt_type: str = 'systhink', prompt_modality: str = 'mixed',
+                    split: str = 'train', max_rows: Optional[int] = None,
+                    max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS, drop_long_audio: bool = False):
+    """Load and validate one split of ``dataset`` for GRPO (nothing is written).
 
     Clips longer than ``max_audio_seconds`` (None or <= 0: no limit) stop the preparation naming their keys,
     or are left out with ``drop_long_audio`` (trainer.schema.validate_dataset)."""
@@ -112,26 +102,45 @@ def prepare_grpo_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhi
     if max_rows:
         ds = ds.select(range(min(max_rows, len(ds))))
     need_audio = prompt_modality != 't'
-    ds = validate_dataset(ds, dataset, require_audio=need_audio, check_audio=need_audio,
-                          max_audio_seconds=max_audio_seconds, drop_long_audio=drop_long_audio)
-    paths = materialize_audio(ds, dataset, out_dir / 'audio') if need_audio else [None] * len(ds)
-    out = out_dir / 'grpo.jsonl'
+    return validate_dataset(ds, dataset, require_audio=need_audio, check_audio=need_audio,
+                            max_audio_seconds=max_audio_seconds, drop_long_audio=drop_long_audio)
+
+
+def write_grpo_split(ds, dataset: str, out: Path, audio_dir: Path, prompt_type: str = 'systhink',
+                     prompt_modality: str = 'mixed') -> Path:
+    """Write a validated split as ms-swift rows to ``out`` (clips under ``audio_dir``)."""
+    paths = materialize_audio(ds, dataset, audio_dir) if prompt_modality != 't' else [None] * len(ds)
     write_jsonl((grpo_row(row, path, prompt_type) for row, path in zip(ds, paths, strict=True)), out)
     return out
+
+
+def prepare_grpo_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhink', prompt_modality: str = 'mixed',
+                         split: str = 'train', max_rows: Optional[int] = None,
+                         max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS,
+                         drop_long_audio: bool = False) -> Path:
+    """Validate ``dataset`` and write ``out_dir/grpo.jsonl`` (audio clips under ``out_dir/audio``)."""
+    ds = load_grpo_split(dataset, prompt_type, prompt_modality, split, max_rows, max_audio_seconds, drop_long_audio)
+    return write_grpo_split(ds, dataset, out_dir / 'grpo.jsonl', out_dir / 'audio', prompt_type, prompt_modality)
 
 
 def prepare_grpo_files(dataset: str, out_dir: Path, prompt_type: str = 'systhink', prompt_modality: str = 'mixed',
                        split: str = 'train', max_rows: Optional[int] = None, val_split: Optional[str] = None,
                        val_rows: Optional[int] = None, max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS,
                        drop_long_audio: bool = False) -> List[Path]:
-    """``grpo.jsonl`` from ``split`` and, when ``val_split`` is given, ``val.jsonl`` from it (same audio limit)."""
+    """``grpo.jsonl`` from ``split`` and, when ``val_split`` is given, ``val.jsonl`` from it (same audio limit).
+
+    Both splits are validated before anything is written (a bad test split leaves no train file behind);
+    ``val.jsonl`` is written first, so a ``grpo.jsonl`` always has its ``val.jsonl``."""
     limit = dict(max_audio_seconds=max_audio_seconds, drop_long_audio=drop_long_audio)
-    paths = [prepare_grpo_dataset(dataset, out_dir, prompt_type, prompt_modality, split, max_rows, **limit)]
-    if val_split:
-        val = prepare_grpo_dataset(dataset, out_dir / 'val', prompt_type, prompt_modality, val_split, val_rows,
-                                   **limit)
-        paths.append(val.rename(out_dir / 'val.jsonl'))
-    return paths
+    train = load_grpo_split(dataset, prompt_type, prompt_modality, split, max_rows, **limit)
+    val = load_grpo_split(dataset, prompt_type, prompt_modality, val_split, val_rows, **limit) if val_split else None
+    paths = []
+    if val is not None:
+        paths.append(write_grpo_split(val, dataset, out_dir / 'val.jsonl', out_dir / 'val' / 'audio', prompt_type,
+                                      prompt_modality))
+    train_path = write_grpo_split(train, dataset, out_dir / 'grpo.jsonl', out_dir / 'audio', prompt_type,
+                                  prompt_modality)
+    return [train_path] + paths
 
 
 def prepare_warmstart_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhink', split: str = 'train',

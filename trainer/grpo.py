@@ -15,6 +15,7 @@ from trainer import config as tars_config
 from trainer.model_loading import RemoteCodeArguments, check_swift_argv
 
 PLUGIN = Path(__file__).resolve().parent / 'swift_plugin' / 'tars_plugin.py'
+RUN_LOG_CALLBACK = 'tars_run_logs'  # trainer.run_logs.CALLBACK_NAME (that module imports transformers)
 DEFAULT_REWARDS = ['tars_format', 'tars_accuracy', 'tars_representation', 'tars_behaviour']
 
 # The original's adapter (reference 2.1, also used by DPO/SFT): LoRA r 8 / alpha 32 / dropout 0.05 on every
@@ -59,7 +60,7 @@ def flag_value(args: List[str], name: str) -> Optional[str]:
 
 
 def build_swift_argv(swift_args: List[str], plugin: bool = True) -> List[str]:
-    """The full ms-swift argv: paper defaults, then the user's flags, then the TARS plugin."""
+    """The full ms-swift argv: paper defaults, then the user's flags, then the TARS plugin and callback."""
     argv = ['--rlhf_type', 'grpo'] + PAPER_DEFAULTS
     if (flag_value(swift_args, '--use_vllm') or '').lower() in ('true', '1') \
             and flag_value(swift_args, '--rollout_importance_sampling_mode') is None:
@@ -70,15 +71,23 @@ def build_swift_argv(swift_args: List[str], plugin: bool = True) -> List[str]:
     return argv + plugin_args(swift_args) if plugin else argv
 
 
-def plugin_args(swift_args: List[str]) -> List[str]:
-    """``--external_plugins`` with the TARS plugin first, then any plugins the user passed."""
-    plugins = [str(PLUGIN)]
-    if '--external_plugins' in swift_args:  # keep the user's plugins too
-        i = swift_args.index('--external_plugins') + 1
+def list_flag(swift_args: List[str], flag: str, ours: List[str]) -> List[str]:
+    """``flag`` with ``ours`` first, then the values the user passed to it (a later flag wins in ms-swift's
+    parser, so this keeps both)."""
+    values = list(ours)
+    if flag in swift_args:
+        i = swift_args.index(flag) + 1
         while i < len(swift_args) and not swift_args[i].startswith('--'):
-            plugins.append(swift_args[i])
+            values.append(swift_args[i])
             i += 1
-    return ['--external_plugins'] + plugins
+    return [flag] + values
+
+
+def plugin_args(swift_args: List[str]) -> List[str]:
+    """``--callbacks`` with the TARS run-log callback first (``trainer.run_logs``: resumed runs log like
+    uninterrupted ones), ``--external_plugins`` with the TARS plugin first; then any the user passed."""
+    return (list_flag(swift_args, '--callbacks', [RUN_LOG_CALLBACK])
+            + list_flag(swift_args, '--external_plugins', [str(PLUGIN)]))
 
 
 def main(argv: Optional[List[str]] = None):

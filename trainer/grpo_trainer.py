@@ -29,6 +29,7 @@ from trainer.compat import batch_modality, set_batch_modality
 from trainer import tars_math
 from trainer.data import ANSWER_INDEX, KEY, OPTIONS, TEXT_PROMPT
 from trainer import distributed
+from trainer import jsonl
 from trainer.distributed import gather_lists
 from trainer.hidden_states import PooledStateCapture, completion_token_mask, dropout_off
 from trainer.rewards import HIDDEN, MODALITY, NEEDS_HIDDEN_STATES, VIEW_READERS, correctness
@@ -51,20 +52,13 @@ def text_conditioned(row: Dict[str, Any]) -> Dict[str, Any]:
 
 def drop_unsaved_steps(path: str, last_step: int) -> int:
     """On (re)start at ``last_step``, remove dump lines of later steps: a killed run wrote them, but no
-    checkpoint holds their training, so the resumed run does those steps again. Returns lines removed."""
-    if not os.path.exists(path):
-        return 0
-    with open(path) as fh:
-        lines = fh.readlines()
-    keep = [line for line in lines if json.loads(line)['step'] <= last_step]
-    if len(keep) != len(lines):
-        tmp = path + '.tmp'
-        with open(tmp, 'w') as fh:
-            fh.writelines(keep)
-        os.replace(tmp, path)
-        logger.info(f'rollout dump: removed {len(lines) - len(keep)} lines of steps after {last_step}, '
+    checkpoint holds their training, so the resumed run does those steps again. A torn last line of the
+    killed run goes too. Returns the records removed."""
+    removed = jsonl.keep_records(path, lambda record: record['step'] <= last_step)
+    if removed:
+        logger.info(f'rollout dump: removed {removed} lines of steps after {last_step}, '
                     'which the resumed run repeats')
-    return len(lines) - len(keep)
+    return removed
 
 
 def generated_length(sample) -> Optional[int]:

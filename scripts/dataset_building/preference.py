@@ -34,7 +34,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
-from trainer import prompts
+from trainer import jsonl, prompts
 from trainer.answer import gold_letter
 from trainer.data import write_clip, write_jsonl
 from trainer.schema import DEFAULT_MAX_AUDIO_SECONDS, SchemaError, load_hf_dataset, validate_dataset
@@ -105,19 +105,9 @@ def shard_file(out_dir: Path, mode: str, shard_index: int, num_shards: int) -> P
 
 
 def read_records(paths: Iterable[Path]) -> List[Dict]:
-    """Every JSON line of ``paths`` (a torn last line of a killed run is skipped)."""
-    records = []
-    for path in paths:
-        with open(path) as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    if fh.read().strip():  # a bad line in the middle: a real corruption
-                        raise ValueError(f'{path}:{line_no}: not a JSON line')
-    return records
+    """Every JSON line of ``paths`` (a torn last line of a killed run is skipped; a bad line elsewhere
+    raises naming the file and line)."""
+    return [record for path in paths for record in jsonl.read(path, missing_ok=False)]
 
 
 def mode_files(out_dir: Path, mode: str) -> List[Path]:
