@@ -19,7 +19,7 @@ common=(--out "$OUT" --backend "${BACKEND:-auto}" --extractor "${EXTRACTOR:-rule
 
 if [ $# -eq 0 ]; then
     source ./scripts/cpu_env.sh
-    embedded=$(python -m trainer.embedded | tail -n 1)
+    embedded=$(python -m scripts.recipes.embedded | tail -n 1)
     base=$(python -c 'import json,sys; print(json.loads(sys.argv[1])["model"])' "$embedded")
     data=$(python -c 'import json,sys; print(json.loads(sys.argv[1])["dataset"])' "$embedded")
     models=("$base")

@@ -65,7 +65,7 @@ sys.exit(None if p and p.has_tiny_twin else f"train_grpo.sh: no tiny twin for MO
         MODEL="<tiny warm-started $MODEL_PRESET>"; DATASET_PATH=${DATASET_PATH:-"<small MMLU speech set>"}
     else
         echo "== embedded default: tiny $MODEL_PRESET, small MMLU speech set, SFT warm start (cached) =="
-        embedded=$(python -m trainer.embedded --model_type "$MODEL_PRESET" | tail -n 1)
+        embedded=$(python -m scripts.recipes.embedded --model_type "$MODEL_PRESET" | tail -n 1)
         MODEL=$(python -c 'import json,sys; print(json.loads(sys.argv[1])["model"])' "$embedded")
         DATASET_PATH=${DATASET_PATH:-$(python -c 'import json,sys; print(json.loads(sys.argv[1])["dataset"])' "$embedded")}
     fi

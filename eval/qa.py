@@ -17,9 +17,9 @@ from typing import Dict, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from eval import metrics as M
-from eval.engine import ModelSpec, build_engine, generate, resolve_model
-from eval.extract import get_extractor
-from eval.modes import MODES, build_request, uses_adapter
+from trainer.engine import ModelSpec, build_engine, generate, resolve_model
+from trainer.extract import get_extractor
+from trainer.modes import MODES, build_request, uses_adapter
 from trainer.answer import LETTERS
 from trainer.data import write_clip
 from trainer.model_loading import add_trust_remote_code_argument
@@ -47,7 +47,7 @@ class Transcripts:
     def get(self, key: str, audio) -> str:
         if key not in self.cache:
             if self._asr is None:
-                from eval.transcribe import WhisperTranscriber
+                from trainer.transcribe import WhisperTranscriber
                 self._asr = WhisperTranscriber(self.asr_model)
             self.cache[key] = self._asr.transcribe(load_audio(audio))
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import re
 
-from eval.engine import build_engine, generate, resolve_model
-from eval.modes import build_request
+from trainer.engine import build_engine, generate, resolve_model
+from trainer.modes import build_request
 from trainer.answer import extract_choice
 from trainer.model_loading import add_trust_remote_code_argument
 from trainer.prompts import PROMPT_TYPES

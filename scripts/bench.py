@@ -136,8 +136,8 @@ def _measure(trainer, swift_args, work: Path, tag: str) -> dict:
 
 def bench_grpo(steps: int = 5, repeats: int = 2) -> dict:
     from trainer.data import prepare_grpo_dataset
-    from trainer.embedded import prepare
-    from trainer.tiny_models import default_cache_dir
+    from scripts.recipes.embedded import prepare
+    from scripts.recipes.tiny_models import default_cache_dir
 
     # the embedded default's warm-started tiny model: it answers in format and sometimes correctly, so
     # the alignment rewards (pairing, embeddings, pooled-state cosines) do real work in the TARS runs
@@ -277,12 +277,12 @@ def bench_eval(items: int = 16) -> dict:
     the time to evaluate the embedded default's offline set in all four modes."""
     import torch
 
-    from eval.engine import ModelSpec, build_engine, generate
-    from eval.modes import build_request
+    from trainer.engine import ModelSpec, build_engine, generate
+    from trainer.modes import build_request
     from eval.qa import evaluate
-    from trainer.embedded import prepare
+    from scripts.recipes.embedded import prepare
     from trainer.schema import load_hf_dataset
-    from trainer.tiny_models import default_cache_dir
+    from scripts.recipes.tiny_models import default_cache_dir
 
     torch.set_num_threads(1)
     extractions_per_second = extraction_speed(load_judge_cases())['extractions_per_second']
@@ -354,7 +354,7 @@ def bench_tts(rows: int = 1000) -> dict:
     resampling to 16 kHz, writing the WAV), for espeak-ng and (when installed) Piper, and the time to
     build ``rows`` MMLU rows with speech offline."""
     from scripts.dataset_building.mmlu import build_speech_set, mmlu_rows, select_rows, synthesize_clip
-    from trainer.tts import EspeakTTS, PiperTTS
+    from scripts.dataset_building.tts import EspeakTTS, PiperTTS
 
     texts = [r['prompt_for_tts'] for r in select_rows(list(mmlu_rows(max_chars=300)), 20, seed=5)]
     work = Path(tempfile.mkdtemp(prefix='bench-tts-'))

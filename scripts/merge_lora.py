@@ -17,8 +17,8 @@ from trainer.model_loading import add_trust_remote_code_argument
 
 def merge_lora(adapter: str, output: Optional[str] = None, base_model: Optional[str] = None,
                model_type: Optional[str] = None, trust_remote_code: bool = False) -> Path:
-    """``model_type`` None: the checkpoint's own (``eval.engine.resolve_model``)."""
-    from eval.engine import resolve_model
+    """``model_type`` None: the checkpoint's own (``trainer.engine.resolve_model``)."""
+    from trainer.engine import resolve_model
     from trainer.model_loading import check_no_remote_code
     spec = resolve_model(adapter, base_model, model_type)
     if spec.adapter is None:

@@ -40,7 +40,7 @@ if [ "$embedded_default" = 1 ]; then
         TRAIN_FILE="<embedded preference set>/$KIND.jsonl"; VAL_FILE="<embedded preference set>/${KIND}_val.jsonl"
     else
         echo "== embedded default: tiny $MODEL_PRESET, preference set from its own answers (cached) =="
-        embedded=$(python -m trainer.embedded_preference --model_type "$MODEL_PRESET" | tail -n 1)
+        embedded=$(python -m scripts.recipes.embedded_preference --model_type "$MODEL_PRESET" | tail -n 1)
         get() { python -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$embedded" "$1"; }
         MODEL=$(get model); TRAIN_FILE=$(get "$KIND"); VAL_FILE=$(get "${KIND}_val")
         echo "preference set: $(get report)"

@@ -14,13 +14,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope='session')
 def cache_dir() -> Path:
-    from trainer.tiny_models import default_cache_dir
+    from scripts.recipes.tiny_models import default_cache_dir
     return default_cache_dir()
 
 
 @pytest.fixture(scope='session')
 def tiny_model(cache_dir) -> Path:
-    from trainer.tiny_models import tiny_model_dir
+    from scripts.recipes.tiny_models import tiny_model_dir
     return tiny_model_dir('qwen2_5_omni', cache_dir)
 
 
@@ -28,7 +28,7 @@ def tiny_model(cache_dir) -> Path:
 def tiny_speech_set(tmp_path_factory) -> Path:
     """8 MMLU questions with espeak speech (short ones), saved as an hf_format DatasetDict."""
     from scripts.dataset_building.mmlu import build_speech_set
-    from trainer.tts import EspeakTTS
+    from scripts.dataset_building.tts import EspeakTTS
     out = tmp_path_factory.mktemp('speech_set')
     build_speech_set(out, n_rows=8, seed=1, max_chars=100, tts=EspeakTTS(rate=260))
     return out / 'hf'

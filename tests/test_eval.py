@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from eval import metrics as M
-from eval.asr import normalize, wer_scores
-from eval.engine import ModelSpec, resolve_model, vllm_engine_kwargs
-from eval.extract import parse_xfinder, xfinder_prompt
-from eval.modes import build_request
+from trainer.text import normalize, wer_scores
+from trainer.engine import ModelSpec, resolve_model, vllm_engine_kwargs
+from trainer.extract import parse_xfinder, xfinder_prompt
+from trainer.modes import build_request
 
 
 def write_results(path: Path, rows):
@@ -169,7 +169,7 @@ class CountingEngine:
 
 
 def test_every_mode_end_to_end_and_resume(tiny_model, tiny_adapter, tiny_speech_set, tmp_path):
-    from eval.engine import build_engine
+    from trainer.engine import build_engine
     from eval.qa import evaluate
     spec = resolve_model(str(tiny_adapter), str(tiny_model))
     engine = CountingEngine(build_engine(spec, 'transformers', batch_size=4))

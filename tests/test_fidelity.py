@@ -135,7 +135,7 @@ def _template_and_ends(name, cache_dir):
 
     from trainer.grpo_trainer import end_token_ids
     from trainer.model_registry import register_models
-    from trainer.tiny_models import tiny_model_dir
+    from scripts.recipes.tiny_models import tiny_model_dir
     register_models()
     path = tiny_model_dir(name, cache_dir)
     _, processor = get_model_processor(str(path), model_type=name, load_model=False)
@@ -192,7 +192,7 @@ def test_dropout_off_makes_two_pooled_captures_identical(cache_dir):
 
     from trainer.hidden_states import PooledStateCapture, dropout_off
     from trainer.model_registry import register_models
-    from trainer.tiny_models import tiny_model_dir
+    from scripts.recipes.tiny_models import tiny_model_dir
     register_models()
     path = tiny_model_dir('qwen2_5_omni', cache_dir)
     model, _ = get_model_processor(str(path), model_type='qwen2_5_omni', torch_dtype=torch.float32)

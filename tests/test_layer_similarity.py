@@ -291,7 +291,7 @@ def test_end_to_end_on_the_tiny_preset(tiny_model, tiny_speech_set, lora_checkpo
     eval.qa stores them, or from a plain JSONL) on two datasets, then the comparison figure."""
     import datasets
 
-    from eval.engine import resolve_model
+    from trainer.engine import resolve_model
     from trainer.schema import load_hf_dataset
     full = load_hf_dataset(str(tiny_speech_set), 'train')
     second = tmp_path / 'second_set'

@@ -9,7 +9,7 @@ from scripts.dataset_building.mmlu import (TTS_CACHE_FILE, build_prompt_for_tts,
                                            mmlu_rows, read_mmlu_source, rewrite_blanks, select_rows, wav_name)
 from tests.dataset_fixtures import write_source
 from trainer.schema import load_audio, load_hf_dataset, validate_dataset
-from trainer.tts import EspeakTTS, TTSUnavailable
+from scripts.dataset_building.tts import EspeakTTS, TTSUnavailable
 
 # -----------------------------------------------------------------------------
 # text

@@ -16,7 +16,7 @@ MODEL_TYPE = 'phi4_multimodal'
 
 @pytest.fixture(scope='module')
 def phi4(cache_dir) -> Path:
-    from trainer.tiny_models import tiny_model_dir
+    from scripts.recipes.tiny_models import tiny_model_dir
     return tiny_model_dir(MODEL_TYPE, cache_dir)
 
 

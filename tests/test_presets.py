@@ -68,7 +68,7 @@ def sine(seconds: float) -> np.ndarray:
 
 @pytest.fixture(scope='module', params=PRESETS)
 def preset(request, cache_dir):
-    from trainer.tiny_models import tiny_model_dir
+    from scripts.recipes.tiny_models import tiny_model_dir
     return request.param, CASES[request.param], tiny_model_dir(request.param, cache_dir)
 
 
@@ -118,7 +118,7 @@ def test_launcher_takes_the_preset(name, tmp_path):
     assert flag(train, '--model') == get_preset(name).checkpoint and flag(train, '--model_type') == name
     # vLLM rollouts only for architectures the GPU stack's vLLM serves (not the native Phi-4-MM class)
     assert flag(train, '--use_vllm') == {'qwen2_audio': 'true', 'phi4_multimodal': 'false'}[name]
-    from eval.engine import choose_backend
+    from trainer.engine import choose_backend
     if name == 'phi4_multimodal':
         assert choose_backend('auto', name) == 'transformers'
     _, train = dry_run({'MODEL_PRESET': name, 'NPROC_PER_NODE': '0', 'OUTPUT_DIR': str(tmp_path / 'e')})
@@ -252,7 +252,7 @@ def test_dpo_and_sft_steps(preset, preference_set, kind, tmp_path):
 
 def test_evaluation_in_speech_and_text_mode(preset, tiny_adapter, tiny_speech_set, tmp_path):
     from eval import metrics as M
-    from eval.engine import resolve_model
+    from trainer.engine import resolve_model
     from eval.qa import evaluate
     name, _, path = preset
     assert resolve_model(str(tiny_adapter), str(path)).model_type == name  # detected from the base's config.json

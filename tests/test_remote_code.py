@@ -219,7 +219,7 @@ def test_training_refuses(evil, marker, tmp_path, tiny_model):
 
 
 def test_warm_start_refuses(evil, marker, tmp_path):
-    from trainer.embedded import warm_started_model
+    from scripts.recipes.embedded import warm_started_model
     refused(lambda: warm_started_model(evil, tmp_path / 'data', tmp_path / 'cache'), evil, marker)
 
 

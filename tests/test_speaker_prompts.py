@@ -16,8 +16,9 @@ import soundfile as sf
 from scripts.dataset_building.mmlu import SPEAKER_CACHE_FILE, build_speech_set, sidecar_path, wav_name
 from tests.dataset_fixtures import local_http_server, tone, write_source
 from trainer.schema import load_audio, load_hf_dataset, validate_dataset
-from trainer.speaker_prompts import SpeakerPrompt, SpeakerPromptError, SpeakerPromptSet, question_number
-from trainer.tts import HttpTTS, get_tts
+from scripts.dataset_building.speaker_prompts import (SpeakerPrompt, SpeakerPromptError, SpeakerPromptSet,
+                                                      question_number)
+from scripts.dataset_building.tts import HttpTTS, get_tts
 
 SPEAKERS = {'spk_a': "Hello there.", 'spk_b': "Good morning to you.", 'spk_c': "It is a fine day."}
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.tiny_models import TINY_QWEN2_5_OMNI, _recipe_hash, tiny_model_dir
+from scripts.recipes.tiny_models import TINY_QWEN2_5_OMNI, _recipe_hash, tiny_model_dir
 
 
 def test_tokenizer_has_the_real_checkpoints_special_token_ids(tiny_model):

@@ -14,14 +14,14 @@ from scripts.dataset_building.mmlu import (build_speech_set, mmlu_rows, select_r
                                            wav_name)
 from tests.dataset_fixtures import local_http_server
 from trainer.schema import load_hf_dataset, validate_dataset
-from trainer.tts import EspeakTTS, HttpTTS, TTSUnavailable, cache_key, get_tts
+from scripts.dataset_building.tts import EspeakTTS, HttpTTS, TTSUnavailable, cache_key, get_tts
 
 TTS_COLS = ('tts_wer', 'tts_retries', 'tts_whisper', 'tts_model')
 
 
 @pytest.fixture(scope='module')
 def whisper():
-    from eval.transcribe import WhisperTranscriber
+    from trainer.transcribe import WhisperTranscriber
     return WhisperTranscriber()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.extract import (XFINDER_SYSTEM, RuleExtractor, XFinderExtractor, answer_range, parse_xfinder,
+from trainer.extract import (XFINDER_SYSTEM, RuleExtractor, XFinderExtractor, answer_range, parse_xfinder,
                           xfinder_matches, xfinder_prompt)
 from tests.conftest import PYTHON, run
 from trainer.answer import extract_choice
@@ -93,7 +93,7 @@ def test_registration_and_not_a_preset():
 def test_judge_twin_is_qwen1_5_shaped(cache_dir):
     from transformers import AutoConfig, AutoTokenizer
 
-    from trainer.tiny_models import BUILDERS, tiny_judge_dir
+    from scripts.recipes.tiny_models import BUILDERS, tiny_judge_dir
     path = tiny_judge_dir(cache_dir)
     assert tiny_judge_dir(cache_dir) == path  # cached by recipe hash
     assert 'xfinder_qwen1505' not in BUILDERS  # not a preset
@@ -110,7 +110,7 @@ def test_judge_twin_is_qwen1_5_shaped(cache_dir):
 
 @pytest.fixture(scope='module')
 def judge_dir(cache_dir):
-    from trainer.tiny_models import tiny_judge_dir
+    from scripts.recipes.tiny_models import tiny_judge_dir
     return tiny_judge_dir(cache_dir)
 
 
@@ -130,7 +130,7 @@ def test_the_engine_encodes_the_exact_prompt_decodes_greedily_and_falls_back(jud
     from swift.infer_engine.utils import prepare_generation_config
     from transformers import GenerationConfig
 
-    from eval.extract import build_judge_engine
+    from trainer.extract import build_judge_engine
     engine = build_judge_engine(str(judge_dir), 'transformers', batch_size=4)
     recorder = RecordingEngine(engine)
     judge = XFinderExtractor(str(judge_dir), engine=recorder)

@@ -45,7 +45,7 @@ TOUCHES = (
     Touch('swift.rl_core.data:GRPOBatch', 'trainer.grpo_trainer',
           'the loss hook needs each micro-batch row\'s modality (per-modality clip ratios); the batch object '
           'is the only thing that reaches it, so set_batch_modality adds one attribute to it.'),
-    Touch('toktok:_encoding', 'trainer.models.phi4_tokenizer',
+    Touch('toktok:_encoding', 'scripts.recipes.phi4_tokenizer',
           "the o200k_base ranks of the offline Phi-4 twin's tokenizer; toktok-rs exposes full token bytes only "
           'through this function (o200k_encoding).', ('name',)),
 )

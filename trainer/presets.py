@@ -1,7 +1,7 @@
 """Model presets: one row per supported architecture (design.md section 4), named by ms-swift model type.
 
 On GPUs a preset runs its real checkpoint; on the CPU its tiny random-weight twin
-(``trainer.tiny_models``), loaded through the same ms-swift model type and code path.
+(``scripts.recipes.tiny_models``), loaded through the same ms-swift model type and code path.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Dict, Optional
 class Preset:
     model_type: str      # ms-swift model type (also the template)
     checkpoint: str      # the real checkpoint (hub id)
-    has_tiny_twin: bool  # whether trainer.tiny_models can build its twin
+    has_tiny_twin: bool  # whether scripts.recipes.tiny_models can build its twin
     # module whose register() registers the model type and template with ms-swift (trainer.model_registry);
     # None when ms-swift's own registration works with our transformers
     registration: Optional[str] = None

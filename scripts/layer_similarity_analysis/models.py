@@ -8,7 +8,7 @@ without a talker, such as Qwen2-Audio; reference section 8 runs the whole Phi-4-
   trains the adapter on the full ``Qwen2_5OmniForConditionalGeneration``, so its module names start
   with ``thinker.``): the thinker of its base is loaded, the adapter applied under those names, then
   merged (a whole-model thinker takes the adapter as it is). The base is found as the evaluation finds it
-  (``eval.engine.resolve_model``: ``--base_model``,
+  (``trainer.engine.resolve_model``: ``--base_model``,
   else the adapter's ``base_model_name_or_path``, else ms-swift's ``args.json``).
 The processor comes from the checkpoint, else from the base.
 """
@@ -89,11 +89,11 @@ def apply_adapter(thinker: nn.Module, adapter_dir: str, prefix: Optional[str]) -
 def load_model(model: str, base_model: Optional[str] = None, model_type: Optional[str] = None,
                device: str = 'auto', dtype: str = 'auto', trust_remote_code: bool = False) -> LoadedModel:
     """Load the thinker (LoRA merged in) and the processor of ``model``, in eval mode on ``device``.
-    ``model_type`` None: the checkpoint's own (``eval.engine.resolve_model``). A folder that would run its
+    ``model_type`` None: the checkpoint's own (``trainer.engine.resolve_model``). A folder that would run its
     own code is refused unless ``trust_remote_code`` (``trainer.model_loading``), which then reaches the loaders."""
     import transformers
 
-    from eval.engine import resolve_model
+    from trainer.engine import resolve_model
     from trainer.model_loading import check_no_remote_code
     spec = resolve_model(model, base_model, model_type)
     check_no_remote_code([model, spec.base, spec.adapter], trust_remote_code)

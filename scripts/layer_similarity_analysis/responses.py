@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def eval_results_path(eval_dir: str, model: str, dataset_label: str, prompt_type: str = 'systhink',
                       base_model: Optional[str] = None) -> Path:
     """Where ``eval.qa --out eval_dir --dataset dataset_label=...`` put ``model``'s text-mode results."""
-    from eval.engine import resolve_model
+    from trainer.engine import resolve_model
     name = resolve_model(model, base_model).name
     return Path(eval_dir) / name / dataset_label / f'text_{prompt_type}' / RESULTS_FILE
 

@@ -203,7 +203,7 @@ class HttpTTS:
 
     speaker_prompt: None, or (reference_text, reference_audio) for zero-shot voice cloning, where
     reference_audio is a file path or the file's bytes (sent base64-encoded): one voice for every text.
-    speakers: a trainer.speaker_prompts.SpeakerPromptSet, or the folder/manifest to load one from: a
+    speakers: a scripts.dataset_building.speaker_prompts.SpeakerPromptSet, or the folder/manifest to load one from: a
     voice per question as the original (reference 5.1 step 3). speaker_for(key) picks a question's
     speaker and synthesize(text, speaker=...) sends its clip and transcript.
     """
@@ -214,13 +214,13 @@ class HttpTTS:
         if speaker_prompt is not None and speakers is not None:
             raise ValueError("HttpTTS: give speaker_prompt (one voice) or speakers (a rotating set), not both")
         if speakers is not None and not hasattr(speakers, 'pick'):
-            from trainer.speaker_prompts import SpeakerPromptSet
+            from scripts.dataset_building.speaker_prompts import SpeakerPromptSet
             speakers = SpeakerPromptSet.load(speakers)
         self.speakers = speakers
         if speaker_prompt is not None:
             ref_text, ref_audio = speaker_prompt
             if not isinstance(ref_audio, (bytes, bytearray)):
-                from trainer.speaker_prompts import SpeakerPrompt
+                from scripts.dataset_building.speaker_prompts import SpeakerPrompt
                 ref_audio = SpeakerPrompt('speaker_prompt', ref_text, str(ref_audio)).audio_bytes()
             self.payload = {'reference_text': ref_text,
                             'reference_audio_base64': base64.b64encode(ref_audio).decode('ascii')}

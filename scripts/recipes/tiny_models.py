@@ -70,7 +70,7 @@ TINY_QWEN2_5_OMNI = {
 
 def default_cache_dir() -> Path:
     """``$TARS_CACHE`` or ``<repo>/cache``: where tiny models, data sets and warm starts are kept."""
-    return Path(os.environ.get('TARS_CACHE') or Path(__file__).resolve().parent.parent / 'cache')
+    return Path(os.environ.get('TARS_CACHE') or Path(__file__).resolve().parents[2] / 'cache')
 
 
 def offline_qwen_tokenizer_dir() -> Path:
@@ -300,11 +300,11 @@ def _build_qwen2_audio(out: Path, recipe: dict) -> None:
 
 # Phi-4-multimodal: the o200k tokenizer (offline package toktok-rs) with Phi-4's added tokens at their real
 # ids, the native Phi4MultimodalForCausalLM and processor, and a random speech-lora/ adapter folder.
-from trainer.models.phi4_tiny import TINY_PHI4_MULTIMODAL  # noqa: E402
+from scripts.recipes.phi4_tiny import TINY_PHI4_MULTIMODAL  # noqa: E402
 
 
 def _build_phi4_multimodal(out: Path, recipe: dict) -> None:
-    from trainer.models.phi4_tiny import build
+    from scripts.recipes.phi4_tiny import build
     build(out, recipe)
 
 

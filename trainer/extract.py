@@ -101,9 +101,9 @@ class RuleExtractor:
 def build_judge_engine(model: str, backend: str = 'auto', batch_size: int = 16):
     """An ms-swift engine for the xFinder checkpoint ``model`` under the ``xfinder_qwen1505`` model type.
 
-    vLLM is built here (text only, a small share of GPU memory) rather than by ``eval.engine.build_engine``,
+    vLLM is built here (text only, a small share of GPU memory) rather than by ``trainer.engine.build_engine``,
     whose vLLM arguments are those of the evaluated speech model (one audio per prompt, LoRA)."""
-    from eval.engine import ModelSpec, build_engine, choose_backend
+    from trainer.engine import ModelSpec, build_engine, choose_backend
     from trainer.models.xfinder import MODEL_TYPE, register
     register()
     if choose_backend(backend, MODEL_TYPE) == 'vllm':
@@ -119,7 +119,7 @@ class XFinderExtractor:
 
     def __init__(self, model: str = XFINDER_CHECKPOINT, backend: str = 'auto', batch_size: int = 16, engine=None):
         """``engine``: an engine already built by ``build_judge_engine(model, ...)`` (else one is built)."""
-        from eval.engine import ModelSpec
+        from trainer.engine import ModelSpec
         from trainer.models.xfinder import MODEL_TYPE
         self.model = model
         self.engine = engine if engine is not None else build_judge_engine(model, backend, batch_size)
@@ -134,7 +134,7 @@ class XFinderExtractor:
 
     def judge(self, questions: List[str], outputs: List[str], options: List[Sequence[str]]) -> List[str]:
         """xFinder's raw answers (stripped), greedy, at most 100 new tokens."""
-        from eval.engine import generate
+        from trainer.engine import generate
         if not outputs:
             return []
         judged = generate(self.engine, self.requests(questions, outputs, options), self.spec, use_adapter=False,

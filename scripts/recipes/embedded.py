@@ -1,13 +1,13 @@
 """The embedded default of ``bash train_grpo.sh``: everything a CPU run needs, built offline and cached.
 
-1. the tiny twin of a preset (``trainer.tiny_models``; Qwen2.5-Omni by default, any preset with a twin);
+1. the tiny twin of a preset (``scripts.recipes.tiny_models``; Qwen2.5-Omni by default, any preset with a twin);
 2. a small real speech QA set: MMLU questions with espeak-ng speech (``scripts.dataset_building.mmlu``);
 3. a short SFT warm start (``swift sft``) on the set's text prompts with systhink answers, because a
    random model never writes the answer format and the format, accuracy and alignment rewards would
    all be zero.
 
 Each artefact sits in the cache under a name hashed from its recipe and its inputs, and is rebuilt
-only when those change. ``python -m trainer.embedded [--model_type T]`` prints the model and dataset paths.
+only when those change. ``python -m scripts.recipes.embedded [--model_type T]`` prints the model and dataset paths.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from trainer.presets import DEFAULT_PRESET, PRESETS, get_preset
-from trainer.tiny_models import default_cache_dir, tiny_model_dir
+from scripts.recipes.tiny_models import default_cache_dir, tiny_model_dir
 
 SMALL_SET = {'n_rows': 300, 'max_chars': 140, 'seed': 0, 'test_rows': 40, 'espeak_wpm': 220}
 WARM_START = {
@@ -36,7 +36,7 @@ def _digest(*parts) -> str:
 def small_speech_set(cache: Path) -> Path:
     """The cached small MMLU speech set (a ``save_to_disk`` DatasetDict with train and test splits)."""
     from scripts.dataset_building.mmlu import build_speech_set
-    from trainer.tts import EspeakTTS
+    from scripts.dataset_building.tts import EspeakTTS
     out = cache / 'data' / f'mmlu-speech-{_digest(SMALL_SET)}'
     if not (out / 'hf' / 'dataset_dict.json').exists():
         build_speech_set(out, n_rows=SMALL_SET['n_rows'], seed=SMALL_SET['seed'], max_chars=SMALL_SET['max_chars'],

@@ -1,9 +1,9 @@
 """The embedded default of ``bash train_dpo.sh`` / ``bash train_sft.sh``: a small preference set built offline.
 
-On top of ``trainer.embedded`` (tiny twin, small MMLU speech set, SFT warm start), the warm-started model
+On top of ``scripts.recipes.embedded`` (tiny twin, small MMLU speech set, SFT warm start), the warm-started model
 answers some training questions from the text and from the speech (``scripts.dataset_building.preference``
 ``generate``), and the two are joined into DPO and SFT files (``build``). Cached under a name hashed from the
-recipe and the model; an interrupted build resumes. ``python -m trainer.embedded_preference`` prints the paths.
+recipe and the model; an interrupted build resumes. ``python -m scripts.recipes.embedded_preference`` prints the paths.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Dict
 
-from trainer.embedded import _digest, prepare
+from scripts.recipes.embedded import _digest, prepare
 from trainer.presets import DEFAULT_PRESET
-from trainer.tiny_models import default_cache_dir
+from scripts.recipes.tiny_models import default_cache_dir
 
 PREFERENCE_SET = {'rows': 24, 'max_samples': 6, 'samples_per_round': 3, 'max_new_tokens': 40, 'val_rows': 4,
                   'seed': 42, 'prompt_type': 'systhink', 'batch_questions': 8, 'batch_size': 8, 'builder': 1}

@@ -2,20 +2,20 @@
 
 Same transformers class as the real checkpoint in its native format (``Phi4MultimodalForCausalLM``), a
 few decoder layers of width 64, a two-block Conformer audio encoder, the o200k tokenizer with Phi-4's
-added tokens at their real ids (``trainer.models.phi4_tokenizer``), the real processor classes
+added tokens at their real ids (``scripts.recipes.phi4_tokenizer``), the real processor classes
 (``Phi4MultimodalProcessor``, ``Phi4MultimodalFeatureExtractor`` with the real feature settings, so a
 clip gets the real number of audio tokens), and a random ``speech-lora/`` PEFT adapter on the same four
 projections as the official one, so that the speech-base merge (reference 2.1) is exercised. Called by
-``trainer.tiny_models`` (cache, recipe hash).
+``scripts.recipes.tiny_models`` (cache, recipe hash).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from trainer.models import phi4_tokenizer as tk
+from scripts.recipes import phi4_tokenizer as tk
 
-# Every number that shapes the tiny weights (trainer.tiny_models hashes it into the cache name).
+# Every number that shapes the tiny weights (scripts.recipes.tiny_models hashes it into the cache name).
 TINY_PHI4_MULTIMODAL = {
     'seed': 0,
     'hidden_size': 64,
