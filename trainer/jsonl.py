@@ -15,7 +15,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -117,17 +117,38 @@ def read(path: PathLike, missing_ok: bool = True) -> List[Any]:
 
 
 def write_atomic(path: PathLike, records: Iterable[Any]) -> int:
-    """Write ``records`` to ``path`` through a temporary file in the same folder and a rename: readers see
-    the old file or the new one, never a part. The temporary file is removed on failure. Returns the count."""
+    """Write ``records`` as JSON lines to ``path`` through a temporary file in the same folder and a rename:
+    readers see the old file or the new one, never a part. Returns the count."""
+    count = [0]
+
+    def write(fh) -> None:
+        for record in records:
+            fh.write(dumps(record).encode('utf-8'))
+            count[0] += 1
+    _replace_atomically(path, write)
+    return count[0]
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> None:
+    """``path`` holds ``data`` afterwards, or is unchanged if the write failed (temporary file + rename)."""
+    _replace_atomically(path, lambda fh: fh.write(data))
+
+
+def write_json_atomic(path: PathLike, obj: Any, indent: Optional[int] = 1) -> None:
+    """One JSON document (NaN and inf written as null), written atomically."""
+    text = json.dumps(finite(obj), indent=indent, ensure_ascii=False) + '\n'
+    write_bytes_atomic(path, text.encode('utf-8'))
+
+
+def _replace_atomically(path: PathLike, write: Callable[[Any], Any]) -> None:
+    """Call ``write(binary file)`` on a temporary file next to ``path``, sync it, then rename it over ``path``;
+    the temporary file is removed on any failure (a kill leaves at most a ``.NAME.*.tmp`` file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    n = 0
     try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as fh:
-            for record in records:
-                fh.write(dumps(record))
-                n += 1
+        with os.fdopen(fd, 'wb') as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -137,7 +158,6 @@ def write_atomic(path: PathLike, records: Iterable[Any]) -> int:
         except FileNotFoundError:
             pass
         raise
-    return n
 
 
 def keep_records(path: PathLike, keep: Callable[[Any], bool]) -> int:
