@@ -19,9 +19,9 @@ common=(--out "$OUT" --backend "${BACKEND:-auto}" --extractor "${EXTRACTOR:-rule
 
 if [ $# -eq 0 ]; then
     source ./scripts/cpu_env.sh
-    embedded=$(python -m scripts.recipes.embedded | tail -n 1)
-    base=$(python -c 'import json,sys; print(json.loads(sys.argv[1])["model"])' "$embedded")
-    data=$(python -c 'import json,sys; print(json.loads(sys.argv[1])["dataset"])' "$embedded")
+    embedded=$(python -m scripts.recipes.embedded)
+    base=$(sed -n 's/^model=//p' <<< "$embedded" | tail -n 1)
+    data=$(sed -n 's/^dataset=//p' <<< "$embedded" | tail -n 1)
     models=("$base")
     ckpt=$(ls -td output/grpo/*/checkpoint-* 2>/dev/null | head -n 1 || true)
     [ -n "$ckpt" ] && models+=("$ckpt")

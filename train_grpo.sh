@@ -51,23 +51,21 @@ inputs+=(--input "MODEL_PRESET=$MODEL_PRESET" --input "PROMPT_TYPE=$PROMPT_TYPE"
          --input "PROMPT_MODALITY=$PROMPT_MODALITY" --input "REWARD_FUNCS=${reward_funcs[*]}")
 plugins=0; launcher_has_flag --external_plugins "$@" && plugins=1
 launcher_preflight "${inputs[@]}" --reward_funcs "${reward_funcs[@]}" --plugins_given "$plugins" \
-    --prompt_type "$PROMPT_TYPE" --prompt_modality "$PROMPT_MODALITY" --model_preset "$MODEL_PRESET"
+    --prompt_type "$PROMPT_TYPE" --prompt_modality "$PROMPT_MODALITY" --model_preset "$MODEL_PRESET" \
+    --need_tiny_twin "$embedded_default"
 
 args=()
 prepare_extra=()
 if [ "$embedded_default" = 1 ]; then
     # ---- embedded default: everything offline on the CPU ----
     source ./scripts/cpu_env.sh
-    python -c 'import sys; from trainer.presets import PRESETS as P; p = P.get(sys.argv[1])
-sys.exit(None if p and p.has_tiny_twin else f"train_grpo.sh: no tiny twin for MODEL_PRESET={sys.argv[1]} "
-         f"(presets with one: {sorted(k for k, v in P.items() if v.has_tiny_twin)})")' "$MODEL_PRESET" || exit 2
     if [ "${DRY_RUN:-0}" = 1 ]; then
         MODEL="<tiny warm-started $MODEL_PRESET>"; DATASET_PATH=${DATASET_PATH:-"<small MMLU speech set>"}
     else
         echo "== embedded default: tiny $MODEL_PRESET, small MMLU speech set, SFT warm start (cached) =="
-        embedded=$(python -m scripts.recipes.embedded --model_type "$MODEL_PRESET" | tail -n 1)
-        MODEL=$(python -c 'import json,sys; print(json.loads(sys.argv[1])["model"])' "$embedded")
-        DATASET_PATH=${DATASET_PATH:-$(python -c 'import json,sys; print(json.loads(sys.argv[1])["dataset"])' "$embedded")}
+        embedded=$(python -m scripts.recipes.embedded --model_type "$MODEL_PRESET")
+        MODEL=$(launcher_get model "$embedded")
+        DATASET_PATH=${DATASET_PATH:-$(launcher_get dataset "$embedded")}
     fi
     args+=(--num_generations 4 --per_device_train_batch_size 8 --gradient_accumulation_steps 1
            --max_completion_length 40 --max_steps "${MAX_STEPS:-15}" --learning_rate 1e-4 --warmup_ratio 0
@@ -79,9 +77,9 @@ sys.exit(None if p and p.has_tiny_twin else f"train_grpo.sh: no tiny twin for MO
     prepare_extra=(--val_split test --val_rows 8)
     launcher=(python -m trainer.grpo)
 else
-    # ---- a cluster: the paper's setting (reference 1.3, 2.9) ----
+    # ---- a cluster: the paper's setting (docs/original.md §1.3, §2.9) ----
     [ "$NPROC_PER_NODE" -ge 1 ] || launcher_fail "MODEL given but no GPU found; set NPROC_PER_NODE"
-    MODEL=${MODEL:-$(python -c 'import sys; from trainer.presets import get_preset; print(get_preset(sys.argv[1]).checkpoint)' "$MODEL_PRESET")}
+    MODEL=${MODEL:-$preset_checkpoint}
     DATASET_PATH=${DATASET_PATH:-yuantuo666/MMLU_FULL-full_train_hf_format.merged.v1}
     NNODES=${NNODES:-1}
     world=$((NPROC_PER_NODE * NNODES))
@@ -94,8 +92,9 @@ else
     DEEPSPEED=${DEEPSPEED:-zero2}
     args+=(--per_device_train_batch_size "$per_gpu" --gradient_accumulation_steps $((world_batch / (world * per_gpu)))
            --per_device_eval_batch_size 4 --torch_dtype bfloat16 --attn_impl flash_attn --dataloader_num_workers 4
-           --max_length 8704 --report_to tensorboard --log_completions true --eval_steps 100)
-    if python -c 'import sys; from trainer.presets import get_preset; sys.exit(0 if get_preset(sys.argv[1]).vllm else 1)' "$MODEL_PRESET"; then
+           --max_length 8704 --report_to tensorboard --log_completions true --eval_steps 100
+           --embedder Qwen/Qwen3-Embedding-0.6B)   # the paper's behaviour embedder (hub; MiniLM offline on the CPU)
+    if [ "$preset_vllm" = 1 ]; then
         args+=(--use_vllm true --vllm_mode colocate --vllm_gpu_memory_utilization 0.15 --vllm_max_model_len 8704
                --vllm_limit_mm_per_prompt '{"audio": 1}' --sleep_level 0)
     else   # the GPU stack's vLLM does not serve this architecture: rollouts with transformers

@@ -40,17 +40,23 @@ if [ -n "${CUDA_VISIBLE_DEVICES-unset}" ] && command -v nvidia-smi >/dev/null 2>
     gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 fi
 NPROC_PER_NODE=${NPROC_PER_NODE:-$gpus}
-MODEL_PRESET=${MODEL_PRESET:-qwen2_5_omni}
+MODEL_PRESET=${MODEL_PRESET:-qwen2_5_omni}   # trainer.presets.DEFAULT_PRESET (tests/test_data_and_launcher.py checks)
 
-# launcher_preflight ARGS...: `python -m trainer.run_state preflight` (input and run-directory checks, the
-# checkpoint to resume); sets `checkpoint` (empty: start at step 0) and `prepared` (1: the data is ready).
+# launcher_preflight ARGS...: `python -m trainer.run_state preflight`, the launcher's one question to Python
+# (input and run-directory checks, the checkpoint to resume, the preset's facts); sets `checkpoint` (empty:
+# start at step 0), `prepared` (1: the data is ready), `preset_checkpoint` and `preset_vllm` (1: vLLM serves it).
 launcher_preflight() {
     local plan
     plan=$(python -m trainer.run_state preflight --launcher "$me" --output_dir "$OUTPUT_DIR" \
            --resume "${RESUME:-0}" --dry_run "${DRY_RUN:-0}" "$@") || exit 2
-    checkpoint=$(sed -n 's/^run_state:checkpoint=//p' <<< "$plan")
-    prepared=$(sed -n 's/^run_state:prepared=//p' <<< "$plan")
+    checkpoint=$(launcher_get run_state:checkpoint "$plan")
+    prepared=$(launcher_get run_state:prepared "$plan")
+    preset_checkpoint=$(launcher_get run_state:preset_checkpoint "$plan")
+    preset_vllm=$(launcher_get run_state:preset_vllm "$plan")
 }
+
+# launcher_get KEY TEXT: the value of the last line `KEY=value` of TEXT (a Python step's answer).
+launcher_get() { sed -n "s/^$1=//p" <<< "$2" | tail -n 1; }
 
 # launcher_has_flag FLAG ARGS...: whether FLAG is among ARGS (the extra arguments).
 launcher_has_flag() {

@@ -28,7 +28,7 @@ fi
 inputs+=(--input "KIND=$KIND" --input "MODEL_PRESET=$MODEL_PRESET" --input "PROMPT_TYPE=$PROMPT_TYPE"
          --input "PROMPT_MODALITY=$PROMPT_MODALITY")
 launcher_preflight "${inputs[@]}" --prompt_type "$PROMPT_TYPE" --prompt_modality "$PROMPT_MODALITY" \
-    --modalities a t --model_preset "$MODEL_PRESET"
+    --modalities a t --model_preset "$MODEL_PRESET" --need_tiny_twin "$embedded_default"
 
 args=()
 prepare=()
@@ -40,10 +40,10 @@ if [ "$embedded_default" = 1 ]; then
         TRAIN_FILE="<embedded preference set>/$KIND.jsonl"; VAL_FILE="<embedded preference set>/${KIND}_val.jsonl"
     else
         echo "== embedded default: tiny $MODEL_PRESET, preference set from its own answers (cached) =="
-        embedded=$(python -m scripts.recipes.embedded_preference --model_type "$MODEL_PRESET" | tail -n 1)
-        get() { python -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$embedded" "$1"; }
-        MODEL=$(get model); TRAIN_FILE=$(get "$KIND"); VAL_FILE=$(get "${KIND}_val")
-        echo "preference set: $(get report)"
+        embedded=$(python -m scripts.recipes.embedded_preference --model_type "$MODEL_PRESET")
+        MODEL=$(launcher_get model "$embedded"); TRAIN_FILE=$(launcher_get "$KIND" "$embedded")
+        VAL_FILE=$(launcher_get "${KIND}_val" "$embedded")
+        echo "preference set: $(launcher_get report "$embedded")"
     fi
     args+=(--per_device_train_batch_size 2 --gradient_accumulation_steps 1 --max_steps "${MAX_STEPS:-8}"
            --learning_rate 1e-4 --warmup_ratio 0 --torch_dtype float32 --fp16 false --bf16 false
@@ -52,9 +52,9 @@ if [ "$embedded_default" = 1 ]; then
            --seed 42)
     launcher=(python -m trainer.preference_train "$KIND")
 else
-    # ---- a cluster: the original's setting (reference 1.3, 4.1) ----
+    # ---- a cluster: the original's setting (docs/original.md §1.3, §4.1) ----
     [ "$NPROC_PER_NODE" -ge 1 ] || launcher_fail "MODEL given but no GPU found; set NPROC_PER_NODE"
-    MODEL=${MODEL:-$(python -c 'import sys; from trainer.presets import get_preset; print(get_preset(sys.argv[1]).checkpoint)' "$MODEL_PRESET")}
+    MODEL=${MODEL:-$preset_checkpoint}
     if [ -n "${PREFERENCE_DATA:-}" ]; then   # the output of `preference build`
         TRAIN_FILE=$PREFERENCE_DATA/$KIND.jsonl; VAL_FILE=$PREFERENCE_DATA/${KIND}_val.jsonl
     else                                     # hf_format with chosen/rejected columns (the original's set)

@@ -88,6 +88,17 @@ def test_launcher_dry_run_for_eight_gpus(tmp_path):
     assert flag(train, '--prompt_modality') == 'mixed' and flag(train, '--model') == 'Qwen/Qwen2.5-Omni-7B'
     rewards = train[train.index('--reward_funcs') + 1:train.index('--output_dir')]
     assert rewards == ['tars_format', 'tars_accuracy', 'tars_representation', 'tars_behaviour']
+    assert flag(train, '--embedder') == 'Qwen/Qwen3-Embedding-0.6B'  # the paper's behaviour embedder on a cluster
+    _, embedded = dry_run({'NPROC_PER_NODE': '0', 'OUTPUT_DIR': str(tmp_path / 'cpu')})
+    assert '--embedder' not in embedded  # the CPU default keeps the offline MiniLM (trainer.config)
+
+
+def test_the_launchers_default_preset_is_the_libraries():
+    from trainer.presets import DEFAULT_PRESET
+    text = (REPO / 'scripts' / 'launcher_env.sh').read_text()
+    assert f'MODEL_PRESET=${{MODEL_PRESET:-{DEFAULT_PRESET}}}' in text
+    assert 'python -c' not in text + (REPO / 'train_grpo.sh').read_text() + (
+        REPO / 'scripts' / 'preference_launcher.sh').read_text()  # one question to Python: the preflight
 
 
 def test_launcher_dry_run_original_reward_names_and_bad_world_batch(tmp_path):

@@ -93,10 +93,11 @@ def test_registration_and_not_a_preset():
 def test_judge_twin_is_qwen1_5_shaped(cache_dir):
     from transformers import AutoConfig, AutoTokenizer
 
-    from scripts.recipes.tiny_models import BUILDERS, tiny_judge_dir
+    from scripts.recipes.tiny_models import tiny_judge_dir
+    from trainer.presets import PRESETS
     path = tiny_judge_dir(cache_dir)
     assert tiny_judge_dir(cache_dir) == path  # cached by recipe hash
-    assert 'xfinder_qwen1505' not in BUILDERS  # not a preset
+    assert 'xfinder_qwen1505' not in PRESETS  # not a preset
     config = AutoConfig.from_pretrained(str(path))
     assert config.architectures == ['Qwen2ForCausalLM'] and config.model_type == 'qwen2'
     assert config.tie_word_embeddings and config.vocab_size == 151936 and config.num_hidden_layers == 2

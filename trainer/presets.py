@@ -1,7 +1,9 @@
-"""Model presets: one row per supported architecture (design.md section 4), named by ms-swift model type.
+"""Model presets: one row per supported architecture (docs/design.md §4), named by ms-swift model type.
 
-On GPUs a preset runs its real checkpoint; on the CPU its tiny random-weight twin
-(``scripts.recipes.tiny_models``), loaded through the same ms-swift model type and code path.
+A row carries everything the project needs to know about the architecture: its real checkpoint, its ms-swift
+registration, whether vLLM serves it, the transformers class and LLM attribute the layer analysis loads, and
+the builder of its tiny random-weight twin. On GPUs a preset runs its real checkpoint; on the CPU its twin,
+loaded through the same ms-swift model type and code path.
 """
 from __future__ import annotations
 
@@ -15,26 +17,43 @@ from typing import Dict, Optional
 class Preset:
     model_type: str      # ms-swift model type (also the template)
     checkpoint: str      # the real checkpoint (hub id)
-    has_tiny_twin: bool  # whether scripts.recipes.tiny_models can build its twin
+    # transformers class whose forward gives every layer's hidden states (the layer analysis loads it), and the
+    # attribute under which the full model holds it (None: the class is the full model)
+    llm_class: str
+    llm_attribute: Optional[str] = None
     # module whose register() registers the model type and template with ms-swift (trainer.model_registry);
     # None when ms-swift's own registration works with our transformers
     registration: Optional[str] = None
     # whether the GPU stack's vLLM serves this architecture (rollouts and evaluation); else transformers
     vllm: bool = True
+    # 'module:function' building the tiny random-weight twin (a recipe, above the core: named, not imported;
+    # scripts.recipes.tiny_models resolves it); None: no twin
+    tiny_twin: Optional[str] = None
+
+    @property
+    def has_tiny_twin(self) -> bool:
+        return self.tiny_twin is not None
 
 
 DEFAULT_PRESET = 'qwen2_5_omni'
+_TWINS = 'scripts.recipes.tiny_models'
 
 PRESETS: Dict[str, Preset] = {
-    'qwen2_5_omni': Preset('qwen2_5_omni', 'Qwen/Qwen2.5-Omni-7B', True),
-    'qwen2_audio': Preset('qwen2_audio', 'Qwen/Qwen2-Audio-7B-Instruct', True, 'trainer.models.qwen2_audio'),
+    'qwen2_5_omni': Preset('qwen2_5_omni', 'Qwen/Qwen2.5-Omni-7B',
+                           llm_class='Qwen2_5OmniThinkerForConditionalGeneration', llm_attribute='thinker',
+                           tiny_twin=f'{_TWINS}:QWEN2_5_OMNI'),
+    'qwen2_audio': Preset('qwen2_audio', 'Qwen/Qwen2-Audio-7B-Instruct',
+                          llm_class='Qwen2AudioForConditionalGeneration', registration='trainer.models.qwen2_audio',
+                          tiny_twin=f'{_TWINS}:QWEN2_AUDIO'),
     # vLLM dropped the native Phi4MultimodalForCausalLM (vllm-project/vllm #30049): transformers rollouts
-    'phi4_multimodal': Preset('phi4_multimodal', 'microsoft/Phi-4-multimodal-instruct', True,
-                               'trainer.models.phi4_multimodal', vllm=False),
+    'phi4_multimodal': Preset('phi4_multimodal', 'microsoft/Phi-4-multimodal-instruct',
+                              llm_class='Phi4MultimodalForCausalLM', registration='trainer.models.phi4_multimodal',
+                              vllm=False, tiny_twin=f'{_TWINS}:PHI4_MULTIMODAL'),
 }
 
 
 def get_preset(model_type: str) -> Preset:
+    """The row of ``model_type``; a ValueError listing the presets otherwise."""
     if model_type not in PRESETS:
         raise ValueError(f'unknown MODEL_PRESET {model_type!r}; supported: {sorted(PRESETS)}')
     return PRESETS[model_type]

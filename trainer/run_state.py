@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from trainer.presets import DEFAULT_PRESET, PRESETS
+
 MANIFEST = 'run.json'
 TRAINER_STATE = 'trainer_state.json'
 # What a finished save holds besides trainer_state.json: full weights, a LoRA adapter (either format),
@@ -135,7 +137,6 @@ def check_settings(prompt_type: Optional[str], prompt_modality: Optional[str], m
                    modalities: Optional[Sequence[str]] = None) -> None:
     """PROMPT_TYPE, PROMPT_MODALITY and MODEL_PRESET against their lists."""
     from trainer import prompts
-    from trainer.presets import PRESETS
     if prompt_type is not None and prompt_type not in prompts.PROMPT_TYPES:
         raise RunStateError(f'PROMPT_TYPE={prompt_type!r} is not one of {" ".join(prompts.PROMPT_TYPES)}')
     allowed = list(modalities or prompts.PROMPT_MODALITIES)
@@ -143,6 +144,16 @@ def check_settings(prompt_type: Optional[str], prompt_modality: Optional[str], m
         raise RunStateError(f'PROMPT_MODALITY={prompt_modality!r} is not one of {" ".join(allowed)}')
     if model_preset is not None and model_preset not in PRESETS:
         raise RunStateError(f'MODEL_PRESET={model_preset!r} is not one of {" ".join(sorted(PRESETS))}')
+
+
+def preset_facts(model_preset: str, need_tiny_twin: bool = False) -> Dict[str, str]:
+    """What the launchers need to know about a preset, answered with the preflight (one Python call):
+    its real checkpoint and whether vLLM serves it (``trainer.presets``)."""
+    preset = PRESETS[model_preset]
+    if need_tiny_twin and not preset.has_tiny_twin:
+        raise RunStateError(f'no tiny twin for MODEL_PRESET={model_preset} (presets with one: '
+                            f'{" ".join(sorted(k for k, p in PRESETS.items() if p.has_tiny_twin))})')
+    return {'preset_checkpoint': preset.checkpoint, 'preset_vllm': str(int(preset.vllm))}
 
 
 @dataclass
@@ -212,6 +223,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pre.add_argument('--prompt_modality', default=None)
     pre.add_argument('--modalities', nargs='*', default=None, help='allowed PROMPT_MODALITY values')
     pre.add_argument('--model_preset', default=None)
+    pre.add_argument('--need_tiny_twin', type=int, choices=[0, 1], default=0,
+                     help='1: the embedded default, whose preset must have a tiny twin')
     rec = sub.add_parser('record', help='write run.json after the data is prepared')
     rec.add_argument('--launcher', required=True)
     rec.add_argument('--output_dir', required=True, type=Path)
@@ -223,6 +236,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             write_manifest(args.output_dir, args.launcher, inputs)
             return 0
         check_settings(args.prompt_type, args.prompt_modality, args.model_preset, args.modalities)
+        facts = preset_facts(args.model_preset or DEFAULT_PRESET, bool(args.need_tiny_twin))
         plan = plan_run(args.output_dir, bool(args.resume), inputs, bool(args.dry_run))
         if args.reward_funcs is not None:
             check_rewards(args.reward_funcs, bool(args.plugins_given))
@@ -233,6 +247,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'{args.launcher}: {note}', file=sys.stderr)
     print(f'{PRINT_PREFIX}checkpoint={plan.checkpoint or ""}')
     print(f'{PRINT_PREFIX}prepared={int(plan.prepared)}')
+    for name, value in facts.items():
+        print(f'{PRINT_PREFIX}{name}={value}')
     return 0
 
 

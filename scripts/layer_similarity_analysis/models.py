@@ -28,13 +28,6 @@ log = logging.getLogger(__name__)
 
 # ms-swift model type -> (transformers class of the part with the LLM, its attribute in the full model;
 # None when that part is the full model)
-THINKERS = {
-    'qwen2_5_omni': ('Qwen2_5OmniThinkerForConditionalGeneration', 'thinker'),
-    'qwen2_audio': ('Qwen2AudioForConditionalGeneration', None),
-    'phi4_multimodal': ('Phi4MultimodalForCausalLM', None),
-}
-
-
 @dataclass
 class LoadedModel:
     thinker: nn.Module
@@ -98,9 +91,8 @@ def load_model(model: str, base_model: Optional[str] = None, model_type: Optiona
     spec = resolve_model(model, base_model, model_type)
     check_no_remote_code([model, spec.base, spec.adapter], trust_remote_code)
     get_preset(spec.model_type)
-    if spec.model_type not in THINKERS:
-        raise ValueError(f'no thinker loader for model type {spec.model_type!r}; known: {sorted(THINKERS)}')
-    cls_name, attr = THINKERS[spec.model_type]
+    preset = get_preset(spec.model_type)  # the class with every layer's states, and where the full model holds it
+    cls_name, attr = preset.llm_class, preset.llm_attribute
     cls = getattr(transformers, cls_name)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)

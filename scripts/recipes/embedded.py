@@ -104,7 +104,8 @@ def main(argv=None) -> None:
     parser.add_argument('--model_type', default=DEFAULT_PRESET, choices=sorted(PRESETS))
     args = parser.parse_args(argv)
     paths = prepare(args.cache_dir or default_cache_dir(), args.model_type)
-    print(json.dumps({k: str(v) for k, v in paths.items()}))
+    for name, path in paths.items():  # NAME=PATH lines, read by the launchers
+        print(f'{name}={path}')
 
 
 if __name__ == '__main__':

