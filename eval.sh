@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Evaluation (reference 6): the paper's Table 1 layout, MMSU(A) MMSU(T) OBQA(A) OBQA(T) Avg(A) MRR.
+# Evaluation (docs/original.md §6): the paper's Table 1 layout, MMSU(A) MMSU(T) OBQA(A) OBQA(T) Avg(A) MRR.
 #
 #   bash eval.sh                  # no GPU, no arguments: the tiny preset (warm-started base) and the latest
 #                                 # embedded GRPO checkpoint (if any), the small offline set, all four modes

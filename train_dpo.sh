@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The DPO baseline of the paper's ablation (reference sections 1.3 and 4.1), through ms-swift.
+# The DPO baseline of the paper's ablation (docs/original.md §1.3, §4.1), through ms-swift.
 #
 #   bash train_dpo.sh                        # no GPU, no arguments: the embedded default (tiny model, a preference
 #                                           # set built offline from its own answers, a few DPO steps)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# TARS GRPO training (paper section 3; reference sections 1.3 and 2).
+# TARS GRPO training (paper section 3; docs/original.md §1.3, §2).
 #
 #   bash train_grpo.sh                      # no GPU, no arguments: the embedded default (tiny model,
 #                                           # small MMLU speech set, SFT warm start, a few GRPO steps)

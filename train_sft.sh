@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The SFT baseline of the paper's ablation (reference sections 1.3 and 4.1), through ms-swift.
+# The SFT baseline of the paper's ablation (docs/original.md §1.3, §4.1), through ms-swift.
 #
 #   bash train_sft.sh                        # no GPU, no arguments: the embedded default (tiny model, a preference
 #                                           # set built offline from its own answers, a few SFT steps)

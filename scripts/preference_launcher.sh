@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The body of train_dpo.sh and train_sft.sh (KIND=dpo|sft): the DPO and SFT baselines of the paper's
-# ablation (reference sections 1.3, 4.1), through ms-swift (`swift rlhf --rlhf_type dpo`, `swift sft`).
+# ablation (docs/original.md §1.3, §4.1), through ms-swift (`swift rlhf --rlhf_type dpo`, `swift sft`).
 # Same conventions as train_grpo.sh; see the header of train_dpo.sh for the environment variables.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

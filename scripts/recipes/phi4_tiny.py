@@ -1,11 +1,11 @@
-"""The tiny random-weight twin of Phi-4-multimodal-instruct (design.md section 4; issue 6).
+"""The tiny random-weight twin of Phi-4-multimodal-instruct (docs/design.md §4; issue 6).
 
 Same transformers class as the real checkpoint in its native format (``Phi4MultimodalForCausalLM``), a
 few decoder layers of width 64, a two-block Conformer audio encoder, the o200k tokenizer with Phi-4's
 added tokens at their real ids (``scripts.recipes.phi4_tokenizer``), the real processor classes
 (``Phi4MultimodalProcessor``, ``Phi4MultimodalFeatureExtractor`` with the real feature settings, so a
 clip gets the real number of audio tokens), and a random ``speech-lora/`` PEFT adapter on the same four
-projections as the official one, so that the speech-base merge (reference 2.1) is exercised. Called by
+projections as the official one, so that the speech-base merge (docs/original.md §2.1) is exercised. Called by
 ``scripts.recipes.tiny_models`` (cache, recipe hash).
 """
 from __future__ import annotations

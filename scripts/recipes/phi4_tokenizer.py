@@ -1,4 +1,4 @@
-"""The Phi-4-multimodal tokenizer, built offline (design.md sections 4-5; reference 2.1).
+"""The Phi-4-multimodal tokenizer, built offline (docs/design.md §4-§5; docs/original.md §2.1).
 
 Phi-4-multimodal-instruct tokenizes with OpenAI's ``o200k_base`` byte-level BPE (a GPT2TokenizerFast,
 model vocabulary 200064) plus its chat and media tokens. The model hubs are unreachable here and no
