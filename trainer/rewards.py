@@ -1,4 +1,4 @@
-"""TARS rewards as ms-swift ORMs (reference section 3), each usable alone with any GRPO trainer that
+"""TARS rewards as ms-swift ORMs (docs/original.md §3), each usable alone with any GRPO trainer that
 provides its inputs.
 
 Rewards receive ms-swift's completions plus the dataset's ``tars_*`` columns (``trainer.data``) and
@@ -61,14 +61,14 @@ class TARSReward(ORM):
 
 
 class FormatReward(ORM):
-    """reward_format (reference 3.1): 1 strict systhink format, 0.5 loose, 0 otherwise."""
+    """reward_format (docs/original.md §3.1): 1 strict systhink format, 0.5 loose, 0 otherwise."""
 
     def __call__(self, completions, **kwargs) -> List[float]:
         return [format_score(c) for c in completions]
 
 
 class AccuracyReward(TARSReward):
-    """Accuracy (reference 3.3, the original's reward_xfinder): 1 if the extracted choice is the gold one."""
+    """Accuracy (docs/original.md §3.3, the original's reward_xfinder): 1 if the extracted choice is the gold one."""
     name = 'accuracy'
 
     def __call__(self, completions, **kwargs) -> List[float]:
@@ -77,7 +77,7 @@ class AccuracyReward(TARSReward):
 
 
 class LengthReward(TARSReward):
-    """reward_len (reference 3.2): -|target - characters| / target."""
+    """reward_len (docs/original.md §3.2): -|target - characters| / target."""
 
     def __call__(self, completions, **kwargs) -> List[float]:
         target = self.config.length_target
@@ -102,7 +102,7 @@ class _AlignmentReward(TARSReward):
 
 
 class RepresentationAlignmentReward(_AlignmentReward):
-    """hidden_state_sim (reference 3.5): mean over target layers of the cosine between the mean-pooled
+    """hidden_state_sim (docs/original.md §3.5): mean over target layers of the cosine between the mean-pooled
     completion states of a speech rollout and of its paired correct text rollout."""
     name = 'representation alignment'
 
@@ -117,7 +117,7 @@ class RepresentationAlignmentReward(_AlignmentReward):
 
 
 class BehaviourAlignmentReward(_AlignmentReward):
-    """reward_align_audio_to_text (reference 3.4): cosine of the sentence embeddings of a speech
+    """reward_align_audio_to_text (docs/original.md §3.4): cosine of the sentence embeddings of a speech
     completion and of its paired correct text completion."""
     name = 'behaviour alignment'
 

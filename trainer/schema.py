@@ -1,6 +1,6 @@
-"""The hf_format dataset schema: columns, audio reading, loading and validation (design.md section 2).
+"""The hf_format dataset schema: columns, audio reading, loading and validation (docs/design.md §2).
 
-Every dataset the project reads or writes (MMLU/OBQA/MMSU with speech, reference section 5) has the
+Every dataset the project reads or writes (MMLU/OBQA/MMSU with speech, docs/original.md §5) has the
 columns below. This module is the one place that knows them.
 
 Audio is always read with `datasets.Audio(decode=False)` and decoded here with soundfile: datasets 4.x
@@ -189,7 +189,7 @@ def audio_undecoded(ds):
 def load_hf_dataset(path_or_id, split='train'):
     """Load a local save_to_disk directory or a hub id and return one split, audio undecoded.
 
-    Same rule as the original (reference section 2.2): `split`, else 'test' with a warning.
+    Same rule as the original (docs/original.md §2.2): `split`, else 'test' with a warning.
     """
     if os.path.exists(path_or_id):
         ds = datasets.load_from_disk(path_or_id)

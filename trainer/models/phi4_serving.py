@@ -1,4 +1,4 @@
-"""vLLM serving of a trained Phi-4-multimodal adapter (reference section 7).
+"""vLLM serving of a trained Phi-4-multimodal adapter (docs/original.md §7).
 
 vLLM switches LoRAs per request but cannot stack them, so the original serves the *speech base* (the
 official speech LoRA merged into the weights, ``trainer.models.phi4_speech_base``) with the trained

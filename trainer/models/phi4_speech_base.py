@@ -1,4 +1,4 @@
-"""The Phi-4-multimodal "speech base": the official speech LoRA merged into the base (reference 2.1, 7).
+"""The Phi-4-multimodal "speech base": the official speech LoRA merged into the base (docs/original.md §2.1, §7).
 
 The original merges the checkpoint's speech LoRA (r 320, alpha 640, on qkv_proj/o_proj/gate_up_proj/
 down_proj of every decoder layer) into the base weights before adding its own r 8 adapter, and serves
@@ -76,7 +76,8 @@ def merge_speech_lora(model, lora_dir) -> 'object':
         raise ValueError(f'the speech LoRA in {lora_dir} did not load cleanly: unexpected '
                          f'{list(result.unexpected_keys)[:5]}, missing {lora_missing[:5]}')
     merged = peft_model.merge_and_unload()
-    logging.getLogger(__name__).warning('merged the speech LoRA %s (r %s, alpha %s) into %d modules (reference 2.1)',
+    logging.getLogger(__name__).warning('merged the speech LoRA %s (r %s, alpha %s) into %d modules '
+                                        '(docs/original.md §2.1)',
                                         lora_dir, config.r, config.lora_alpha, len(config.target_modules))
     return merged  # peft's merge_and_unload also removes its peft_config (tests/test_compat.py)
 
