@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 LETTERS = 'ABCDEFGHIJ'
 
-# Reference 3.1, verbatim.
+# docs/original.md §3.1, verbatim.
 FORMAT_STRICT = re.compile(
     r'^<think>.*?<\/think>\s*<answer>.*The answer is [ABCD][\.:,].*<\/answer>$', re.DOTALL)
 FORMAT_LOOSE = re.compile(r'^<think>.*<answer>.*[ABCD][\.:,]', re.DOTALL)

@@ -13,6 +13,7 @@ from typing import List, Optional
 
 from trainer import config as tars_config
 from trainer.model_loading import RemoteCodeArguments, check_swift_argv
+from trainer.registry import register_with_swift
 
 PLUGIN = Path(__file__).resolve().parent / 'swift_plugin' / 'tars_plugin.py'
 RUN_LOG_CALLBACK = 'tars_run_logs'  # trainer.run_logs.CALLBACK_NAME (that module imports transformers)
@@ -95,9 +96,10 @@ def main(argv: Optional[List[str]] = None):
     check_swift_argv(swift_args, loading.trust_remote_code)  # before ms-swift sees any model folder
     tars_config.activate(tars)
 
-    from trainer.registry import register_with_swift
     register_with_swift()
+    # deferred: ms-swift and torch.distributed load in seconds; the command line is checked before them
     from swift.pipelines import rlhf_main
+
     from trainer.distributed import run_then_shutdown
     return run_then_shutdown(rlhf_main, build_swift_argv(swift_args))
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 
+from trainer.presets import PRESETS
+
 _done = False
 
 
@@ -17,7 +19,6 @@ def register_models() -> None:
     global _done
     if _done:
         return
-    from trainer.presets import PRESETS
     for preset in PRESETS.values():
         if preset.registration:
             importlib.import_module(preset.registration).register()

@@ -19,6 +19,7 @@ from trainer import config as tars_config
 from trainer import tars_math
 from trainer.answer import format_score, is_correct, length_score
 from trainer.data import ANSWER_INDEX, KEY, OPTIONS
+from trainer.embedder import embed
 from trainer.rollouts import Rollout, RolloutBatch, judge_all
 
 MODALITY, HIDDEN = 'tars_modality', 'tars_hidden'
@@ -122,7 +123,6 @@ class BehaviourAlignmentReward(_AlignmentReward):
     name = 'behaviour alignment'
 
     def scorer(self, rows, partners):
-        from trainer.embedder import embed
         needed = sorted({i for i, j in enumerate(partners) if j is not None} | {j for j in partners if j is not None})
         if not needed:
             return lambda i, j: 0.0

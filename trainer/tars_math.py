@@ -63,7 +63,7 @@ def layer_indices(num_layers: int, target_layers: Optional[Sequence[int]]) -> Li
 def pooled_cosine(a: torch.Tensor, b: torch.Tensor, target_layers: Optional[Sequence[int]] = None) -> float:
     """Representation alignment of two rollouts: mean over layers of cos(a_l, b_l); a, b [L, D].
 
-    Reference 3.5: mean-pool each layer over completion tokens first, then cosine, then average layers.
+    docs/original.md §3.5: mean-pool each layer over completion tokens first, then cosine, then average layers.
     """
     rows = layer_indices(a.shape[0], target_layers)
     cos = torch.nn.functional.cosine_similarity(a[rows].float(), b[rows].float(), dim=-1, eps=1e-8)

@@ -35,6 +35,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Dict, List
 
+from trainer.models.phi4_speech_base import merge_speech_lora, speech_lora_dir
+
 MODEL_TYPE = 'phi4_multimodal'
 ARCH = 'tars_phi4_multimodal'  # module layout of transformers' native Phi4MultimodalForCausalLM
 CHECKPOINT = 'microsoft/Phi-4-multimodal-instruct'
@@ -132,8 +134,6 @@ def loader_class() -> type:
 
         def get_model(self, model_dir, config, processor, model_kwargs):
             from transformers import Phi4MultimodalForCausalLM
-
-            from trainer.models.phi4_speech_base import merge_speech_lora, speech_lora_dir
             self.auto_model_cls = self.auto_model_cls or Phi4MultimodalForCausalLM
             model = super().get_model(model_dir, config, processor, model_kwargs)
             lora = speech_lora_dir(model_dir)
