@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import torch
 
@@ -22,7 +22,7 @@ def resolve(name: str) -> str:
     return name
 
 
-def load_embedder(name: str):
+def load_embedder(name: str) -> Any:
     """A SentenceTransformer for ``name`` on this rank's device, loaded once per process."""
     with _LOCK:
         if name not in _CACHE:

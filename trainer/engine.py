@@ -108,7 +108,7 @@ def build_engine(spec: ModelSpec, backend: str = 'auto', batch_size: int = 16, t
 
 
 def generate(engine: Any, requests: List[Tuple[List[Dict], List[str]]], spec: ModelSpec, use_adapter: bool,
-             max_new_tokens: int, temperature: float = 0.0, seed: Optional[int] = None) -> List[str]:
+             max_new_tokens: int, *, temperature: float = 0.0, seed: Optional[int] = None) -> List[str]:
     """Completions for (messages, audios) requests, with or without the adapter: greedy by default,
     sampled at ``temperature`` (with ``seed``) otherwise."""
     from swift.infer_engine import AdapterRequest, InferRequest, RequestConfig  # deferred: ms-swift (seconds)

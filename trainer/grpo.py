@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from trainer import config as tars_config
 from trainer.model_loading import RemoteCodeArguments, check_swift_argv
@@ -91,7 +91,7 @@ def plugin_args(swift_args: List[str]) -> List[str]:
             + list_flag(swift_args, '--external_plugins', [str(PLUGIN)]))
 
 
-def main(argv: Optional[List[str]] = None):
+def main(argv: Optional[List[str]] = None) -> Any:
     tars, loading, swift_args = tars_config.parse_args(sys.argv[1:] if argv is None else argv, RemoteCodeArguments)
     check_swift_argv(swift_args, loading.trust_remote_code)  # before ms-swift sees any model folder
     tars_config.activate(tars)

@@ -61,7 +61,7 @@ def drop_unsaved_steps(path: str, last_step: int) -> int:
     return removed
 
 
-def generated_length(sample) -> Optional[int]:
+def generated_length(sample: Any) -> Optional[int]:
     """Number of tokens the rollout engine generated for a sample (its ``response_token_ids``); None when
     the engine did not report them."""
     ids = getattr(sample, 'response_token_ids', None)
@@ -70,7 +70,7 @@ def generated_length(sample) -> Optional[int]:
     return sum(len(part) if isinstance(part, (list, tuple)) else 1 for part in ids)
 
 
-def end_token_ids(tokenizer, generation_config=None) -> List[int]:
+def end_token_ids(tokenizer: Any, generation_config: Any = None) -> List[int]:
     """The ids that end a completion: the tokenizer's EOS and the generation config's EOS ids."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     eos = getattr(generation_config, 'eos_token_id', None)
@@ -80,7 +80,7 @@ def end_token_ids(tokenizer, generation_config=None) -> List[int]:
 
 class TARSGRPOTrainer(GRPOTrainer):
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.tars = tars_config.active()
         targs = kwargs.get('args')
         if targs is not None:  # refuse advantage settings TARS cannot honour before any engine starts

@@ -9,7 +9,7 @@ come first, so any flag on the command line overrides them. Works under ``torchr
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from trainer.grpo import LORA_DEFAULTS, plugin_args
 from trainer.model_loading import OPT_IN, check_swift_argv
@@ -37,7 +37,7 @@ def build_swift_argv(kind: str, swift_args: List[str]) -> List[str]:
     return defaults + swift_args + plugin_args(swift_args)
 
 
-def main(argv: Optional[List[str]] = None):
+def main(argv: Optional[List[str]] = None) -> Any:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in KINDS:
         raise SystemExit(f'usage: python -m trainer.preference_train {{{",".join(KINDS)}}} [{OPT_IN}] [ms-swift flags]')

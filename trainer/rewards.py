@@ -9,7 +9,7 @@ stay right whatever the batch geometry.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 
@@ -64,7 +64,7 @@ class TARSReward(ORM):
 class FormatReward(ORM):
     """reward_format (docs/original.md §3.1): 1 strict systhink format, 0.5 loose, 0 otherwise."""
 
-    def __call__(self, completions, **kwargs) -> List[float]:
+    def __call__(self, completions: List[str], **kwargs: Any) -> List[float]:
         return [format_score(c) for c in completions]
 
 
@@ -72,7 +72,7 @@ class AccuracyReward(TARSReward):
     """Accuracy (docs/original.md §3.3, the original's reward_xfinder): 1 if the extracted choice is the gold one."""
     name = 'accuracy'
 
-    def __call__(self, completions, **kwargs) -> List[float]:
+    def __call__(self, completions: List[str], **kwargs: Any) -> List[float]:
         view = self.view(completions, kwargs, gather=False)
         return [float(ok) for ok in view.local(view.correct)]
 
@@ -80,7 +80,7 @@ class AccuracyReward(TARSReward):
 class LengthReward(TARSReward):
     """reward_len (docs/original.md §3.2): -|target - characters| / target."""
 
-    def __call__(self, completions, **kwargs) -> List[float]:
+    def __call__(self, completions: List[str], **kwargs: Any) -> List[float]:
         target = self.config.length_target
         return [length_score(c, target) for c in completions]
 
@@ -90,7 +90,7 @@ class _AlignmentReward(TARSReward):
     rollout of the same question (round robin); text rollouts get their question's mean speech score."""
     name = 'alignment'
 
-    def __call__(self, completions, **kwargs) -> List[float]:
+    def __call__(self, completions: List[str], **kwargs: Any) -> List[float]:
         _require(kwargs, KEY, self.name)
         _require(kwargs, MODALITY, self.name)
         view = self.view(completions, kwargs)
@@ -98,7 +98,8 @@ class _AlignmentReward(TARSReward):
         rewards = tars_math.alignment_rewards(view.keys, view.modalities, partners, self.scorer(view.rows, partners))
         return view.local(rewards)
 
-    def scorer(self, rows: List[Rollout], partners: List[Optional[int]]):
+    def scorer(self, rows: List[Rollout], partners: List[Optional[int]]) -> Callable[[int, int], float]:
+        """``score(i, j)``: the alignment of rollout ``i`` with its partner ``j`` (indices into ``rows``)."""
         raise NotImplementedError
 
 
@@ -107,12 +108,12 @@ class RepresentationAlignmentReward(_AlignmentReward):
     completion states of a speech rollout and of its paired correct text rollout."""
     name = 'representation alignment'
 
-    def __call__(self, completions, **kwargs) -> List[float]:
+    def __call__(self, completions: List[str], **kwargs: Any) -> List[float]:
         if self.rollouts is None or not self.rollouts.matches(completions):
             _require(kwargs, HIDDEN, self.name)
         return super().__call__(completions, **kwargs)
 
-    def scorer(self, rows, partners):
+    def scorer(self, rows: List[Rollout], partners: List[Optional[int]]) -> Callable[[int, int], float]:
         layers = self.config.layers
         return lambda i, j: tars_math.pooled_cosine(rows[i].hidden, rows[j].hidden, layers)
 
@@ -122,7 +123,7 @@ class BehaviourAlignmentReward(_AlignmentReward):
     completion and of its paired correct text completion."""
     name = 'behaviour alignment'
 
-    def scorer(self, rows, partners):
+    def scorer(self, rows: List[Rollout], partners: List[Optional[int]]) -> Callable[[int, int], float]:
         needed = sorted({i for i, j in enumerate(partners) if j is not None} | {j for j in partners if j is not None})
         if not needed:
             return lambda i, j: 0.0

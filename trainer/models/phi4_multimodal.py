@@ -33,7 +33,7 @@ architecture gets a name of its own. No remote code is executed (``trust_remote_
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 from trainer.models.phi4_speech_base import merge_speech_lora, speech_lora_dir
 
@@ -102,7 +102,7 @@ def template_class() -> type:
     return Phi4MultimodalTemplate
 
 
-def collate_audio(clips, sizes, dtype=None) -> Dict[str, Any]:
+def collate_audio(clips: Sequence[Any], sizes: Sequence[int], dtype: Any = None) -> Dict[str, Any]:
     """Batch per-clip log-mel features [frames_i, 80] as the native feature extractor does for a batch:
     zero padding to the longest clip, and a frame mask when there is more than one clip."""
     import torch
