@@ -13,8 +13,6 @@ A thin layer of overrides over ms-swift's stage hooks; the algorithm itself is i
 """
 from __future__ import annotations
 
-import json
-import os
 from collections import defaultdict
 from typing import Any, Dict, List, Optional
 
@@ -271,23 +269,19 @@ class TARSGRPOTrainer(GRPOTrainer):
     def _dump(self, rows, rewards_per_func, total, advantages) -> None:
         """One JSON line per rollout: step, key, modality, completion, each reward, reward, advantage."""
         path = self.tars.dump_rollouts
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         step = self.state.global_step + 1  # the optimizer step these rollouts train (1-based, as logged)
         if not getattr(self, '_dump_checked', False):
             self._dump_checked = True
             drop_unsaved_steps(path, self.state.global_step)
-
-        def num(x: float):
-            return None if x != x else x  # NaN -> null
-
-        with open(path, 'a') as fh:
-            for i, row in enumerate(rows):
-                line = {'step': step, 'key': row.key, 'modality': row.modality, 'completion': row.completion}
-                for j, name in enumerate(self.reward_func_names):
-                    line[name] = num(rewards_per_func[i, j].item())
-                line['reward'] = num(total[i].item())
-                line['advantage'] = advantages[i].item()
-                fh.write(json.dumps(line, ensure_ascii=False) + '\n')
+        lines = []
+        for i, row in enumerate(rows):
+            line = {'step': step, 'key': row.key, 'modality': row.modality, 'completion': row.completion}
+            for j, name in enumerate(self.reward_func_names):
+                line[name] = rewards_per_func[i, j].item()
+            line['reward'] = total[i].item()
+            line['advantage'] = advantages[i].item()
+            lines.append(line)
+        jsonl.append(path, lines)  # one write (a kill tears at most the last line); NaN is written as null
 
     # ---- clip ratios per modality ----
     def _compute_loss_and_metrics(self, model, model_inputs, grpo_batch):
