@@ -51,3 +51,32 @@ def test_add_engine_arguments_defines_the_shared_flags():
     assert (args.batch_size, args.max_new_tokens, args.model_type, args.backend) == (3, 1000, 'qwen2_5_omni', 'auto')
     with pytest.raises(SystemExit):
         p.parse_args(['--model', 'M', '--backend', 'tpu'])
+
+
+class NoEngine:
+    """Stands where an engine would be: the guard refuses before anything is generated."""
+
+    def infer(self, *args, **kwargs):
+        raise AssertionError('the run should have been refused before generating')
+
+
+def test_the_evaluations_refuse_a_results_folder_made_with_other_settings(tmp_path):
+    """eval.qa and eval.asr write config.json on the first run and refuse a rerun with other settings into
+    the same folder, before any generation (no model is loaded: the engine is a stand-in)."""
+    from eval.asr import evaluate_asr
+    from eval.qa import evaluate
+    from tests.test_data_and_launcher import good_row, make_set
+    path = make_set(tmp_path, [good_row('k1')])
+    run_dir = tmp_path / 'eval' / 'm' / 'SET' / 'text_systhink'
+    jsonl.guard_run_config(run_dir, {'model': 'm', 'max_new_tokens': 8})
+    with pytest.raises(jsonl.RunConfigError, match=r'text_systhink holds results made with other settings \('
+                                                   r'.*max_new_tokens: 8 -> 4'):
+        evaluate('m', [('SET', path)], modes=['text'], out=tmp_path / 'eval', split='train', max_new_tokens=4,
+                 engine=NoEngine())
+    asr_dir = tmp_path / 'eval' / 'm' / 'SET' / 'asr_wer'
+    jsonl.guard_run_config(asr_dir, {'model': 'm', 'base': 'm', 'adapter': None, 'dataset': path, 'split': 'train',
+                                     'max_items': None, 'max_new_tokens': 8, 'reference_column': 'prompt_for_tts',
+                                     'prompt': 'Transcribe the audio clip into text.'})
+    with pytest.raises(jsonl.RunConfigError, match=r"asr_wer holds results made with other settings "
+                                                   r"\(max_new_tokens: 8 -> 4\)"):
+        evaluate_asr('m', f'SET={path}', tmp_path / 'eval', split='train', max_new_tokens=4, engine=NoEngine())
