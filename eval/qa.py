@@ -72,8 +72,8 @@ def evaluate_mode(engine: Any, spec: ModelSpec, extractor: Extractor, ds: Any, d
             try:
                 audio_path = write_clip(row, dataset_name, audio_dir) if mode == 'audio' else None
                 transcript = transcripts.get(row['key'], row['audio']) if mode == 'asr' else None
-                requests.append(build_request(mode, prompt_type, row['prompt_for_tts'], audio_path, transcript,
-                                              audio_with_text))
+                requests.append(build_request(mode, prompt_type, row['prompt_for_tts'], audio_path,
+                                              transcript=transcript, audio_with_text=audio_with_text))
                 ready.append(row)
             except (SchemaError, OSError, RuntimeError, ValueError) as err:
                 failed.append({'key': row['key'], 'mode': mode, 'prompt_type': prompt_type, 'output': None,
