@@ -46,6 +46,8 @@ class TARSReward(ORM):
     config: tars_config.TARSConfig = tars_config.TARSConfig()  # the run's TARS options, set by TARSGRPOTrainer
 
     def view(self, completions: Sequence[str], kwargs: dict, gather: bool = True) -> RolloutBatch:
+        """The judged rollouts of this batch: the trainer's (``self.rollouts``) when they are these
+        completions, else built from the ms-swift columns in ``kwargs`` (gathered over ranks with ``gather``)."""
         if self.rollouts is not None and self.rollouts.matches(completions):
             return self.rollouts
         options = _require(kwargs, OPTIONS, self.name)
@@ -114,6 +116,7 @@ class RepresentationAlignmentReward(_AlignmentReward):
         return super().__call__(completions, **kwargs)
 
     def scorer(self, rows: List[Rollout], partners: List[Optional[int]]) -> Callable[[int, int], float]:
+        """Cosine of the pooled hidden states of rollouts ``i`` and ``j``, averaged over the target layers."""
         layers = self.config.layers
         return lambda i, j: tars_math.pooled_cosine(rows[i].hidden, rows[j].hidden, layers)
 
@@ -124,6 +127,7 @@ class BehaviourAlignmentReward(_AlignmentReward):
     name = 'behaviour alignment'
 
     def scorer(self, rows: List[Rollout], partners: List[Optional[int]]) -> Callable[[int, int], float]:
+        """Cosine of the sentence embeddings of rollouts ``i`` and ``j`` (each paired rollout embedded once)."""
         needed = sorted({i for i, j in enumerate(partners) if j is not None} | {j for j in partners if j is not None})
         if not needed:
             return lambda i, j: 0.0

