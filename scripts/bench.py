@@ -4,7 +4,7 @@
 offline MMLU build. ``eval`` measures rule-based extraction speed, the batched-generation speed-up and the time of a
 four-mode evaluation of the offline set. ``judge`` measures the rule-based judge (trainer.answer.extract_choice)
 on the labelled set tests/data/judge_cases.jsonl (recall, precision, false answers) and its speed (one core).
-``grpo`` (design.md section 7) runs plain ms-swift GRPO and TARS GRPO on the same tiny Qwen2.5-Omni,
+``grpo`` (docs/design.md §7) runs plain ms-swift GRPO and TARS GRPO on the same tiny Qwen2.5-Omni,
 data, batch and seed, alternating runs in one session (this machine is shared and noisy, so only
 ratios within a run are meaningful), and measures:
   forwards_per_step              model forwards outside generation per optimizer step (hook-counted)
@@ -169,7 +169,8 @@ def bench_grpo(steps: int = 5, repeats: int = 2) -> dict:
         length = max(res['completion_tokens'])
         return str(int(length)), {
             'tars_bytes': int(statistics.median(res['hidden_bytes'])),
-            'original_bytes': int((layers + 1) * (length + 1) * hidden * 2),  # [L+1, C+1, D] bf16, reference 2.5
+            # [L+1, C+1, D] bf16 per rollout, docs/original.md §2.5
+            'original_bytes': int((layers + 1) * (length + 1) * hidden * 2),
         }
 
     hidden_bytes = dict([hidden_entry(short), hidden_entry(runs['tars'][0])])

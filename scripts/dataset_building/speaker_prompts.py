@@ -1,4 +1,4 @@
-"""Speaker prompts for a zero-shot TTS server (reference section 5.1, steps 2-3).
+"""Speaker prompts for a zero-shot TTS server (docs/original.md §5.1, steps 2-3).
 
 The original clones a different voice per question: the prompt for a question is clip
 [question_id mod N] of a speaker set (one short Emilia clip per speaker, shuffled with seed 42), sent to

@@ -1,5 +1,5 @@
-"""Text-to-speech behind one small interface (design.md section 5; stands in for the original's
-CosyVoice2 engine, reference section 5.1 step 3).
+"""Text-to-speech behind one small interface (docs/design.md §5; stands in for the original's
+CosyVoice2 engine, docs/original.md §5.1 step 3).
 
 A backend turns text into float32 mono audio at 16 kHz. `EspeakTTS` needs only the PyPI package
 `espeakng-loader` (libespeak-ng + voices), called through ctypes. `PiperTTS` (a neural voice) needs the
@@ -204,7 +204,7 @@ class HttpTTS:
     speaker_prompt: None, or (reference_text, reference_audio) for zero-shot voice cloning, where
     reference_audio is a file path or the file's bytes (sent base64-encoded): one voice for every text.
     speakers: a scripts.dataset_building.speaker_prompts.SpeakerPromptSet, or the folder/manifest to load one from: a
-    voice per question as the original (reference 5.1 step 3). speaker_for(key) picks a question's
+    voice per question as the original (docs/original.md §5.1 step 3). speaker_for(key) picks a question's
     speaker and synthesize(text, speaker=...) sends its clip and transcript.
     """
 

@@ -1,4 +1,4 @@
-"""VoiceBench MMSU and OpenBookQA in the hf_format schema (reference section 5.2, defects of 11.13 fixed).
+"""VoiceBench MMSU and OpenBookQA in the hf_format schema (docs/original.md §5.2, defects of §11.13 fixed).
 
 Pipeline, one step per function:
   hub_source (hub) | parquet_source (local files) -> make_row (split_prompt, answer_from_reference)
@@ -68,7 +68,7 @@ def split_prompt(prompt):
     """Split a VoiceBench prompt into (question, options, notes).
 
     The prompt is "{question}\\n{A. ...}\\n{B. ...}...\\nWhat is the answer to the above multiple choice
-    question? ...". Options are the lines matching ^[A-Z]\\.\\s with that prefix removed (reference 5.2),
+    question? ...". Options are the lines matching ^[A-Z]\\.\\s with that prefix removed (docs/original.md §5.2),
     taken as the last run of such lines labelled A, B, C, ... in order; lines between two option lines
     (and between the last one and the instruction line) continue the option above. The question is all
     the text before the option block. notes names what needed care. Raises RowError.
@@ -262,7 +262,7 @@ def build_voicebench(config, out_dir, source_dir=None, splits=None, overwrite=Fa
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="VoiceBench MMSU / OpenBookQA -> hf_format (reference 5.2).")
+    p = argparse.ArgumentParser(description="VoiceBench MMSU / OpenBookQA -> hf_format (docs/original.md §5.2).")
     p.add_argument('--config', required=True, choices=sorted(CONFIGS))
     p.add_argument('--out', required=True, help="output directory (hf/, report.json)")
     p.add_argument('--source_dir', help="local parquet files in the hub's format (default: the hub)")

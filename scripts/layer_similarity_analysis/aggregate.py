@@ -1,5 +1,5 @@
 """One figure comparing several runs on several datasets, side by side with shaded 95 % t-intervals
-(reference section 8, ``aggregate_plots_paper.py``; Figures 2 and 3 of the paper). Each run is named on
+(docs/original.md §8, ``aggregate_plots_paper.py``; Figures 2 and 3 of the paper). Each run is named on
 the command line (the original guessed R_base / R_base+R_rep / ... from directory-name prefixes).
 
     python -m scripts.layer_similarity_analysis.aggregate \\

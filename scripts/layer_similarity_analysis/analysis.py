@@ -1,4 +1,4 @@
-"""The measurement (reference section 8): teacher-force the same response after the text and the speech
+"""The measurement (docs/original.md §8): teacher-force the same response after the text and the speech
 prompt and compare the response hidden states of every layer.
 
 Layers are those of ``output_hidden_states`` without the embeddings: layer l (1..L) is the output of

@@ -1,5 +1,5 @@
 """Teacher-forcing inputs: one text response after the text prompt and after the speech prompt
-(reference section 8, "Measurement").
+(docs/original.md §8, "Measurement").
 
 Prompts come from ``trainer.prompts.build_messages`` and go through the processor's own chat template;
 the speech prompt's ``<audio>`` tag becomes a ``{'type': 'audio'}`` content part, which the template

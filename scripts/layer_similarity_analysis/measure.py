@@ -1,5 +1,5 @@
 """Measure the speech/text hidden-state similarity of every layer for one model on one dataset
-(reference section 8, ``analysis_and_draw.py``); writes ``layer_stats.json`` and
+(docs/original.md §8, ``analysis_and_draw.py``); writes ``layer_stats.json`` and
 ``layer_similarity.{png,pdf}`` to a new directory ``<output_root>/<dataset-name>--<model-name>/`` and
 prints that directory on stdout (logs go to stderr).
 

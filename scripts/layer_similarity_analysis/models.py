@@ -1,6 +1,6 @@
 """Loading the model under analysis as the thinker: the part of the model that holds the audio encoder
 and the LLM whose hidden states are compared (Qwen2.5-Omni's ``thinker``; the whole model for presets
-without a talker, such as Qwen2-Audio; reference section 8 runs the whole Phi-4-MM model).
+without a talker, such as Qwen2-Audio; docs/original.md §8 runs the whole Phi-4-MM model).
 
 ``--model`` may be
 * a base or merged checkpoint (a directory with config.json, or a hub id): the thinker is loaded from it;
@@ -105,7 +105,8 @@ def load_model(model: str, base_model: Optional[str] = None, model_type: Optiona
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     thinker = cls.from_pretrained(spec.base, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    if spec.model_type == 'phi4_multimodal':  # the official speech LoRA merged first, as training did (reference 2.1)
+    # the official speech LoRA merged first, as training did (docs/original.md §2.1)
+    if spec.model_type == 'phi4_multimodal':
         from trainer.models.phi4_speech_base import merge_speech_lora, speech_lora_dir
         if Path(spec.base).is_dir() and speech_lora_dir(spec.base) is not None:
             thinker = merge_speech_lora(thinker, speech_lora_dir(spec.base))

@@ -1,5 +1,5 @@
 """Where a measurement goes: ``<root>/<dataset-name>--<model-name>/`` with ``layer_stats.json`` and the
-plot (reference section 8 names the run after the last two parts of the dataset and model paths; here
+plot (docs/original.md §8 names the run after the last two parts of the dataset and model paths; here
 one directory, and an existing one is never written into: a ``-2``, ``-3``... suffix is used).
 """
 from __future__ import annotations

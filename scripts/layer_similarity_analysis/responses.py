@@ -1,4 +1,4 @@
-"""The text responses that are teacher-forced (reference section 8: the model's own text-mode evaluation
+"""The text responses that are teacher-forced (docs/original.md §8: the model's own text-mode evaluation
 output, correct or not).
 
 Two sources:

@@ -1,5 +1,5 @@
 """The layer-sensitivity bar chart: accuracy per choice of the representation reward's layers
-(reference section 8, ``0102_paper_layer_sensitivity.py``). The default table holds the paper's numbers.
+(docs/original.md §8, ``0102_paper_layer_sensitivity.py``). The default table holds the paper's numbers.
 
     python -m scripts.layer_similarity_analysis.sensitivity [--table TABLE.csv|.json] \\
         [--out output/layer_similarity/layer_sensitivity] [--ylabel TEXT]

@@ -1,4 +1,4 @@
-"""Per-layer statistics of the layer-similarity analysis (reference section 8).
+"""Per-layer statistics of the layer-similarity analysis (docs/original.md §8).
 
 Two measures per sample and layer, from the response hidden states of the text run ``a`` and the speech
 run ``b`` (the same response tokens, teacher-forced):
