@@ -32,11 +32,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+import datasets
 from tqdm import tqdm
 
 from trainer import jsonl, prompts
 from trainer.answer import gold_letter
 from trainer.data import write_clip, write_jsonl
+from trainer.engine import build_engine, generate as engine_generate, resolve_model
+from trainer.extract import get_extractor
+from trainer.modes import build_request, uses_adapter
 from trainer.schema import DEFAULT_MAX_AUDIO_SECONDS, SchemaError, load_hf_dataset, validate_dataset
 
 # Strings an engine may leave at the end of a completion; ms-swift's template adds the real one back.
@@ -72,6 +76,7 @@ class QuestionState:
     extracted: List[Optional[str]] = field(default_factory=list)
 
     def add(self, completion: str, correct: bool, extracted: Optional[str]) -> None:
+        """Count one judged answer; the first correct and the first wrong one are kept."""
         self.n_samples += 1
         self.n_correct += int(correct)
         self.extracted.append(extracted)
@@ -84,6 +89,7 @@ class QuestionState:
 
     @property
     def decided(self) -> bool:
+        """Both a correct and a wrong answer were drawn."""
         return self.chosen is not None and self.rejected is not None
 
     def gen_times(self) -> int:
@@ -94,12 +100,14 @@ class QuestionState:
         return -self.n_samples if self.first_correct else self.n_samples
 
     def record(self, mode: str) -> Dict:
+        """The JSON line written for this question (its fields, the mode and the signed gen_times)."""
         out = asdict(self)
         out.pop('first_correct')
         return dict(out, mode=mode, gen_times=self.gen_times())
 
 
 def shard_file(out_dir: Path, mode: str, shard_index: int, num_shards: int) -> Path:
+    """``<out>/<mode>/samples.jsonl``, or ``samples.shard<i>of<K>.jsonl`` when sharded."""
     name = 'samples.jsonl' if num_shards == 1 else f'samples.shard{shard_index}of{num_shards}.jsonl'
     return out_dir / mode / name
 
@@ -111,6 +119,7 @@ def read_records(paths: Iterable[Path]) -> List[Dict]:
 
 
 def mode_files(out_dir: Path, mode: str) -> List[Path]:
+    """Every samples file (all shards) of one mode, in name order."""
     return sorted((Path(out_dir) / mode).glob('samples*.jsonl'))
 
 
@@ -127,7 +136,7 @@ def check_config(run_dir: Path, config: Dict) -> None:
         path.write_text(json.dumps(config, indent=1))
 
 
-def generate(model: str, dataset: str, out_dir: Path, mode: str = 'text', base_model: Optional[str] = None,
+def generate(model: str, dataset: str, out_dir: Path, *, mode: str = 'text', base_model: Optional[str] = None,
              model_type: str = 'qwen2_5_omni', split: str = 'train', prompt_type: str = 'systhink',
              max_samples: int = 100, samples_per_round: int = 4, max_new_tokens: int = 1000,
              max_rows: Optional[int] = None, batch_questions: int = 16, batch_size: int = 16,
@@ -137,10 +146,6 @@ def generate(model: str, dataset: str, out_dir: Path, mode: str = 'text', base_m
 
     ``batch_questions`` questions are sampled together (written when all are finished); the engine runs
     ``batch_size`` sequences at a time (on the CPU the prompt logits of a speech prompt are large)."""
-    from trainer.engine import build_engine, generate as engine_generate, resolve_model
-    from trainer.extract import get_extractor
-    from trainer.modes import build_request, uses_adapter
-
     if mode not in GENERATION_MODES:
         raise ValueError(f'mode must be one of {GENERATION_MODES}, got {mode!r}')
     if not 0 <= shard_index < num_shards:
@@ -206,10 +211,7 @@ def generate(model: str, dataset: str, out_dir: Path, mode: str = 'text', base_m
                 else:
                     still.append((row, state))
             pending = still
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, 'a') as fh:
-            for record in finished:
-                fh.write(json.dumps(record, ensure_ascii=False) + '\n')
+        jsonl.append(path, finished)  # one write per batch; a torn last line of a killed run is cut first
         bar.update(len(rows))
     bar.close()
     return path
@@ -217,7 +219,7 @@ def generate(model: str, dataset: str, out_dir: Path, mode: str = 'text', base_m
 
 def _seed_local_sampling(seed: int) -> None:
     """ms-swift's transformers engine samples from torch's global generator: seed it per round."""
-    import torch
+    import torch  # deferred: torch loads with the engine; build and from_columns never need it
     torch.manual_seed(seed)
 
 
@@ -236,7 +238,7 @@ def _first_by_key(records: Sequence[Dict], field_name: str, source: str, report:
     return out
 
 
-def preference_rows(ds, chosen: Dict[str, str], rejected: Dict[str, str], prompt_type: str,
+def preference_rows(ds: datasets.Dataset, chosen: Dict[str, str], rejected: Dict[str, str], prompt_type: str,
                     prompt_modality: str, audio_paths: Dict[str, str]) -> List[Dict]:
     """ms-swift DPO rows (``messages`` with the chosen answer last, ``rejected_response``, ``audios``)."""
     rows = []
@@ -269,7 +271,7 @@ def write_preference_set(rows: List[Dict], out_dir: Path, report: Dict, val_rows
     write_jsonl(sft_rows(train), paths['sft'])
     write_jsonl(sft_rows(val), paths['sft_val'])
     report.update(train_rows=len(train), val_rows=len(val))
-    (out_dir / 'report.json').write_text(json.dumps(report, indent=1))
+    jsonl.write_json_atomic(out_dir / 'report.json', report)
     return paths
 
 
@@ -279,7 +281,7 @@ def _prepare_out(out_dir: Path, overwrite: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def build(dataset: str, samples_dir: Path, out_dir: Path, chosen_mode: str = 'text', rejected_mode: str = 'audio',
+def build(dataset: str, samples_dir: Path, out_dir: Path, *, chosen_mode: str = 'text', rejected_mode: str = 'audio',
           split: str = 'train', prompt_type: str = 'systhink', prompt_modality: str = 'a', val_rows: int = 200,
           seed: int = 42, overwrite: bool = False, max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS,
           drop_long_audio: bool = False) -> Dict[str, Path]:
@@ -305,12 +307,13 @@ def build(dataset: str, samples_dir: Path, out_dir: Path, chosen_mode: str = 'te
     report.update(base_rows=len(ds), with_chosen=len(chosen), with_rejected=len(rejected),
                   unknown_keys=sorted((set(chosen) | set(rejected)) - keys)[:20],
                   n_unknown_keys=len((set(chosen) | set(rejected)) - keys))
-    return _join_and_write(ds, dataset, chosen, rejected, report, out_dir, prompt_type, prompt_modality, val_rows,
-                           seed)
+    return _join_and_write(ds, dataset, chosen, rejected, report, out_dir, prompt_type=prompt_type,
+                           prompt_modality=prompt_modality, val_rows=val_rows, seed=seed)
 
 
-def _join_and_write(ds, dataset: str, chosen: Dict[str, str], rejected: Dict[str, str], report: Dict, out_dir: Path,
-                    prompt_type: str, prompt_modality: str, val_rows: int, seed: int) -> Dict[str, Path]:
+def _join_and_write(ds: datasets.Dataset, dataset: str, chosen: Dict[str, str], rejected: Dict[str, str],
+                    report: Dict, out_dir: Path, *, prompt_type: str, prompt_modality: str, val_rows: int,
+                    seed: int) -> Dict[str, Path]:
     """The base rows with both a chosen and a rejected answer, their clips written once, as the DPO/SFT files."""
     keep = ds.select([i for i, k in enumerate(ds['key']) if k in chosen and k in rejected])
     report['joined'] = len(keep)
@@ -333,7 +336,7 @@ def resolve_columns(columns: Sequence[str], chosen_type: str = 'am2', rejected_t
     return chosen, rejected
 
 
-def from_columns(dataset: str, out_dir: Path, chosen_type: str = 'am2', rejected_type: str = 'am2',
+def from_columns(dataset: str, out_dir: Path, *, chosen_type: str = 'am2', rejected_type: str = 'am2',
                  split: str = 'train', prompt_type: str = 'systhink', prompt_modality: str = 'a',
                  val_rows: int = 200, seed: int = 42, overwrite: bool = False,
                  max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS,
@@ -358,15 +361,15 @@ def from_columns(dataset: str, out_dir: Path, chosen_type: str = 'am2', rejected
     chosen = _first_by_key(records, 'chosen', chosen_column, report)
     rejected = _first_by_key(records, 'rejected', rejected_column, report)
     report['base_rows'] = len(ds)
-    return _join_and_write(ds, dataset, chosen, rejected, report, out_dir, prompt_type, prompt_modality, val_rows,
-                           seed)
+    return _join_and_write(ds, dataset, chosen, rejected, report, out_dir, prompt_type=prompt_type,
+                           prompt_modality=prompt_modality, val_rows=val_rows, seed=seed)
 
 
 def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
-def main(argv=None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='command', required=True)
     g = sub.add_parser('generate', help='sample judged answers of one model in one mode (resumable)')
@@ -412,18 +415,21 @@ def main(argv=None) -> None:
                                              help='use column rejected_<type> if present (not for am2)')
     a = p.parse_args(argv)
     if a.command == 'generate':
-        print(generate(a.model, a.dataset, a.out, a.mode, a.base_model, a.model_type, a.split, a.prompt_type,
-                       a.max_samples, a.samples_per_round, a.max_new_tokens, a.max_rows, a.batch_questions,
-                       a.batch_size, a.backend, a.extractor, a.xfinder_model, a.seed, a.shard_index, a.num_shards))
-    elif a.command == 'build':
-        paths = build(a.dataset, a.samples, a.out, a.chosen_mode, a.rejected_mode, a.split, a.prompt_type,
-                      a.prompt_modality, a.val_rows, a.seed, a.overwrite, a.max_audio_seconds, a.drop_long_audio)
-        print(json.dumps({k: str(v) for k, v in paths.items()}))
+        print(generate(a.model, a.dataset, a.out, mode=a.mode, base_model=a.base_model, model_type=a.model_type,
+                       split=a.split, prompt_type=a.prompt_type, max_samples=a.max_samples,
+                       samples_per_round=a.samples_per_round, max_new_tokens=a.max_new_tokens, max_rows=a.max_rows,
+                       batch_questions=a.batch_questions, batch_size=a.batch_size, backend=a.backend,
+                       extractor=a.extractor, xfinder_model=a.xfinder_model, seed=a.seed, shard_index=a.shard_index,
+                       num_shards=a.num_shards))
+        return
+    common = dict(split=a.split, prompt_type=a.prompt_type, prompt_modality=a.prompt_modality, val_rows=a.val_rows,
+                  seed=a.seed, overwrite=a.overwrite, max_audio_seconds=a.max_audio_seconds,
+                  drop_long_audio=a.drop_long_audio)
+    if a.command == 'build':
+        paths = build(a.dataset, a.samples, a.out, chosen_mode=a.chosen_mode, rejected_mode=a.rejected_mode, **common)
     else:
-        paths = from_columns(a.dataset, a.out, a.chosen_type, a.rejected_type, a.split, a.prompt_type,
-                             a.prompt_modality, a.val_rows, a.seed, a.overwrite, a.max_audio_seconds,
-                             a.drop_long_audio)
-        print(json.dumps({k: str(v) for k, v in paths.items()}))
+        paths = from_columns(a.dataset, a.out, chosen_type=a.chosen_type, rejected_type=a.rejected_type, **common)
+    print(json.dumps({k: str(v) for k, v in paths.items()}))
 
 
 if __name__ == '__main__':
