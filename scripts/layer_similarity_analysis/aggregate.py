@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .outputs import DEFAULT_ROOT, read_stats
 from .plots import MEASURES, plot_comparison
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> Tuple[List[Path], Dict[str, List[str]]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--run', nargs=3, action='append', required=True, metavar=('LABEL', 'DATASET', 'PATH'))
     p.add_argument('--measure', choices=sorted(MEASURES), default='token')

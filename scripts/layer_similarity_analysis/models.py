@@ -22,6 +22,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from trainer.engine import resolve_model
+from trainer.model_loading import check_no_remote_code
+from trainer.models.phi4_speech_base import merge_speech_lora, speech_lora_dir
 from trainer.presets import get_preset
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,7 @@ class _Holder(nn.Module):
     """Gives the thinker its module path inside the full model, so adapter names like
     ``thinker.model.layers.0.self_attn.q_proj`` match without loading the talker."""
 
-    def __init__(self, attr: str, thinker: nn.Module):
+    def __init__(self, attr: str, thinker: nn.Module) -> None:
         super().__init__()
         self.attr = attr
         self.add_module(attr, thinker)
@@ -92,9 +95,6 @@ def load_model(model: str, base_model: Optional[str] = None, model_type: Optiona
     ``model_type`` None: the checkpoint's own (``trainer.engine.resolve_model``). A folder that would run its
     own code is refused unless ``trust_remote_code`` (``trainer.model_loading``), which then reaches the loaders."""
     import transformers
-
-    from trainer.engine import resolve_model
-    from trainer.model_loading import check_no_remote_code
     spec = resolve_model(model, base_model, model_type)
     check_no_remote_code([model, spec.base, spec.adapter], trust_remote_code)
     get_preset(spec.model_type)
@@ -107,7 +107,6 @@ def load_model(model: str, base_model: Optional[str] = None, model_type: Optiona
     thinker = cls.from_pretrained(spec.base, dtype=torch_dtype, trust_remote_code=trust_remote_code)
     # the official speech LoRA merged first, as training did (docs/original.md §2.1)
     if spec.model_type == 'phi4_multimodal':
-        from trainer.models.phi4_speech_base import merge_speech_lora, speech_lora_dir
         if Path(spec.base).is_dir() and speech_lora_dir(spec.base) is not None:
             thinker = merge_speech_lora(thinker, speech_lora_dir(spec.base))
     if spec.adapter:

@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Dict
 
+from trainer.jsonl import write_json_atomic
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = REPO / 'output' / 'layer_similarity'
 STATS_FILE = 'layer_stats.json'
@@ -39,10 +41,9 @@ def new_run_dir(root: Path, dataset_name: str, model_name: str) -> Path:
 
 
 def write_stats(run_dir: Path, stats: Dict) -> Path:
+    """``run_dir/layer_stats.json``, written atomically (NaN as null); returns its path."""
     path = run_dir / STATS_FILE
-    tmp = path.with_suffix('.json.tmp')
-    tmp.write_text(json.dumps(stats, indent=1))
-    tmp.replace(path)
+    write_json_atomic(path, stats)
     return path
 
 
