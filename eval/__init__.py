@@ -1,2 +1,2 @@
 """Evaluation: QA accuracy per input mode (speech, text, cascaded ASR, text-only baseline), ASR WER,
-metrics and the paper's Table 1 (reference section 6)."""
+metrics and the paper's Table 1 (docs/original.md §6)."""

@@ -1,7 +1,7 @@
 """Accuracy, extraction failures, per-category accuracy, MRR and the paper's Table 1 layout.
 
 MRR (modality recovery rate): Avg(A) / reference text accuracy x 100. The repository does not define it
-(reference 10); by default the reference is the model's own Avg(T) (speech accuracy as a share of text
+(docs/original.md §10); by default the reference is the model's own Avg(T) (speech accuracy as a share of text
 accuracy); ``mrr_reference`` gives the paper's convention of the text backbone's accuracy.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Multiple-choice QA evaluation (reference 6.1): ``python -m eval.qa --model M --dataset NAME=PATH ...``.
+"""Multiple-choice QA evaluation (docs/original.md §6.1): ``python -m eval.qa --model M --dataset NAME=PATH ...``.
 
 For each dataset and mode, items are generated in batches through one ms-swift engine, judged by the
 answer extractor and appended to ``<out>/<model>/<dataset>/<mode>_<prompt_type>/results.jsonl`` as they
@@ -12,19 +12,21 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
 from eval import metrics as M
-from trainer.engine import ModelSpec, build_engine, generate, resolve_model
-from trainer.extract import get_extractor
-from trainer.modes import MODES, build_request, uses_adapter
+from trainer import jsonl
 from trainer.answer import LETTERS
 from trainer.data import write_clip
+from trainer.engine import ModelSpec, add_engine_arguments, build_engine, generate, resolve_model
+from trainer.extract import Extractor, get_extractor
 from trainer.model_loading import add_trust_remote_code_argument
+from trainer.modes import MODES, build_request, uses_adapter
 from trainer.prompts import EVAL_PROMPT_TYPES
 from trainer.schema import REQUIRED_COLUMNS, SchemaError, load_audio, load_hf_dataset
+from trainer.transcribe import WhisperTranscriber
 
 ITEM_FIELDS = ('key', 'mode', 'prompt_type', 'output', 'extracted', 'gold', 'correct')
 
@@ -40,38 +42,25 @@ def parse_dataset_arg(text: str) -> Tuple[str, str]:
 class Transcripts:
     """ASR transcripts per dataset, cached in a JSONL next to the results (independent of the model)."""
 
-    def __init__(self, path: Path, asr_model: Optional[str]):
+    def __init__(self, path: Path, asr_model: Optional[str]) -> None:
         self.path, self.asr_model, self._asr = path, asr_model, None
         self.cache = {r['key']: r['transcript'] for r in M.read_results(path)}
 
-    def get(self, key: str, audio) -> str:
+    def get(self, key: str, audio: Any) -> str:
+        """The transcript of row ``key`` whose ``audio`` column value is ``audio`` (transcribed once, cached)."""
         if key not in self.cache:
             if self._asr is None:
-                from trainer.transcribe import WhisperTranscriber
                 self._asr = WhisperTranscriber(self.asr_model)
             self.cache[key] = self._asr.transcribe(load_audio(audio))
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, 'a') as fh:
-                fh.write(json.dumps({'key': key, 'transcript': self.cache[key]}) + '\n')
+            jsonl.append(self.path, {'key': key, 'transcript': self.cache[key]})
         return self.cache[key]
 
 
-def check_run_config(run_dir: Path, config: Dict) -> None:
-    path = run_dir / 'config.json'
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != config:
-            raise RuntimeError(f'{run_dir} holds results made with other settings ({old} != {config}); '
-                               'choose another --out')
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=1))
-
-
-def evaluate_mode(engine, spec: ModelSpec, extractor, ds, dataset_name: str, mode: str, prompt_type: str,
-                  run_dir: Path, audio_dir: Path, transcripts: Optional[Transcripts], batch_size: int,
-                  max_new_tokens: int, audio_with_text: bool = False) -> Dict:
-    """Evaluate the items of ``ds`` not yet in ``run_dir/results.jsonl``; return the run's metrics."""
+def evaluate_mode(engine: Any, spec: ModelSpec, extractor: Extractor, ds: Any, dataset_name: str, *, mode: str,
+                  prompt_type: str, run_dir: Path, audio_dir: Path, transcripts: Optional[Transcripts],
+                  batch_size: int, max_new_tokens: int, audio_with_text: bool = False) -> Dict:
+    """Evaluate the items of ``ds`` (a ``datasets.Dataset`` in hf_format) not yet in ``run_dir/results.jsonl``
+    with ``engine`` (``trainer.engine.build_engine``); return the run's metrics."""
     results_path = run_dir / 'results.jsonl'
     done = {r['key'] for r in M.read_results(results_path)}
     todo = [i for i, key in enumerate(ds['key']) if key not in done]
@@ -83,8 +72,8 @@ def evaluate_mode(engine, spec: ModelSpec, extractor, ds, dataset_name: str, mod
             try:
                 audio_path = write_clip(row, dataset_name, audio_dir) if mode == 'audio' else None
                 transcript = transcripts.get(row['key'], row['audio']) if mode == 'asr' else None
-                requests.append(build_request(mode, prompt_type, row['prompt_for_tts'], audio_path, transcript,
-                                              audio_with_text))
+                requests.append(build_request(mode, prompt_type, row['prompt_for_tts'], audio_path,
+                                              transcript=transcript, audio_with_text=audio_with_text))
                 ready.append(row)
             except (SchemaError, OSError, RuntimeError, ValueError) as err:
                 failed.append({'key': row['key'], 'mode': mode, 'prompt_type': prompt_type, 'output': None,
@@ -92,22 +81,20 @@ def evaluate_mode(engine, spec: ModelSpec, extractor, ds, dataset_name: str, mod
                                'error': str(err), 'category': row.get('subject') or row.get('category')})
         outputs = generate(engine, requests, spec, uses_adapter(mode), max_new_tokens) if requests else []
         extracted = extractor.extract([r['question'] for r in ready], outputs, [r['options'] for r in ready])
-        with open(results_path, 'a') as fh:
-            for row, output, found in zip(ready, outputs, extracted, strict=True):
-                gold = LETTERS[row['answer_index']]
-                item = {'key': row['key'], 'mode': mode, 'prompt_type': prompt_type, 'output': output,
-                        'extracted': found.choice, 'gold': gold, 'correct': found.choice == gold,
-                        'extracted_by': found.source, 'judge_output': found.judge_output,
-                        'question': row['question'], 'options': list(row['options']),
-                        'category': row.get('subject') or row.get('category')}
-                fh.write(json.dumps(item, ensure_ascii=False) + '\n')
-            for item in failed:
-                fh.write(json.dumps(item, ensure_ascii=False) + '\n')
+        items: List[Dict] = []
+        for row, output, found in zip(ready, outputs, extracted, strict=True):
+            gold = LETTERS[row['answer_index']]
+            items.append({'key': row['key'], 'mode': mode, 'prompt_type': prompt_type, 'output': output,
+                          'extracted': found.choice, 'gold': gold, 'correct': found.choice == gold,
+                          'extracted_by': found.source, 'judge_output': found.judge_output,
+                          'question': row['question'], 'options': list(row['options']),
+                          'category': row.get('subject') or row.get('category')})
+        jsonl.append(results_path, items + failed)  # one write per batch: a kill tears at most the last line
         bar.update(len(rows))
     bar.close()
     rows = M.read_results(results_path)
     result = dict(M.run_metrics(rows), **extraction_sources(rows))
-    (run_dir / 'metrics.json').write_text(json.dumps(result, indent=1))
+    jsonl.write_json_atomic(run_dir / 'metrics.json', result)
     return result
 
 
@@ -126,15 +113,17 @@ def extraction_sources(rows: Sequence[Dict]) -> Dict:
     return out
 
 
-def evaluate(model: str, datasets: Sequence[Tuple[str, str]], modes: Sequence[str] = MODES,
+def evaluate(model: str, datasets: Sequence[Tuple[str, str]], *, modes: Sequence[str] = MODES,
              prompt_type: str = 'systhink', out: Path = Path('output/eval'), base_model: Optional[str] = None,
              model_type: Optional[str] = None, backend: str = 'auto', batch_size: int = 16,
              max_new_tokens: int = 1000, extractor: str = 'rule', xfinder_model: Optional[str] = None,
              split: str = 'test', max_items: Optional[int] = None, asr_model: Optional[str] = None,
-             mrr_reference: Optional[float] = None, engine=None, audio_with_text: bool = False,
+             mrr_reference: Optional[float] = None, engine: Any = None, audio_with_text: bool = False,
              trust_remote_code: bool = False) -> Dict:
-    """Evaluate ``model`` on ``datasets`` in ``modes``; return {dataset: {mode: metrics}} plus the table.
-    ``trust_remote_code``: let the model folder run its own code (``trainer.model_loading``)."""
+    """Evaluate ``model`` on ``datasets`` ((name, path) pairs) in ``modes``; return ``{'datasets': {dataset:
+    {mode: metrics}}, 'table': ..., 'dir': the model's results folder}``. ``engine``: an engine already built
+    for ``model`` (else one is built); ``trust_remote_code``: let the model folder run its own code
+    (``trainer.model_loading``)."""
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f'unknown modes {bad}; choose from {MODES}')
@@ -156,14 +145,15 @@ def evaluate(model: str, datasets: Sequence[Tuple[str, str]], modes: Sequence[st
         summary[name] = {}
         for mode in modes:
             run_dir = model_dir / name / f'{mode}_{prompt_type}'
-            check_run_config(run_dir, {'model': model, 'base': spec.base, 'adapter': spec.adapter, 'dataset': path,
-                                       'split': split, 'max_items': max_items, 'mode': mode,
-                                       'prompt_type': prompt_type, 'max_new_tokens': max_new_tokens,
-                                       'extractor': judge.name, 'audio_with_text': audio_with_text,
-                                       **({'xfinder_model': judge.model} if judge.name == 'xfinder' else {})})
-            summary[name][mode] = evaluate_mode(engine, spec, judge, ds, name, mode, prompt_type, run_dir,
-                                                Path(out) / '_audio' / name, transcripts, batch_size, max_new_tokens,
-                                                audio_with_text)
+            jsonl.guard_run_config(run_dir, {
+                'model': model, 'base': spec.base, 'adapter': spec.adapter, 'dataset': path, 'split': split,
+                'max_items': max_items, 'mode': mode, 'prompt_type': prompt_type, 'max_new_tokens': max_new_tokens,
+                'extractor': judge.name, 'audio_with_text': audio_with_text,
+                **({'xfinder_model': judge.model} if judge.name == 'xfinder' else {})}, 'results')
+            summary[name][mode] = evaluate_mode(
+                engine, spec, judge, ds, name, mode=mode, prompt_type=prompt_type, run_dir=run_dir,
+                audio_dir=Path(out) / '_audio' / name, transcripts=transcripts, batch_size=batch_size,
+                max_new_tokens=max_new_tokens, audio_with_text=audio_with_text)
     everything, tab = summarize(model_dir, prompt_type, mrr_reference)
     return {'datasets': everything, 'table': tab, 'dir': str(model_dir)}
 
@@ -176,18 +166,15 @@ def summarize(model_dir: Path, prompt_type: str, mrr_reference: Optional[float] 
         mode = path.parent.name[:-len(prompt_type) - 1]
         runs.setdefault(path.parent.parent.name, {})[mode] = json.loads(path.read_text())
     tab = M.table({d: {m: r['accuracy'] for m, r in v.items()} for d, v in runs.items()}, mrr_reference)
-    (model_dir / 'metrics.json').write_text(json.dumps({'datasets': runs, 'table': tab}, indent=1))
-    (model_dir / 'table.md').write_text(M.markdown(model_dir.name, tab))
+    jsonl.write_json_atomic(model_dir / 'metrics.json', {'datasets': runs, 'table': tab})
+    jsonl.write_bytes_atomic(model_dir / 'table.md', M.markdown(model_dir.name, tab).encode('utf-8'))
     return runs, tab
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m eval.qa``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--model', required=True, help='base id/path, merged model, or LoRA checkpoint directory')
-    p.add_argument('--base_model', default=None, help="a LoRA checkpoint's base (default: from the checkpoint)")
-    p.add_argument('--model_type', default=None,
-                   help='ms-swift model type (trainer.presets); default: the checkpoint\'s own, else qwen2_5_omni')
+    add_engine_arguments(p, max_new_tokens=1000, batch_size=16)
     p.add_argument('--dataset', action='append', required=True, help='NAME=PATH or PATH (hf_format); repeatable')
     p.add_argument('--modes', nargs='+', default=list(MODES), choices=MODES)
     p.add_argument('--prompt_type', default='systhink', choices=EVAL_PROMPT_TYPES,
@@ -195,9 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "original's evaluation-only prompts")
     p.add_argument('--split', default='test')
     p.add_argument('--out', type=Path, default=Path('output/eval'))
-    p.add_argument('--backend', default='auto', choices=['auto', 'vllm', 'transformers'])
-    p.add_argument('--batch_size', type=int, default=16)
-    p.add_argument('--max_new_tokens', type=int, default=1000)
     p.add_argument('--max_items', type=int, default=None)
     p.add_argument('--extractor', default='rule', choices=['rule', 'xfinder'])
     p.add_argument('--xfinder_model', default=None,
@@ -212,13 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
-    result = evaluate(args.model, [parse_dataset_arg(d) for d in args.dataset], args.modes, args.prompt_type,
-                      args.out, args.base_model, args.model_type, args.backend, args.batch_size, args.max_new_tokens,
-                      args.extractor, args.xfinder_model, args.split, args.max_items, args.asr_model,
-                      args.mrr_reference, audio_with_text=args.audio_with_text,
-                      trust_remote_code=args.trust_remote_code)
+    result = evaluate(args.model, [parse_dataset_arg(d) for d in args.dataset], modes=args.modes,
+                      prompt_type=args.prompt_type, out=args.out, base_model=args.base_model,
+                      model_type=args.model_type, backend=args.backend, batch_size=args.batch_size,
+                      max_new_tokens=args.max_new_tokens, extractor=args.extractor,
+                      xfinder_model=args.xfinder_model, split=args.split, max_items=args.max_items,
+                      asr_model=args.asr_model, mrr_reference=args.mrr_reference,
+                      audio_with_text=args.audio_with_text, trust_remote_code=args.trust_remote_code)
     print(Path(result['dir'], 'table.md').read_text())
     print(f"results and metrics in {result['dir']}")
 

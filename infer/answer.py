@@ -1,7 +1,7 @@
 """Answer one question from its speech and/or its text with any preset:
 
     python -m infer.answer --model M [--base_model B] --audio question.wav
-    python -m infer.answer --model M --text "Which ...?\n\nOption A: ...\nOption B: ..."
+    python -m infer.answer --model M --text "Which ...?\\n\\nOption A: ...\\nOption B: ..."
 
 Prints the completion of each given input and the extracted answer letter.
 """
@@ -9,34 +9,36 @@ from __future__ import annotations
 
 import argparse
 import re
+from typing import List, Optional, Sequence
 
-from trainer.engine import build_engine, generate, resolve_model
-from trainer.modes import build_request
 from trainer.answer import extract_choice
+from trainer.engine import add_engine_arguments, build_engine, generate, resolve_model
 from trainer.model_loading import add_trust_remote_code_argument
+from trainer.modes import build_request
 from trainer.prompts import PROMPT_TYPES
 
 OPTION_LINE = re.compile(r'^\s*Option\s+([A-J])\s*:\s*(.+)$', re.MULTILINE)
 
 
-def options_in(text: str, default_count: int = 4):
+def options_in(text: Optional[str], default_count: int = 4) -> List[str]:
     """The option texts written as 'Option X: ...' lines, else placeholders for A-D."""
     found = OPTION_LINE.findall(text or '')
     return [t for _, t in found] if found else [''] * default_count
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m infer.answer``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--model', required=True)
-    p.add_argument('--base_model', default=None)
-    p.add_argument('--model_type', default=None,
-                   help='ms-swift model type (trainer.presets); default: the checkpoint\'s own, else qwen2_5_omni')
+    add_engine_arguments(p, max_new_tokens=512, batch_size=None)  # at most two requests: one batch of 2
     p.add_argument('--audio', default=None, help='a WAV/FLAC file with the spoken question and options')
     p.add_argument('--text', default=None, help='the question and options as text')
     p.add_argument('--prompt_type', default='systhink', choices=PROMPT_TYPES)
-    p.add_argument('--max_new_tokens', type=int, default=512)
-    p.add_argument('--backend', default='auto', choices=['auto', 'vllm', 'transformers'])
     add_trust_remote_code_argument(p)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.audio and not args.text:
         p.error('give --audio and/or --text')

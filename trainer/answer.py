@@ -2,7 +2,7 @@
 
 Reference: tars-reference.md section 3 (reward functions 1-3) and section 6.1 (QA scoring).
 The original judges correctness with the xFinder-qwen1505 model; here a rule-based extractor
-plays that role (reference section 11, "reward model cost"), with the same comparator: a
+plays that role (docs/original.md §11.7, "reward model cost"), with the same comparator: a
 letter match, or the text of the option paired with the gold letter.
 
 Pure functions, no torch.
@@ -13,14 +13,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 LETTERS = 'ABCDEFGHIJ'
 
-# Reference 3.1, verbatim.
+# docs/original.md §3.1, verbatim.
 FORMAT_STRICT = re.compile(
     r'^<think>.*?<\/think>\s*<answer>.*The answer is [ABCD][\.:,].*<\/answer>$', re.DOTALL)
 FORMAT_LOOSE = re.compile(r'^<think>.*<answer>.*[ABCD][\.:,]', re.DOTALL)
 
 
 def format_score(completion: str) -> float:
-    """Format reward (reference 3.1): 1.0 strict full match, 0.5 loose prefix match, else 0.0."""
+    """Format reward (docs/original.md §3.1): 1.0 strict full match, 0.5 loose prefix match, else 0.0."""
     text = completion.strip()
     if FORMAT_STRICT.fullmatch(text):
         return 1.0
@@ -30,7 +30,7 @@ def format_score(completion: str) -> float:
 
 
 def length_score(completion: str, target: int = 1024) -> float:
-    """Length reward (reference 3.2): -|target - len(completion)| / target, in characters."""
+    """Length reward (docs/original.md §3.2): -|target - len(completion)| / target, in characters."""
     return -abs(target - len(completion)) / target
 
 
@@ -42,7 +42,7 @@ def gold_letter(answer_index: int) -> str:
 
 
 def is_correct(output: str, options: Sequence[str], answer_index: int) -> bool:
-    """Accuracy reward as a bool (reference 3.3 comparator): the extracted letter is the gold one."""
+    """Accuracy reward as a bool (docs/original.md §3.3 comparator): the extracted letter is the gold one."""
     return extract_choice(output, options) == gold_letter(answer_index)
 
 
@@ -207,7 +207,7 @@ _OPTION_LABEL = re.compile(r'^\s*[\(\[]?[A-Ja-j][.):\]]\s+')
 def extract_choice(output: str, options: Sequence[str]) -> Optional[str]:
     """The option letter `output` commits to, or None (refusal, no answer, ambiguous, out of range).
 
-    Rule-based stand-in for the xFinder judge of reference 3.3 / 6.1; only the first
+    Rule-based stand-in for the xFinder judge of docs/original.md §3.3 / §6.1; only the first
     len(options) letters can be returned.
     """
     if not output or not output.strip():

@@ -103,7 +103,7 @@ def batch_modality(grpo_batch: Any) -> Optional[torch.Tensor]:
     return getattr(grpo_batch, _BATCH_MODALITY, None)
 
 
-def o200k_encoding():
+def o200k_encoding() -> Any:
     """toktok-rs's o200k_base encoding object (``decode_single_token_bytes``)."""
     import toktok
     return toktok._encoding('o200k_base')

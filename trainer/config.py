@@ -83,6 +83,7 @@ def activate(config: TARSConfig) -> None:
 
 
 def active() -> TARSConfig:
+    """The TARS options of this process (set by ``activate``; the defaults before)."""
     return _ACTIVE
 
 

@@ -1,4 +1,4 @@
-"""hf_format datasets (design.md section 2) turned into ms-swift's row form.
+"""hf_format datasets (docs/design.md §2) turned into ms-swift's row form.
 
 A user feeds the same datasets as the original; this module validates them (every bad row stops the
 run before training, naming the dataset, row key and field), writes each clip once as a 16 kHz WAV
@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-import soundfile as sf
 from tqdm import tqdm
 
 from trainer import jsonl, prompts
 from trainer.answer import LETTERS
-from trainer.schema import (DEFAULT_MAX_AUDIO_SECONDS, SAMPLING_RATE, SchemaError, load_audio, load_hf_dataset,
-                            schema_error, validate_dataset)
+from trainer.schema import (DEFAULT_MAX_AUDIO_SECONDS, SAMPLING_RATE, SchemaError, encode_wav_bytes, load_audio,
+                            load_hf_dataset, schema_error, validate_dataset)
 
 # Columns this module adds to every ms-swift row (one place; the trainer and rewards read them).
 KEY, QUESTION, OPTIONS, ANSWER_INDEX, TEXT_PROMPT, SUBJECT = (
@@ -43,15 +41,13 @@ def write_clip(row: Dict, dataset_name: str, audio_dir: Path) -> str:
             wav = load_audio(row['audio'], SAMPLING_RATE)
         except Exception as err:
             raise schema_error(dataset_name, row['key'], 'audio', str(err)) from err
-        audio_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix('.tmp.wav')
-        sf.write(str(tmp), wav, SAMPLING_RATE, subtype='PCM_16')
-        os.replace(tmp, path)
+        # 16-bit PCM WAV encoded in memory, then temporary file + rename: a killed run leaves no half clip
+        jsonl.write_bytes_atomic(path, encode_wav_bytes(wav, SAMPLING_RATE))
     return str(path.resolve())
 
 
-def materialize_audio(ds, dataset_name: str, audio_dir: Path) -> List[str]:
-    """``write_clip`` for every row, in row order."""
+def materialize_audio(ds: Any, dataset_name: str, audio_dir: Path) -> List[str]:
+    """``write_clip`` for every row of ``ds`` (a ``datasets.Dataset`` in hf_format), in row order."""
     audio_dir.mkdir(parents=True, exist_ok=True)
     return [write_clip(row, dataset_name, audio_dir)
             for row in tqdm(ds, desc=f'audio of {dataset_name}', disable=len(ds) < 50)]
@@ -88,10 +84,12 @@ def write_jsonl(rows: Iterable[Dict], path: Path) -> int:
     return jsonl.write_atomic(path, rows)
 
 
-def load_grpo_split(dataset: str, prompt_type: str = 'systhink', prompt_modality: str = 'mixed',
+def load_grpo_split(dataset: str, *, prompt_type: str = 'systhink', prompt_modality: str = 'mixed',
                     split: str = 'train', max_rows: Optional[int] = None,
-                    max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS, drop_long_audio: bool = False):
-    """Load and validate one split of ``dataset`` for GRPO (nothing is written).
+                    max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS,
+                    drop_long_audio: bool = False) -> Any:
+    """Load and validate one split of ``dataset`` for GRPO (nothing is written); return it as a
+    ``datasets.Dataset``.
 
     Clips longer than ``max_audio_seconds`` (None or <= 0: no limit) stop the preparation naming their keys,
     or are left out with ``drop_long_audio`` (trainer.schema.validate_dataset)."""
@@ -106,7 +104,7 @@ def load_grpo_split(dataset: str, prompt_type: str = 'systhink', prompt_modality
                             max_audio_seconds=max_audio_seconds, drop_long_audio=drop_long_audio)
 
 
-def write_grpo_split(ds, dataset: str, out: Path, audio_dir: Path, prompt_type: str = 'systhink',
+def write_grpo_split(ds: Any, dataset: str, out: Path, audio_dir: Path, prompt_type: str = 'systhink',
                      prompt_modality: str = 'mixed') -> Path:
     """Write a validated split as ms-swift rows to ``out`` (clips under ``audio_dir``)."""
     paths = materialize_audio(ds, dataset, audio_dir) if prompt_modality != 't' else [None] * len(ds)
@@ -114,16 +112,17 @@ def write_grpo_split(ds, dataset: str, out: Path, audio_dir: Path, prompt_type: 
     return out
 
 
-def prepare_grpo_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhink', prompt_modality: str = 'mixed',
-                         split: str = 'train', max_rows: Optional[int] = None,
+def prepare_grpo_dataset(dataset: str, out_dir: Path, *, prompt_type: str = 'systhink',
+                         prompt_modality: str = 'mixed', split: str = 'train', max_rows: Optional[int] = None,
                          max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS,
                          drop_long_audio: bool = False) -> Path:
     """Validate ``dataset`` and write ``out_dir/grpo.jsonl`` (audio clips under ``out_dir/audio``)."""
-    ds = load_grpo_split(dataset, prompt_type, prompt_modality, split, max_rows, max_audio_seconds, drop_long_audio)
+    ds = load_grpo_split(dataset, prompt_type=prompt_type, prompt_modality=prompt_modality, split=split,
+                         max_rows=max_rows, max_audio_seconds=max_audio_seconds, drop_long_audio=drop_long_audio)
     return write_grpo_split(ds, dataset, out_dir / 'grpo.jsonl', out_dir / 'audio', prompt_type, prompt_modality)
 
 
-def prepare_grpo_files(dataset: str, out_dir: Path, prompt_type: str = 'systhink', prompt_modality: str = 'mixed',
+def prepare_grpo_files(dataset: str, out_dir: Path, *, prompt_type: str = 'systhink', prompt_modality: str = 'mixed',
                        split: str = 'train', max_rows: Optional[int] = None, val_split: Optional[str] = None,
                        val_rows: Optional[int] = None, max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS,
                        drop_long_audio: bool = False) -> List[Path]:
@@ -131,9 +130,10 @@ def prepare_grpo_files(dataset: str, out_dir: Path, prompt_type: str = 'systhink
 
     Both splits are validated before anything is written (a bad test split leaves no train file behind);
     ``val.jsonl`` is written first, so a ``grpo.jsonl`` always has its ``val.jsonl``."""
-    limit = dict(max_audio_seconds=max_audio_seconds, drop_long_audio=drop_long_audio)
-    train = load_grpo_split(dataset, prompt_type, prompt_modality, split, max_rows, **limit)
-    val = load_grpo_split(dataset, prompt_type, prompt_modality, val_split, val_rows, **limit) if val_split else None
+    common = dict(prompt_type=prompt_type, prompt_modality=prompt_modality, max_audio_seconds=max_audio_seconds,
+                  drop_long_audio=drop_long_audio)
+    train = load_grpo_split(dataset, split=split, max_rows=max_rows, **common)
+    val = load_grpo_split(dataset, split=val_split, max_rows=val_rows, **common) if val_split else None
     paths = []
     if val is not None:
         paths.append(write_grpo_split(val, dataset, out_dir / 'val.jsonl', out_dir / 'val' / 'audio', prompt_type,
@@ -156,7 +156,7 @@ def prepare_warmstart_dataset(dataset: str, out_dir: Path, prompt_type: str = 's
     return out
 
 
-def main(argv=None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description='hf_format dataset -> ms-swift JSONL for TARS training.')
     parser.add_argument('kind', choices=['grpo', 'warmstart'])
     parser.add_argument('--dataset', required=True, help='local save_to_disk path or hub id (hf_format)')
@@ -176,9 +176,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.kind == 'grpo':
-            paths = prepare_grpo_files(args.dataset, args.out, args.prompt_type, args.prompt_modality, args.split,
-                                       args.max_rows, args.val_split, args.val_rows, args.max_audio_seconds,
-                                       args.drop_long_audio)
+            paths = prepare_grpo_files(args.dataset, args.out, prompt_type=args.prompt_type,
+                                       prompt_modality=args.prompt_modality, split=args.split,
+                                       max_rows=args.max_rows, val_split=args.val_split, val_rows=args.val_rows,
+                                       max_audio_seconds=args.max_audio_seconds,
+                                       drop_long_audio=args.drop_long_audio)
         else:
             paths = [prepare_warmstart_dataset(args.dataset, args.out, args.prompt_type, args.split, args.max_rows)]
     except SchemaError as err:   # a bad row or an over-long clip: one line naming dataset, key and field

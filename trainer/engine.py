@@ -1,21 +1,28 @@
-"""Generation through ms-swift's engines: one code path, the backend chosen by flag (design.md section 6).
+"""Generation through ms-swift's engines: one code path, the backend chosen by flag (docs/design.md §6).
 
 ``transformers``: ``TransformersEngine`` (CPU, or a GPU without vLLM); ``vllm``: ``VllmEngine`` with the
-original's evaluation settings (reference 6.1: max_model_len 6400, gpu_memory_utilization 0.45, one
+original's evaluation settings (docs/original.md §6.1: max_model_len 6400, gpu_memory_utilization 0.45, one
 audio per prompt). A LoRA checkpoint is applied per request, so the same engine also answers with the
-adapter off (the text-only baseline). Greedy decoding.
+adapter off (the text-only baseline). Greedy decoding. :func:`add_engine_arguments` is the one definition
+of the model and engine flags of every command line that builds an engine.
 """
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from trainer.presets import DEFAULT_PRESET, detect_model_type
+from trainer.model_loading import check_no_remote_code
+from trainer.model_registry import register_models
+from trainer.presets import DEFAULT_PRESET, PRESETS, detect_model_type
 
 ADAPTER_NAME = 'tars'
+BACKENDS = ('auto', 'vllm', 'transformers')
 
 
 @dataclass
@@ -63,11 +70,8 @@ def choose_backend(backend: str = 'auto', model_type: Optional[str] = None) -> s
     """'auto': vLLM when a GPU and vLLM are present and vLLM serves the preset, else transformers."""
     if backend != 'auto':
         return backend
-    import importlib.util
+    import torch  # deferred: torch (~2 s) only for the GPU check; the flag parsers import this module
 
-    import torch
-
-    from trainer.presets import PRESETS
     if model_type in PRESETS and not PRESETS[model_type].vllm:
         return 'transformers'
     return 'vllm' if torch.cuda.is_available() and importlib.util.find_spec('vllm') else 'transformers'
@@ -82,20 +86,18 @@ def vllm_engine_kwargs(spec: ModelSpec, max_model_len: int = 6400, gpu_memory_ut
                 max_lora_rank=max_lora_rank, torch_dtype='bfloat16')
 
 
-def build_engine(spec: ModelSpec, backend: str = 'auto', batch_size: int = 16, trust_remote_code: bool = False):
-    """An ms-swift engine for ``spec``; a base or adapter folder that would run its own code is refused
-    unless ``trust_remote_code`` (``trainer.model_loading``)."""
-    from trainer.model_loading import check_no_remote_code
+def build_engine(spec: ModelSpec, backend: str = 'auto', batch_size: int = 16, trust_remote_code: bool = False) -> Any:
+    """An ms-swift engine (``VllmEngine`` or ``TransformersEngine``) for ``spec``; a base or adapter folder
+    that would run its own code is refused unless ``trust_remote_code`` (``trainer.model_loading``)."""
     check_no_remote_code([spec.base, spec.adapter], trust_remote_code)
-    from trainer.model_registry import register_models
     register_models()  # presets registered by the project (trainer.presets)
     backend = choose_backend(backend, spec.model_type)
     if backend == 'vllm':
-        from swift.infer_engine import VllmEngine
+        from swift.infer_engine import VllmEngine  # deferred: ms-swift and vLLM load in seconds, only here
         return VllmEngine(spec.base, max_num_seqs=batch_size, **vllm_engine_kwargs(spec))
     if backend != 'transformers':
         raise ValueError(f'backend must be auto, vllm or transformers, got {backend!r}')
-    import torch
+    import torch  # deferred: torch and ms-swift (seconds), only needed to build an engine
     from swift.infer_engine import TransformersEngine
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     # The adapter is loaded into the model (a per-request adapter breaks batched generation in ms-swift
@@ -105,13 +107,11 @@ def build_engine(spec: ModelSpec, backend: str = 'auto', batch_size: int = 16, t
                               adapters=[spec.adapter] if spec.adapter else None)
 
 
-def generate(engine, requests: List[Tuple[List[Dict], List[str]]], spec: ModelSpec, use_adapter: bool,
-             max_new_tokens: int, temperature: float = 0.0, seed: Optional[int] = None) -> List[str]:
+def generate(engine: Any, requests: List[Tuple[List[Dict], List[str]]], spec: ModelSpec, use_adapter: bool,
+             max_new_tokens: int, *, temperature: float = 0.0, seed: Optional[int] = None) -> List[str]:
     """Completions for (messages, audios) requests, with or without the adapter: greedy by default,
     sampled at ``temperature`` (with ``seed``) otherwise."""
-    from contextlib import nullcontext
-
-    from swift.infer_engine import AdapterRequest, InferRequest, RequestConfig
+    from swift.infer_engine import AdapterRequest, InferRequest, RequestConfig  # deferred: ms-swift (seconds)
     infer_requests = [InferRequest(messages=m, audios=a) for m, a in requests]
     config = RequestConfig(max_tokens=max_new_tokens, temperature=temperature, seed=seed)
     adapter, context = None, nullcontext()
@@ -124,3 +124,24 @@ def generate(engine, requests: List[Tuple[List[Dict], List[str]]], spec: ModelSp
     with context:
         responses = engine.infer(infer_requests, config, use_tqdm=False, adapter_request=adapter)
     return [r.choices[0].message.content or '' for r in responses]
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int = 1000,
+                         batch_size: Optional[int] = 16, batch_size_help: str = 'sequences per engine batch',
+                         model_type: Optional[str] = None, model_help: Optional[str] = None) -> None:
+    """The model and engine flags of every command line that builds an engine (``resolve_model`` and
+    ``build_engine`` take them): ``--model`` (required), ``--base_model``, ``--model_type`` (default
+    ``model_type``; None: the checkpoint's own), ``--backend``, ``--max_new_tokens`` (default
+    ``max_new_tokens``) and, unless ``batch_size`` is None, ``--batch_size``. ``parser`` may also be an
+    argument group or a subcommand's parser."""
+    parser.add_argument('--model', required=True,
+                        help=model_help or 'base id/path, merged model, or LoRA checkpoint directory')
+    parser.add_argument('--base_model', default=None, help="a LoRA checkpoint's base (default: from the checkpoint)")
+    default = model_type or f"the checkpoint's own, else {DEFAULT_PRESET}"
+    parser.add_argument('--model_type', default=model_type,
+                        help=f'ms-swift model type (trainer.presets); default: {default}')
+    parser.add_argument('--backend', default='auto', choices=BACKENDS,
+                        help='auto: vllm when a GPU and vLLM are present and vLLM serves the preset, else transformers')
+    parser.add_argument('--max_new_tokens', type=int, default=max_new_tokens)
+    if batch_size is not None:
+        parser.add_argument('--batch_size', type=int, default=batch_size, help=batch_size_help)

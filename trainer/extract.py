@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from trainer.answer import LETTERS, extract_choice
+from trainer.engine import ModelSpec, build_engine, choose_backend, generate
+from trainer.models.xfinder import MODEL_TYPE, register
 
 XFINDER_SYSTEM = ('You are a help assistant tasked with extracting the precise key answer from given output '
                   'sentences.')
@@ -98,16 +100,14 @@ class RuleExtractor:
         return [e.choice for e in self.extract(questions, outputs, options)]
 
 
-def build_judge_engine(model: str, backend: str = 'auto', batch_size: int = 16):
+def build_judge_engine(model: str, backend: str = 'auto', batch_size: int = 16) -> Any:
     """An ms-swift engine for the xFinder checkpoint ``model`` under the ``xfinder_qwen1505`` model type.
 
     vLLM is built here (text only, a small share of GPU memory) rather than by ``trainer.engine.build_engine``,
     whose vLLM arguments are those of the evaluated speech model (one audio per prompt, LoRA)."""
-    from trainer.engine import ModelSpec, build_engine, choose_backend
-    from trainer.models.xfinder import MODEL_TYPE, register
     register()
     if choose_backend(backend, MODEL_TYPE) == 'vllm':
-        from swift.infer_engine import VllmEngine
+        from swift.infer_engine import VllmEngine  # deferred: ms-swift and vLLM (seconds), only on a GPU
         return VllmEngine(model, model_type=MODEL_TYPE, max_num_seqs=batch_size, max_model_len=JUDGE_MAX_MODEL_LEN,
                           gpu_memory_utilization=JUDGE_GPU_MEMORY_UTILIZATION, torch_dtype='bfloat16')
     return build_engine(ModelSpec(base=model, model_type=MODEL_TYPE), 'transformers', batch_size)
@@ -117,16 +117,16 @@ class XFinderExtractor:
     """xFinder judged through an ms-swift engine; rule-based extraction where xFinder finds nothing."""
     name = 'xfinder'
 
-    def __init__(self, model: str = XFINDER_CHECKPOINT, backend: str = 'auto', batch_size: int = 16, engine=None):
+    def __init__(self, model: str = XFINDER_CHECKPOINT, backend: str = 'auto', batch_size: int = 16,
+                 engine: Any = None) -> None:
         """``engine``: an engine already built by ``build_judge_engine(model, ...)`` (else one is built)."""
-        from trainer.engine import ModelSpec
-        from trainer.models.xfinder import MODEL_TYPE
         self.model = model
         self.engine = engine if engine is not None else build_judge_engine(model, backend, batch_size)
         self.spec = ModelSpec(base=model, model_type=MODEL_TYPE)
 
     @staticmethod
-    def requests(questions: List[str], outputs: List[str], options: List[Sequence[str]]):
+    def requests(questions: List[str], outputs: List[str],
+                 options: List[Sequence[str]]) -> List[Tuple[List[Dict], List[str]]]:
         """The judge's (messages, audios) requests: the xFinder system prompt and user text per output."""
         return [([{'role': 'system', 'content': XFINDER_SYSTEM},
                   {'role': 'user', 'content': xfinder_prompt(q, o, opts)}], [])
@@ -134,7 +134,6 @@ class XFinderExtractor:
 
     def judge(self, questions: List[str], outputs: List[str], options: List[Sequence[str]]) -> List[str]:
         """xFinder's raw answers (stripped), greedy, at most 100 new tokens."""
-        from trainer.engine import generate
         if not outputs:
             return []
         judged = generate(self.engine, self.requests(questions, outputs, options), self.spec, use_adapter=False,
@@ -156,8 +155,11 @@ class XFinderExtractor:
         return [e.choice for e in self.extract(questions, outputs, options)]
 
 
+Extractor = Union[RuleExtractor, XFinderExtractor]
+
+
 def get_extractor(name: str = 'rule', xfinder_model: Optional[str] = None, backend: str = 'auto',
-                  batch_size: int = 16):
+                  batch_size: int = 16) -> Extractor:
     """The extractor ``name`` (rule or xfinder; xFinder from ``xfinder_model``, default the hub checkpoint)."""
     if name == 'rule':
         return RuleExtractor()

@@ -2,28 +2,29 @@
 
 Parses the TARS flags (``trainer.config``), activates them, registers the TARS plugin and hands every
 other flag to ms-swift's ``rlhf_main`` with ``--rlhf_type grpo``. The paper's hyper-parameters
-(reference 2.9, 12) come first, so any flag given on the command line overrides them. Works under
+(docs/original.md §2.9, §12) come first, so any flag given on the command line overrides them. Works under
 ``torchrun`` unchanged (each rank runs this module).
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from trainer import config as tars_config
 from trainer.model_loading import RemoteCodeArguments, check_swift_argv
+from trainer.registry import register_with_swift
 
 PLUGIN = Path(__file__).resolve().parent / 'swift_plugin' / 'tars_plugin.py'
 RUN_LOG_CALLBACK = 'tars_run_logs'  # trainer.run_logs.CALLBACK_NAME (that module imports transformers)
 DEFAULT_REWARDS = ['tars_format', 'tars_accuracy', 'tars_representation', 'tars_behaviour']
 
-# The original's adapter (reference 2.1, also used by DPO/SFT): LoRA r 8 / alpha 32 / dropout 0.05 on every
+# The original's adapter (docs/original.md §2.1, also used by DPO/SFT): LoRA r 8 / alpha 32 / dropout 0.05 on every
 # linear layer of the LLM, the audio encoder and projector frozen.
 LORA_DEFAULTS = ['--tuner_type', 'lora', '--lora_rank', '8', '--lora_alpha', '32', '--lora_dropout', '0.05',
                  '--target_modules', 'all-linear', '--freeze_vit', 'true', '--freeze_aligner', 'true']
 
-# The paper's GRPO run (reference 1.3, 2.8, 2.9): DAPO token-level loss, no KL, asymmetric clipping,
+# The paper's GRPO run (docs/original.md §1.3, §2.8, §2.9): DAPO token-level loss, no KL, asymmetric clipping,
 # truncated completions masked, the LoRA above.
 PAPER_DEFAULTS = LORA_DEFAULTS + [
     '--num_generations', '8', '--temperature', '1.0', '--max_completion_length', '512',
@@ -90,14 +91,15 @@ def plugin_args(swift_args: List[str]) -> List[str]:
             + list_flag(swift_args, '--external_plugins', [str(PLUGIN)]))
 
 
-def main(argv: Optional[List[str]] = None):
+def main(argv: Optional[List[str]] = None) -> Any:
     tars, loading, swift_args = tars_config.parse_args(sys.argv[1:] if argv is None else argv, RemoteCodeArguments)
     check_swift_argv(swift_args, loading.trust_remote_code)  # before ms-swift sees any model folder
     tars_config.activate(tars)
 
-    from trainer.registry import register_with_swift
     register_with_swift()
+    # deferred: ms-swift and torch.distributed load in seconds; the command line is checked before them
     from swift.pipelines import rlhf_main
+
     from trainer.distributed import run_then_shutdown
     return run_then_shutdown(rlhf_main, build_swift_argv(swift_args))
 

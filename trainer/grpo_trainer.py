@@ -1,11 +1,11 @@
-"""``TARSGRPOTrainer``: ms-swift's GRPO trainer with the TARS pieces (design.md section 3).
+"""``TARSGRPOTrainer``: ms-swift's GRPO trainer with the TARS pieces (docs/design.md §3).
 
 A thin layer of overrides over ms-swift's stage hooks; the algorithm itself is in ``tars_math``:
 
 1. ``_rollout_samples``: each question's rollouts become speech- or text-conditioned (``mixed``: half
    each, by occurrence of the question key over all ranks). Text rollouts get the text prompt and no
    audio, and keep it for scoring and training (the original re-scored them under the speech prompt,
-   reference 2.5 / 11.1).
+   docs/original.md §2.5 / §11.1).
 2. ``_score_completions`` is deferred: rewards are computed in ``_postprocess_batch``, after the
    old-log-prob forward, inside which ``_get_per_token_logps_and_entropies`` mean-pools the completion
    hidden states of every layer (no extra forward; an [L, D] vector per rollout).
@@ -13,8 +13,6 @@ A thin layer of overrides over ms-swift's stage hooks; the algorithm itself is i
 """
 from __future__ import annotations
 
-import json
-import os
 from collections import defaultdict
 from typing import Any, Dict, List, Optional
 
@@ -61,7 +59,7 @@ def drop_unsaved_steps(path: str, last_step: int) -> int:
     return removed
 
 
-def generated_length(sample) -> Optional[int]:
+def generated_length(sample: Any) -> Optional[int]:
     """Number of tokens the rollout engine generated for a sample (its ``response_token_ids``); None when
     the engine did not report them."""
     ids = getattr(sample, 'response_token_ids', None)
@@ -70,7 +68,7 @@ def generated_length(sample) -> Optional[int]:
     return sum(len(part) if isinstance(part, (list, tuple)) else 1 for part in ids)
 
 
-def end_token_ids(tokenizer, generation_config=None) -> List[int]:
+def end_token_ids(tokenizer: Any, generation_config: Any = None) -> List[int]:
     """The ids that end a completion: the tokenizer's EOS and the generation config's EOS ids."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     eos = getattr(generation_config, 'eos_token_id', None)
@@ -80,7 +78,7 @@ def end_token_ids(tokenizer, generation_config=None) -> List[int]:
 
 class TARSGRPOTrainer(GRPOTrainer):
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.tars = tars_config.active()
         targs = kwargs.get('args')
         if targs is not None:  # refuse advantage settings TARS cannot honour before any engine starts
@@ -271,23 +269,19 @@ class TARSGRPOTrainer(GRPOTrainer):
     def _dump(self, rows, rewards_per_func, total, advantages) -> None:
         """One JSON line per rollout: step, key, modality, completion, each reward, reward, advantage."""
         path = self.tars.dump_rollouts
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         step = self.state.global_step + 1  # the optimizer step these rollouts train (1-based, as logged)
         if not getattr(self, '_dump_checked', False):
             self._dump_checked = True
             drop_unsaved_steps(path, self.state.global_step)
-
-        def num(x: float):
-            return None if x != x else x  # NaN -> null
-
-        with open(path, 'a') as fh:
-            for i, row in enumerate(rows):
-                line = {'step': step, 'key': row.key, 'modality': row.modality, 'completion': row.completion}
-                for j, name in enumerate(self.reward_func_names):
-                    line[name] = num(rewards_per_func[i, j].item())
-                line['reward'] = num(total[i].item())
-                line['advantage'] = advantages[i].item()
-                fh.write(json.dumps(line, ensure_ascii=False) + '\n')
+        lines = []
+        for i, row in enumerate(rows):
+            line = {'step': step, 'key': row.key, 'modality': row.modality, 'completion': row.completion}
+            for j, name in enumerate(self.reward_func_names):
+                line[name] = rewards_per_func[i, j].item()
+            line['reward'] = total[i].item()
+            line['advantage'] = advantages[i].item()
+            lines.append(line)
+        jsonl.append(path, lines)  # one write (a kill tears at most the last line); NaN is written as null
 
     # ---- clip ratios per modality ----
     def _compute_loss_and_metrics(self, model, model_inputs, grpo_batch):

@@ -1,6 +1,6 @@
 """Mean-pooled per-layer hidden states of the completion tokens, taken inside a forward the GRPO step
-already does (design.md section 3; the original runs a second full forward with every hidden state,
-reference 2.5).
+already does (docs/design.md §3; the original runs a second full forward with every hidden state,
+docs/original.md §2.5).
 
 Forward hooks on the LLM's decoder layers pool each layer's output over the completion tokens as the
 forward runs, so a rollout keeps an [L, D] vector, never [L, T, D]. Layer numbering follows
@@ -10,7 +10,7 @@ the final norm, as transformers reports it.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -41,7 +41,7 @@ def llm_layers_and_norm(model: nn.Module) -> Tuple[nn.ModuleList, nn.Module]:
 class PooledStateCapture:
     """Pools the language model's layer outputs over a token mask during the forwards run in ``pooling``."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module) -> None:
         layers, norm = llm_layers_and_norm(model)
         self.modules: List[nn.Module] = list(layers[:-1]) + [norm]
         self.pooled: Optional[torch.Tensor] = None  # [B, L, D] float32 after a forward
@@ -51,7 +51,7 @@ class PooledStateCapture:
         return len(self.modules)
 
     @contextmanager
-    def pooling(self, token_mask: torch.Tensor):
+    def pooling(self, token_mask: torch.Tensor) -> Iterator[None]:
         """Hooks active for the forwards in this block; ``token_mask`` [B, T] marks the tokens to pool."""
         slots: List[Optional[torch.Tensor]] = [None] * len(self.modules)
 
@@ -111,7 +111,7 @@ _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropou
 
 
 @contextmanager
-def dropout_off(model: nn.Module):
+def dropout_off(model: nn.Module) -> Iterator[None]:
     """The forwards in this block run without dropout (the model otherwise stays in train mode).
 
     The original takes the hidden states of the representation reward in a separate ``model.eval()``

@@ -160,6 +160,35 @@ def _replace_atomically(path: PathLike, write: Callable[[Any], Any]) -> None:
         raise
 
 
+class RunConfigError(RuntimeError):
+    """A results folder made with other settings than the run about to write into it."""
+
+
+def guard_run_config(run_dir: PathLike, config: Dict[str, Any], what: str = 'results') -> None:
+    """Tie ``run_dir`` to the settings ``config`` that its ``what`` (``'results'``, ``'samples'``...) were made with.
+
+    The first use writes ``run_dir/config.json`` (atomically, the folder created); a later use with the same
+    settings passes; one with other settings raises ``RunConfigError`` in one line naming the folder and
+    each differing key, so that records made with different settings are never mixed in one file. Values
+    are compared as JSON (a tuple equals the list it is stored as)."""
+    run_dir = Path(run_dir)
+    path = run_dir / 'config.json'
+    new = json.loads(json.dumps(finite(config), default=str))
+    if not path.exists():
+        write_json_atomic(path, new)
+        return
+    try:
+        old = json.loads(path.read_text(encoding='utf-8'))
+    except json.JSONDecodeError as err:
+        raise RunConfigError(f'{path}: not valid JSON ({err.msg}); choose another --out') from err
+    if not isinstance(old, dict):
+        raise RunConfigError(f'{path}: not a JSON object of settings; choose another --out')
+    if old != new:
+        diff = ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in sorted(set(old) | set(new))
+                         if old.get(k) != new.get(k))
+        raise RunConfigError(f'{run_dir} holds {what} made with other settings ({diff}); choose another --out')
+
+
 def keep_records(path: PathLike, keep: Callable[[Any], bool]) -> int:
     """Rewrite ``path`` (atomically) without the records for which ``keep`` is false; return how many went.
 

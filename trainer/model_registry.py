@@ -1,4 +1,4 @@
-"""Model and template registration of every preset with ms-swift (design.md section 4).
+"""Model and template registration of every preset with ms-swift (docs/design.md §4).
 
 Presets that ms-swift 4.6 supports as they are (``qwen2_5_omni``) need nothing; a preset whose
 ``trainer.presets`` row names a ``registration`` module gets that module's ``register()`` called. Called
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 
+from trainer.presets import PRESETS
+
 _done = False
 
 
@@ -17,7 +19,6 @@ def register_models() -> None:
     global _done
     if _done:
         return
-    from trainer.presets import PRESETS
     for preset in PRESETS.values():
         if preset.registration:
             importlib.import_module(preset.registration).register()

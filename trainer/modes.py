@@ -1,4 +1,4 @@
-"""Evaluation input modes (reference 6.1, under clear names) and the request each builds.
+"""Evaluation input modes (docs/original.md §6.1, under clear names) and the request each builds.
 
 | mode        | the user turn                              | adapter | original name            |
 |-------------|--------------------------------------------|---------|--------------------------|
@@ -18,10 +18,11 @@ SPEECH_MODES = ('audio', )
 
 
 def uses_adapter(mode: str) -> bool:
+    """Whether ``mode`` answers with the LoRA adapter on (every mode but the text-only baseline)."""
     return mode != 'text_base'
 
 
-def build_request(mode: str, prompt_type: str, prompt_for_tts: str, audio_path: Optional[str] = None,
+def build_request(mode: str, prompt_type: str, prompt_for_tts: str, audio_path: Optional[str] = None, *,
                   transcript: Optional[str] = None, audio_with_text: bool = False) -> Tuple[List[Dict], List[str]]:
     """(messages, audios) for one item in ``mode``; ``audio_with_text`` adds the question text after the
     audio in the audio mode (datasets whose audio is a stimulus, e.g. CUHK MMSU)."""

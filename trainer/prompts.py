@@ -1,4 +1,4 @@
-"""Prompt texts of the original (reference section 2.2): the one place for them.
+"""Prompt texts of the original (docs/original.md §2.2): the one place for them.
 
 ``prompt_type`` picks the answer suffix appended after the question and, for ``systhink``, the
 system prompt. ``prompt_modality`` picks what the user turn holds: the speech (``a``), the text
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-# The think system prompt (reference 2.2; same text as Qwen's "think" prompt).
+# The think system prompt (docs/original.md §2.2; same text as Qwen's "think" prompt).
 SYSTHINK_SYSTEM = (
     'A conversation between User and Assistant. The user asks a question, and the Assistant solves it. '
     'The assistant first thinks about the reasoning process in the mind and then provides the user with the '
@@ -47,7 +47,7 @@ def user_text(prompt_type: str, modality: str, prompt_for_tts: str = '') -> str:
     _check_type(prompt_type)
     if modality == 'speech':
         return AUDIO_TAG + ANSWER_SUFFIX[prompt_type]
-    if modality == 'speech_text':  # the audio is a stimulus and the question is text (CUHK MMSU, reference 6.1)
+    if modality == 'speech_text':  # the audio is a stimulus and the question is text (CUHK MMSU, docs/original.md §6.1)
         return AUDIO_TAG + prompt_for_tts + ANSWER_SUFFIX[prompt_type]
     if modality == 'text':
         if not prompt_for_tts:

@@ -1,4 +1,4 @@
-"""TARS rewards as ms-swift ORMs (reference section 3), each usable alone with any GRPO trainer that
+"""TARS rewards as ms-swift ORMs (docs/original.md §3), each usable alone with any GRPO trainer that
 provides its inputs.
 
 Rewards receive ms-swift's completions plus the dataset's ``tars_*`` columns (``trainer.data``) and
@@ -9,7 +9,7 @@ stay right whatever the batch geometry.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 
@@ -19,6 +19,7 @@ from trainer import config as tars_config
 from trainer import tars_math
 from trainer.answer import format_score, is_correct, length_score
 from trainer.data import ANSWER_INDEX, KEY, OPTIONS
+from trainer.embedder import embed
 from trainer.rollouts import Rollout, RolloutBatch, judge_all
 
 MODALITY, HIDDEN = 'tars_modality', 'tars_hidden'
@@ -45,6 +46,8 @@ class TARSReward(ORM):
     config: tars_config.TARSConfig = tars_config.TARSConfig()  # the run's TARS options, set by TARSGRPOTrainer
 
     def view(self, completions: Sequence[str], kwargs: dict, gather: bool = True) -> RolloutBatch:
+        """The judged rollouts of this batch: the trainer's (``self.rollouts``) when they are these
+        completions, else built from the ms-swift columns in ``kwargs`` (gathered over ranks with ``gather``)."""
         if self.rollouts is not None and self.rollouts.matches(completions):
             return self.rollouts
         options = _require(kwargs, OPTIONS, self.name)
@@ -61,25 +64,25 @@ class TARSReward(ORM):
 
 
 class FormatReward(ORM):
-    """reward_format (reference 3.1): 1 strict systhink format, 0.5 loose, 0 otherwise."""
+    """reward_format (docs/original.md §3.1): 1 strict systhink format, 0.5 loose, 0 otherwise."""
 
-    def __call__(self, completions, **kwargs) -> List[float]:
+    def __call__(self, completions: List[str], **kwargs: Any) -> List[float]:
         return [format_score(c) for c in completions]
 
 
 class AccuracyReward(TARSReward):
-    """Accuracy (reference 3.3, the original's reward_xfinder): 1 if the extracted choice is the gold one."""
+    """Accuracy (docs/original.md §3.3, the original's reward_xfinder): 1 if the extracted choice is the gold one."""
     name = 'accuracy'
 
-    def __call__(self, completions, **kwargs) -> List[float]:
+    def __call__(self, completions: List[str], **kwargs: Any) -> List[float]:
         view = self.view(completions, kwargs, gather=False)
         return [float(ok) for ok in view.local(view.correct)]
 
 
 class LengthReward(TARSReward):
-    """reward_len (reference 3.2): -|target - characters| / target."""
+    """reward_len (docs/original.md §3.2): -|target - characters| / target."""
 
-    def __call__(self, completions, **kwargs) -> List[float]:
+    def __call__(self, completions: List[str], **kwargs: Any) -> List[float]:
         target = self.config.length_target
         return [length_score(c, target) for c in completions]
 
@@ -89,7 +92,7 @@ class _AlignmentReward(TARSReward):
     rollout of the same question (round robin); text rollouts get their question's mean speech score."""
     name = 'alignment'
 
-    def __call__(self, completions, **kwargs) -> List[float]:
+    def __call__(self, completions: List[str], **kwargs: Any) -> List[float]:
         _require(kwargs, KEY, self.name)
         _require(kwargs, MODALITY, self.name)
         view = self.view(completions, kwargs)
@@ -97,32 +100,34 @@ class _AlignmentReward(TARSReward):
         rewards = tars_math.alignment_rewards(view.keys, view.modalities, partners, self.scorer(view.rows, partners))
         return view.local(rewards)
 
-    def scorer(self, rows: List[Rollout], partners: List[Optional[int]]):
+    def scorer(self, rows: List[Rollout], partners: List[Optional[int]]) -> Callable[[int, int], float]:
+        """``score(i, j)``: the alignment of rollout ``i`` with its partner ``j`` (indices into ``rows``)."""
         raise NotImplementedError
 
 
 class RepresentationAlignmentReward(_AlignmentReward):
-    """hidden_state_sim (reference 3.5): mean over target layers of the cosine between the mean-pooled
+    """hidden_state_sim (docs/original.md §3.5): mean over target layers of the cosine between the mean-pooled
     completion states of a speech rollout and of its paired correct text rollout."""
     name = 'representation alignment'
 
-    def __call__(self, completions, **kwargs) -> List[float]:
+    def __call__(self, completions: List[str], **kwargs: Any) -> List[float]:
         if self.rollouts is None or not self.rollouts.matches(completions):
             _require(kwargs, HIDDEN, self.name)
         return super().__call__(completions, **kwargs)
 
-    def scorer(self, rows, partners):
+    def scorer(self, rows: List[Rollout], partners: List[Optional[int]]) -> Callable[[int, int], float]:
+        """Cosine of the pooled hidden states of rollouts ``i`` and ``j``, averaged over the target layers."""
         layers = self.config.layers
         return lambda i, j: tars_math.pooled_cosine(rows[i].hidden, rows[j].hidden, layers)
 
 
 class BehaviourAlignmentReward(_AlignmentReward):
-    """reward_align_audio_to_text (reference 3.4): cosine of the sentence embeddings of a speech
+    """reward_align_audio_to_text (docs/original.md §3.4): cosine of the sentence embeddings of a speech
     completion and of its paired correct text completion."""
     name = 'behaviour alignment'
 
-    def scorer(self, rows, partners):
-        from trainer.embedder import embed
+    def scorer(self, rows: List[Rollout], partners: List[Optional[int]]) -> Callable[[int, int], float]:
+        """Cosine of the sentence embeddings of rollouts ``i`` and ``j`` (each paired rollout embedded once)."""
         needed = sorted({i for i, j in enumerate(partners) if j is not None} | {j for j in partners if j is not None})
         if not needed:
             return lambda i, j: 0.0

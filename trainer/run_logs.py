@@ -95,11 +95,12 @@ def tensorboard_restart_marker(logging_dir: Path, next_step: int) -> bool:
 class RunLogCallback(TrainerCallback):
     """See the module docstring. Built by ms-swift as ``callbacks_map[name](args, trainer)``."""
 
-    def __init__(self, args=None, trainer=None):
+    def __init__(self, args: Any = None, trainer: Any = None) -> None:
         self.args = args
         self.trainer = trainer
 
-    def on_init_end(self, args, state, control, **kwargs):
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """A resumed run hides TensorBoard events of steps after its checkpoint (restart marker)."""
         if not state.is_world_process_zero or 'tensorboard' not in (args.report_to or []):
             return
         step = checkpoint_step(getattr(args, 'resume_from_checkpoint', None)) or 0
@@ -109,7 +110,8 @@ class RunLogCallback(TrainerCallback):
             logger.warning(f'TensorBoard: events of steps > {step} in {logging_dir} from an earlier attempt are '
                            'hidden (restart marker)')
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """A resumed run drops the log records of steps after its checkpoint (``trim_logs``)."""
         if not state.is_world_process_zero:
             return
         removed = trim_logs(Path(args.output_dir), state.global_step)
@@ -117,6 +119,8 @@ class RunLogCallback(TrainerCallback):
             logger.warning(f'resuming at step {state.global_step}: removed log records of later steps and of '
                            f'earlier attempts\' ends: {removed}')
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args: Any, state: Any, control: Any, logs: Optional[Dict[str, Any]] = None,
+               **kwargs: Any) -> None:
+        """Non-finite values of ``logs`` become None (written as null)."""
         if logs is not None:
             finite_logs(logs)

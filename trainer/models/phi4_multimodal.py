@@ -1,5 +1,5 @@
 """Phi-4-multimodal (``microsoft/Phi-4-multimodal-instruct``) registered with ms-swift against transformers'
-native ``Phi4MultimodalForCausalLM`` (design.md section 4; reference 2.1, 2.2; issue 6).
+native ``Phi4MultimodalForCausalLM`` (docs/design.md §4; docs/original.md §2.1, §2.2; issue 6).
 
 ms-swift 4.6 registers ``phi4_multimodal`` for the checkpoint's remote code (transformers < 4.49). The
 native class differs from it in the three places the original relies on:
@@ -8,7 +8,7 @@ native class differs from it in the three places the original relies on:
   them with ``input_mode`` (0 text, 1 vision, 2 speech). The native format keeps them as PEFT adapter
   folders next to the weights (``speech-lora/``, ``vision-lora/``) and has no ``input_mode``. The
   original merges the speech LoRA into the base and then runs every forward, speech or text, in speech
-  mode (reference 2.1). Here the loader does the same: a checkpoint with ``speech-lora/`` gets it merged
+  mode (docs/original.md §2.1). Here the loader does the same: a checkpoint with ``speech-lora/`` gets it merged
   on load (``trainer.models.phi4_speech_base``), and a "speech base" written by that module (no
   ``speech-lora/`` folder) is loaded as it is. Either way the policy is base + speech LoRA, which is
   what "speech mode" means in the native format.
@@ -33,16 +33,18 @@ architecture gets a name of its own. No remote code is executed (``trust_remote_
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
+
+from trainer.models.phi4_speech_base import merge_speech_lora, speech_lora_dir
 
 MODEL_TYPE = 'phi4_multimodal'
 ARCH = 'tars_phi4_multimodal'  # module layout of transformers' native Phi4MultimodalForCausalLM
 CHECKPOINT = 'microsoft/Phi-4-multimodal-instruct'
 SAMPLING_RATE = 16000
 AUDIO_PLACEHOLDER = -200  # id the template puts where <audio> was, replaced by the audio tokens in _encode
-VLLM_AUDIO_PLACEHOLDER = '<|audio_1|>'  # the prompt text vLLM's Phi4MM expects (reference 7)
+VLLM_AUDIO_PLACEHOLDER = '<|audio_1|>'  # the prompt text vLLM's Phi4MM expects (docs/original.md §7)
 
-# The original's adapter targets (reference 2.1): qkv_proj, o_proj, gate_up_proj, down_proj of every decoder
+# The original's adapter targets (docs/original.md §2.1): qkv_proj, o_proj, gate_up_proj, down_proj of every decoder
 # layer. The project's LoRA defaults (trainer.grpo LORA_DEFAULTS: r 8, alpha 32, dropout 0.05,
 # ``--target_modules all-linear``, ``--freeze_vit/--freeze_aligner true``) give exactly these modules for
 # this preset: ms-swift resolves all-linear over the architecture's ``language_model`` (``model.layers``),
@@ -100,7 +102,7 @@ def template_class() -> type:
     return Phi4MultimodalTemplate
 
 
-def collate_audio(clips, sizes, dtype=None) -> Dict[str, Any]:
+def collate_audio(clips: Sequence[Any], sizes: Sequence[int], dtype: Any = None) -> Dict[str, Any]:
     """Batch per-clip log-mel features [frames_i, 80] as the native feature extractor does for a batch:
     zero padding to the longest clip, and a frame mask when there is more than one clip."""
     import torch
@@ -120,7 +122,7 @@ def loader_class() -> type:
 
     class Phi4MultimodalLoader(ModelLoader):
         """Loads ``Phi4MultimodalForCausalLM`` and its processor without remote code; merges the official
-        speech LoRA when the checkpoint still has it as ``speech-lora/`` (reference 2.1)."""
+        speech LoRA when the checkpoint still has it as ``speech-lora/`` (docs/original.md §2.1)."""
         default_trust_remote_code = False
 
         def get_processor(self, model_dir, config):
@@ -132,8 +134,6 @@ def loader_class() -> type:
 
         def get_model(self, model_dir, config, processor, model_kwargs):
             from transformers import Phi4MultimodalForCausalLM
-
-            from trainer.models.phi4_speech_base import merge_speech_lora, speech_lora_dir
             self.auto_model_cls = self.auto_model_cls or Phi4MultimodalForCausalLM
             model = super().get_model(model_dir, config, processor, model_kwargs)
             lora = speech_lora_dir(model_dir)

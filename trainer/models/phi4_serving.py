@@ -1,4 +1,4 @@
-"""vLLM serving of a trained Phi-4-multimodal adapter (reference section 7).
+"""vLLM serving of a trained Phi-4-multimodal adapter (docs/original.md §7).
 
 vLLM switches LoRAs per request but cannot stack them, so the original serves the *speech base* (the
 official speech LoRA merged into the weights, ``trainer.models.phi4_speech_base``) with the trained
@@ -21,7 +21,7 @@ import argparse
 import json
 import shlex
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from trainer.models.phi4_speech_base import speech_lora_dir
 
@@ -75,7 +75,7 @@ def _vllm_rank(rank: int) -> int:
     raise ValueError(f'LoRA rank {rank} exceeds what vLLM serves (512)')
 
 
-def main(argv=None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--adapter', default=None, help='trained LoRA checkpoint')
     parser.add_argument('--base', default=None, help='speech base (default: the adapter\'s own base)')

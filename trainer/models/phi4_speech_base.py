@@ -1,4 +1,4 @@
-"""The Phi-4-multimodal "speech base": the official speech LoRA merged into the base (reference 2.1, 7).
+"""The Phi-4-multimodal "speech base": the official speech LoRA merged into the base (docs/original.md §2.1, §7).
 
 The original merges the checkpoint's speech LoRA (r 320, alpha 640, on qkv_proj/o_proj/gate_up_proj/
 down_proj of every decoder layer) into the base weights before adding its own r 8 adapter, and serves
@@ -19,20 +19,20 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 SPEECH_LORA = 'speech-lora'
 LORA_SUFFIXES = ('.lora_A.weight', '.lora_B.weight')
 PEFT_PREFIX = 'base_model.model.'
 
 
-def speech_lora_dir(model_dir) -> Optional[Path]:
+def speech_lora_dir(model_dir: Union[str, Path]) -> Optional[Path]:
     """``<model_dir>/speech-lora`` when it holds a PEFT adapter, else None."""
     path = Path(model_dir) / SPEECH_LORA
     return path if (path / 'adapter_config.json').exists() else None
 
 
-def _adapter_weights(lora_dir: Path) -> Dict[str, 'object']:
+def _adapter_weights(lora_dir: Path) -> Dict[str, Any]:
     from safetensors.torch import load_file
     file = lora_dir / 'adapter_model.safetensors'
     if not file.exists():
@@ -41,7 +41,7 @@ def _adapter_weights(lora_dir: Path) -> Dict[str, 'object']:
     return load_file(str(file))
 
 
-def lora_module_names(weights) -> List[str]:
+def lora_module_names(weights: Iterable[str]) -> List[str]:
     """Names (relative to the model) of the modules an adapter's weights belong to."""
     names = set()
     for key in weights:
@@ -53,7 +53,7 @@ def lora_module_names(weights) -> List[str]:
     return sorted(names)
 
 
-def merge_speech_lora(model, lora_dir) -> 'object':
+def merge_speech_lora(model: Any, lora_dir: Union[str, Path]) -> Any:
     """Merge the PEFT adapter in ``lora_dir`` into ``model``'s weights; return the plain (unwrapped) model.
 
     The adapter is applied exactly to the modules its weights name (not to every module that shares a
@@ -76,7 +76,8 @@ def merge_speech_lora(model, lora_dir) -> 'object':
         raise ValueError(f'the speech LoRA in {lora_dir} did not load cleanly: unexpected '
                          f'{list(result.unexpected_keys)[:5]}, missing {lora_missing[:5]}')
     merged = peft_model.merge_and_unload()
-    logging.getLogger(__name__).warning('merged the speech LoRA %s (r %s, alpha %s) into %d modules (reference 2.1)',
+    logging.getLogger(__name__).warning('merged the speech LoRA %s (r %s, alpha %s) into %d modules '
+                                        '(docs/original.md §2.1)',
                                         lora_dir, config.r, config.lora_alpha, len(config.target_modules))
     return merged  # peft's merge_and_unload also removes its peft_config (tests/test_compat.py)
 
@@ -103,7 +104,7 @@ def resolve_checkpoint(model: str, revision: Optional[str] = None) -> Path:
     return Path(snapshot_download(model, revision=revision))
 
 
-def write_speech_base(model: str, out, revision: Optional[str] = None, dtype: str = 'auto') -> Path:
+def write_speech_base(model: str, out: Union[str, Path], revision: Optional[str] = None, dtype: str = 'auto') -> Path:
     """Merge ``model``'s ``speech-lora/`` into its weights and save the speech base to ``out``."""
     import shutil
 
@@ -142,7 +143,7 @@ def write_speech_base(model: str, out, revision: Optional[str] = None, dtype: st
     return out
 
 
-def main(argv=None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', required=True, help='native-format checkpoint: a directory or a hub id')
     parser.add_argument('--out', required=True, help='new directory for the speech base')

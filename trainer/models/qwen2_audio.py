@@ -1,5 +1,5 @@
 """Qwen2-Audio (``Qwen/Qwen2-Audio-7B-Instruct``) registered with ms-swift against transformers' native
-``Qwen2AudioForConditionalGeneration`` (design.md section 4; issue 6).
+``Qwen2AudioForConditionalGeneration`` (docs/design.md §4; issue 6).
 
 ms-swift 4.6 registers ``qwen2_audio`` for transformers < 4.49 only, and two of its pieces do not fit
 transformers 5:
