@@ -38,7 +38,7 @@ from tqdm import tqdm
 from trainer import jsonl, prompts
 from trainer.answer import gold_letter
 from trainer.data import write_clip, write_jsonl
-from trainer.engine import build_engine, generate as engine_generate, resolve_model
+from trainer.engine import add_engine_arguments, build_engine, generate as engine_generate, resolve_model
 from trainer.extract import get_extractor
 from trainer.modes import build_request, uses_adapter
 from trainer.schema import DEFAULT_MAX_AUDIO_SECONDS, SchemaError, load_hf_dataset, validate_dataset
@@ -123,19 +123,6 @@ def mode_files(out_dir: Path, mode: str) -> List[Path]:
     return sorted((Path(out_dir) / mode).glob('samples*.jsonl'))
 
 
-def check_config(run_dir: Path, config: Dict) -> None:
-    """Refuse to mix samples made with other settings in one directory."""
-    path = run_dir / 'config.json'
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != config:
-            diff = {k: (old.get(k), config.get(k)) for k in set(old) | set(config) if old.get(k) != config.get(k)}
-            raise RuntimeError(f'{run_dir} holds samples made with other settings {diff}; choose another --out')
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=1))
-
-
 def generate(model: str, dataset: str, out_dir: Path, *, mode: str = 'text', base_model: Optional[str] = None,
              model_type: str = 'qwen2_5_omni', split: str = 'train', prompt_type: str = 'systhink',
              max_samples: int = 100, samples_per_round: int = 4, max_new_tokens: int = 1000,
@@ -160,7 +147,8 @@ def generate(model: str, dataset: str, out_dir: Path, *, mode: str = 'text', bas
               'num_shards': num_shards}
     if extractor == 'xfinder':  # the judge is part of the settings (rule-based runs keep their old config)
         config['xfinder_model'] = xfinder_model
-    check_config(out_dir / mode, config)
+    # samples made with other settings are never mixed in one file (RunConfigError, a RuntimeError)
+    jsonl.guard_run_config(out_dir / mode, config, 'samples')
 
     ds = load_hf_dataset(dataset, split)
     # the original shuffled with seed 42 before sharding by rank (docs/original.md §4.3)
@@ -373,9 +361,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='command', required=True)
     g = sub.add_parser('generate', help='sample judged answers of one model in one mode (resumable)')
-    g.add_argument('--model', required=True)
-    g.add_argument('--base_model', default=None)
-    g.add_argument('--model_type', default='qwen2_5_omni')
+    # --model, --base_model, --model_type, --backend, --max_new_tokens, --batch_size
+    add_engine_arguments(g, max_new_tokens=1000, batch_size=16, model_type='qwen2_5_omni')
     g.add_argument('--dataset', required=True)
     g.add_argument('--split', default='train')
     g.add_argument('--out', required=True, type=Path)
@@ -383,11 +370,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     g.add_argument('--prompt_type', default='systhink', choices=prompts.PROMPT_TYPES)
     g.add_argument('--max_samples', type=int, default=100)
     g.add_argument('--samples_per_round', type=int, default=4)
-    g.add_argument('--max_new_tokens', type=int, default=1000)
     g.add_argument('--max_rows', type=int, default=None)
     g.add_argument('--batch_questions', type=int, default=16, help='questions sampled together')
-    g.add_argument('--batch_size', type=int, default=16, help='sequences per engine batch')
-    g.add_argument('--backend', default='auto', choices=['auto', 'vllm', 'transformers'])
     g.add_argument('--extractor', default='rule', choices=['rule', 'xfinder'])
     g.add_argument('--xfinder_model', default=None,
                    help='the xFinder checkpoint of --extractor xfinder (default IAAR-Shanghai/xFinder-qwen1505)')
