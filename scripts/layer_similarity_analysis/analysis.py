@@ -88,7 +88,7 @@ class LayerSimilarityMeter:
         self.pooled.add(torch.stack(pooled))
 
 
-def measure(thinker: torch.nn.Module, processor: Any, rows: Sequence[Dict], responses: Sequence[Optional[str]],
+def measure(thinker: torch.nn.Module, processor: Any, rows: Sequence[Dict], responses: Sequence[Optional[str]], *,
             prompt_type: str = 'systhink', batch_size: int = 8, progress: bool = False) -> Dict:
     """Layer statistics over ``rows`` (hf_format rows, audio undecoded) with their text ``responses``
     (None: no response for that row). Returns ``stats.summary`` plus the skipped samples and timing."""

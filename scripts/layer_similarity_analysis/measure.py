@@ -125,8 +125,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
         source = f'generated (greedy, max_new_tokens={args.max_new_tokens})'
     response_seconds = time.perf_counter() - started
 
-    result = analysis.measure(loaded.thinker, loaded.processor, rows, texts, args.prompt_type, args.batch_size,
-                              progress=sys.stderr.isatty())
+    result = analysis.measure(loaded.thinker, loaded.processor, rows, texts, prompt_type=args.prompt_type,
+                              batch_size=args.batch_size, progress=sys.stderr.isatty())
     result.update({
         'model': args.model, 'base_model': loaded.base_model, 'dataset': args.dataset, 'split': args.split,
         'prompt_type': args.prompt_type, 'text_responses': source, 'batch_size': args.batch_size,
