@@ -4,7 +4,7 @@
 offline MMLU build. ``eval`` measures rule-based extraction speed, the batched-generation speed-up and the time of a
 four-mode evaluation of the offline set. ``judge`` measures the rule-based judge (trainer.answer.extract_choice)
 on the labelled set tests/data/judge_cases.jsonl (recall, precision, false answers) and its speed (one core).
-``grpo`` (design.md section 7) runs plain ms-swift GRPO and TARS GRPO on the same tiny Qwen2.5-Omni,
+``grpo`` (docs/design.md §7) runs plain ms-swift GRPO and TARS GRPO on the same tiny Qwen2.5-Omni,
 data, batch and seed, alternating runs in one session (this machine is shared and noisy, so only
 ratios within a run are meaningful), and measures:
   forwards_per_step              model forwards outside generation per optimizer step (hook-counted)
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
 import subprocess
@@ -31,6 +32,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional, Sequence
+
+import trainer.grpo as entry
+from eval.qa import evaluate
+from scripts.dataset_building.mmlu import build_speech_set, mmlu_rows, select_rows, synthesize_clip
+from scripts.dataset_building.tts import EspeakTTS, PiperTTS
+from scripts.layer_similarity_analysis.defaults import embedded_default
+from scripts.layer_similarity_analysis.outputs import read_stats
+from scripts.recipes.embedded import prepare
+from scripts.recipes.tiny_models import default_cache_dir
+from trainer.answer import extract_choice
+from trainer.compat import register_trainer
+from trainer.data import prepare_grpo_dataset
+from trainer.engine import ModelSpec, build_engine, generate
+from trainer.hidden_states import llm_layers_and_norm
+from trainer.modes import build_request
+from trainer.registry import register_with_swift
+from trainer.schema import load_hf_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 PLAIN_REWARDS = ['tars_format', 'tars_accuracy', 'tars_length']
@@ -38,11 +57,9 @@ TARS_REWARDS = PLAIN_REWARDS + ['tars_representation', 'tars_behaviour']
 
 
 # ---------------------------------------------------------------- measured trainers (used in `_run`)
-def _counting(base):
+def _counting(base: type) -> type:
     """A subclass of ``base`` that counts non-generation forwards of the language model, times
     training steps and records the hidden-state bytes kept per rollout."""
-
-    from trainer.hidden_states import llm_layers_and_norm
 
     class Counting(base):
         bench = {'forwards': [], 'step_seconds': [], 'hidden_bytes': [], 'completion_tokens': [],
@@ -92,28 +109,27 @@ def _counting(base):
     return Counting
 
 
-def _run(args) -> None:
+def _run(args: argparse.Namespace) -> None:
     """One measured training run; writes its counters to ``args.result``."""
+    # deferred: these import ms-swift (several seconds), which only the measured training runs need
+    from swift.pipelines import rlhf_main
     from swift.rlhf_trainers import GRPOTrainer
 
-    import trainer.grpo as entry
-    from trainer.compat import register_trainer
     from trainer.grpo_trainer import TARSGRPOTrainer
-    from trainer.registry import register_with_swift
 
     register_with_swift()
     cls = _counting(TARSGRPOTrainer if args.trainer == 'tars' else GRPOTrainer)
     globals()['MeasuredTrainer'] = cls
     register_trainer('grpo', f'{__name__}.MeasuredTrainer')
     # the same argv as the entry point, without the plugin file (it would map 'grpo' back to TARS)
-    from swift.pipelines import rlhf_main
     argv = entry.build_swift_argv(args.swift_args, plugin=False)
     rlhf_main(argv)
     Path(args.result).write_text(json.dumps(cls.bench))
 
 
 # ---------------------------------------------------------------- the grpo benchmark
-def _swift_args(model, data, out, rewards, completion_len, steps):
+def _swift_args(model: Path, data: Path, out: Path, rewards: Sequence[str], completion_len: int,
+                steps: int) -> list:
     return ['--model', str(model), '--model_type', 'qwen2_5_omni', '--dataset', str(data), '--reward_funcs', *rewards,
             '--torch_dtype', 'float32', '--fp16', 'false', '--bf16', 'false', '--use_vllm', 'false',
             '--num_generations', '4', '--max_completion_length', str(completion_len),
@@ -124,7 +140,7 @@ def _swift_args(model, data, out, rewards, completion_len, steps):
             '--output_dir', str(out), '--seed', '11']
 
 
-def _measure(trainer, swift_args, work: Path, tag: str) -> dict:
+def _measure(trainer: str, swift_args: Sequence[str], work: Path, tag: str) -> dict:
     result = work / f'{tag}.json'
     cmd = [sys.executable, '-m', 'scripts.bench', '_run', '--trainer', trainer, '--result', str(result), '--',
            *swift_args]
@@ -135,10 +151,7 @@ def _measure(trainer, swift_args, work: Path, tag: str) -> dict:
 
 
 def bench_grpo(steps: int = 5, repeats: int = 2) -> dict:
-    from trainer.data import prepare_grpo_dataset
-    from scripts.recipes.embedded import prepare
-    from scripts.recipes.tiny_models import default_cache_dir
-
+    """Plain ms-swift GRPO against TARS GRPO on the warm-started tiny model (module docstring)."""
     # the embedded default's warm-started tiny model: it answers in format and sometimes correctly, so
     # the alignment rewards (pairing, embeddings, pooled-state cosines) do real work in the TARS runs
     embedded = prepare(default_cache_dir())
@@ -169,7 +182,8 @@ def bench_grpo(steps: int = 5, repeats: int = 2) -> dict:
         length = max(res['completion_tokens'])
         return str(int(length)), {
             'tars_bytes': int(statistics.median(res['hidden_bytes'])),
-            'original_bytes': int((layers + 1) * (length + 1) * hidden * 2),  # [L+1, C+1, D] bf16, reference 2.5
+            # [L+1, C+1, D] bf16 per rollout, docs/original.md §2.5
+            'original_bytes': int((layers + 1) * (length + 1) * hidden * 2),
         }
 
     hidden_bytes = dict([hidden_entry(short), hidden_entry(runs['tars'][0])])
@@ -219,7 +233,6 @@ def judge_quality(cases: list) -> dict:
     recall: positives (expected a letter) extracted exactly; false_answers: a wrong letter on a positive
     or any letter on a negative (expected null); precision: right letters / letters returned.
     """
-    from trainer.answer import extract_choice
     right = wrong_on_positives = letters_on_negatives = returned = 0
     misses, false = [], []
     for row in cases:
@@ -248,7 +261,6 @@ def judge_quality(cases: list) -> dict:
 def extraction_speed(cases: list, repeats: int = 5) -> dict:
     """Extractions per second on one core: the fixed chain of thought (20,000 calls) and the labelled
     set (``repeats`` passes); the best of three timings each, since the machine is shared."""
-    from trainer.answer import extract_choice
 
     def best_rate(items, calls):
         rates = []
@@ -276,13 +288,6 @@ def bench_eval(items: int = 16) -> dict:
     """Rule-based extraction speed (one core), batched vs one-by-one generation on the tiny preset, and
     the time to evaluate the embedded default's offline set in all four modes."""
     import torch
-
-    from trainer.engine import ModelSpec, build_engine, generate
-    from trainer.modes import build_request
-    from eval.qa import evaluate
-    from scripts.recipes.embedded import prepare
-    from trainer.schema import load_hf_dataset
-    from scripts.recipes.tiny_models import default_cache_dir
 
     torch.set_num_threads(1)
     extractions_per_second = extraction_speed(load_judge_cases())['extractions_per_second']
@@ -316,11 +321,6 @@ def bench_eval(items: int = 16) -> dict:
 # ---------------------------------------------------------------- the layers benchmark
 def bench_layers(samples: int = 100, max_new_tokens: int = 24) -> dict:
     """The layer-similarity analysis on the tiny preset, as a subprocess (wall time, peak RSS)."""
-    import resource
-
-    from scripts.layer_similarity_analysis.defaults import embedded_default
-    from scripts.layer_similarity_analysis.outputs import read_stats
-
     default = embedded_default()
     model = default['checkpoint'] or default['warm']
     work = Path(tempfile.mkdtemp(prefix='bench-layers-'))
@@ -353,9 +353,6 @@ def bench_tts(rows: int = 1000) -> dict:
     """Speech synthesis speed: seconds of audio per wall second for the whole clip pipeline (synthesis,
     resampling to 16 kHz, writing the WAV), for espeak-ng and (when installed) Piper, and the time to
     build ``rows`` MMLU rows with speech offline."""
-    from scripts.dataset_building.mmlu import build_speech_set, mmlu_rows, select_rows, synthesize_clip
-    from scripts.dataset_building.tts import EspeakTTS, PiperTTS
-
     texts = [r['prompt_for_tts'] for r in select_rows(list(mmlu_rows(max_chars=300)), 20, seed=5)]
     work = Path(tempfile.mkdtemp(prefix='bench-tts-'))
 
@@ -381,7 +378,7 @@ def bench_tts(rows: int = 1000) -> dict:
 BENCHES = {'grpo': bench_grpo, 'eval': bench_eval, 'judge': bench_judge, 'tts': bench_tts, 'layers': bench_layers}
 
 
-def main(argv=None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == '_run':
         parser = argparse.ArgumentParser()

@@ -1,4 +1,5 @@
-"""Tests for trainer/answer.py: format / length rewards (reference 3.1, 3.2) and answer extraction (3.3, 6.1).
+"""Tests for trainer/answer.py: format / length rewards (docs/original.md §3.1, §3.2) and answer extraction
+(§3.3, §6.1).
 
 Every expectation below was set by hand from the reference and the case text.
 """
@@ -14,7 +15,7 @@ TEN = [f'option text {i}' for i in range(10)]            # A-J
 
 
 # -----------------------------------------------------------------------------
-# format reward (reference 3.1)
+# format reward (docs/original.md §3.1)
 
 @pytest.mark.parametrize('completion, expected', [
     ('<think>France is in Europe; its capital is Paris.</think><answer>The answer is B.</answer>', 1.0),
@@ -42,7 +43,7 @@ def test_format_regexes_are_the_originals():
 
 
 # -----------------------------------------------------------------------------
-# length reward (reference 3.2)
+# length reward (docs/original.md §3.2)
 
 def test_length_score():
     assert length_score('') == -1.0

@@ -1,4 +1,4 @@
-"""Layer-similarity analysis (reference section 8): the per-layer statistics on constructed hidden states,
+"""Layer-similarity analysis (docs/original.md §8): the per-layer statistics on constructed hidden states,
 the inputs, the model loading (LoRA), and the measurement end to end on the tiny preset."""
 import json
 import math

@@ -1,4 +1,4 @@
-"""scripts/dataset_building/mmlu.py: text processing, selection and the speech-set build (reference 5.1)."""
+"""scripts/dataset_building/mmlu.py: text processing, selection and the speech-set build (docs/original.md §5.1)."""
 import json
 
 import datasets

@@ -1,5 +1,5 @@
 """Phi-4-multimodal specifics on its tiny twin: tokenizer, prompt layout, audio tokens and their collation,
-the speech base, the LoRA targets, vLLM serving arguments (issue 6; reference 2.1, 2.2, 7). GRPO, evaluation,
+the speech base, the LoRA targets, vLLM serving arguments (issue 6; docs/original.md §2.1, §2.2, §7). GRPO, evaluation,
 merge and the layer analysis run for this preset in tests/test_presets.py."""
 import json
 import re
@@ -145,7 +145,7 @@ def test_speech_base_equals_base_plus_speech_lora(phi4, swift_model, tmp_path):
 def test_all_linear_resolves_to_the_originals_lora_targets(swift_model):
     """The project's LoRA flags (--target_modules all-linear, encoder and projectors frozen) give exactly the
     original's adapter modules for this preset: qkv/o/gate_up/down of every decoder layer, none of the audio
-    encoder's same-named linears (reference 2.1)."""
+    encoder's same-named linears (docs/original.md §2.1)."""
     from swift.utils.transformers_utils import get_multimodal_target_regex
 
     from trainer.models.phi4_multimodal import LORA_TARGET_REGEX

@@ -1,4 +1,4 @@
-"""Preference data (reference 4.3) and the DPO / SFT launchers (reference 1.3, 4.1)."""
+"""Preference data (docs/original.md §4.3) and the DPO / SFT launchers (docs/original.md §1.3, §4.1)."""
 import json
 import os
 import shlex

@@ -35,7 +35,7 @@ def _qwen2_audio_inputs(processor, text, wav):
 
 
 def _phi4_speech_base(path):
-    """Phi-4-MM's twin with its speech-lora/ merged, as the preset's loader does (reference 2.1)."""
+    """Phi-4-MM's twin with its speech-lora/ merged, as the preset's loader does (docs/original.md §2.1)."""
     from transformers import Phi4MultimodalForCausalLM
 
     from trainer.models.phi4_speech_base import merge_speech_lora

@@ -1,4 +1,4 @@
-"""Speaker prompts for the HTTP TTS backend (reference 5.1 step 3): the set, its rotation, HttpTTS's
+"""Speaker prompts for the HTTP TTS backend (docs/original.md §5.1 step 3): the set, its rotation, HttpTTS's
 payload, the MMLU builder's tts_speaker column and its clip-cache guard. A local HTTP server stands in for
 the CosyVoice2 service: it answers each request with a 24 kHz tone whose pitch depends on the reference
 transcript, so the test can tell which speaker voiced a clip."""

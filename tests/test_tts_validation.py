@@ -1,4 +1,4 @@
-"""ASR validation, sharding of the MMLU builder and the Piper/HTTP TTS backends (reference 5.1 step 3)."""
+"""ASR validation, sharding of the MMLU builder and the Piper/HTTP TTS backends (docs/original.md §5.1 step 3)."""
 import base64
 import hashlib
 import http.server

@@ -1,5 +1,5 @@
 """scripts/dataset_building/voicebench.py and cuhk_mmsu.py: VoiceBench MMSU/OBQA and CUHK MMSU -> hf_format
-(reference 5.2, 5.3; the defects of 11.13 reported, not written).
+(docs/original.md §5.2, §5.3; the defects of §11.13 reported, not written).
 
 The fixtures (tests/dataset_fixtures.py) are in the sources' formats: the hub's parquet files (audio as the
 {bytes, path} struct of datasets.Audio) for VoiceBench; <id>.wav/.flac clips at 48 kHz plus a mmsu.jsonl

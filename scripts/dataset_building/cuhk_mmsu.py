@@ -1,4 +1,4 @@
-"""CUHK MMSU (ddwang2000/MMSU) in the hf_format schema (reference section 5.3, defects of 11.13 fixed).
+"""CUHK MMSU (ddwang2000/MMSU) in the hf_format schema (docs/original.md §5.3, defects of §11.13 fixed).
 
 The audio is the stimulus (speech whose phonetics, prosody, ... the question asks about); the question
 and its four choices are text. Pipeline:
@@ -28,15 +28,18 @@ part is empty), plus linguistics_sub_discipline and task_name.
 
     python -m scripts.dataset_building.cuhk_mmsu --out DIR [--audio_dir D --metadata F] [--limit N] [--overwrite]
 """
+from __future__ import annotations
+
 import argparse
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import datasets
 
-from scripts.dataset_building.common import (RowError, check_output_free, new_report, report_drop, run_build,
-                                             summary_text)
+from scripts.dataset_building.common import (BuildItem, PathLike, RowError, check_output_free, new_report, report_drop,
+                                             run_build, summary_text)
 from trainer.schema import LETTERS, audio_undecoded
 
 HUB_ID = 'ddwang2000/MMSU'
@@ -49,17 +52,20 @@ EXTRA_FEATURES = {c: datasets.Value('string') for c in ('category', 'linguistics
 # Audio files taken from --audio_dir (formats libsndfile >= 1.1 decodes); other files are ignored.
 AUDIO_EXTENSIONS = frozenset({'.wav', '.flac', '.mp3', '.ogg', '.oga', '.opus', '.aif', '.aiff', '.aifc', '.au',
                               '.snd', '.caf', '.w64', '.rf64'})
+Metadata = List[Tuple[Dict[str, Any], Dict[str, Any]]]   # [(where: metadata line or hub row, metadata row)]
+# (metadata, {id: audio ref}, {id: [refs]} of ids with several clips, fetch(ref) -> audio value, clip count)
+Source = Tuple[Metadata, Dict[str, Any], Dict[str, List[str]], Callable[[Any], Any], int]
 
 # -----------------------------------------------------------------------------
 # text
 
 
-def _text(value):
+def _text(value: Any) -> str:
     """A metadata value as str; None stays '' (the original's f-strings would have written 'None')."""
     return '' if value is None else str(value)
 
 
-def choices_of(meta):
+def choices_of(meta: Mapping[str, Any]) -> List[str]:
     """The choices as str, in order A-D. Empty trailing choices are left out (a 2- or 3-choice
     question); an empty choice before a non-empty one, or fewer than 2 choices, is a RowError."""
     choices = [_text(meta.get(c)).strip() for c in CHOICE_COLUMNS]
@@ -73,11 +79,11 @@ def choices_of(meta):
     return choices
 
 
-def _loose(s):
+def _loose(s: str) -> str:
     return ' '.join(s.split()).casefold()
 
 
-def answer_position(answer_gt, options):
+def answer_position(answer_gt: Any, options: Sequence[str]) -> Tuple[int, Optional[str]]:
     """(index of answer_gt among options, note or None). Exact match first, then ignoring case and
     repeated whitespace; no match or several matches is a RowError (never index 0 by default)."""
     ans = _text(answer_gt)
@@ -94,17 +100,17 @@ def answer_position(answer_gt, options):
     raise RowError('answer_gt_matches_no_choice', f"answer_gt {ans!r} is none of {options!r}")
 
 
-def subject_of(meta):
-    """'category-sub-category-sub-sub-category-linguistics_sub_discipline' (reference 5.3)."""
+def subject_of(meta: Mapping[str, Any]) -> str:
+    """'category-sub-category-sub-sub-category-linguistics_sub_discipline' (docs/original.md §5.3)."""
     return '-'.join(_text(meta.get(c)) for c in SUBJECT_COLUMNS)
 
 
-def build_prompt_for_tts(question, options):
-    """'{question}\\nA. {a}\\nB. {b}\\nC. {c}\\nD. {d}' (reference 5.3)."""
+def build_prompt_for_tts(question: str, options: Sequence[str]) -> str:
+    """'{question}\\nA. {a}\\nB. {b}\\nC. {c}\\nD. {d}' (docs/original.md §5.3)."""
     return "\n".join([question] + [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)])
 
 
-def make_row(meta):
+def make_row(meta: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
     """(schema row without audio, notes) for one metadata row; raises RowError with .key set."""
     key = _text(meta.get('id')).strip()
     try:
@@ -129,7 +135,7 @@ def make_row(meta):
 # sources
 
 
-def read_metadata(path, report):
+def read_metadata(path: PathLike, report: Dict[str, Any]) -> List[Tuple[int, Dict[str, Any]]]:
     """[(line number, row)] of a jsonl file; a line that is not a JSON object is reported and skipped."""
     rows = []
     with open(path, encoding='utf-8') as f:
@@ -147,7 +153,7 @@ def read_metadata(path, report):
     return rows
 
 
-def index_audio_dir(audio_dir):
+def index_audio_dir(audio_dir: PathLike) -> Tuple[Dict[str, str], Dict[str, List[str]]]:
     """({stem: path}, {stem: [paths]} for stems found more than once), audio files only, path order."""
     root = Path(audio_dir)
     if not root.is_dir():
@@ -160,7 +166,7 @@ def index_audio_dir(audio_dir):
             {s: ps for s, ps in by_stem.items() if len(ps) > 1})
 
 
-def hub_source(report):
+def hub_source(report: Dict[str, Any]) -> Source:
     """(metadata [(where, row)], {id: audio ref}, fetch(ref) -> audio value, clip count) from the hub."""
     try:
         ds = audio_undecoded(datasets.load_dataset(HUB_ID, split=HUB_SPLIT))
@@ -168,7 +174,7 @@ def hub_source(report):
         raise RuntimeError(f"cannot load {HUB_ID} split {HUB_SPLIT} from the hub ({type(e).__name__}: {e}); "
                            f"download it and pass --audio_dir and --metadata") from e
 
-    def fetch(i):
+    def fetch(i: int) -> Any:
         return ds[i]['audio']
 
     if {'id', 'question', 'answer_gt'} <= set(ds.column_names):
@@ -194,7 +200,7 @@ def hub_source(report):
     return metadata, index, dupes, fetch, len(ds)
 
 
-def local_source(audio_dir, metadata_path, report):
+def local_source(audio_dir: PathLike, metadata_path: PathLike, report: Dict[str, Any]) -> Source:
     """Same as hub_source, from --audio_dir and --metadata."""
     index, dupes = index_audio_dir(audio_dir)
     metadata = [({'metadata_line': n}, m) for n, m in read_metadata(metadata_path, report)]
@@ -204,11 +210,12 @@ def local_source(audio_dir, metadata_path, report):
 # the join and the build
 
 
-def cuhk_items(metadata, audio_index, audio_dupes, fetch):
+def cuhk_items(metadata: Metadata, audio_index: Dict[str, Any], audio_dupes: Dict[str, List[str]],
+               fetch: Callable[[Any], Any]) -> Iterator[BuildItem]:
     """(where, build) pairs for convert_rows: every metadata row in order, then every clip without one."""
     id_count = Counter(_text(m.get('id')).strip() for _w, m in metadata)
     for where, meta in metadata:
-        def build(meta=meta):
+        def build(meta: Dict[str, Any] = meta) -> Tuple[Dict[str, Any], List[str], Any]:
             key = _text(meta.get('id')).strip()
             if key and id_count[key] > 1:
                 raise RowError('duplicate_id', f"id appears {id_count[key]} times in the metadata", key)
@@ -221,12 +228,13 @@ def cuhk_items(metadata, audio_index, audio_dupes, fetch):
         yield where, build
     clips = {**{s: str(ref) for s, ref in audio_index.items()}, **{s: str(refs) for s, refs in audio_dupes.items()}}
     for stem in sorted(set(clips) - set(id_count)):
-        def orphan(stem=stem):
+        def orphan(stem: str = stem) -> Tuple[Dict[str, Any], List[str], Any]:
             raise RowError('audio_without_metadata', f"clip {clips[stem]} has no metadata row", stem)
         yield {'audio': clips[stem]}, orphan
 
 
-def build_cuhk_mmsu(out_dir, audio_dir=None, metadata=None, overwrite=False, limit=None):
+def build_cuhk_mmsu(out_dir: PathLike, audio_dir: Optional[PathLike] = None, metadata: Optional[PathLike] = None,
+                    overwrite: bool = False, limit: Optional[int] = None) -> datasets.DatasetDict:
     """Build CUHK MMSU into out_dir (local files when both audio_dir and metadata are given, else the hub).
 
     limit: only the first `limit` metadata rows (a preview; default all).
@@ -248,11 +256,12 @@ def build_cuhk_mmsu(out_dir, audio_dir=None, metadata=None, overwrite=False, lim
     report['rows_read'] = report['rows_dropped']   # unreadable metadata lines count as read rows
     items = cuhk_items(meta, index, dupes, fetch)
     total = len(meta) + len((set(index) | set(dupes)) - {_text(m.get('id')).strip() for _w, m in meta})
-    return run_build(out_dir, 'cuhk_mmsu', report, items, total, EXTRA_FEATURES, overwrite, limit)
+    return run_build(out_dir, 'cuhk_mmsu', report, items, total=total, extra_features=EXTRA_FEATURES,
+                     overwrite=overwrite, limit=limit)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="CUHK MMSU (ddwang2000/MMSU) -> hf_format (reference 5.3).")
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    p = argparse.ArgumentParser(description="CUHK MMSU (ddwang2000/MMSU) -> hf_format (docs/original.md §5.3).")
     p.add_argument('--out', required=True, help="output directory (hf/, report.json)")
     p.add_argument('--audio_dir', help="folder of <id>.<ext> clips (default: the hub)")
     p.add_argument('--metadata', help="the question/mmsu.jsonl file (default: the hub)")

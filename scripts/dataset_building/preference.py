@@ -1,4 +1,4 @@
-"""Preference data for the DPO and SFT baselines (reference 4.3), in ms-swift's preference format.
+"""Preference data for the DPO and SFT baselines (docs/original.md §4.3), in ms-swift's preference format.
 
 Two steps, each resumable and never overwriting earlier results:
 
@@ -13,7 +13,7 @@ which is the same distribution of answers at a fraction of the calls.
 
 ``build``: the preference set. Chosen = a correct text-conditioned answer (the teacher), rejected = a
 wrong speech-conditioned answer (the student), joined with the base dataset on its ``key`` column (the
-original joined on an ``id_string`` column its own builders never write, reference 4.3 [!]). It writes
+original joined on an ``id_string`` column its own builders never write, docs/original.md §4.3 [!]). It writes
 ``dpo.jsonl`` (``messages`` ending with the chosen answer, ``rejected_response``, ``audios``),
 ``sft.jsonl`` (the chosen answer only), a 200-row validation split of each (the original's eval split,
 shuffled with seed 42) and ``report.json`` (rows kept and dropped, with reasons).
@@ -32,17 +32,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+import datasets
 from tqdm import tqdm
 
 from trainer import jsonl, prompts
 from trainer.answer import gold_letter
 from trainer.data import write_clip, write_jsonl
+from trainer.engine import add_engine_arguments, build_engine, generate as engine_generate, resolve_model
+from trainer.extract import get_extractor
+from trainer.modes import build_request, uses_adapter
 from trainer.schema import DEFAULT_MAX_AUDIO_SECONDS, SchemaError, load_hf_dataset, validate_dataset
 
 # Strings an engine may leave at the end of a completion; ms-swift's template adds the real one back.
 END_OF_TURN_STRINGS = ('<|im_end|>', '<|endoftext|>', '<|end|>', '<|eot_id|>')
 GENERATION_MODES = ('audio', 'text', 'text_base')
-TEMPERATURE_RANGE = (0.9, 1.1)  # reference 4.3
+TEMPERATURE_RANGE = (0.9, 1.1)  # docs/original.md §4.3
 
 
 def strip_end_of_turn(text: str) -> str:
@@ -59,7 +63,7 @@ def strip_end_of_turn(text: str) -> str:
 
 @dataclass
 class QuestionState:
-    """The answers drawn so far for one question (reference 4.3's sampling loop)."""
+    """The answers drawn so far for one question (docs/original.md §4.3's sampling loop)."""
     key: str
     answer: str                  # the gold option's text
     answer_index: int
@@ -72,6 +76,7 @@ class QuestionState:
     extracted: List[Optional[str]] = field(default_factory=list)
 
     def add(self, completion: str, correct: bool, extracted: Optional[str]) -> None:
+        """Count one judged answer; the first correct and the first wrong one are kept."""
         self.n_samples += 1
         self.n_correct += int(correct)
         self.extracted.append(extracted)
@@ -84,6 +89,7 @@ class QuestionState:
 
     @property
     def decided(self) -> bool:
+        """Both a correct and a wrong answer were drawn."""
         return self.chosen is not None and self.rejected is not None
 
     def gen_times(self) -> int:
@@ -94,12 +100,14 @@ class QuestionState:
         return -self.n_samples if self.first_correct else self.n_samples
 
     def record(self, mode: str) -> Dict:
+        """The JSON line written for this question (its fields, the mode and the signed gen_times)."""
         out = asdict(self)
         out.pop('first_correct')
         return dict(out, mode=mode, gen_times=self.gen_times())
 
 
 def shard_file(out_dir: Path, mode: str, shard_index: int, num_shards: int) -> Path:
+    """``<out>/<mode>/samples.jsonl``, or ``samples.shard<i>of<K>.jsonl`` when sharded."""
     name = 'samples.jsonl' if num_shards == 1 else f'samples.shard{shard_index}of{num_shards}.jsonl'
     return out_dir / mode / name
 
@@ -111,23 +119,11 @@ def read_records(paths: Iterable[Path]) -> List[Dict]:
 
 
 def mode_files(out_dir: Path, mode: str) -> List[Path]:
+    """Every samples file (all shards) of one mode, in name order."""
     return sorted((Path(out_dir) / mode).glob('samples*.jsonl'))
 
 
-def check_config(run_dir: Path, config: Dict) -> None:
-    """Refuse to mix samples made with other settings in one directory."""
-    path = run_dir / 'config.json'
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != config:
-            diff = {k: (old.get(k), config.get(k)) for k in set(old) | set(config) if old.get(k) != config.get(k)}
-            raise RuntimeError(f'{run_dir} holds samples made with other settings {diff}; choose another --out')
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=1))
-
-
-def generate(model: str, dataset: str, out_dir: Path, mode: str = 'text', base_model: Optional[str] = None,
+def generate(model: str, dataset: str, out_dir: Path, *, mode: str = 'text', base_model: Optional[str] = None,
              model_type: str = 'qwen2_5_omni', split: str = 'train', prompt_type: str = 'systhink',
              max_samples: int = 100, samples_per_round: int = 4, max_new_tokens: int = 1000,
              max_rows: Optional[int] = None, batch_questions: int = 16, batch_size: int = 16,
@@ -137,10 +133,6 @@ def generate(model: str, dataset: str, out_dir: Path, mode: str = 'text', base_m
 
     ``batch_questions`` questions are sampled together (written when all are finished); the engine runs
     ``batch_size`` sequences at a time (on the CPU the prompt logits of a speech prompt are large)."""
-    from trainer.engine import build_engine, generate as engine_generate, resolve_model
-    from trainer.extract import get_extractor
-    from trainer.modes import build_request, uses_adapter
-
     if mode not in GENERATION_MODES:
         raise ValueError(f'mode must be one of {GENERATION_MODES}, got {mode!r}')
     if not 0 <= shard_index < num_shards:
@@ -155,10 +147,11 @@ def generate(model: str, dataset: str, out_dir: Path, mode: str = 'text', base_m
               'num_shards': num_shards}
     if extractor == 'xfinder':  # the judge is part of the settings (rule-based runs keep their old config)
         config['xfinder_model'] = xfinder_model
-    check_config(out_dir / mode, config)
+    # samples made with other settings are never mixed in one file (RunConfigError, a RuntimeError)
+    jsonl.guard_run_config(out_dir / mode, config, 'samples')
 
     ds = load_hf_dataset(dataset, split)
-    # the original shuffled with seed 42 before sharding by rank (reference 4.3)
+    # the original shuffled with seed 42 before sharding by rank (docs/original.md §4.3)
     ds = ds.shuffle(seed=seed)
     if max_rows:
         ds = ds.select(range(min(max_rows, len(ds))))
@@ -206,10 +199,7 @@ def generate(model: str, dataset: str, out_dir: Path, mode: str = 'text', base_m
                 else:
                     still.append((row, state))
             pending = still
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, 'a') as fh:
-            for record in finished:
-                fh.write(json.dumps(record, ensure_ascii=False) + '\n')
+        jsonl.append(path, finished)  # one write per batch; a torn last line of a killed run is cut first
         bar.update(len(rows))
     bar.close()
     return path
@@ -217,7 +207,7 @@ def generate(model: str, dataset: str, out_dir: Path, mode: str = 'text', base_m
 
 def _seed_local_sampling(seed: int) -> None:
     """ms-swift's transformers engine samples from torch's global generator: seed it per round."""
-    import torch
+    import torch  # deferred: torch loads with the engine; build and from_columns never need it
     torch.manual_seed(seed)
 
 
@@ -236,7 +226,7 @@ def _first_by_key(records: Sequence[Dict], field_name: str, source: str, report:
     return out
 
 
-def preference_rows(ds, chosen: Dict[str, str], rejected: Dict[str, str], prompt_type: str,
+def preference_rows(ds: datasets.Dataset, chosen: Dict[str, str], rejected: Dict[str, str], prompt_type: str,
                     prompt_modality: str, audio_paths: Dict[str, str]) -> List[Dict]:
     """ms-swift DPO rows (``messages`` with the chosen answer last, ``rejected_response``, ``audios``)."""
     rows = []
@@ -269,7 +259,7 @@ def write_preference_set(rows: List[Dict], out_dir: Path, report: Dict, val_rows
     write_jsonl(sft_rows(train), paths['sft'])
     write_jsonl(sft_rows(val), paths['sft_val'])
     report.update(train_rows=len(train), val_rows=len(val))
-    (out_dir / 'report.json').write_text(json.dumps(report, indent=1))
+    jsonl.write_json_atomic(out_dir / 'report.json', report)
     return paths
 
 
@@ -279,11 +269,11 @@ def _prepare_out(out_dir: Path, overwrite: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def build(dataset: str, samples_dir: Path, out_dir: Path, chosen_mode: str = 'text', rejected_mode: str = 'audio',
+def build(dataset: str, samples_dir: Path, out_dir: Path, *, chosen_mode: str = 'text', rejected_mode: str = 'audio',
           split: str = 'train', prompt_type: str = 'systhink', prompt_modality: str = 'a', val_rows: int = 200,
           seed: int = 42, overwrite: bool = False, max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS,
           drop_long_audio: bool = False) -> Dict[str, Path]:
-    """Join the ``generate`` outputs of two modes with the base dataset on ``key`` (reference 4.3 build_ds).
+    """Join the ``generate`` outputs of two modes with the base dataset on ``key`` (docs/original.md §4.3 build_ds).
 
     With speech prompts every clip is decoded first: a corrupt one, or one longer than ``max_audio_seconds``,
     stops the build naming its key (``drop_long_audio``: over-long clips are left out)."""
@@ -305,12 +295,13 @@ def build(dataset: str, samples_dir: Path, out_dir: Path, chosen_mode: str = 'te
     report.update(base_rows=len(ds), with_chosen=len(chosen), with_rejected=len(rejected),
                   unknown_keys=sorted((set(chosen) | set(rejected)) - keys)[:20],
                   n_unknown_keys=len((set(chosen) | set(rejected)) - keys))
-    return _join_and_write(ds, dataset, chosen, rejected, report, out_dir, prompt_type, prompt_modality, val_rows,
-                           seed)
+    return _join_and_write(ds, dataset, chosen, rejected, report, out_dir, prompt_type=prompt_type,
+                           prompt_modality=prompt_modality, val_rows=val_rows, seed=seed)
 
 
-def _join_and_write(ds, dataset: str, chosen: Dict[str, str], rejected: Dict[str, str], report: Dict, out_dir: Path,
-                    prompt_type: str, prompt_modality: str, val_rows: int, seed: int) -> Dict[str, Path]:
+def _join_and_write(ds: datasets.Dataset, dataset: str, chosen: Dict[str, str], rejected: Dict[str, str],
+                    report: Dict, out_dir: Path, *, prompt_type: str, prompt_modality: str, val_rows: int,
+                    seed: int) -> Dict[str, Path]:
     """The base rows with both a chosen and a rejected answer, their clips written once, as the DPO/SFT files."""
     keep = ds.select([i for i, k in enumerate(ds['key']) if k in chosen and k in rejected])
     report['joined'] = len(keep)
@@ -324,7 +315,7 @@ def _join_and_write(ds, dataset: str, chosen: Dict[str, str], rejected: Dict[str
 
 
 def resolve_columns(columns: Sequence[str], chosen_type: str = 'am2', rejected_type: str = 'am2') -> Tuple[str, str]:
-    """The original's column selection (reference 4.1): ``chosen_<type>`` replaces ``chosen`` when it exists;
+    """The original's column selection (docs/original.md §4.1): ``chosen_<type>`` replaces ``chosen`` when it exists;
     ``rejected_<type>`` replaces ``rejected`` when it exists and the type is not ``am2``."""
     chosen = f'chosen_{chosen_type}' if f'chosen_{chosen_type}' in columns else 'chosen'
     rejected = 'rejected'
@@ -333,7 +324,7 @@ def resolve_columns(columns: Sequence[str], chosen_type: str = 'am2', rejected_t
     return chosen, rejected
 
 
-def from_columns(dataset: str, out_dir: Path, chosen_type: str = 'am2', rejected_type: str = 'am2',
+def from_columns(dataset: str, out_dir: Path, *, chosen_type: str = 'am2', rejected_type: str = 'am2',
                  split: str = 'train', prompt_type: str = 'systhink', prompt_modality: str = 'a',
                  val_rows: int = 200, seed: int = 42, overwrite: bool = False,
                  max_audio_seconds: Optional[float] = DEFAULT_MAX_AUDIO_SECONDS,
@@ -358,21 +349,20 @@ def from_columns(dataset: str, out_dir: Path, chosen_type: str = 'am2', rejected
     chosen = _first_by_key(records, 'chosen', chosen_column, report)
     rejected = _first_by_key(records, 'rejected', rejected_column, report)
     report['base_rows'] = len(ds)
-    return _join_and_write(ds, dataset, chosen, rejected, report, out_dir, prompt_type, prompt_modality, val_rows,
-                           seed)
+    return _join_and_write(ds, dataset, chosen, rejected, report, out_dir, prompt_type=prompt_type,
+                           prompt_modality=prompt_modality, val_rows=val_rows, seed=seed)
 
 
 def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
-def main(argv=None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='command', required=True)
     g = sub.add_parser('generate', help='sample judged answers of one model in one mode (resumable)')
-    g.add_argument('--model', required=True)
-    g.add_argument('--base_model', default=None)
-    g.add_argument('--model_type', default='qwen2_5_omni')
+    # --model, --base_model, --model_type, --backend, --max_new_tokens, --batch_size
+    add_engine_arguments(g, max_new_tokens=1000, batch_size=16, model_type='qwen2_5_omni')
     g.add_argument('--dataset', required=True)
     g.add_argument('--split', default='train')
     g.add_argument('--out', required=True, type=Path)
@@ -380,11 +370,8 @@ def main(argv=None) -> None:
     g.add_argument('--prompt_type', default='systhink', choices=prompts.PROMPT_TYPES)
     g.add_argument('--max_samples', type=int, default=100)
     g.add_argument('--samples_per_round', type=int, default=4)
-    g.add_argument('--max_new_tokens', type=int, default=1000)
     g.add_argument('--max_rows', type=int, default=None)
     g.add_argument('--batch_questions', type=int, default=16, help='questions sampled together')
-    g.add_argument('--batch_size', type=int, default=16, help='sequences per engine batch')
-    g.add_argument('--backend', default='auto', choices=['auto', 'vllm', 'transformers'])
     g.add_argument('--extractor', default='rule', choices=['rule', 'xfinder'])
     g.add_argument('--xfinder_model', default=None,
                    help='the xFinder checkpoint of --extractor xfinder (default IAAR-Shanghai/xFinder-qwen1505)')
@@ -412,18 +399,21 @@ def main(argv=None) -> None:
                                              help='use column rejected_<type> if present (not for am2)')
     a = p.parse_args(argv)
     if a.command == 'generate':
-        print(generate(a.model, a.dataset, a.out, a.mode, a.base_model, a.model_type, a.split, a.prompt_type,
-                       a.max_samples, a.samples_per_round, a.max_new_tokens, a.max_rows, a.batch_questions,
-                       a.batch_size, a.backend, a.extractor, a.xfinder_model, a.seed, a.shard_index, a.num_shards))
-    elif a.command == 'build':
-        paths = build(a.dataset, a.samples, a.out, a.chosen_mode, a.rejected_mode, a.split, a.prompt_type,
-                      a.prompt_modality, a.val_rows, a.seed, a.overwrite, a.max_audio_seconds, a.drop_long_audio)
-        print(json.dumps({k: str(v) for k, v in paths.items()}))
+        print(generate(a.model, a.dataset, a.out, mode=a.mode, base_model=a.base_model, model_type=a.model_type,
+                       split=a.split, prompt_type=a.prompt_type, max_samples=a.max_samples,
+                       samples_per_round=a.samples_per_round, max_new_tokens=a.max_new_tokens, max_rows=a.max_rows,
+                       batch_questions=a.batch_questions, batch_size=a.batch_size, backend=a.backend,
+                       extractor=a.extractor, xfinder_model=a.xfinder_model, seed=a.seed, shard_index=a.shard_index,
+                       num_shards=a.num_shards))
+        return
+    common = dict(split=a.split, prompt_type=a.prompt_type, prompt_modality=a.prompt_modality, val_rows=a.val_rows,
+                  seed=a.seed, overwrite=a.overwrite, max_audio_seconds=a.max_audio_seconds,
+                  drop_long_audio=a.drop_long_audio)
+    if a.command == 'build':
+        paths = build(a.dataset, a.samples, a.out, chosen_mode=a.chosen_mode, rejected_mode=a.rejected_mode, **common)
     else:
-        paths = from_columns(a.dataset, a.out, a.chosen_type, a.rejected_type, a.split, a.prompt_type,
-                             a.prompt_modality, a.val_rows, a.seed, a.overwrite, a.max_audio_seconds,
-                             a.drop_long_audio)
-        print(json.dumps({k: str(v) for k, v in paths.items()}))
+        paths = from_columns(a.dataset, a.out, chosen_type=a.chosen_type, rejected_type=a.rejected_type, **common)
+    print(json.dumps({k: str(v) for k, v in paths.items()}))
 
 
 if __name__ == '__main__':

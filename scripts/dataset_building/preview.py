@@ -3,32 +3,41 @@ player, the duration histogram), read back from DIR/hf like any consumer of the 
 
 Plots use matplotlib's pyplot, so they render inline in Jupyter and headless elsewhere (Agg).
 """
+from __future__ import annotations
+
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
+import datasets
 import numpy as np
 
 from trainer.schema import SAMPLING_RATE, load_audio, load_hf_dataset
 
+if TYPE_CHECKING:   # for the annotations only: pandas, matplotlib and IPython load when a notebook plots
+    import pandas as pd
+    from IPython.display import Audio
+    from matplotlib.figure import Figure
 
-def load_built(out_dir, split='train'):
+
+def load_built(out_dir: Union[str, Path], split: str = 'train') -> datasets.Dataset:
     """The split of a build's DIR/hf, audio undecoded (trainer.schema.load_hf_dataset)."""
     return load_hf_dataset(str(Path(out_dir) / 'hf'), split)
 
 
-def rows_table(ds, n=5):
+def rows_table(ds: datasets.Dataset, n: int = 5) -> pd.DataFrame:
     """The first n rows as a pandas DataFrame, without the audio bytes."""
     import pandas as pd
     head = ds.select(range(min(n, len(ds))))
     return pd.DataFrame(head.remove_columns([c for c in ('audio',) if c in head.column_names]).to_list())
 
 
-def clip(ds, i=0):
+def clip(ds: datasets.Dataset, i: int = 0) -> np.ndarray:
     """Row i's audio as float32 mono at 16 kHz."""
     return load_audio(ds[i]['audio'], target_sr=SAMPLING_RATE)
 
 
-def durations(ds):
+def durations(ds: datasets.Dataset) -> np.ndarray:
     """Every clip's duration in seconds (read from the stored WAV headers, not decoded)."""
     import soundfile as sf
     out = []
@@ -41,7 +50,7 @@ def durations(ds):
     return np.asarray(out, dtype=np.float64)
 
 
-def plot_waveform(ds, i=0):
+def plot_waveform(ds: datasets.Dataset, i: int = 0) -> Figure:
     """Row i's waveform against time; returns the figure."""
     import matplotlib.pyplot as plt
     x = clip(ds, i)
@@ -52,13 +61,13 @@ def plot_waveform(ds, i=0):
     return fig
 
 
-def audio_player(ds, i=0):
+def audio_player(ds: datasets.Dataset, i: int = 0) -> Audio:
     """An IPython.display.Audio player for row i."""
     from IPython.display import Audio
     return Audio(data=clip(ds, i), rate=SAMPLING_RATE)
 
 
-def plot_durations(ds, bins=30):
+def plot_durations(ds: datasets.Dataset, bins: int = 30) -> Figure:
     """Histogram of the clip durations; returns the figure."""
     import matplotlib.pyplot as plt
     d = durations(ds)

@@ -1,4 +1,4 @@
-"""Speaker prompts for a zero-shot TTS server (reference section 5.1, steps 2-3).
+"""Speaker prompts for a zero-shot TTS server (docs/original.md §5.1, steps 2-3).
 
 The original clones a different voice per question: the prompt for a question is clip
 [question_id mod N] of a speaker set (one short Emilia clip per speaker, shuffled with seed 42), sent to
@@ -20,12 +20,16 @@ the original's did (shuffle_seed=None keeps the source order).
 Every clip is checked when the set is loaded (present, decodable by soundfile, a non-empty transcript,
 unique ids); a clip that disappears later fails its synthesis with the path in the message.
 """
+from __future__ import annotations
+
 import hashlib
 import json
+import os
 import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -47,7 +51,7 @@ class SpeakerPrompt:
     text: str
     audio_path: str
 
-    def audio_bytes(self):
+    def audio_bytes(self) -> bytes:
         """The clip file's bytes (what the server receives); a clear error when it cannot be read."""
         try:
             data = Path(self.audio_path).read_bytes()
@@ -59,13 +63,13 @@ class SpeakerPrompt:
         return data
 
 
-def question_number(key):
+def question_number(key: Any) -> int:
     """The number a key rotates by: its trailing digits ('mmlu@123' -> 123), else the CRC-32 of the key."""
     m = re.search(r'(\d+)$', str(key))
     return int(m.group(1)) if m else zlib.crc32(str(key).encode('utf-8'))
 
 
-def check_clip(path, where):
+def check_clip(path: Union[str, os.PathLike], where: str) -> None:
     """Raise SpeakerPromptError unless path is an existing file soundfile can decode."""
     import soundfile as sf
     p = Path(path)
@@ -79,14 +83,15 @@ def check_clip(path, where):
         raise SpeakerPromptError(f"{where}: prompt clip {p} has no samples")
 
 
-def _first(obj, fields):
+def _first(obj: Mapping[str, Any], fields: Sequence[str]) -> Any:
     return next((obj[f] for f in fields if obj.get(f) not in (None, '')), None)
 
 
 class SpeakerPromptSet:
     """An ordered set of SpeakerPrompts; pick(key) gives a question's speaker (module docstring)."""
 
-    def __init__(self, prompts, shuffle_seed=DEFAULT_SHUFFLE_SEED, source=None, check=True):
+    def __init__(self, prompts: Iterable[SpeakerPrompt], shuffle_seed: Optional[int] = DEFAULT_SHUFFLE_SEED,
+                 source: Union[None, str, os.PathLike] = None, check: bool = True) -> None:
         prompts = list(prompts)
         self.source = str(source) if source is not None else None
         where = self.source or 'speaker set'
@@ -105,25 +110,25 @@ class SpeakerPromptSet:
         self.shuffle_seed = shuffle_seed
         if shuffle_seed is not None:
             prompts = [prompts[i] for i in np.random.default_rng(shuffle_seed).permutation(len(prompts))]
-        self.prompts = prompts
+        self.prompts: List[SpeakerPrompt] = prompts
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.prompts)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> SpeakerPrompt:
         return self.prompts[i]
 
-    def pick(self, key):
+    def pick(self, key: Any) -> SpeakerPrompt:
         """The speaker of the question with this key: prompts[question_number(key) mod len]."""
         return self.prompts[question_number(key) % len(self.prompts)]
 
-    def fingerprint(self):
+    def fingerprint(self) -> str:
         """A short digest of the rotation (ids, transcripts and order): equal sets pick equal speakers."""
         h = hashlib.sha256(json.dumps([[p.id, p.text] for p in self.prompts]).encode('utf-8'))
         return h.hexdigest()[:16]
 
     @classmethod
-    def from_dir(cls, folder, **kw):
+    def from_dir(cls, folder: Union[str, os.PathLike], **kw: Any) -> SpeakerPromptSet:
         """Audio files under folder (path order), each with a same-stem .txt transcript."""
         root = Path(folder)
         if not root.is_dir():
@@ -139,7 +144,7 @@ class SpeakerPromptSet:
         return cls(prompts, source=root, **kw)
 
     @classmethod
-    def from_manifest(cls, path, **kw):
+    def from_manifest(cls, path: Union[str, os.PathLike], **kw: Any) -> SpeakerPromptSet:
         """A .jsonl manifest (module docstring); an unusable line is an error naming the line."""
         path = Path(path)
         if not path.is_file():
@@ -167,7 +172,7 @@ class SpeakerPromptSet:
         return cls(prompts, source=path, **kw)
 
     @classmethod
-    def load(cls, path, **kw):
+    def load(cls, path: Union[str, os.PathLike], **kw: Any) -> SpeakerPromptSet:
         """A folder (from_dir) or a manifest file (from_manifest)."""
         p = Path(path)
         if p.is_dir():

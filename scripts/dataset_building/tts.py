@@ -1,5 +1,5 @@
-"""Text-to-speech behind one small interface (design.md section 5; stands in for the original's
-CosyVoice2 engine, reference section 5.1 step 3).
+"""Text-to-speech behind one small interface (docs/design.md §5; stands in for the original's
+CosyVoice2 engine, docs/original.md §5.1 step 3).
 
 A backend turns text into float32 mono audio at 16 kHz. `EspeakTTS` needs only the PyPI package
 `espeakng-loader` (libespeak-ng + voices), called through ctypes. `PiperTTS` (a neural voice) needs the
@@ -14,20 +14,24 @@ MMLU builder). `check()` tells whether a backend can speak at all before anythin
 that cannot (server unreachable, espeak voice unknown) raises `TTSUnavailable`, which stops a build instead
 of failing row by row.
 """
+from __future__ import annotations
+
 import base64
 import ctypes
 import hashlib
 import io
 import json
+import os
 import threading
 import urllib.error
 import urllib.request
 from math import gcd
-from typing import Protocol
+from typing import Any, Dict, Optional, Protocol, Tuple, Union
 
 import numpy as np
 from scipy.signal import resample_poly
 
+from scripts.dataset_building.speaker_prompts import SpeakerPrompt, SpeakerPromptSet
 from trainer.schema import SAMPLING_RATE, _resample, _to_mono
 
 
@@ -43,12 +47,12 @@ class TTSUnavailable(RuntimeError):
     """The backend cannot produce any audio (server unreachable, engine or voice missing); one line."""
 
 
-def cache_key(tts) -> str:
+def cache_key(tts: TTSBackend) -> str:
     """What identifies the audio tts makes: its `cache_key` attribute, else its name, else its class name."""
     return str(getattr(tts, 'cache_key', None) or getattr(tts, 'name', None) or type(tts).__name__)
 
 
-def ensure_available(tts) -> None:
+def ensure_available(tts: TTSBackend) -> None:
     """Run tts.check() when the backend has one (raises TTSUnavailable); backends without it pass."""
     check = getattr(tts, 'check', None)
     if callable(check):
@@ -70,13 +74,13 @@ _LOCK = threading.Lock()
 _ENGINE = None   # dict(lib, native_sr, callback, chunks, settings) once initialised
 
 
-def _on_samples(wav, n, events):
+def _on_samples(wav: Any, n: int, events: Any) -> int:
     if wav and n > 0:
         _ENGINE['chunks'].append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
     return 0   # 0 = continue synthesis
 
 
-def _engine():
+def _engine() -> Dict[str, Any]:
     """Load and initialise libespeak-ng once (call with _LOCK held)."""
     global _ENGINE
     if _ENGINE is None:
@@ -102,13 +106,13 @@ def _engine():
 class EspeakTTS:
     """espeak-ng voice (default 'en-us'); rate in words per minute (None = espeak's 175)."""
 
-    def __init__(self, voice='en-us', rate=None):
+    def __init__(self, voice: str = 'en-us', rate: Optional[int] = None) -> None:
         self.voice = voice
         self.rate = rate
         self.name = f"espeak:{voice}" + (f"@{rate}" if rate else "")
         self.cache_key = f"espeak:voice={voice},rate={rate or _DEFAULT_RATE}"   # rate None speaks at 175
 
-    def check(self):
+    def check(self) -> None:
         """Load libespeak-ng and select the voice and rate; TTSUnavailable when either fails."""
         try:
             with _LOCK:
@@ -116,7 +120,7 @@ class EspeakTTS:
         except (ImportError, OSError, RuntimeError) as e:
             raise TTSUnavailable(f"espeak-ng backend {self.name} unavailable: {e}") from e
 
-    def _apply_settings(self, eng):
+    def _apply_settings(self, eng: Dict[str, Any]) -> None:
         settings = (self.voice, self.rate or _DEFAULT_RATE)
         if eng['settings'] == settings:
             return
@@ -127,7 +131,7 @@ class EspeakTTS:
             raise RuntimeError(f"espeak-ng: cannot set rate {settings[1]}")
         eng['settings'] = settings
 
-    def synthesize(self, text):
+    def synthesize(self, text: str) -> np.ndarray:
         """Speak text; return float32 mono at 16 kHz."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"EspeakTTS: empty text {text!r}")
@@ -159,7 +163,8 @@ class PiperTTS:
     model_path/config_path select another .onnx voice; speaker_id picks a speaker of a multi-speaker voice.
     """
 
-    def __init__(self, model_path=None, config_path=None, speaker_id=None):
+    def __init__(self, model_path: Optional[str] = None, config_path: Optional[str] = None,
+                 speaker_id: Optional[int] = None) -> None:
         try:
             from piper import PiperVoice
         except ImportError as e:
@@ -183,7 +188,7 @@ class PiperTTS:
         self.name = f"piper:{stem}" + (f"#{speaker_id}" if speaker_id is not None else "")
         self.cache_key = f"piper:model={stem},speaker={speaker_id}"
 
-    def synthesize(self, text):
+    def synthesize(self, text: str) -> np.ndarray:
         """Speak text; return float32 mono at 16 kHz."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"PiperTTS: empty text {text!r}")
@@ -204,23 +209,23 @@ class HttpTTS:
     speaker_prompt: None, or (reference_text, reference_audio) for zero-shot voice cloning, where
     reference_audio is a file path or the file's bytes (sent base64-encoded): one voice for every text.
     speakers: a scripts.dataset_building.speaker_prompts.SpeakerPromptSet, or the folder/manifest to load one from: a
-    voice per question as the original (reference 5.1 step 3). speaker_for(key) picks a question's
+    voice per question as the original (docs/original.md §5.1 step 3). speaker_for(key) picks a question's
     speaker and synthesize(text, speaker=...) sends its clip and transcript.
     """
 
-    def __init__(self, url, speaker_prompt=None, timeout=120.0, name=None, speakers=None):
+    def __init__(self, url: str, speaker_prompt: Optional[Tuple[str, Union[str, bytes, bytearray]]] = None,
+                 timeout: float = 120.0, name: Optional[str] = None,
+                 speakers: Union[None, str, os.PathLike, SpeakerPromptSet] = None) -> None:
         self.url, self.timeout = url, timeout
         self.payload = {}
         if speaker_prompt is not None and speakers is not None:
             raise ValueError("HttpTTS: give speaker_prompt (one voice) or speakers (a rotating set), not both")
         if speakers is not None and not hasattr(speakers, 'pick'):
-            from scripts.dataset_building.speaker_prompts import SpeakerPromptSet
             speakers = SpeakerPromptSet.load(speakers)
         self.speakers = speakers
         if speaker_prompt is not None:
             ref_text, ref_audio = speaker_prompt
             if not isinstance(ref_audio, (bytes, bytearray)):
-                from scripts.dataset_building.speaker_prompts import SpeakerPrompt
                 ref_audio = SpeakerPrompt('speaker_prompt', ref_text, str(ref_audio)).audio_bytes()
             self.payload = {'reference_text': ref_text,
                             'reference_audio_base64': base64.b64encode(ref_audio).decode('ascii')}
@@ -229,7 +234,7 @@ class HttpTTS:
         voice = hashlib.sha1(json.dumps(self.payload, sort_keys=True).encode()).hexdigest()[:12]
         self.cache_key = self.name + (f",voice=sha1:{voice}" if self.payload else "")
 
-    def check(self):
+    def check(self) -> None:
         """Probe the server with a HEAD request (any HTTP answer, even 405, means it is reachable); raise
         TTSUnavailable naming the URL when it cannot be reached. Nothing is synthesised."""
         req = urllib.request.Request(self.url, method='HEAD')
@@ -241,11 +246,11 @@ class HttpTTS:
         except (urllib.error.URLError, OSError, ValueError) as e:   # refused, unreachable, timed out, bad URL
             raise TTSUnavailable(f"TTS server {self.url} unreachable: {getattr(e, 'reason', e)}") from e
 
-    def speaker_for(self, key):
+    def speaker_for(self, key: str) -> Optional[SpeakerPrompt]:
         """The SpeakerPrompt of the question with this key (None without a speaker set)."""
         return None if self.speakers is None else self.speakers.pick(key)
 
-    def synthesize(self, text, speaker=None):
+    def synthesize(self, text: str, speaker: Optional[SpeakerPrompt] = None) -> np.ndarray:
         """Speak text through the server (in speaker's voice: a SpeakerPrompt); return float32 mono at 16 kHz.
 
         With a speaker set, speaker is required (speaker_for(key)), so no text silently gets a default voice.
@@ -286,7 +291,7 @@ class HttpTTS:
 _BACKENDS = {'espeak': EspeakTTS, 'piper': PiperTTS, 'http': HttpTTS}
 
 
-def get_tts(name='espeak', **kw):
+def get_tts(name: str = 'espeak', **kw: Any) -> TTSBackend:
     """Build a TTS backend by name ('espeak', 'piper', 'http'); kw go to its constructor."""
     if name not in _BACKENDS:
         raise ValueError(f"unknown TTS backend {name!r} (have: {', '.join(_BACKENDS)})")

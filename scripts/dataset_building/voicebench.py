@@ -1,4 +1,4 @@
-"""VoiceBench MMSU and OpenBookQA in the hf_format schema (reference section 5.2, defects of 11.13 fixed).
+"""VoiceBench MMSU and OpenBookQA in the hf_format schema (docs/original.md §5.2, defects of §11.13 fixed).
 
 Pipeline, one step per function:
   hub_source (hub) | parquet_source (local files) -> make_row (split_prompt, answer_from_reference)
@@ -36,15 +36,19 @@ Output (DIR given by --out):
     python -m scripts.dataset_building.voicebench --config mmsu|openbookqa --out DIR
                                                   [--source_dir DIR] [--splits a,b] [--limit N] [--overwrite]
 """
+from __future__ import annotations
+
 import argparse
 import json
 import re
 from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import datasets
 import pyarrow.parquet as pq
 
-from scripts.dataset_building.common import RowError, check_output_free, new_report, run_build, summary_text
+from scripts.dataset_building.common import (BuildItem, PathLike, RowError, check_output_free, new_report, run_build,
+                                             summary_text)
 from trainer.schema import audio_undecoded
 
 HUB_ID = 'hlt-lab/voicebench'
@@ -59,16 +63,18 @@ EXTRA_FEATURES = {
 }
 OPTION_LINE = re.compile(r'^([A-Z])\.\s')
 INSTRUCTION_LINE = re.compile(r'^\s*What is the answer to the above multiple choice question')
+SplitFiles = List[Tuple[str, List[Path]]]   # [(split, its parquet files)]
+SourceRows = Iterator[Tuple[str, int, Dict[str, Any]]]   # (split, idx in the split, source row)
 
 # -----------------------------------------------------------------------------
 # text
 
 
-def split_prompt(prompt):
+def split_prompt(prompt: Any) -> Tuple[str, List[str], List[str]]:
     """Split a VoiceBench prompt into (question, options, notes).
 
     The prompt is "{question}\\n{A. ...}\\n{B. ...}...\\nWhat is the answer to the above multiple choice
-    question? ...". Options are the lines matching ^[A-Z]\\.\\s with that prefix removed (reference 5.2),
+    question? ...". Options are the lines matching ^[A-Z]\\.\\s with that prefix removed (docs/original.md §5.2),
     taken as the last run of such lines labelled A, B, C, ... in order; lines between two option lines
     (and between the last one and the instruction line) continue the option above. The question is all
     the text before the option block. notes names what needed care. Raises RowError.
@@ -116,7 +122,7 @@ def split_prompt(prompt):
     return question, options, sorted(set(notes))
 
 
-def answer_from_reference(reference, n_options):
+def answer_from_reference(reference: Any, n_options: int) -> int:
     """0-based answer index of a reference letter ('A' -> 0); RowError unless it names an option."""
     ref = reference.strip() if isinstance(reference, str) else reference
     if not isinstance(ref, str) or not re.fullmatch(r'[A-Z]', ref):
@@ -128,7 +134,7 @@ def answer_from_reference(reference, n_options):
     return index
 
 
-def make_key(config, src, idx):
+def make_key(config: str, src: Dict[str, Any], idx: int) -> str:
     """'{src}_{question_id}' for mmsu (e.g. 'ori_mmlu-jurisprudence_886'), 'obqa_{idx}' for openbookqa."""
     if config == 'openbookqa':
         return f"obqa_{idx}"
@@ -137,7 +143,7 @@ def make_key(config, src, idx):
     return f"{src['src']}_{src['question_id']}"
 
 
-def make_row(config, src, idx):
+def make_row(config: str, src: Dict[str, Any], idx: int) -> Tuple[Dict[str, Any], List[str]]:
     """Schema row (without audio) for one source row; idx is its 0-based position in its split.
 
     Raises RowError (with .key set when the key could be built).
@@ -164,7 +170,7 @@ def make_row(config, src, idx):
 # sources: each yields (split, idx, source row) with audio undecoded ({'bytes', 'path'})
 
 
-def find_parquet_files(source_dir, config, splits=None):
+def find_parquet_files(source_dir: PathLike, config: str, splits: Optional[Sequence[str]] = None) -> SplitFiles:
     """[(split, [parquet paths])] in the config's split order; see the module doc for the layouts."""
     root = Path(source_dir)
     if not root.is_dir():
@@ -188,7 +194,7 @@ def find_parquet_files(source_dir, config, splits=None):
     return [(f.stem, [f]) for f in files]
 
 
-def parquet_source(split_files, batch_rows=64):
+def parquet_source(split_files: SplitFiles, batch_rows: int = 64) -> SourceRows:
     """Stream the rows of local parquet files (a few at a time: audio bytes stay on disk)."""
     for split, files in split_files:
         idx = 0
@@ -199,11 +205,12 @@ def parquet_source(split_files, batch_rows=64):
                     idx += 1
 
 
-def count_parquet_rows(split_files):
+def count_parquet_rows(split_files: SplitFiles) -> int:
+    """Rows of every file, from the parquet footers (nothing decoded)."""
     return sum(pq.ParquetFile(p).metadata.num_rows for _s, files in split_files for p in files)
 
 
-def load_hub_split(config, split):
+def load_hub_split(config: str, split: str) -> datasets.Dataset:
     """One split from the hub, audio undecoded; a clear error when the hub cannot be reached."""
     try:
         ds = datasets.load_dataset(HUB_ID, config, split=split)
@@ -213,11 +220,11 @@ def load_hub_split(config, split):
     return audio_undecoded(ds)
 
 
-def hub_source(config, splits=None):
+def hub_source(config: str, splits: Optional[Sequence[str]] = None) -> Tuple[SourceRows, int]:
     """(row iterator, total rows) over the hub's splits, in the config's split order."""
     loaded = [(s, load_hub_split(config, s)) for s in (splits or CONFIGS[config])]
 
-    def rows():
+    def rows() -> SourceRows:
         for split, ds in loaded:
             for idx, src in enumerate(ds):
                 yield split, idx, src
@@ -228,16 +235,18 @@ def hub_source(config, splits=None):
 # the VoiceBench build
 
 
-def voicebench_items(config, rows):
+def voicebench_items(config: str, rows: Iterable[Tuple[str, int, Dict[str, Any]]]) -> Iterator[BuildItem]:
     """(where, build) pairs for convert_rows from (split, idx, source row) triples."""
     for split, idx, src in rows:
-        def build(src=src, idx=idx):
+        def build(src: Dict[str, Any] = src, idx: int = idx) -> Tuple[Dict[str, Any], List[str], Any]:
             row, notes = make_row(config, src, idx)
             return row, notes, src.get('audio')
         yield {'split': split, 'row': idx}, build
 
 
-def build_voicebench(config, out_dir, source_dir=None, splits=None, overwrite=False, limit=None):
+def build_voicebench(config: str, out_dir: PathLike, source_dir: Optional[PathLike] = None,
+                     splits: Optional[Sequence[str]] = None, overwrite: bool = False,
+                     limit: Optional[int] = None) -> datasets.DatasetDict:
     """Build VoiceBench `config` ('mmsu' or 'openbookqa') into out_dir; return the saved DatasetDict.
 
     limit: only the first `limit` source rows (a preview; default all).
@@ -257,12 +266,12 @@ def build_voicebench(config, out_dir, source_dir=None, splits=None, overwrite=Fa
         source = {'kind': 'hub', 'hub_id': HUB_ID, 'config': config, 'splits': list(splits or CONFIGS[config])}
         rows, total = hub_source(config, splits)
     report = new_report(f"voicebench/{config}", source)
-    return run_build(out_dir, f"voicebench-{config}", report, voicebench_items(config, rows), total,
-                     EXTRA_FEATURES[config], overwrite, limit)
+    return run_build(out_dir, f"voicebench-{config}", report, voicebench_items(config, rows), total=total,
+                     extra_features=EXTRA_FEATURES[config], overwrite=overwrite, limit=limit)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="VoiceBench MMSU / OpenBookQA -> hf_format (reference 5.2).")
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    p = argparse.ArgumentParser(description="VoiceBench MMSU / OpenBookQA -> hf_format (docs/original.md §5.2).")
     p.add_argument('--config', required=True, choices=sorted(CONFIGS))
     p.add_argument('--out', required=True, help="output directory (hf/, report.json)")
     p.add_argument('--source_dir', help="local parquet files in the hub's format (default: the hub)")

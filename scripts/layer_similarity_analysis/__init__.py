@@ -1,5 +1,5 @@
 """Layer-similarity analysis: how far speech-conditioned hidden states drift from text-conditioned ones,
-layer by layer (the paper's Figures 2 and 3 and its layer-sensitivity bar chart; reference section 8).
+layer by layer (the paper's Figures 2 and 3 and its layer-sensitivity bar chart; docs/original.md §8).
 
 The same text response is teacher-forced after the text prompt and after the speech prompt of a question;
 for every layer the two runs' response hidden states are compared. Modules, one job each:

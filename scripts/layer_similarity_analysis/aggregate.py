@@ -1,5 +1,5 @@
 """One figure comparing several runs on several datasets, side by side with shaded 95 % t-intervals
-(reference section 8, ``aggregate_plots_paper.py``; Figures 2 and 3 of the paper). Each run is named on
+(docs/original.md §8, ``aggregate_plots_paper.py``; Figures 2 and 3 of the paper). Each run is named on
 the command line (the original guessed R_base / R_base+R_rep / ... from directory-name prefixes).
 
     python -m scripts.layer_similarity_analysis.aggregate \\
@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .outputs import DEFAULT_ROOT, read_stats
 from .plots import MEASURES, plot_comparison
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> Tuple[List[Path], Dict[str, List[str]]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--run', nargs=3, action='append', required=True, metavar=('LABEL', 'DATASET', 'PATH'))
     p.add_argument('--measure', choices=sorted(MEASURES), default='token')

@@ -1,4 +1,4 @@
-"""The measurement (reference section 8): teacher-force the same response after the text and the speech
+"""The measurement (docs/original.md §8): teacher-force the same response after the text and the speech
 prompt and compare the response hidden states of every layer.
 
 Layers are those of ``output_hidden_states`` without the embeddings: layer l (1..L) is the output of
@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+from tqdm import tqdm
 
 from trainer.hidden_states import PooledStateCapture
 from trainer.schema import load_audio
@@ -34,7 +35,7 @@ class _LastLayerDone(Exception):
 class LayerSimilarityMeter:
     """Hooks on the LLM's L layer outputs that accumulate both measures over sample pairs."""
 
-    def __init__(self, thinker: torch.nn.Module):
+    def __init__(self, thinker: torch.nn.Module) -> None:
         # the same L modules (and layer numbering) as the representation reward's capture
         self.modules = PooledStateCapture(thinker).modules
         self.thinker = thinker
@@ -87,8 +88,8 @@ class LayerSimilarityMeter:
         self.pooled.add(torch.stack(pooled))
 
 
-def measure(thinker, processor, rows: Sequence[Dict], responses: Sequence[Optional[str]], prompt_type: str = 'systhink',
-            batch_size: int = 8, progress: bool = False) -> Dict:
+def measure(thinker: torch.nn.Module, processor: Any, rows: Sequence[Dict], responses: Sequence[Optional[str]], *,
+            prompt_type: str = 'systhink', batch_size: int = 8, progress: bool = False) -> Dict:
     """Layer statistics over ``rows`` (hf_format rows, audio undecoded) with their text ``responses``
     (None: no response for that row). Returns ``stats.summary`` plus the skipped samples and timing."""
     meter = LayerSimilarityMeter(thinker)
@@ -96,13 +97,12 @@ def measure(thinker, processor, rows: Sequence[Dict], responses: Sequence[Option
     start = time.perf_counter()
     pending = []  # (pair, audio) waiting for a full batch
 
-    def flush():
+    def flush() -> None:
         if pending:
             inputs, mask = collate(processor, [p for p, _ in pending], [a for _, a in pending])
             meter.add_batch(inputs, mask)
             pending.clear()
 
-    from tqdm import tqdm
     for row, response in tqdm(list(zip(rows, responses, strict=True)), desc='layer similarity', disable=not progress):
         try:
             if response is None:
@@ -123,7 +123,7 @@ def measure(thinker, processor, rows: Sequence[Dict], responses: Sequence[Option
     return result
 
 
-def _sampling_rate(processor) -> int:
+def _sampling_rate(processor: Any) -> int:
     """The audio feature extractor's rate (``feature_extractor``; Phi-4-MM's processor calls it ``audio_processor``)."""
     extractor = getattr(processor, 'feature_extractor', None) or getattr(processor, 'audio_processor')
     return extractor.sampling_rate

@@ -11,6 +11,10 @@ import logging
 from pathlib import Path
 from typing import Dict, Optional
 
+from scripts.recipes.embedded import prepare
+from scripts.recipes.tiny_models import default_cache_dir
+from trainer.engine import resolve_model
+
 from .outputs import REPO
 
 log = logging.getLogger(__name__)
@@ -31,14 +35,11 @@ def latest_grpo_checkpoint(root: Path = GRPO_ROOT) -> Optional[Path]:
 
 def embedded_default(cache: Optional[Path] = None) -> Dict[str, Optional[str]]:
     """dataset, warm (the SFT warm start), checkpoint (None without a GRPO run) and its base."""
-    from scripts.recipes.embedded import prepare
-    from scripts.recipes.tiny_models import default_cache_dir
     paths = prepare(cache or default_cache_dir())
     out = {'dataset': str(paths['dataset']), 'warm': str(paths['model']), 'checkpoint': None, 'base_model': None}
     ckpt = latest_grpo_checkpoint()
     if ckpt is not None:
         out['checkpoint'] = str(ckpt)
-        from trainer.engine import resolve_model
         try:
             resolve_model(str(ckpt))
         except FileNotFoundError:

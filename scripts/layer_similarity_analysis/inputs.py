@@ -1,5 +1,5 @@
 """Teacher-forcing inputs: one text response after the text prompt and after the speech prompt
-(reference section 8, "Measurement").
+(docs/original.md §8, "Measurement").
 
 Prompts come from ``trainer.prompts.build_messages`` and go through the processor's own chat template;
 the speech prompt's ``<audio>`` tag becomes a ``{'type': 'audio'}`` content part, which the template
@@ -17,7 +17,7 @@ so a response token sits at the same index in its text row and its speech row.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ class Rendered:
     tail: int                  # tokens after the response (the end of turn the template adds)
 
 
-def render(processor, prompt_type: str, modality: str, prompt_for_tts: str, response: str) -> Rendered:
+def render(processor: Any, prompt_type: str, modality: str, prompt_for_tts: str, response: str) -> Rendered:
     """Render one modality's conversation and locate the response tokens in it."""
     template = processor.apply_chat_template
     full = template(processor_messages(build_messages(prompt_type, modality, prompt_for_tts, answer=response)),
@@ -73,7 +73,7 @@ def render(processor, prompt_type: str, modality: str, prompt_for_tts: str, resp
     return Rendered(full, after[:end], len(after) - end)
 
 
-def render_pair(processor, prompt_type: str, prompt_for_tts: str, response: str) -> Dict[str, Rendered]:
+def render_pair(processor: Any, prompt_type: str, prompt_for_tts: str, response: str) -> Dict[str, Rendered]:
     """Both modalities of one sample; SkipSample when their response tokens differ."""
     pair = {m: render(processor, prompt_type, m, prompt_for_tts, response) for m in MODALITIES}
     if pair['text'].response_ids != pair['speech'].response_ids or pair['text'].tail != pair['speech'].tail:
@@ -83,7 +83,8 @@ def render_pair(processor, prompt_type: str, prompt_for_tts: str, response: str)
     return pair
 
 
-def collate(processor, pairs: Sequence[Dict[str, Rendered]], audios: Sequence[np.ndarray]) -> Tuple[Dict, torch.Tensor]:
+def collate(processor: Any, pairs: Sequence[Dict[str, Rendered]],
+            audios: Sequence[np.ndarray]) -> Tuple[Dict, torch.Tensor]:
     """Model inputs for B samples (rows 0..B-1 text, B..2B-1 speech) and the response mask [B, T].
 
     The processor pads on the left, so the response of sample i is the same index range in rows i and

@@ -1,5 +1,5 @@
 """Measure the speech/text hidden-state similarity of every layer for one model on one dataset
-(reference section 8, ``analysis_and_draw.py``); writes ``layer_stats.json`` and
+(docs/original.md §8, ``analysis_and_draw.py``); writes ``layer_stats.json`` and
 ``layer_similarity.{png,pdf}`` to a new directory ``<output_root>/<dataset-name>--<model-name>/`` and
 prints that directory on stdout (logs go to stderr).
 
@@ -28,17 +28,25 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.model_loading import add_trust_remote_code_argument
+from typing import Optional, Sequence
 
 # OpenMP threads that spin while waiting are very slow when the cores are shared with other work: on this
 # 2-core machine under load, greedy generation on the tiny model took 5.7 s for 16 questions with the
-# default (active) policy and 1.7 s with the passive one. Read when torch loads, so set before importing it.
+# default (active) policy and 1.7 s with the passive one. Read when torch loads, so set before importing it
+# (the imports below load torch, hence their place after this line).
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+from trainer.model_loading import add_trust_remote_code_argument  # noqa: E402
+from trainer.schema import load_hf_dataset, validate_dataset  # noqa: E402
+
+from . import analysis, outputs, plots, responses  # noqa: E402
+from .defaults import embedded_default  # noqa: E402
+from .models import load_model  # noqa: E402
 
 log = logging.getLogger('layer_similarity')
 
 
-def parse_args(argv=None):
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', help='base, merged or LoRA checkpoint (default: the embedded GRPO checkpoint, '
                                    'else the embedded warm start)')
@@ -67,18 +75,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> Path:
+def main(argv: Optional[Sequence[str]] = None) -> Path:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format='%(asctime)s %(name)s: %(message)s')
     args = parse_args(argv)
     if args.eval_dir and (args.text_responses or not args.eval_dataset):
         raise SystemExit('--eval_dir needs --eval_dataset and excludes --text_responses')
-    from trainer.schema import load_hf_dataset, validate_dataset
-
-    from . import analysis, outputs, plots, responses
-    from .models import load_model
-
     if args.model is None or args.dataset is None:
-        from .defaults import embedded_default
         default = embedded_default()
         if args.dataset is None:
             args.dataset = default['dataset']
@@ -123,8 +125,8 @@ def main(argv=None) -> Path:
         source = f'generated (greedy, max_new_tokens={args.max_new_tokens})'
     response_seconds = time.perf_counter() - started
 
-    result = analysis.measure(loaded.thinker, loaded.processor, rows, texts, args.prompt_type, args.batch_size,
-                              progress=sys.stderr.isatty())
+    result = analysis.measure(loaded.thinker, loaded.processor, rows, texts, prompt_type=args.prompt_type,
+                              batch_size=args.batch_size, progress=sys.stderr.isatty())
     result.update({
         'model': args.model, 'base_model': loaded.base_model, 'dataset': args.dataset, 'split': args.split,
         'prompt_type': args.prompt_type, 'text_responses': source, 'batch_size': args.batch_size,

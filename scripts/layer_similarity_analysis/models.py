@@ -1,6 +1,6 @@
 """Loading the model under analysis as the thinker: the part of the model that holds the audio encoder
 and the LLM whose hidden states are compared (Qwen2.5-Omni's ``thinker``; the whole model for presets
-without a talker, such as Qwen2-Audio; reference section 8 runs the whole Phi-4-MM model).
+without a talker, such as Qwen2-Audio; docs/original.md §8 runs the whole Phi-4-MM model).
 
 ``--model`` may be
 * a base or merged checkpoint (a directory with config.json, or a hub id): the thinker is loaded from it;
@@ -22,6 +22,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from trainer.engine import resolve_model
+from trainer.model_loading import check_no_remote_code
+from trainer.models.phi4_speech_base import merge_speech_lora, speech_lora_dir
 from trainer.presets import get_preset
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,7 @@ class _Holder(nn.Module):
     """Gives the thinker its module path inside the full model, so adapter names like
     ``thinker.model.layers.0.self_attn.q_proj`` match without loading the talker."""
 
-    def __init__(self, attr: str, thinker: nn.Module):
+    def __init__(self, attr: str, thinker: nn.Module) -> None:
         super().__init__()
         self.attr = attr
         self.add_module(attr, thinker)
@@ -85,9 +88,6 @@ def load_model(model: str, base_model: Optional[str] = None, model_type: Optiona
     ``model_type`` None: the checkpoint's own (``trainer.engine.resolve_model``). A folder that would run its
     own code is refused unless ``trust_remote_code`` (``trainer.model_loading``), which then reaches the loaders."""
     import transformers
-
-    from trainer.engine import resolve_model
-    from trainer.model_loading import check_no_remote_code
     spec = resolve_model(model, base_model, model_type)
     check_no_remote_code([model, spec.base, spec.adapter], trust_remote_code)
     get_preset(spec.model_type)
@@ -97,8 +97,8 @@ def load_model(model: str, base_model: Optional[str] = None, model_type: Optiona
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     thinker = cls.from_pretrained(spec.base, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    if spec.model_type == 'phi4_multimodal':  # the official speech LoRA merged first, as training did (reference 2.1)
-        from trainer.models.phi4_speech_base import merge_speech_lora, speech_lora_dir
+    # the official speech LoRA merged first, as training did (docs/original.md §2.1)
+    if spec.model_type == 'phi4_multimodal':
         if Path(spec.base).is_dir() and speech_lora_dir(spec.base) is not None:
             thinker = merge_speech_lora(thinker, speech_lora_dir(spec.base))
     if spec.adapter:

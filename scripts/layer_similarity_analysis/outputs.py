@@ -1,5 +1,5 @@
 """Where a measurement goes: ``<root>/<dataset-name>--<model-name>/`` with ``layer_stats.json`` and the
-plot (reference section 8 names the run after the last two parts of the dataset and model paths; here
+plot (docs/original.md §8 names the run after the last two parts of the dataset and model paths; here
 one directory, and an existing one is never written into: a ``-2``, ``-3``... suffix is used).
 """
 from __future__ import annotations
@@ -8,6 +8,8 @@ import json
 import re
 from pathlib import Path
 from typing import Dict
+
+from trainer.jsonl import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = REPO / 'output' / 'layer_similarity'
@@ -39,10 +41,9 @@ def new_run_dir(root: Path, dataset_name: str, model_name: str) -> Path:
 
 
 def write_stats(run_dir: Path, stats: Dict) -> Path:
+    """``run_dir/layer_stats.json``, written atomically (NaN as null); returns its path."""
     path = run_dir / STATS_FILE
-    tmp = path.with_suffix('.json.tmp')
-    tmp.write_text(json.dumps(stats, indent=1))
-    tmp.replace(path)
+    write_json_atomic(path, stats)
     return path
 
 

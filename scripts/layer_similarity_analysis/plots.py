@@ -1,4 +1,4 @@
-"""Figures of the layer-similarity analysis (reference section 8), each written as PNG and PDF.
+"""Figures of the layer-similarity analysis (docs/original.md §8), each written as PNG and PDF.
 
 * ``plot_run``: one measurement, both measures per layer with shaded 95 % t-intervals
   (the original's ``layer_similarity.png``);

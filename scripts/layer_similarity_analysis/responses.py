@@ -1,4 +1,4 @@
-"""The text responses that are teacher-forced (reference section 8: the model's own text-mode evaluation
+"""The text responses that are teacher-forced (docs/original.md §8: the model's own text-mode evaluation
 output, correct or not).
 
 Two sources:
@@ -16,10 +16,12 @@ import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
+from torch import nn
 
+from trainer.engine import resolve_model
 from trainer.prompts import build_messages
 
 from .inputs import processor_messages
@@ -32,12 +34,11 @@ log = logging.getLogger(__name__)
 def eval_results_path(eval_dir: str, model: str, dataset_label: str, prompt_type: str = 'systhink',
                       base_model: Optional[str] = None) -> Path:
     """Where ``eval.qa --out eval_dir --dataset dataset_label=...`` put ``model``'s text-mode results."""
-    from trainer.engine import resolve_model
     name = resolve_model(model, base_model).name
     return Path(eval_dir) / name / dataset_label / f'text_{prompt_type}' / RESULTS_FILE
 
 
-def _output_of(record, where: str) -> Optional[str]:
+def _output_of(record: Any, where: str) -> Optional[str]:
     if isinstance(record, str):
         return record
     if isinstance(record, dict):
@@ -76,7 +77,7 @@ def load_text_responses(path: str) -> Dict[str, str]:
 
 
 @contextmanager
-def last_position_logits(model):
+def last_position_logits(model: nn.Module) -> Iterator[None]:
     """Within the block, the LM head projects only the last position: greedy decoding reads nothing else,
     and the prompt's full logits ([B, T, vocab], 1.2 GB for 8 prompts of the tiny model) are not built."""
     head = model.get_output_embeddings()
@@ -88,8 +89,8 @@ def last_position_logits(model):
 
 
 @torch.no_grad()
-def generate_text_responses(thinker, processor, rows: Sequence[Dict], prompt_type: str, max_new_tokens: int,
-                            batch_size: int = 8) -> List[str]:
+def generate_text_responses(thinker: nn.Module, processor: Any, rows: Sequence[Dict], prompt_type: str,
+                            max_new_tokens: int, batch_size: int = 8) -> List[str]:
     """Greedy answers of ``thinker`` to the text prompts of ``rows`` (special tokens removed)."""
     tokenizer = processor.tokenizer
     side = tokenizer.padding_side

@@ -1,5 +1,5 @@
 """The layer-sensitivity bar chart: accuracy per choice of the representation reward's layers
-(reference section 8, ``0102_paper_layer_sensitivity.py``). The default table holds the paper's numbers.
+(docs/original.md §8, ``0102_paper_layer_sensitivity.py``). The default table holds the paper's numbers.
 
     python -m scripts.layer_similarity_analysis.sensitivity [--table TABLE.csv|.json] \\
         [--out output/layer_similarity/layer_sensitivity] [--ylabel TEXT]
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import List, Optional, Sequence
 
 from .outputs import DEFAULT_ROOT
 from .plots import load_table, plot_sensitivity
@@ -18,7 +19,7 @@ from .plots import load_table, plot_sensitivity
 PAPER_TABLE = Path(__file__).resolve().parent / 'paper_layer_sensitivity.csv'
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--table', default=str(PAPER_TABLE))
     p.add_argument('--out', type=Path, default=DEFAULT_ROOT / 'layer_sensitivity',

@@ -1,4 +1,4 @@
-"""Per-layer statistics of the layer-similarity analysis (reference section 8).
+"""Per-layer statistics of the layer-similarity analysis (docs/original.md §8).
 
 Two measures per sample and layer, from the response hidden states of the text run ``a`` and the speech
 run ``b`` (the same response tokens, teacher-forced):
@@ -18,7 +18,7 @@ running moments.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Tuple, Union
 
 import torch
 
@@ -49,7 +49,7 @@ class RunningStats:
     the samples were split into batches (up to rounding). NaN values are dropped per layer and counted.
     """
 
-    def __init__(self, num_layers: int):
+    def __init__(self, num_layers: int) -> None:
         self.n = 0   # samples added (all layers)
         self.count = torch.zeros(num_layers, dtype=torch.int64)     # non-NaN values per layer
         self.dropped = torch.zeros(num_layers, dtype=torch.int64)   # NaN values dropped per layer
@@ -87,7 +87,8 @@ class RunningStats:
         return torch.where(self.count >= 2, var.clamp(min=0).sqrt(), torch.full_like(self.mean, math.nan))
 
 
-def t_interval(mean: torch.Tensor, std: torch.Tensor, n, confidence: float = CONFIDENCE):
+def t_interval(mean: torch.Tensor, std: torch.Tensor, n: Union[int, torch.Tensor],
+               confidence: float = CONFIDENCE) -> Tuple[torch.Tensor, torch.Tensor]:
     """(lower, upper) of the t-interval mean +- t_{(1+c)/2, n-1} * std / sqrt(n) per layer.
 
     n: the number of values, an int or a tensor [L] of per-layer counts. One value gives (mean, mean), as
