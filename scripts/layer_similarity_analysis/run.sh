@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Layer-similarity analysis over datasets x checkpoints, then the comparison figure and the
-# layer-sensitivity bar chart (reference section 8, run.sh; here every dataset is really analysed and
+# layer-sensitivity bar chart (docs/original.md §8, run.sh; here every dataset is really analysed and
 # the aggregation script exists).
 #
 #   bash scripts/layer_similarity_analysis/run.sh          # no GPU, no arguments: the embedded default
