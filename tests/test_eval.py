@@ -190,14 +190,33 @@ def test_every_mode_end_to_end_and_resume(tiny_model, tiny_adapter, tiny_speech_
     engine.requests = 0
     evaluate(**kwargs)
     assert engine.requests == 2 and len(M.read_results(text)) == 4
+    # killed while writing its last line: the torn line is dropped and only that item is generated again
+    lines = text.read_text().splitlines(keepends=True)
+    text.write_text(''.join(lines[:3]) + lines[3][:len(lines[3]) // 2])
+    engine.requests = 0
+    evaluate(**kwargs)
+    assert engine.requests == 1
+    rows = M.read_results(text)
+    assert len(rows) == 4 and [json.loads(line) for line in lines[:3]] == rows[:3]
 
 
-def test_asr_wer_end_to_end(tiny_model, tiny_speech_set, tmp_path):
+def test_asr_wer_end_to_end_and_resume_after_a_torn_line(tiny_model, tiny_speech_set, tmp_path):
     from eval.asr import evaluate_asr
-    scores = evaluate_asr(str(tiny_model), f'SET={tiny_speech_set}', tmp_path, split='train', max_items=2,
-                          max_new_tokens=8, backend='transformers')
-    assert scores['count'] == 2 and 0 <= scores['score'] <= 1
+    from trainer.engine import build_engine
+    engine = CountingEngine(build_engine(resolve_model(str(tiny_model)), 'transformers', batch_size=4))
+    kwargs = dict(split='train', max_items=2, max_new_tokens=8, engine=engine)
+    scores = evaluate_asr(str(tiny_model), f'SET={tiny_speech_set}', tmp_path, **kwargs)
+    assert scores['count'] == 2 and 0 <= scores['score'] <= 1 and engine.requests == 2
     assert json.loads(next(tmp_path.glob('*/SET/asr_wer/metrics.json')).read_text())['count'] == 2
+    # killed while writing its last line: the rerun drops the torn line and transcribes that item again
+    results = next(tmp_path.glob('*/SET/asr_wer/results.jsonl'))
+    lines = results.read_text().splitlines(keepends=True)
+    results.write_text(lines[0] + lines[1][:len(lines[1]) // 2])
+    engine.requests = 0
+    assert evaluate_asr(str(tiny_model), f'SET={tiny_speech_set}', tmp_path, **kwargs)['count'] == 2
+    assert engine.requests == 1
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(rows) == 2 and rows[0] == json.loads(lines[0])
 
 
 def test_merged_model_equals_base_plus_adapter(tiny_model, tiny_adapter, tmp_path):

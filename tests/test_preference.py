@@ -171,8 +171,9 @@ def test_generate_is_resumable_and_guards_its_settings(tiny_model, tiny_speech_s
         decided = r['chosen'] is not None and r['rejected'] is not None
         assert decided or r['n_samples'] == 2  # sampling stops early only once decided
         assert r['gen_times'] in ((-r['n_samples'], r['n_samples']) if decided else (0, ))
-    # a killed run: the last question's line is lost; the rerun generates only that one
-    path.write_text('\n'.join(lines[:3]) + '\n')
+    # a run killed while writing the last question's line leaves half of it: the rerun drops the torn
+    # line and generates only that question again
+    path.write_text('\n'.join(lines[:3]) + '\n' + lines[3][:len(lines[3]) // 2])
     P.generate(str(tiny_model), str(tiny_speech_set), tmp_path, **kwargs)
     again = path.read_text().splitlines()
     assert again[:3] == lines[:3] and len(again) == 4 and json.loads(again[3])['key'] == records[3]['key']
