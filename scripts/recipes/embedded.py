@@ -17,7 +17,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 from trainer.presets import DEFAULT_PRESET, PRESETS, get_preset
 from scripts.recipes.tiny_models import default_cache_dir, tiny_model_dir
@@ -98,14 +98,19 @@ def prepare(cache: Path, model_type: str = DEFAULT_PRESET) -> Dict[str, Path]:
                                                                              model_type=model_type)}
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description='Build the embedded default (tiny model, speech set, warm start).')
+def run_cli(description: str, build: Callable[[Path, str], Dict[str, Path]], argv: Optional[List[str]] = None) -> None:
+    """The recipes' command line: ``--cache_dir``, ``--model_type``; prints ``NAME=PATH`` lines (read by the
+    launchers) for what ``build(cache, model_type)`` returns."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--cache_dir', type=Path, default=None)
     parser.add_argument('--model_type', default=DEFAULT_PRESET, choices=sorted(PRESETS))
     args = parser.parse_args(argv)
-    paths = prepare(args.cache_dir or default_cache_dir(), args.model_type)
-    for name, path in paths.items():  # NAME=PATH lines, read by the launchers
+    for name, path in build(args.cache_dir or default_cache_dir(), args.model_type).items():
         print(f'{name}={path}')
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    run_cli('Build the embedded default (tiny model, speech set, warm start).', prepare, argv)
 
 
 if __name__ == '__main__':

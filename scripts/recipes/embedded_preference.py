@@ -7,13 +7,11 @@ recipe and the model; an interrupted build resumes. ``python -m scripts.recipes.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Optional
 
-from scripts.recipes.embedded import _digest, prepare
+from scripts.recipes.embedded import _digest, prepare, run_cli
 from trainer.presets import DEFAULT_PRESET
-from scripts.recipes.tiny_models import default_cache_dir
 
 PREFERENCE_SET = {'rows': 24, 'max_samples': 6, 'samples_per_round': 3, 'max_new_tokens': 40, 'val_rows': 4,
                   'seed': 42, 'prompt_type': 'systhink', 'batch_questions': 8, 'batch_size': 8, 'builder': 1}
@@ -41,14 +39,8 @@ def preference_set(cache: Path, model_type: str = DEFAULT_PRESET, recipe: Dict =
     return dict(model=Path(model), dataset=Path(dataset), report=out / 'report.json', **files)
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description='Build the embedded preference set (tiny model, offline).')
-    parser.add_argument('--cache_dir', type=Path, default=None)
-    parser.add_argument('--model_type', default=DEFAULT_PRESET)
-    args = parser.parse_args(argv)
-    paths = preference_set(args.cache_dir or default_cache_dir(), args.model_type)
-    for name, path in paths.items():  # NAME=PATH lines, read by the launchers
-        print(f'{name}={path}')
+def main(argv: Optional[List[str]] = None) -> None:
+    run_cli('Build the embedded preference set (tiny model, offline).', preference_set, argv)
 
 
 if __name__ == '__main__':
