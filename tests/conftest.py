@@ -40,6 +40,22 @@ def grpo_jsonl(tiny_speech_set, tmp_path_factory) -> Path:
     return prepare_grpo_dataset(str(tiny_speech_set), tmp_path_factory.mktemp('grpo_data'))
 
 
+@pytest.fixture(scope='session')
+def tiny_adapter(tiny_model, tmp_path_factory):
+    """A random (non-zero) LoRA on the tiny model's LLM, saved the way peft/ms-swift save adapters."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2_5OmniForConditionalGeneration
+    torch.manual_seed(0)
+    model = Qwen2_5OmniForConditionalGeneration.from_pretrained(str(tiny_model))
+    config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                        target_modules=r'thinker\.model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)')
+    peft_model = get_peft_model(model, config)
+    out = tmp_path_factory.mktemp('adapter') / 'checkpoint-1'
+    peft_model.save_pretrained(str(out))
+    return out
+
+
 def run(cmd, env=None, timeout=900, cwd=REPO):
     """Run a command from the repo root; fail the test with its output's tail when it fails."""
     full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))

@@ -141,21 +141,6 @@ def test_a_checkpoint_without_its_base_is_a_clear_error(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- the tiny preset, end to end
-@pytest.fixture(scope='module')
-def tiny_adapter(tiny_model, tmp_path_factory):
-    """A random (non-zero) LoRA on the tiny model's LLM, saved the way peft/ms-swift save adapters."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2_5OmniForConditionalGeneration
-    torch.manual_seed(0)
-    model = Qwen2_5OmniForConditionalGeneration.from_pretrained(str(tiny_model))
-    config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                        target_modules=r'thinker\.model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)')
-    peft_model = get_peft_model(model, config)
-    out = tmp_path_factory.mktemp('adapter') / 'checkpoint-1'
-    peft_model.save_pretrained(str(out))
-    return out
-
-
 class CountingEngine:
     """The real engine, counting the requests it is asked to answer."""
 

@@ -9,6 +9,7 @@ of the model and engine flags of every command line that builds an engine.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -77,13 +78,34 @@ def choose_backend(backend: str = 'auto', model_type: Optional[str] = None) -> s
     return 'vllm' if torch.cuda.is_available() and importlib.util.find_spec('vllm') else 'transformers'
 
 
+def vllm_cpu_stack() -> bool:
+    """Whether the installed vLLM is its CPU build (the ``TARS_STACK=vllm-cpu`` test stack): then
+    ``trainer.vllm_cpu`` holds what the vLLM path does differently; on a GPU stack it is never imported."""
+    try:
+        importlib.metadata.distribution('vllm-cpu')
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def engine_dtype() -> Any:
+    """The weights' dtype of every engine: bfloat16 on a GPU (the paper's setting), float32 on the CPU.
+
+    A ``torch.dtype``, never its name: ms-swift's engines key their dtype tables by ``torch.dtype``
+    (a string gave ``KeyError: 'bfloat16'`` in ``VllmEngine``)."""
+    import torch  # deferred: the flag parsers import this module
+    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+
+
 def vllm_engine_kwargs(spec: ModelSpec, max_model_len: int = 6400, gpu_memory_utilization: float = 0.45,
                        tensor_parallel_size: int = 1, max_lora_rank: int = 64) -> Dict:
-    """``VllmEngine`` arguments for a GPU run (one audio per prompt: ms-swift #4210, #5784)."""
+    """``VllmEngine`` keyword arguments: the original's evaluation settings (one audio per prompt: ms-swift
+    #4210, #5784; a LoRA adapter applied per request). Every value has the type ms-swift's signature
+    declares (``tests/test_vllm_engine_args.py`` checks them against it)."""
     return dict(model_type=spec.model_type, gpu_memory_utilization=gpu_memory_utilization,
                 tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                 limit_mm_per_prompt={'audio': 1}, enable_lora=spec.adapter is not None,
-                max_lora_rank=max_lora_rank, torch_dtype='bfloat16')
+                max_lora_rank=max_lora_rank, torch_dtype=engine_dtype())
 
 
 def build_engine(spec: ModelSpec, backend: str = 'auto', batch_size: int = 16, trust_remote_code: bool = False) -> Any:
@@ -93,17 +115,19 @@ def build_engine(spec: ModelSpec, backend: str = 'auto', batch_size: int = 16, t
     register_models()  # presets registered by the project (trainer.presets)
     backend = choose_backend(backend, spec.model_type)
     if backend == 'vllm':
+        cpu_kwargs = {}
+        if vllm_cpu_stack():
+            from trainer import vllm_cpu  # before vLLM loads: it sets vLLM's CPU environment
+            cpu_kwargs = vllm_cpu.ENGINE_KWARGS
         from swift.infer_engine import VllmEngine  # deferred: ms-swift and vLLM load in seconds, only here
-        return VllmEngine(spec.base, max_num_seqs=batch_size, **vllm_engine_kwargs(spec))
+        return VllmEngine(spec.base, max_num_seqs=batch_size, **vllm_engine_kwargs(spec), **cpu_kwargs)
     if backend != 'transformers':
         raise ValueError(f'backend must be auto, vllm or transformers, got {backend!r}')
-    import torch  # deferred: torch and ms-swift (seconds), only needed to build an engine
-    from swift.infer_engine import TransformersEngine
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    from swift.infer_engine import TransformersEngine  # deferred: ms-swift (seconds), only here
     # The adapter is loaded into the model (a per-request adapter breaks batched generation in ms-swift
     # 4.6's TransformersEngine: peft gets one adapter name for the whole batch); the text-only baseline
     # switches it off around its generation.
-    return TransformersEngine(spec.base, model_type=spec.model_type, max_batch_size=batch_size, torch_dtype=dtype,
+    return TransformersEngine(spec.base, model_type=spec.model_type, max_batch_size=batch_size, torch_dtype=engine_dtype(),
                               adapters=[spec.adapter] if spec.adapter else None)
 
 

@@ -76,7 +76,16 @@ def end_token_ids(tokenizer: Any, generation_config: Any = None) -> List[int]:
     return sorted(ids)
 
 
-class TARSGRPOTrainer(GRPOTrainer):
+def _stack_bases() -> tuple:
+    """Mixins of the installed stack: vLLM-CPU's colocated weight sync (``trainer.vllm_cpu``), else none."""
+    from trainer.engine import vllm_cpu_stack
+    if vllm_cpu_stack():
+        from trainer.vllm_cpu import VllmCpuWeightSync
+        return (VllmCpuWeightSync,)
+    return ()
+
+
+class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.tars = tars_config.active()

@@ -27,5 +27,8 @@ class WhisperTranscriber:
 
     def transcribe(self, wav: np.ndarray) -> str:
         """Transcript of a 16 kHz float32 waveform."""
-        segments, _ = self.model.transcribe(wav, language='en', beam_size=self.beam_size, vad_filter=False)
+        # temperature 0 only: faster-whisper's default falls back to sampling (0.2 .. 1.0) when a segment looks
+        # repetitive, and then a rerun gives other transcripts (and other cascaded answers)
+        segments, _ = self.model.transcribe(wav, language='en', beam_size=self.beam_size, vad_filter=False,
+                                            temperature=0.0)
         return ' '.join(s.text.strip() for s in segments).strip()

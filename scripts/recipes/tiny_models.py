@@ -63,11 +63,13 @@ TINY_QWEN2_5_OMNI = {
     'hidden_size': 64,
     'intermediate_size': 128,
     'num_hidden_layers': 4,
-    'num_attention_heads': 4,
-    'num_key_value_heads': 2,
+    # head size 64 / 2 = 32: vLLM's CPU attention kernels take head sizes of 32 and up (the real model: 128)
+    'num_attention_heads': 2,
+    'num_key_value_heads': 1,
     'audio_d_model': 64,
+    'audio_heads': 2,
     'audio_layers': 2,
-    'mrope_section': [2, 3, 3],
+    'mrope_section': [4, 6, 6],
     # the real processor pads audio features to 300 s; 30 s keeps CPU feature extraction cheap
     'audio_chunk_seconds': 30,
 }
@@ -194,7 +196,7 @@ def _build_qwen2_5_omni(out: Path, recipe: dict) -> None:
                          num_key_value_heads=recipe['num_key_value_heads'], max_position_embeddings=32768,
                          rope_parameters=rope, tie_word_embeddings=False, pad_token_id=ids['<|endoftext|>'],
                          eos_token_id=ids['<|im_end|>']),
-        audio_config=dict(num_mel_bins=128, encoder_layers=recipe['audio_layers'], encoder_attention_heads=4,
+        audio_config=dict(num_mel_bins=128, encoder_layers=recipe['audio_layers'], encoder_attention_heads=recipe['audio_heads'],
                           encoder_ffn_dim=2 * recipe['audio_d_model'], d_model=recipe['audio_d_model'],
                           max_source_positions=1500, n_window=100, output_dim=h),
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3, patch_size=14,
@@ -258,9 +260,10 @@ TINY_QWEN2_AUDIO = {
     'hidden_size': 64,
     'intermediate_size': 128,
     'num_hidden_layers': 4,
-    'num_attention_heads': 4,
-    'num_key_value_heads': 2,
+    'num_attention_heads': 2,   # head size 32, as TINY_QWEN2_5_OMNI (vLLM's CPU kernels)
+    'num_key_value_heads': 1,
     'audio_d_model': 64,
+    'audio_heads': 2,
     'audio_layers': 2,
 }
 
@@ -292,7 +295,7 @@ def _build_qwen2_audio(out: Path, recipe: dict) -> None:
                          bos_token_id=ids['<|endoftext|>'], eos_token_id=ids['<|im_end|>'],
                          pad_token_id=ids['<|endoftext|>']),
         audio_config=dict(model_type='qwen2_audio_encoder', num_mel_bins=128, encoder_layers=recipe['audio_layers'],
-                          encoder_attention_heads=4, encoder_ffn_dim=2 * recipe['audio_d_model'],
+                          encoder_attention_heads=recipe['audio_heads'], encoder_ffn_dim=2 * recipe['audio_d_model'],
                           d_model=recipe['audio_d_model'], max_source_positions=1500),
         audio_token_index=ids['<|AUDIO|>'],
     )
@@ -333,8 +336,8 @@ TINY_XFINDER_JUDGE = {
     'hidden_size': 64,
     'intermediate_size': 128,
     'num_hidden_layers': 2,
-    'num_attention_heads': 4,
-    'num_key_value_heads': 4,
+    'num_attention_heads': 2,   # head size 32: vLLM's CPU kernels (the judge runs on the evaluation's engine)
+    'num_key_value_heads': 2,
 }
 
 

