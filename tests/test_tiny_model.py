@@ -47,3 +47,19 @@ def test_build_is_cached_and_keyed_by_the_recipe(tiny_model, cache_dir):
     assert _recipe_hash(dict(TINY_QWEN2_5_OMNI, num_hidden_layers=5)) != _recipe_hash(TINY_QWEN2_5_OMNI)
     with pytest.raises(ValueError, match='no tiny twin'):
         tiny_model_dir('no_such_model_type', cache_dir)
+
+
+def test_twins_served_by_vllm_have_the_real_checkpoints_weight_names_and_head_size(cache_dir):
+    """vLLM loads checkpoints by the real weight names, and its CPU attention needs head sizes of 32 and up."""
+    from safetensors import safe_open
+    from scripts.recipes.tiny_models import tiny_model_dir
+    audio = tiny_model_dir('qwen2_audio', cache_dir)
+    with safe_open(str(audio / 'model.safetensors'), 'pt') as f:
+        keys = set(f.keys())
+    assert 'language_model.model.layers.0.self_attn.q_proj.weight' in keys and 'language_model.lm_head.weight' in keys
+    assert not any(k.startswith('language_model.model.model.') for k in keys)
+    omni = json.loads((tiny_model_dir('qwen2_5_omni', cache_dir) / 'config.json').read_text())['thinker_config']
+    text = omni['text_config']
+    assert text['hidden_size'] // text['num_attention_heads'] == 32
+    config = json.loads((audio / 'config.json').read_text())['text_config']
+    assert config['hidden_size'] // config['num_attention_heads'] == 32

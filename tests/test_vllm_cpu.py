@@ -100,6 +100,31 @@ def cluster_arguments_case(tiny_model: str, tiny_adapter: str, tiny_speech_set: 
         generate(engine, [two_audios], spec, False, 4)
 
 
+def test_every_preset_vllm_serves_answers_as_transformers(cache_dir, tiny_speech_set, tmp_path):
+    """Each preset vLLM serves (``Preset.vllm``), on its tiny twin: greedy speech and text answers of vLLM equal
+    the transformers engine's (the Qwen2.5-Omni twin also goes through eval.qa above)."""
+    from scripts.recipes.tiny_models import tiny_model_dir
+    from trainer.presets import PRESETS
+    served = [name for name, preset in PRESETS.items() if preset.vllm and preset.has_tiny_twin]
+    assert set(served) == {'qwen2_5_omni', 'qwen2_audio'}
+    for name in served:
+        in_own_process('preset_case', name, tiny_model_dir(name, cache_dir), tiny_speech_set, tmp_path)
+
+
+def preset_case(model_type: str, model: str, speech_set: str, tmp_path: str) -> None:
+    from trainer.data import write_clip
+    from trainer.engine import ModelSpec, build_engine, generate
+    from trainer.modes import build_request
+    from trainer.schema import load_hf_dataset
+    rows = load_hf_dataset(speech_set, 'train').select(range(2))
+    requests = [build_request('audio', 'systhink', r['prompt_for_tts'], write_clip(r, 'SET', Path(tmp_path)))
+                for r in rows] + [build_request('text', 'systhink', r['prompt_for_tts']) for r in rows]
+    spec = ModelSpec(base=model, model_type=model_type)
+    answers = {backend: generate(build_engine(spec, backend, batch_size=4), requests, spec, False, 10)
+               for backend in ('vllm', 'transformers')}
+    assert all(answers['vllm']) and answers['vllm'] == answers['transformers'], answers
+
+
 def test_xfinder_judge_on_vllm_equals_transformers(cache_dir):
     """The answer judge's own vLLM engine (``build_judge_engine``: text only, its model type and template) gives
     the transformers engine's greedy judgements on the tiny judge twin."""

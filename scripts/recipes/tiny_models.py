@@ -266,7 +266,27 @@ TINY_QWEN2_AUDIO = {
     'audio_d_model': 64,
     'audio_heads': 2,
     'audio_layers': 2,
+    # the real checkpoint's weight names (see QWEN2_AUDIO_CHECKPOINT_NAMES)
+    'checkpoint_names': 'language_model.model.*',
 }
+
+# Qwen2-Audio-7B-Instruct names its LLM weights language_model.model.* and language_model.lm_head.*;
+# transformers 5.19 saves the class with one 'model.' more (language_model.model.model.*). transformers reads
+# both, vLLM only the real names, so the twin is written with them (tests/test_tiny_model.py checks).
+QWEN2_AUDIO_CHECKPOINT_NAMES = {'language_model.model.model.': 'language_model.model.'}
+
+
+def _rename_weights(path: Path, renames: dict) -> None:
+    """Rewrite the tensor names of the safetensors file ``path``: each key's prefix in ``renames`` replaced."""
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(str(path))
+    renamed = {}
+    for key, tensor in tensors.items():
+        for old, new in renames.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+        renamed[key] = tensor
+    save_file(renamed, str(path), metadata={'format': 'pt'})
 
 
 def _build_qwen2_audio(out: Path, recipe: dict) -> None:
@@ -305,6 +325,7 @@ def _build_qwen2_audio(out: Path, recipe: dict) -> None:
     torch.manual_seed(recipe['seed'])
     model = Qwen2AudioForConditionalGeneration(config)
     _save_twin(out, model, processor, tokenizer, ids, QWEN2_AUDIO_ADDED_TOKENS)
+    _rename_weights(out / 'model.safetensors', QWEN2_AUDIO_CHECKPOINT_NAMES)
 
 
 # Phi-4-multimodal: the o200k tokenizer (offline package toktok-rs) with Phi-4's added tokens at their real
