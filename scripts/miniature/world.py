@@ -1,0 +1,445 @@
+"""A seeded closed world of multiple-choice questions that need one short reasoning step (docs/miniature.md,
+"World and tokenizer").
+
+Three templates, each question with four options (one correct) and a thinking text that states the intermediate
+step (the ``<think>`` part of the systhink answer, ``trainer.prompts.systhink_answer``):
+
+- ``arithmetic``: "Ann has 3 apples and buys 4 more. How many apples does Ann have now?" (thinking
+  "3 plus 4 is 7."); sums and differences of numbers 2..9, distractors near the answer or the operands.
+- ``comparison``: "Tom is older than Sue. Sue is older than Max. Who is the youngest?" (thinking "Tom is older
+  than Sue, and Sue is older than Max, so Max is the youngest."); three people, age, height or speed, either
+  statement order and either direction ("Sue is younger than Tom"); options the three people and one other name.
+- ``knowledge``: a generated table puts each invented town in a region (north, south, east, west) and gives
+  each region an animal, a roof colour, a tree and a fruit. "Ann lives in the town of Brill. Which animal lives
+  there?" needs the town's region first (thinking "Brill lies in the north, and the fox lives in the north.");
+  options the attribute's four values. The model learns the table only from the training questions.
+
+Splits are held out by question values, a key per template (``Item.holdout``): the numbers and object of an
+arithmetic problem (or only the numbers, ``arithmetic_holdout='numbers'``), the set of three people of a
+comparison, the (town, attribute) pair of a knowledge question. A key is in exactly one split, so no test
+question's values occur in training. The knowledge split is structured so that the test stays answerable from
+training: each town has exactly one attribute held out (so its region is learned from its other attributes),
+and every (region, attribute) value is asked in training through other towns.
+
+Everything is a pure function of ``WorldConfig`` (``random.Random`` seeded with strings, which Python hashes
+with SHA-512: the same on every machine and run). The word list is closed (the constants below), so a small
+tokenizer covers it.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Literal, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+from scripts.dataset_building.mmlu import build_prompt_for_tts
+from trainer import prompts
+from trainer.schema import LETTERS
+
+SPLITS = ('train', 'validation', 'test')
+TEMPLATES = ('arithmetic', 'comparison', 'knowledge')
+SOURCE = 'miniature'
+N_OPTIONS = 4
+
+# --- the closed word list -------------------------------------------------------------------------------------
+NAMES = ('Ann', 'Tom', 'Sue', 'Max', 'Ben', 'Eve', 'Sam', 'Kim', 'Joe', 'Amy', 'Dan', 'Liz', 'Meg', 'Ned',
+         'Rob', 'Tess')
+OBJECTS = ('apples', 'eggs', 'cups', 'books', 'pens', 'shells', 'coins', 'hats')
+NUMBERS = tuple(range(2, 10))   # operands; no "1 apples", and every sum and difference stays below 20
+ADD_VERBS = ('buys', 'finds', 'gets')
+SUB_VERBS = ('gives', 'loses', 'sells')   # "gives 3 to Tom", "loses 3", "sells 3"
+# relation: (comparative, its opposite, superlative, opposite superlative)
+RELATIONS: Dict[str, Tuple[str, str, str, str]] = {
+    'age': ('older', 'younger', 'oldest', 'youngest'),
+    'height': ('taller', 'shorter', 'tallest', 'shortest'),
+    'speed': ('faster', 'slower', 'fastest', 'slowest'),
+}
+TOWNS = ('Brill', 'Dorn', 'Fenn', 'Galt', 'Holm', 'Kell', 'Lorn', 'Mabb', 'Nesk', 'Pell', 'Quill', 'Rask',
+         'Sorn', 'Tove', 'Vell', 'Wick', 'Yarr', 'Zell', 'Barrow', 'Corrin', 'Dunmere', 'Elwick', 'Farrow',
+         'Gorse', 'Hatter', 'Ivel', 'Jesk', 'Kirrin', 'Lusk', 'Morrow', 'Nettle', 'Ossett')
+REGIONS = ('north', 'south', 'east', 'west')
+ATTRIBUTES: Dict[str, Tuple[str, ...]] = {   # one value per region (a seeded permutation decides which)
+    'animal': ('fox', 'bear', 'owl', 'deer'),
+    'colour': ('red', 'blue', 'green', 'yellow'),
+    'tree': ('oak', 'pine', 'elm', 'birch'),
+    'fruit': ('plums', 'figs', 'limes', 'grapes'),
+}
+KNOWLEDGE_LEADS = ('{name} lives in the town of {town}.', '{name} visits the town of {town}.')
+KNOWLEDGE_QUESTIONS = {
+    'animal': 'Which animal lives there?',
+    'colour': 'What colour are the roofs there?',
+    'tree': 'Which tree grows there?',
+    'fruit': 'Which fruit do people grow there?',
+}
+KNOWLEDGE_FACTS = {   # the second half of the thinking text
+    'animal': 'the {value} lives in the {region}',
+    'colour': 'roofs in the {region} are {value}',
+    'tree': 'the {value} grows in the {region}',
+    'fruit': 'people in the {region} grow {value}',
+}
+
+HoldoutKey = Tuple[str, ...]
+
+# --- configuration and results ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Everything that shapes the world; the same config gives the same items.
+
+    n_test: 1200 by default, enough for a 95 % interval of at most +-2.9 points at 50 % accuracy
+    (1.96 * sqrt(0.25 / 1200)); the items of a split are spread evenly over the templates.
+    test_fraction, validation_fraction: the share of each template's hold-out keys in those splits (the
+    knowledge template holds out one attribute per town instead and divides those keys in the same ratio).
+    """
+    seed: int = 0
+    n_train: int = 6000
+    n_validation: int = 300
+    n_test: int = 1200
+    n_towns: int = 24
+    test_fraction: float = 0.2
+    validation_fraction: float = 0.1
+    arithmetic_holdout: Literal['numbers_object', 'numbers'] = 'numbers_object'
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.n_towns <= len(TOWNS) or self.n_towns % len(REGIONS):
+            raise ValueError(f"WorldConfig: n_towns={self.n_towns} must be a multiple of {len(REGIONS)} "
+                             f"in 8..{len(TOWNS)}")
+        if not (0 < self.test_fraction and 0 < self.validation_fraction
+                and self.test_fraction + self.validation_fraction < 1):
+            raise ValueError(f"WorldConfig: test_fraction={self.test_fraction} and validation_fraction="
+                             f"{self.validation_fraction} must be positive with a sum below 1")
+        if min(self.n_train, self.n_validation, self.n_test) < len(TEMPLATES):
+            raise ValueError(f"WorldConfig: every split needs at least {len(TEMPLATES)} items")
+        if self.arithmetic_holdout not in ('numbers_object', 'numbers'):
+            raise ValueError(f"WorldConfig: arithmetic_holdout={self.arithmetic_holdout!r} is not "
+                             f"'numbers_object' or 'numbers'")
+
+    def size(self, split: str) -> int:
+        """The number of items of split."""
+        return {'train': self.n_train, 'validation': self.n_validation, 'test': self.n_test}[split]
+
+
+@dataclass(frozen=True)
+class KnowledgeTable:
+    """The facts of the knowledge template: town -> region, and attribute -> region -> value."""
+    town_region: Mapping[str, str]
+    values: Mapping[str, Mapping[str, str]]
+
+    def region_of(self, town: str) -> str:
+        """The region the town lies in."""
+        return self.town_region[town]
+
+    def value(self, attribute: str, region: str) -> str:
+        """The attribute's value in the region (e.g. value('animal', 'north') -> 'fox')."""
+        return self.values[attribute][region]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One question of the world. answer_index is 0-based into options; holdout is the split's key."""
+    key: str
+    split: str
+    template: str
+    question: str
+    options: Tuple[str, ...]
+    answer_index: int
+    thinking: str
+    holdout: HoldoutKey
+
+    @property
+    def answer(self) -> str:
+        """The correct option's text."""
+        return self.options[self.answer_index]
+
+    @property
+    def letter(self) -> str:
+        """The correct option's letter (A-D)."""
+        return LETTERS[self.answer_index]
+
+    @property
+    def prompt_for_tts(self) -> str:
+        """Question and lettered options: the text prompt and what the speech says (as every builder)."""
+        return build_prompt_for_tts(self.question, self.options)
+
+    @property
+    def systhink_answer(self) -> str:
+        """The assistant answer in the systhink format: the thinking, then "The answer is X."."""
+        return prompts.systhink_answer(self.thinking, self.letter)
+
+
+@dataclass(frozen=True)
+class World:
+    """The generated world: its config, the knowledge table and the items of each split."""
+    config: WorldConfig
+    table: KnowledgeTable
+    splits: Mapping[str, Tuple[Item, ...]] = field(repr=False)
+
+    def items(self) -> Iterator[Item]:
+        """Every item, split by split (train, validation, test)."""
+        for split in SPLITS:
+            yield from self.splits[split]
+
+
+# --- question specifications (the values of one question) ---------------------------------------------------
+
+
+class ArithmeticSpec(NamedTuple):
+    """op 'add' or 'sub'; a, b the operands (sub: a > b); other: the receiver of "gives" (else '')."""
+    op: str
+    a: int
+    b: int
+    obj: str
+    name: str
+    verb: str
+    other: str = ''
+
+
+class ComparisonSpec(NamedTuple):
+    """order: the three people from most to least (oldest first for 'age'); ask_most: asks for order[0],
+    else order[-1]; flip: the statement about order[1:] comes first."""
+    order: Tuple[str, str, str]
+    relation: str
+    ask_most: bool
+    flip: bool
+
+
+class KnowledgeSpec(NamedTuple):
+    """The town asked about, the attribute asked for, the person of the lead sentence and its phrasing."""
+    town: str
+    attribute: str
+    name: str
+    lead: int
+
+
+Spec = Union[ArithmeticSpec, ComparisonSpec, KnowledgeSpec]
+Rendered = Tuple[str, Tuple[str, ...], int, str]   # question, options, answer_index, thinking
+
+
+def _with_options(answer: str, distractors: Sequence[str], rng: random.Random) -> Tuple[Tuple[str, ...], int]:
+    """The answer and three distractors in a seeded order, and the answer's index."""
+    options = [answer, *distractors]
+    if len(options) != N_OPTIONS or len(set(options)) != N_OPTIONS:
+        raise ValueError(f"options must be {N_OPTIONS} distinct strings, got {options}")
+    rng.shuffle(options)
+    return tuple(options), options.index(answer)
+
+
+def arithmetic_answer(spec: ArithmeticSpec) -> int:
+    """The number the question asks for."""
+    return spec.a + spec.b if spec.op == 'add' else spec.a - spec.b
+
+
+def render_arithmetic(spec: ArithmeticSpec, rng: random.Random) -> Rendered:
+    """Question, options, answer index and thinking of an arithmetic problem.
+
+    Distractors come from the numbers a quick misreading gives (the answer +-1 and +-2, the operands, the other
+    operation's result), never the answer itself and never negative."""
+    ans = arithmetic_answer(spec)
+    if spec.op == 'add':
+        event, step, other_result = f"{spec.verb} {spec.b} more", f"{spec.a} plus {spec.b} is {ans}.", spec.a - spec.b
+    else:
+        event = f"gives {spec.b} to {spec.other}" if spec.verb == 'gives' else f"{spec.verb} {spec.b}"
+        step, other_result = f"{spec.a} minus {spec.b} is {ans}.", spec.a + spec.b
+    question = (f"{spec.name} has {spec.a} {spec.obj} and {event}. "
+                f"How many {spec.obj} does {spec.name} have now?")
+    pool = sorted({ans - 2, ans - 1, ans + 1, ans + 2, spec.a, spec.b, other_result} - {ans})
+    pool = [n for n in pool if n >= 0]
+    options, index = _with_options(str(ans), [str(n) for n in rng.sample(pool, N_OPTIONS - 1)], rng)
+    return question, options, index, step
+
+
+def comparison_answer(spec: ComparisonSpec) -> str:
+    """The person the question asks for."""
+    return spec.order[0] if spec.ask_most else spec.order[-1]
+
+
+def render_comparison(spec: ComparisonSpec, rng: random.Random) -> Rendered:
+    """Question, options, answer index and thinking of a comparison. Each statement says "x is older than y"
+    or, by a seeded choice, the same fact as "y is younger than x"."""
+    more, less, most, least = RELATIONS[spec.relation]
+    x, y, z = spec.order
+
+    def statement(hi: str, lo: str) -> str:
+        return f"{hi} is {more} than {lo}." if rng.random() < 0.5 else f"{lo} is {less} than {hi}."
+    statements = [statement(x, y), statement(y, z)]
+    if spec.flip:
+        statements.reverse()
+    word = most if spec.ask_most else least
+    ans = comparison_answer(spec)
+    question = f"{statements[0]} {statements[1]} Who is the {word}?"
+    thinking = f"{x} is {more} than {y}, and {y} is {more} than {z}, so {ans} is the {word}."
+    outsider = rng.choice([n for n in NAMES if n not in spec.order])
+    options, index = _with_options(ans, [n for n in spec.order if n != ans] + [outsider], rng)
+    return question, options, index, thinking
+
+
+def knowledge_answer(spec: KnowledgeSpec, table: KnowledgeTable) -> str:
+    """The attribute's value in the town's region."""
+    return table.value(spec.attribute, table.region_of(spec.town))
+
+
+def render_knowledge(spec: KnowledgeSpec, table: KnowledgeTable, rng: random.Random) -> Rendered:
+    """Question, options (the attribute's four values) and thinking (the town's region, then the region's value)
+    of a knowledge question."""
+    region = table.region_of(spec.town)
+    ans = knowledge_answer(spec, table)
+    question = (KNOWLEDGE_LEADS[spec.lead].format(name=spec.name, town=spec.town) + ' '
+                + KNOWLEDGE_QUESTIONS[spec.attribute])
+    fact = KNOWLEDGE_FACTS[spec.attribute].format(value=ans, region=region)
+    thinking = f"{spec.town} lies in the {region}, and {fact}."
+    options, index = _with_options(ans, [v for v in ATTRIBUTES[spec.attribute] if v != ans], rng)
+    return question, options, index, thinking
+
+# --- enumeration, hold-out keys and splits --------------------------------------------------------------------
+
+
+def arithmetic_specs() -> List[ArithmeticSpec]:
+    """Every arithmetic question the world can ask, in a fixed order (the receiver of "gives" is the next name)."""
+    specs = []
+    for a, b in itertools.product(NUMBERS, NUMBERS):
+        for obj, name in itertools.product(OBJECTS, NAMES):
+            specs += [ArithmeticSpec('add', a, b, obj, name, verb) for verb in ADD_VERBS]
+            if a > b:
+                other = NAMES[(NAMES.index(name) + 1) % len(NAMES)]
+                specs += [ArithmeticSpec('sub', a, b, obj, name, verb, other if verb == 'gives' else '')
+                          for verb in SUB_VERBS]
+    return specs
+
+
+def comparison_specs() -> List[ComparisonSpec]:
+    """Every comparison (ordered triple of people, relation, what is asked, statement order), in a fixed order."""
+    return [ComparisonSpec(order, relation, ask_most, flip)
+            for order in itertools.permutations(NAMES, 3) for relation in RELATIONS
+            for ask_most in (True, False) for flip in (False, True)]
+
+
+def knowledge_specs(table: KnowledgeTable) -> List[KnowledgeSpec]:
+    """Every knowledge question about the table's towns, in a fixed order."""
+    return [KnowledgeSpec(town, attribute, name, lead) for town in table.town_region for attribute in ATTRIBUTES
+            for name in NAMES for lead in range(len(KNOWLEDGE_LEADS))]
+
+
+def holdout_key(spec: Spec, arithmetic_holdout: str = 'numbers_object') -> HoldoutKey:
+    """The values a split holds out: (op, a, b, object) or (op, a, b) of arithmetic, the sorted three people of
+    a comparison, (town, attribute) of a knowledge question."""
+    if isinstance(spec, ArithmeticSpec):
+        key = (spec.op, str(spec.a), str(spec.b))
+        return key + (spec.obj,) if arithmetic_holdout == 'numbers_object' else key
+    if isinstance(spec, ComparisonSpec):
+        return tuple(sorted(spec.order))
+    return (spec.town, spec.attribute)
+
+
+def split_keys(keys: Sequence[HoldoutKey], rng: random.Random, test_fraction: float,
+               validation_fraction: float) -> Dict[HoldoutKey, str]:
+    """Each distinct key to one split: a seeded shuffle, the first test_fraction to test, the next
+    validation_fraction to validation (at least one key each), the rest to train."""
+    distinct = sorted(set(keys))
+    rng.shuffle(distinct)
+    n_test = max(1, round(len(distinct) * test_fraction))
+    n_val = max(1, round(len(distinct) * validation_fraction))
+    if n_test + n_val >= len(distinct):
+        raise ValueError(f"{len(distinct)} hold-out keys are too few for test, validation and train")
+    return {k: ('test' if i < n_test else 'validation' if i < n_test + n_val else 'train')
+            for i, k in enumerate(distinct)}
+
+
+def knowledge_split_keys(table: KnowledgeTable, rng: random.Random, test_fraction: float,
+                         validation_fraction: float) -> Dict[HoldoutKey, str]:
+    """(town, attribute) keys to splits, keeping the test answerable from training.
+
+    Within each region the towns hold out the attributes in turn (town j of region r: attribute (j + r) mod 4),
+    one each; the held-out keys go to test and validation in the ratio test_fraction : validation_fraction
+    (seeded), every other key to train. So every town keeps three attributes in training (its region is
+    learnable) and every (region, attribute) is asked in training about at least one other town."""
+    attributes = list(ATTRIBUTES)
+    held = []
+    for r, region in enumerate(REGIONS):
+        towns = [t for t in table.town_region if table.town_region[t] == region]
+        held += [(town, attributes[(j + r) % len(attributes)]) for j, town in enumerate(towns)]
+    rng.shuffle(held)
+    n_test = round(len(held) * test_fraction / (test_fraction + validation_fraction))
+    out = {(t, a): 'train' for t in table.town_region for a in attributes}
+    out.update({k: ('test' if i < n_test else 'validation') for i, k in enumerate(held)})
+    return out
+
+
+def make_table(config: WorldConfig) -> KnowledgeTable:
+    """The seeded knowledge table: the first n_towns towns, shuffled, n_towns / 4 to each region; each
+    attribute's values permuted over the regions."""
+    rng = random.Random(f"{config.seed}:table")
+    towns = list(TOWNS[:config.n_towns])
+    rng.shuffle(towns)
+    town_region = {t: REGIONS[i % len(REGIONS)] for i, t in enumerate(towns)}
+    values = {}
+    for attribute, vals in ATTRIBUTES.items():
+        perm = list(vals)
+        rng.shuffle(perm)
+        values[attribute] = dict(zip(REGIONS, perm, strict=True))
+    return KnowledgeTable(town_region=dict(sorted(town_region.items())), values=values)
+
+
+def render(spec: Spec, table: KnowledgeTable, rng: random.Random) -> Rendered:
+    """Question, options, answer index and thinking of any spec."""
+    if isinstance(spec, ArithmeticSpec):
+        return render_arithmetic(spec, rng)
+    if isinstance(spec, ComparisonSpec):
+        return render_comparison(spec, rng)
+    return render_knowledge(spec, table, rng)
+
+
+def template_of(spec: Spec) -> str:
+    """The template name of a spec."""
+    return {ArithmeticSpec: 'arithmetic', ComparisonSpec: 'comparison', KnowledgeSpec: 'knowledge'}[type(spec)]
+
+
+def split_pools(config: WorldConfig, table: KnowledgeTable) -> Dict[str, Dict[str, List[Spec]]]:
+    """template -> split -> every spec whose hold-out key is in that split (enumeration order)."""
+    pools: Dict[str, Dict[str, List[Spec]]] = {}
+    for template, specs in (('arithmetic', arithmetic_specs()), ('comparison', comparison_specs()),
+                            ('knowledge', knowledge_specs(table))):
+        rng = random.Random(f"{config.seed}:split:{template}")
+        keys = [holdout_key(s, config.arithmetic_holdout) for s in specs]
+        if template == 'knowledge':
+            assign = knowledge_split_keys(table, rng, config.test_fraction, config.validation_fraction)
+        else:
+            assign = split_keys(keys, rng, config.test_fraction, config.validation_fraction)
+        pools[template] = {split: [] for split in SPLITS}
+        for spec, key in zip(specs, keys, strict=True):
+            pools[template][assign[key]].append(spec)
+    return pools
+
+
+def quotas(n: int) -> Dict[str, int]:
+    """n items spread over the templates as evenly as possible (the first templates take the remainder)."""
+    return {t: n // len(TEMPLATES) + (i < n % len(TEMPLATES)) for i, t in enumerate(TEMPLATES)}
+
+
+def generate_world(config: Optional[WorldConfig] = None) -> World:
+    """The world of config (default WorldConfig()): per split, distinct questions drawn without replacement
+    from the split's pool of each template, rendered with a per-question seeded generator, shuffled, and keyed
+    ``mini-<split>-<nnnnn>``. A pool smaller than its quota is a ValueError naming template and split."""
+    config = config or WorldConfig()
+    table = make_table(config)
+    pools = split_pools(config, table)
+    splits = {}
+    for split in SPLITS:
+        rng = random.Random(f"{config.seed}:sample:{split}")
+        chosen: List[Spec] = []
+        for template, quota in quotas(config.size(split)).items():
+            pool = pools[template][split]
+            if quota > len(pool):
+                raise ValueError(f"WorldConfig: split {split!r} asks {quota} {template} questions but its "
+                                 f"hold-out keys give only {len(pool)} distinct ones")
+            chosen += rng.sample(pool, quota)
+        rng.shuffle(chosen)
+        items = []
+        for i, spec in enumerate(chosen):
+            question, options, index, thinking = render(spec, table,
+                                                        random.Random(f"{config.seed}:render:{split}:{spec}"))
+            items.append(Item(key=f"mini-{split}-{i:05d}", split=split, template=template_of(spec),
+                              question=question, options=options, answer_index=index, thinking=thinking,
+                              holdout=holdout_key(spec, config.arithmetic_holdout)))
+        splits[split] = tuple(items)
+    return World(config=config, table=table, splits=splits)
