@@ -74,6 +74,13 @@ def test_vllm_engine_arguments_for_a_gpu_run():
     assert vllm_engine_kwargs(ModelSpec('m'))['enable_lora'] is False
 
 
+def test_engines_get_a_torch_dtype_not_its_name():
+    """ms-swift's VllmEngine keys its dtype table by torch.dtype: the name 'bfloat16' gave KeyError 'bfloat16'."""
+    from trainer.engine import engine_dtype
+    assert engine_dtype() is (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    assert 'torch_dtype' not in vllm_engine_kwargs(ModelSpec('m'))  # set once, by new_vllm_engine
+
+
 def test_xfinder_prompt_and_parsing():
     prompt = xfinder_prompt('Which?', 'I pick green', ['red', 'green'])
     assert prompt.endswith('Answer range: [["A", "red"], ["B", "green"]]\n\nKey extracted answer: ')

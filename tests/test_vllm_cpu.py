@@ -174,9 +174,13 @@ def test_two_grpo_steps_with_colocated_vllm_rollouts(tmp_path, cache_dir):
         run(grpo_argv(embedded['model'], data, out, lr), timeout=1500)
         dumps[lr] = [json.loads(line) for line in (out / 'rollouts.jsonl').open()]
         logs = [json.loads(line) for line in (out / 'logging.jsonl').open()]
-        steps = [entry for entry in logs if 'rollout_correction/is_ratio_mean' in str(entry) or any(
-            k.startswith('rollout_correction/') for k in entry)]
-        assert steps, f'no rollout_correction metrics in {out / "logging.jsonl"}'
+        # token_truncate importance weights (the paper defaults with --use_vllm true), logged at both steps
+        weights = [entry['rollout_correction/is_weight_mean'] for entry in logs
+                   if 'rollout_correction/is_weight_mean' in entry]
+        assert len(weights) == 2 and all(0 < w <= 2.0 for w in weights), weights
+        args = json.loads((out / 'args.json').read_text())
+        assert (args['rollout_importance_sampling_mode'], args['rollout_importance_sampling_threshold']) == (
+            'token_truncate', 2.0)
     trained = dumps['5e-3']
     for name in ('tars_format', 'tars_accuracy', 'tars_representation', 'tars_behaviour'):
         assert any(row[name] != 0 for row in trained), name
