@@ -47,3 +47,10 @@ def test_quick_model_and_stage1_end_to_end(tmp_path):
     assert torch.equal(before[audio], after[audio])   # frozen in stage 1
     mtime = (out / 'model.safetensors').stat().st_mtime
     assert stages.stage1(stages.QUICK, tmp_path) == out and (out / 'model.safetensors').stat().st_mtime == mtime
+    # eval.qa's text mode reads a text-only set (no audio column)
+    text_set = stages.world_dataset(stages.QUICK, False, tmp_path)
+    assert 'audio' not in json.loads((text_set / 'test' / 'dataset_info.json').read_text())['features']
+    accuracy = stages.evaluate(out, text_set, ['text'], stages.QUICK, tmp_path)
+    assert set(accuracy) == {'text'} and 0.0 <= accuracy['text'] <= 1.0
+    results = list((tmp_path / 'miniature' / 'eval').glob('*/miniature/text_systhink/results.jsonl'))
+    assert len(results) == 1 and len(results[0].read_text().splitlines()) == stages.QUICK.eval_items
