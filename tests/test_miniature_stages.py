@@ -54,3 +54,5 @@ def test_quick_model_and_stage1_end_to_end(tmp_path):
     assert set(accuracy) == {'text'} and 0.0 <= accuracy['text'] <= 1.0
     results = list((tmp_path / 'miniature' / 'eval').glob('*/miniature/text_systhink/results.jsonl'))
     assert len(results) == 1 and len(results[0].read_text().splitlines()) == stages.QUICK.eval_items
+    by_template = stages.accuracy_by_template(out, 'text', tmp_path)
+    assert set(by_template) <= {'arithmetic', 'comparison', 'knowledge'} and by_template

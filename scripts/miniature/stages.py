@@ -133,6 +133,18 @@ def evaluate(checkpoint: Path, dataset: Path, modes: Sequence[str], setting: Set
     return {mode: result['datasets'][DATASET_NAME][mode]['accuracy'] for mode in modes}
 
 
+def accuracy_by_template(checkpoint: Path, mode: str, cache_dir: Optional[Path] = None) -> Dict[str, float]:
+    """Accuracy (0-1) per world template of the evaluated items of ``checkpoint`` in ``mode`` (read from eval.qa's
+    results, whose ``category`` is the row's subject, i.e. the template)."""
+    from eval.metrics import read_results
+    paths = list((_root(cache_dir) / 'eval').glob(f'*--{checkpoint.name}/{DATASET_NAME}/{mode}_systhink/results.jsonl'))
+    by: Dict[str, List[bool]] = {}
+    for path in paths:
+        for row in read_results(path):
+            by.setdefault(row.get('category') or '', []).append(bool(row['correct']))
+    return {t: round(sum(v) / len(v), 4) for t, v in sorted(by.items())}
+
+
 def run(stage: str, setting: Setting = FULL, cache_dir: Optional[Path] = None, do_eval: bool = True) -> Dict:
     """Run (or find) ``stage`` (stage1 | stage2) and evaluate it (text; stage 2 also audio); return a summary
     (checkpoint, accuracies, wall seconds of training and of the evaluation), also written to its
@@ -149,6 +161,7 @@ def run(stage: str, setting: Setting = FULL, cache_dir: Optional[Path] = None, d
         modes: Tuple[str, ...] = ('audio', 'text') if stage == 'stage2' else ('text',)
         dataset = world_dataset(setting, stage == 'stage2', cache_dir)
         summary['accuracy'] = evaluate(checkpoint, dataset, modes, setting, cache_dir)
+        summary['accuracy_by_template'] = {m: accuracy_by_template(checkpoint, m, cache_dir) for m in modes}
         summary['eval_items'] = setting.eval_items
         summary['eval_wall_seconds'] = round(time.perf_counter() - t1, 1)
     summary['wall_seconds_this_call'] = round(time.perf_counter() - t0, 1)
