@@ -13,9 +13,9 @@ from trainer.data import KEY, TEXT_PROMPT, prepare_grpo_dataset, prepare_warmsta
 from trainer.schema import SchemaError, encode_wav_bytes, rows_to_dataset
 
 
-def make_set(tmp_path, rows, name='set'):
+def make_set(tmp_path, rows, name='set', extra_features=None):
     path = tmp_path / name
-    datasets.DatasetDict({'train': rows_to_dataset(rows)}).save_to_disk(str(path))
+    datasets.DatasetDict({'train': rows_to_dataset(rows, extra_features=extra_features)}).save_to_disk(str(path))
     return str(path)
 
 
@@ -38,6 +38,18 @@ def test_prepare_writes_speech_rows_with_the_text_prompt_alongside(tmp_path):
     assert rows[0][TEXT_PROMPT].startswith('Which colour?') and os.path.exists(rows[0]['audios'][0])
     warm = [json.loads(l) for l in prepare_warmstart_dataset(path, tmp_path / 'w').read_text().splitlines()]
     assert warm[0]['messages'][-1]['content'].endswith('<answer>The answer is B.</answer>')
+
+
+def test_warmstart_speech_rows_carry_the_clip_and_the_thinking_column(tmp_path):
+    path = make_set(tmp_path, [good_row('k1', thinking='Green is the second colour.')],
+                    extra_features={'thinking': datasets.Value('string')})
+    out = prepare_warmstart_dataset(path, tmp_path / 'w', modality='speech')
+    [row] = [json.loads(l) for l in out.read_text().splitlines()]
+    assert row['messages'][1]['content'].startswith('<audio>') and os.path.exists(row['audios'][0])
+    assert row['messages'][-1]['content'] == ('<think>Green is the second colour.</think>'
+                                              '<answer>The answer is B.</answer>')
+    with pytest.raises(ValueError, match='modality must be text or speech'):
+        prepare_warmstart_dataset(path, tmp_path / 'w2', modality='a')
 
 
 @pytest.mark.parametrize('bad, field', [

@@ -71,12 +71,19 @@ def grpo_row(row: Dict, audio_path: Optional[str], prompt_type: str) -> Dict:
     }
 
 
-def warmstart_row(row: Dict, prompt_type: str) -> Dict:
-    """A text-prompt SFT row whose answer is in the systhink format (the embedded default's warm start)."""
+def warmstart_row(row: Dict, prompt_type: str, audio_path: Optional[str] = None) -> Dict:
+    """An SFT row whose answer is in the systhink format (the embedded default's warm start, the miniature's
+    stages): the text prompt, or the speech prompt when ``audio_path`` is given.
+
+    The thinking part is the row's ``thinking`` column when the dataset has one (the miniature world states the
+    intermediate step there), else a generic sentence naming the subject."""
     letter = LETTERS[int(row['answer_index'])]
-    thinking = f'The question is about {row.get("subject") or "this topic"}. Let me check each option.'
-    return {'messages': prompts.build_messages(prompt_type, 'text', row['prompt_for_tts'],
-                                               answer=prompts.systhink_answer(thinking, letter))}
+    thinking = row.get('thinking') or \
+        f'The question is about {row.get("subject") or "this topic"}. Let me check each option.'
+    answer = prompts.systhink_answer(thinking, letter)
+    if audio_path:
+        return {'messages': prompts.build_messages(prompt_type, 'speech', answer=answer), 'audios': [audio_path]}
+    return {'messages': prompts.build_messages(prompt_type, 'text', row['prompt_for_tts'], answer=answer)}
 
 
 def write_jsonl(rows: Iterable[Dict], path: Path) -> int:
@@ -144,15 +151,20 @@ def prepare_grpo_files(dataset: str, out_dir: Path, *, prompt_type: str = 'systh
 
 
 def prepare_warmstart_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhink', split: str = 'train',
-                              max_rows: Optional[int] = None) -> Path:
-    """Write ``out_dir/warmstart.jsonl``: text prompts with systhink answers for ``swift sft``."""
+                              max_rows: Optional[int] = None, modality: str = 'text') -> Path:
+    """Write ``out_dir/warmstart.jsonl``: prompts with systhink answers for ``swift sft``; ``modality`` ``text``
+    (the text prompts) or ``speech`` (the speech prompts, clips written under ``out_dir/audio``)."""
+    if modality not in ('text', 'speech'):
+        raise ValueError(f'modality must be text or speech, got {modality!r}')
     ds = load_hf_dataset(dataset, split)
     if max_rows:
         ds = ds.select(range(min(max_rows, len(ds))))
-    validate_dataset(ds, dataset, require_audio=False, check_audio=False)
+    speech = modality == 'speech'
+    validate_dataset(ds, dataset, require_audio=speech, check_audio=False)
     out = out_dir / 'warmstart.jsonl'
-    write_jsonl((warmstart_row(row, prompt_type) for row in ds.remove_columns(
-        [c for c in ('audio', ) if c in ds.column_names])), out)
+    paths = materialize_audio(ds, dataset, out_dir / 'audio') if speech else [None] * len(ds)
+    rows = ds.remove_columns([c for c in ('audio', ) if c in ds.column_names])
+    write_jsonl((warmstart_row(row, prompt_type, path) for row, path in zip(rows, paths, strict=True)), out)
     return out
 
 
@@ -182,7 +194,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                        max_audio_seconds=args.max_audio_seconds,
                                        drop_long_audio=args.drop_long_audio)
         else:
-            paths = [prepare_warmstart_dataset(args.dataset, args.out, args.prompt_type, args.split, args.max_rows)]
+            modality = 'speech' if args.prompt_modality == 'a' else 'text'
+            paths = [prepare_warmstart_dataset(args.dataset, args.out, args.prompt_type, args.split, args.max_rows,
+                                               modality)]
     except SchemaError as err:   # a bad row or an over-long clip: one line naming dataset, key and field
         parser.exit(2, f'error: {err}\n')
     print('\n'.join(map(str, paths)))

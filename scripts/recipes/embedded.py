@@ -16,8 +16,9 @@ import hashlib
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from trainer.presets import DEFAULT_PRESET, PRESETS, get_preset
 from scripts.recipes.tiny_models import default_cache_dir, tiny_model_dir
@@ -46,8 +47,11 @@ def small_speech_set(cache: Path) -> Path:
 
 
 def warm_start_argv(model_dir: Path, data_jsonl: Path, output_dir: Path, recipe: Dict,
-                    model_type: str = DEFAULT_PRESET) -> List[str]:
-    """``swift sft`` flags of the warm start: full fine-tuning at a high constant rate (recipes/README)."""
+                    model_type: str = DEFAULT_PRESET, extra: Sequence[str] = ()) -> List[str]:
+    """``swift sft`` flags of the warm start: full fine-tuning at a high constant rate (recipes/README).
+
+    ``extra``: more ms-swift flags appended at the end (the miniature's stages: its schedule, the frozen parts);
+    a flag given twice takes its last value, as in any argparse command line."""
     return [
         '--model', str(model_dir), '--model_type', model_type, '--dataset', str(data_jsonl),
         '--tuner_type', 'full', '--torch_dtype', 'float32', '--fp16', 'false', '--bf16', 'false',
@@ -56,7 +60,7 @@ def warm_start_argv(model_dir: Path, data_jsonl: Path, output_dir: Path, recipe:
         '--max_steps', str(recipe['steps']), '--save_steps', str(recipe['steps']), '--save_only_model', 'true',
         '--logging_steps', '10', '--gradient_checkpointing', 'false', '--dataloader_num_workers', '0',
         '--dataset_num_proc', '1', '--split_dataset_ratio', '0', '--report_to', 'none', '--check_model', 'false',
-        '--seed', str(recipe['seed']), '--output_dir', str(output_dir),
+        '--seed', str(recipe['seed']), '--output_dir', str(output_dir), *extra,
     ]
 
 
@@ -64,6 +68,17 @@ def warm_started_model(model_dir: Path, dataset_dir: Path, cache: Path, recipe: 
                        model_type: str = DEFAULT_PRESET) -> Path:
     """The tiny model after the SFT warm start, cached by (model, dataset, recipe)."""
     out = cache / 'models' / f'{model_dir.name}-warm-{_digest(recipe, model_dir.name, str(dataset_dir))}'
+    return sft_checkpoint(model_dir, dataset_dir, out, recipe, model_type)
+
+
+def sft_checkpoint(model_dir: Path, dataset_dir: Path, out: Path, recipe: Dict, model_type: str = DEFAULT_PRESET,
+                   *, modality: str = 'text', extra: Sequence[str] = (), max_rows: Optional[int] = None) -> Path:
+    """Full SFT of ``model_dir`` (``swift sft``, ``warm_start_argv`` + ``extra``) on the systhink answers of the
+    train split of ``dataset_dir`` (``modality`` text or speech prompts, the first ``max_rows`` rows); the last
+    checkpoint is moved to ``out`` with ``warm_start.json`` (recipe, losses, wall seconds). Skipped when ``out``
+    holds one already; a killed run leaves only a temporary folder (removed), so a rerun starts over.
+
+    The embedded default's warm start and the miniature's stages (scripts.miniature.stages) are such runs."""
     if (out / 'warm_start.json').exists():
         return out
     from trainer.model_loading import check_no_remote_code
@@ -73,13 +88,18 @@ def warm_started_model(model_dir: Path, dataset_dir: Path, cache: Path, recipe: 
     from trainer.data import prepare_warmstart_dataset
     from trainer.model_registry import register_models
     register_models()
+    out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix='.warm-', dir=out.parent))
     try:
-        jsonl = prepare_warmstart_dataset(str(dataset_dir), work, recipe['prompt_type'])
-        result = sft_main(warm_start_argv(model_dir, jsonl, work / 'sft', recipe, model_type))
+        t0 = time.perf_counter()
+        jsonl = prepare_warmstart_dataset(str(dataset_dir), work, recipe['prompt_type'], max_rows=max_rows,
+                                          modality=modality)
+        result = sft_main(warm_start_argv(model_dir, jsonl, work / 'sft', recipe, model_type, extra))
         checkpoint = Path(result['last_model_checkpoint'])
         losses = [e['loss'] for e in result.get('log_history', []) if 'loss' in e]
-        (checkpoint / 'warm_start.json').write_text(json.dumps({'recipe': recipe, 'losses': losses}, indent=1))
+        (checkpoint / 'warm_start.json').write_text(json.dumps(
+            {'recipe': recipe, 'extra': list(extra), 'modality': modality, 'losses': losses,
+             'wall_seconds': round(time.perf_counter() - t0, 1)}, indent=1))
         if not out.exists():
             shutil.move(str(checkpoint), str(out))
     finally:

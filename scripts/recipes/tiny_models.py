@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Dict
 
 from trainer.presets import DEFAULT_PRESET, PRESETS
 
@@ -175,16 +175,26 @@ def _save_twin(out: Path, model, processor, tokenizer, ids: dict, added_tokens: 
 
 
 def _build_qwen2_5_omni(out: Path, recipe: dict) -> None:
+    _write_omni_tokenizer(out)
+    ids = build_qwen2_5_omni_on_tokenizer(out, recipe)
+    for token, expected in QWEN2_5_OMNI_ADDED_TOKENS.items():
+        assert ids[expected] == token, (expected, ids[expected], token)
+
+
+def build_qwen2_5_omni_on_tokenizer(out: Path, recipe: dict) -> Dict[str, int]:
+    """Build a random-weight ``Qwen2_5OmniForConditionalGeneration`` (the shapes of ``recipe``, see
+    TINY_QWEN2_5_OMNI) on the Omni-layout tokenizer already saved in ``out`` and save it there with its processor;
+    return the ids of the added tokens (name -> id), which the config's token ids and the generation config use.
+
+    Shared by the tiny twin (the offline Qwen tokenizer at the real ids) and the miniature model
+    (scripts.miniature.model: its small tokenizer, the same tokens at ids 0..21)."""
     import torch
     from transformers import (AutoTokenizer, Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration,
                               Qwen2_5OmniProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor,
                               WhisperFeatureExtractor)
 
-    _write_omni_tokenizer(out)
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_5_OMNI_ADDED_TOKENS.values()}
-    for token, expected in QWEN2_5_OMNI_ADDED_TOKENS.items():
-        assert ids[expected] == token, (expected, ids[expected], token)
 
     feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160,
                                                 chunk_length=recipe['audio_chunk_seconds'], n_fft=400,
@@ -236,11 +246,12 @@ def _build_qwen2_5_omni(out: Path, recipe: dict) -> None:
 
     torch.manual_seed(recipe['seed'])
     model = Qwen2_5OmniForConditionalGeneration(config)
-    _save_twin(out, model, processor, tokenizer, ids, QWEN2_5_OMNI_ADDED_TOKENS)
+    _save_twin(out, model, processor, tokenizer, ids, {i: name for name, i in ids.items()})
     # from_pretrained of this class reads spk_dict.pt (talker speaker prompts) even without audio output.
     # It is written with torch.save (pickle) because that is the file format transformers expects here.
     torch.save({name: {'cond': torch.zeros(1, 16), 'ref_mel': torch.zeros(1, 30, 80), 'bos_token': 60}
                 for name in ('Chelsie', 'Ethan')}, str(out / 'spk_dict.pt'))
+    return ids
 
 
 # Qwen2-Audio's added tokens and their ids in the real checkpoint (Qwen/Qwen2-Audio-7B-Instruct): the three
@@ -440,14 +451,16 @@ def tiny_judge_dir(cache_dir: Path | None = None) -> Path:
     return _cached_build('xfinder_qwen1505', XFINDER_JUDGE.build, XFINDER_JUDGE.recipe, cache_dir)
 
 
-def _cached_build(model_type: str, build, recipe: dict, cache_dir: Path | None) -> Path:
-    """Build ``recipe`` with ``build`` once into ``<cache>/models/tiny-<type>-<recipe hash>`` (atomic rename)."""
-    root = Path(cache_dir or default_cache_dir()) / 'models'
-    out = root / f'tiny-{model_type}-{_recipe_hash(recipe)}'
+def _cached_build(model_type: str, build, recipe: dict, cache_dir: Path | None, subdir: str = 'models',
+                  prefix: str = 'tiny') -> Path:
+    """Build ``recipe`` with ``build`` once into ``<cache>/<subdir>/<prefix>-<type>-<recipe hash>`` (atomic
+    rename; the miniature model uses subdir ``miniature``, prefix ``model``)."""
+    root = Path(cache_dir or default_cache_dir()) / subdir
+    out = root / f'{prefix}-{model_type}-{_recipe_hash(recipe)}'
     if (out / 'recipe.json').exists():
         return out
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.tiny-{model_type}-', dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{prefix}-{model_type}-', dir=root))
     try:
         build(tmp, recipe)
         (tmp / 'recipe.json').write_text(json.dumps(recipe, indent=1))

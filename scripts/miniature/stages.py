@@ -1,0 +1,189 @@
+"""The miniature's training stages before the ablation (docs/miniature.md): text ability, then input-side fusion.
+
+- **Stage 1, text ability**: full SFT of the LLM of the small model (``scripts.miniature.model``) on the world's
+  TEXT prompts, answered in the systhink format with each item's own thinking text (the ``thinking`` column), at
+  a cosine-decayed rate. The audio encoder and projector are frozen (ms-swift's default for a multimodal full
+  fine-tune) and unused.
+- **Stage 2, input-side fusion** (the paper's "adapter with a frozen LLM" baseline): from the stage-1 checkpoint,
+  full SFT of only the audio encoder and its projector (``--freeze_llm true --freeze_vit false --freeze_aligner
+  false``) on the SPEECH prompts, stopped early so that a modality gap remains.
+
+Both go through the project's own paths: the preset ``qwen2_5_omni`` and ``swift sft``
+(``scripts.recipes.embedded.sft_checkpoint``, the embedded default's warm start), ``trainer.data``'s warm-start
+rows, and ``eval.qa`` for the accuracies. Every artefact is cached under ``$TARS_CACHE/miniature/`` by a hash of
+its inputs and recipe: the datasets (``data-<hash>``), the model, each stage's checkpoint (``stage1-<hash>``,
+``stage2-<hash>``) and its evaluation (``eval/``, resumed item by item by eval.qa). A rerun skips a finished
+stage; a stage killed while training starts over (its temporary folder is removed).
+
+    python -m scripts.miniature.stages stage1 [--quick] [--eval_items 300]
+    python -m scripts.miniature.stages stage2 [--quick] [--eval_items 300]   # runs stage 1 first if needed
+
+Settings: FULL (the default world, MINI_QWEN2_5_OMNI) and QUICK (a world of a few dozen items and the tiny
+twin's sizes; two optimizer steps per stage), for the tests.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from scripts.miniature.model import MINI_QWEN2_5_OMNI, MODEL_TYPE, QUICK_QWEN2_5_OMNI, miniature_model_dir
+from scripts.miniature.world import WorldConfig
+from scripts.recipes.tiny_models import default_cache_dir
+
+STAGES_VERSION = 1   # bump when a stage's data or flags change in a way its recipe does not show
+DATASET_NAME = 'miniature'
+
+# ms-swift flags of each stage beyond scripts.recipes.embedded.warm_start_argv (a flag given again wins)
+STAGE1_FLAGS = ('--lr_scheduler_type', 'cosine', '--warmup_ratio', '0.03')
+# train only the audio encoder and projector: ms-swift's model_arch of qwen2_5_omni names thinker.model and
+# thinker.lm_head the LLM, thinker.audio_tower (and visual) the "vit", thinker.audio_tower.proj the aligner
+STAGE2_FLAGS = ('--freeze_llm', 'true', '--freeze_vit', 'false', '--freeze_aligner', 'false',
+                '--lr_scheduler_type', 'cosine', '--warmup_ratio', '0.03')
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Everything that shapes the stages: the world, the model's shape, the speech set's size, each stage's SFT
+    recipe (``scripts.recipes.embedded.warm_start_argv``'s keys) and the evaluation's size."""
+    name: str
+    world: WorldConfig
+    model: Dict = field(hash=False)
+    stage1: Dict = field(hash=False)
+    stage2: Dict = field(hash=False)
+    speech_items: Optional[int] = None   # the first N items of each split are spoken (None: all)
+    eval_items: int = 300                # the first N test items are evaluated
+    max_new_tokens: int = 96             # a systhink answer of the world is 20-45 tokens
+    eval_batch_size: int = 32
+
+
+FULL = Setting(
+    'full', WorldConfig(), MINI_QWEN2_5_OMNI,
+    stage1={'steps': 2400, 'learning_rate': 1.5e-3, 'batch_size': 16, 'prompt_type': 'systhink', 'seed': 0},
+    stage2={'steps': 300, 'learning_rate': 3e-3, 'batch_size': 8, 'prompt_type': 'systhink', 'seed': 0},
+    speech_items=1500)
+
+QUICK = Setting(
+    'quick', WorldConfig(n_train=24, n_validation=6, n_test=6), QUICK_QWEN2_5_OMNI,
+    stage1={'steps': 2, 'learning_rate': 1e-3, 'batch_size': 4, 'prompt_type': 'systhink', 'seed': 0},
+    stage2={'steps': 2, 'learning_rate': 1e-3, 'batch_size': 2, 'prompt_type': 'systhink', 'seed': 0},
+    eval_items=6, max_new_tokens=16, eval_batch_size=6)
+
+SETTINGS = {s.name: s for s in (FULL, QUICK)}
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _root(cache_dir: Optional[Path]) -> Path:
+    return Path(cache_dir or default_cache_dir()) / 'miniature'
+
+
+def world_dataset(setting: Setting, speech: bool, cache_dir: Optional[Path] = None) -> Path:
+    """The cached hf_format set of the setting's world (``<cache>/miniature/data-<hash>/hf``): text only (every
+    item), or spoken (the first ``speech_items`` of each split). A killed build resumes from its cached clips."""
+    from scripts.miniature.build import build_world_dataset
+    max_items = setting.speech_items if speech else None
+    out = _root(cache_dir) / f'data-{_digest(dataclasses.asdict(setting.world), speech, max_items)}'
+    if not (out / 'hf' / 'dataset_dict.json').exists():
+        build_world_dataset(out, setting.world, speech=speech, overwrite=True, max_items=max_items)
+    return out / 'hf'
+
+
+def model_dir(setting: Setting, cache_dir: Optional[Path] = None) -> Path:
+    """The setting's random-weight miniature model (scripts.miniature.model, cached)."""
+    return miniature_model_dir(setting.world, setting.model, cache_dir=cache_dir)
+
+
+def _stage(name: str, start: Path, data: Path, recipe: Dict, flags: Sequence[str], modality: str,
+           cache_dir: Optional[Path]) -> Path:
+    from scripts.recipes.embedded import sft_checkpoint
+    digest = _digest(name, recipe, list(flags), modality, start.name, str(data), STAGES_VERSION)
+    out = _root(cache_dir) / f'{name}-{digest}'
+    return sft_checkpoint(start, data, out, recipe, MODEL_TYPE, modality=modality, extra=flags)
+
+
+def stage1(setting: Setting = FULL, cache_dir: Optional[Path] = None) -> Path:
+    """Stage 1 (text ability): the checkpoint of the full SFT of the setting's model on text prompts (cached)."""
+    return _stage('stage1', model_dir(setting, cache_dir), world_dataset(setting, False, cache_dir),
+                  setting.stage1, STAGE1_FLAGS, 'text', cache_dir)
+
+
+def stage2(setting: Setting = FULL, cache_dir: Optional[Path] = None) -> Path:
+    """Stage 2 (input-side fusion): the checkpoint after training the audio encoder and projector of the stage-1
+    checkpoint on speech prompts, the LLM frozen (cached; runs stage 1 first when it is missing)."""
+    return _stage('stage2', stage1(setting, cache_dir), world_dataset(setting, True, cache_dir),
+                  setting.stage2, STAGE2_FLAGS, 'speech', cache_dir)
+
+
+def evaluate(checkpoint: Path, dataset: Path, modes: Sequence[str], setting: Setting,
+             cache_dir: Optional[Path] = None) -> Dict[str, float]:
+    """Accuracy (0-1) per mode of ``checkpoint`` on the first ``eval_items`` test items of ``dataset`` with
+    ``eval.qa`` (systhink prompt, rule extractor); results under ``<cache>/miniature/eval`` (resumable)."""
+    from eval.qa import evaluate as qa_evaluate
+    result = qa_evaluate(str(checkpoint), [(DATASET_NAME, str(dataset))], modes=list(modes),
+                         out=_root(cache_dir) / 'eval', model_type=MODEL_TYPE, batch_size=setting.eval_batch_size,
+                         max_new_tokens=setting.max_new_tokens, max_items=setting.eval_items)
+    return {mode: result['datasets'][DATASET_NAME][mode]['accuracy'] for mode in modes}
+
+
+def accuracy_by_template(checkpoint: Path, mode: str, cache_dir: Optional[Path] = None) -> Dict[str, float]:
+    """Accuracy (0-1) per world template of the evaluated items of ``checkpoint`` in ``mode`` (read from eval.qa's
+    results, whose ``category`` is the row's subject, i.e. the template)."""
+    from eval.metrics import read_results
+    paths = list((_root(cache_dir) / 'eval').glob(f'*--{checkpoint.name}/{DATASET_NAME}/{mode}_systhink/results.jsonl'))
+    by: Dict[str, List[bool]] = {}
+    for path in paths:
+        for row in read_results(path):
+            by.setdefault(row.get('category') or '', []).append(bool(row['correct']))
+    return {t: round(sum(v) / len(v), 4) for t, v in sorted(by.items())}
+
+
+def run(stage: str, setting: Setting = FULL, cache_dir: Optional[Path] = None, do_eval: bool = True) -> Dict:
+    """Run (or find) ``stage`` (stage1 | stage2) and evaluate it (text; stage 2 also audio); return a summary
+    (checkpoint, accuracies, wall seconds of training and of the evaluation), also written to its
+    ``summary.json``."""
+    t0 = time.perf_counter()
+    checkpoint = {'stage1': stage1, 'stage2': stage2}[stage](setting, cache_dir)
+    train_info = json.loads((checkpoint / 'warm_start.json').read_text())
+    summary: Dict = {'stage': stage, 'setting': setting.name, 'checkpoint': str(checkpoint),
+                     'recipe': train_info['recipe'], 'flags': train_info.get('extra'),
+                     'train_wall_seconds': train_info.get('wall_seconds'),
+                     'final_loss': (train_info.get('losses') or [None])[-1]}
+    if do_eval:
+        t1 = time.perf_counter()
+        modes: Tuple[str, ...] = ('audio', 'text') if stage == 'stage2' else ('text',)
+        dataset = world_dataset(setting, stage == 'stage2', cache_dir)
+        summary['accuracy'] = evaluate(checkpoint, dataset, modes, setting, cache_dir)
+        summary['accuracy_by_template'] = {m: accuracy_by_template(checkpoint, m, cache_dir) for m in modes}
+        summary['eval_items'] = setting.eval_items
+        summary['eval_wall_seconds'] = round(time.perf_counter() - t1, 1)
+    summary['wall_seconds_this_call'] = round(time.perf_counter() - t0, 1)
+    (checkpoint / 'summary.json').write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Command line: run (or find) one stage and print its summary as JSON."""
+    p = argparse.ArgumentParser(description='The miniature\'s stage 1 (text SFT) and stage 2 (audio encoder '
+                                            'and projector on speech, LLM frozen).')
+    p.add_argument('stage', choices=('stage1', 'stage2'))
+    p.add_argument('--quick', action='store_true', help='the toy QUICK setting (tests)')
+    p.add_argument('--cache_dir', type=Path, default=None)
+    p.add_argument('--eval_items', type=int, default=None, help='evaluate the first N test items')
+    p.add_argument('--no_eval', action='store_true', help='train (or find) the stage only')
+    a = p.parse_args(argv)
+    setting = QUICK if a.quick else FULL
+    if a.eval_items:
+        setting = dataclasses.replace(setting, eval_items=a.eval_items)
+    print(json.dumps(run(a.stage, setting, a.cache_dir, not a.no_eval), indent=1))
+
+
+if __name__ == '__main__':
+    main()
