@@ -17,7 +17,8 @@ from scripts.miniature import build as mbuild
 from scripts.miniature import tokenizer as mtok
 from scripts.miniature.world import (ATTRIBUTES, NAMES, OBJECTS, REGIONS, RELATIONS, SPLITS, TEMPLATES, TOWNS,
                                      ArithmeticSpec, ComparisonSpec, KnowledgeSpec, KnowledgeTable, WorldConfig,
-                                     generate_world, render_arithmetic, render_comparison, render_knowledge)
+                                     generate_world, name_slot, render_arithmetic, render_comparison,
+                                     render_knowledge)
 from scripts.recipes.tiny_models import QWEN2_5_OMNI_SYSTEM
 from trainer import prompts
 from trainer.schema import audio_undecoded, load_audio, validate_dataset
@@ -47,18 +48,19 @@ def test_the_default_world_is_pinned_and_hand_checked(world):
     """The first test items of seed 0, solved by hand: pins the generator across machines and Python runs
     (string seeds are hashed with SHA-512, not PYTHONHASHSEED)."""
     t = world.splits['test']
-    assert t[0].question == 'Meg has 4 shells and buys 7 more. How many shells does Meg have now?'
-    assert t[0].answer == '11' and t[0].options == ('12', '9', '11', '4') and t[0].letter == 'C'
-    assert t[1].question == 'Liz is shorter than Meg. Liz is taller than Joe. Who is the shortest?'
-    assert t[1].answer == 'Joe' and t[1].template == 'comparison'
-    assert t[2].question == 'Rob lives in the town of Barrow. What colour are the roofs there?'
-    assert world.table.region_of('Barrow') == 'south' and world.table.value('colour', 'south') == 'yellow'
-    assert t[2].answer == 'yellow' and t[2].thinking == 'Barrow lies in the south, and roofs in the south are yellow.'
-    assert t[4].question == 'Sam has 6 apples and gives 5 to Kim. How many apples does Sam have now?'
-    assert t[4].answer == '1' and t[4].thinking == '6 minus 5 is 1.'
-    assert t[0].systhink_answer == '<think>4 plus 7 is 11.</think><answer>The answer is C.</answer>'
-    assert t[0].prompt_for_tts == ('Meg has 4 shells and buys 7 more. How many shells does Meg have now?\n\n'
-                                   'Option A: 12\nOption B: 9\nOption C: 11\nOption D: 4')
+    assert t[0].question == 'Joe visits the town of Dunmere. Which tree grows there?'
+    assert world.table.region_of('Dunmere') == 'south' and world.table.value('tree', 'south') == 'elm'
+    assert t[0].answer == 'elm' and t[0].thinking == 'Dunmere lies in the south, and the elm grows in the south.'
+    assert t[0].options == ('oak', 'pine', 'elm', 'birch') and t[0].letter == 'C'   # the table's order
+    assert t[1].question == 'Joe has 3 pens and finds 6 more. How many pens does Joe have now?'
+    assert t[1].answer == '9' and t[1].options == ('8', '9', '10', '11') and t[1].letter == 'B'
+    assert t[3].question == 'Max is taller than Dan. Which of them is taller?'
+    assert t[3].answer == 'Max' and t[3].template == 'comparison' and t[3].letter == 'D'
+    assert t[5].question == 'Ann is taller than Max. Who is shorter?'
+    assert t[5].answer == 'Max' and t[5].thinking == 'Ann is taller than Max, so Max is shorter.'
+    assert t[1].systhink_answer == '<think>3 plus 6 is 9.</think><answer>The answer is B.</answer>'
+    assert t[1].prompt_for_tts == ('Joe has 3 pens and finds 6 more. How many pens does Joe have now?\n\n'
+                                   'Option A: 8\nOption B: 9\nOption C: 10\nOption D: 11')
     assert t[0].key == 'mini-test-00000'
 
 
@@ -74,17 +76,28 @@ def test_hand_checked_arithmetic():
 
 
 def test_hand_checked_comparison():
-    q, options, i, thinking = render_comparison(ComparisonSpec(('Tom', 'Sue', 'Max'), 'age', False, False), _rng())
-    # either direction of each statement states the same fact
-    assert re.fullmatch(r'(Tom is older than Sue|Sue is younger than Tom)\. (Sue is older than Max|Max is younger '
-                        r'than Sue)\. Who is the youngest\?', q), q
-    assert options[i] == 'Max'
-    assert thinking == 'Tom is older than Sue, and Sue is older than Max, so Max is the youngest.'
-    assert {'Tom', 'Sue', 'Max'} < set(options)
-    q, options, i, _ = render_comparison(ComparisonSpec(('Ann', 'Ben', 'Kim'), 'height', True, True), _rng())
-    assert re.fullmatch(r'(Ben is taller than Kim|Kim is shorter than Ben)\. (Ann is taller than Ben|Ben is shorter '
-                        r'than Ann)\. Who is the tallest\?', q), q
-    assert options[i] == 'Ann'
+    # Tom (slot 1) is older than Sue (slot 2); the fact stated as "Sue is younger than Tom"
+    q, options, i, thinking = render_comparison(ComparisonSpec(('Tom', 'Sue'), 'age', False, True, 0), _rng())
+    assert q == 'Sue is younger than Tom. Who is older?' and options[i] == 'Tom'
+    assert thinking == 'Sue is younger than Tom, so Tom is older.'
+    assert options[1] == 'Tom' and options[2] == 'Sue' and i == 1   # a name's letter is its slot
+    assert [name_slot(o) for o in options] == [0, 1, 2, 3]
+    q, options, i, thinking = render_comparison(ComparisonSpec(('Ann', 'Max'), 'height', True, False, 1), _rng())
+    assert q == 'Ann is taller than Max. Which of them is shorter?' and options[i] == 'Max' and i == 3
+    assert thinking == 'Ann is taller than Max, so Max is shorter.'
+
+
+def test_options_are_canonical_so_a_letter_follows_from_the_answer(world):
+    """The option order is fixed by the world (the letter is a function of the answer) and the letters stay
+    balanced (checked in test_sizes_balance_and_letters)."""
+    for item in world.items():
+        if item.template == 'arithmetic':
+            n = int(item.answer)
+            assert item.options == tuple(str(n - n % 4 + k) for k in range(4)) and item.answer_index == n % 4
+        elif item.template == 'comparison':
+            assert item.answer_index == name_slot(item.answer)
+        else:
+            assert item.options in set(ATTRIBUTES.values())
 
 
 def test_hand_checked_knowledge():
@@ -107,18 +120,11 @@ def solve(question: str, table: KnowledgeTable) -> str:
     if m:
         a, b = int(m[2]), int(m[5])
         return str(a + b if m[4] in ('buys', 'finds', 'gets') else a - b)
-    m = re.fullmatch(r'(\w+) is (\w+) than (\w+)\. (\w+) is (\w+) than (\w+)\. Who is the (\w+)\?', question)
+    m = re.fullmatch(r'(\w+) is (\w+) than (\w+)\. (?:Who|Which of them) is (\w+)\?', question)
     if m:
-        above = {}   # person -> the person just below them on the relation's scale
-        for hi, word, lo in ((m[1], m[2], m[3]), (m[4], m[5], m[6])):
-            rel = next(r for r in RELATIONS.values() if word in r[:2])
-            if word == rel[1]:
-                hi, lo = lo, hi
-            above[hi] = lo
-        top = next(p for p in above if p not in above.values())
-        bottom = next(p for p in above.values() if p not in above)
-        rel = next(r for r in RELATIONS.values() if m[7] in r[2:])
-        return top if m[7] == rel[2] else bottom
+        rel = next(r for r in RELATIONS.values() if m[2] in r[:2])
+        hi, lo = (m[1], m[3]) if m[2] == rel[0] else (m[3], m[1])
+        return hi if m[4] == rel[0] else lo
     m = re.fullmatch(r'\w+ (?:lives in|visits) the town of (\w+)\. (.*)', question)
     attribute = {'Which animal lives there?': 'animal', 'What colour are the roofs there?': 'colour',
                  'Which tree grows there?': 'tree', 'Which fruit do people grow there?': 'fruit'}[m[2]]
@@ -141,13 +147,13 @@ def test_splits_are_disjoint_by_the_held_out_values(world):
     keys = {s: {(i.template, i.holdout) for i in world.splits[s]} for s in SPLITS}
     assert not keys['train'] & keys['test'] and not keys['train'] & keys['validation']
     assert not keys['validation'] & keys['test']
-    # the keys are the values of the question: numbers and object, the three people, town and attribute
+    # the keys are the values of the question: numbers and object, the two people, town and attribute
     for item in world.splits['test']:
         if item.template == 'arithmetic':
             op, a, b, obj = item.holdout
             assert f' has {a} {obj} and ' in item.question and f' {b}' in item.question
         elif item.template == 'comparison':
-            assert all(name in item.question for name in item.holdout) and len(item.holdout) == 3
+            assert all(name in item.question for name in item.holdout) and len(item.holdout) == 2
         else:
             assert f'town of {item.holdout[0]}.' in item.question
     # no test question text occurs in training
@@ -177,13 +183,15 @@ def test_sizes_balance_and_letters(world):
         counts = Counter(i.template for i in world.splits[split])
         assert set(counts) == set(TEMPLATES) and max(counts.values()) - min(counts.values()) <= 1
     letters = Counter(i.letter for i in world.splits['test'])
-    assert set(letters) == set('ABCD') and all(0.2 < n / 1200 < 0.3 for n in letters.values()), letters
+    # canonical option orders make a letter a function of the answer, so the shares follow the held-out values:
+    # no letter is rare, none above a third (seed 0: C 31 %, the always-C baseline the report names)
+    assert set(letters) == set('ABCD') and all(0.2 < n / 1200 < 0.33 for n in letters.values()), letters
 
 
 def test_the_word_list_is_closed(world):
     template_words = {'has', 'and', 'more', 'How', 'many', 'does', 'have', 'now', 'to', 'is', 'than', 'Who', 'the',
                       'lives', 'in', 'town', 'of', 'visits', 'Which', 'animal', 'there', 'What', 'colour', 'are',
-                      'roofs', 'tree', 'grows', 'fruit', 'do', 'people', 'grow', 'lies', 'plus', 'minus', 'so',
+                      'roofs', 'tree', 'grows', 'fruit', 'do', 'people', 'grow', 'lies', 'plus', 'minus', 'so', 'them',
                       'buys', 'finds', 'gets', 'gives', 'loses', 'sells', 'Option', 'A', 'B', 'C', 'D'}
     allowed = (template_words | set(NAMES) | set(OBJECTS) | set(TOWNS) | set(REGIONS)
                | {w for r in RELATIONS.values() for w in r} | {v for vs in ATTRIBUTES.values() for v in vs})
@@ -197,8 +205,9 @@ def test_the_word_list_is_closed(world):
 def test_bad_configs_are_refused():
     with pytest.raises(ValueError, match='n_towns=10'):
         WorldConfig(n_towns=10)
-    # 5000 over three templates: 1667, 1667, 1666; the knowledge test has 16 (town, attribute) keys x 16 names x 2
-    with pytest.raises(ValueError, match="split 'test' asks 1666 knowledge questions .* only 512 distinct"):
+    # 5000 over three templates: 1667, 1667, 1666; the comparison test has 19 pairs x 2 orders x 3 relations x 2
+    # statement forms x 2 asks x 2 phrasings
+    with pytest.raises(ValueError, match="split 'test' asks 1667 comparison questions .* only 912 distinct"):
         generate_world(WorldConfig(n_test=5000))
 
 # --- speech ----------------------------------------------------------------------------------------------------

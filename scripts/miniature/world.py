@@ -5,21 +5,24 @@ Three templates, each question with four options (one correct) and a thinking te
 step (the ``<think>`` part of the systhink answer, ``trainer.prompts.systhink_answer``):
 
 - ``arithmetic``: "Ann has 3 apples and buys 4 more. How many apples does Ann have now?" (thinking
-  "3 plus 4 is 7."); sums and differences of numbers 2..9, distractors near the answer or the operands.
-- ``comparison``: "Tom is older than Sue. Sue is older than Max. Who is the youngest?" (thinking "Tom is older
-  than Sue, and Sue is older than Max, so Max is the youngest."); three people, age, height or speed, either
-  statement order and either direction ("Sue is younger than Tom"); options the three people and one other name.
+  "3 plus 4 is 7."); sums and differences of numbers 2..9; options the aligned block of four numbers holding
+  the answer (4, 5, 6, 7).
+- ``comparison``: "Sue is younger than Tom. Who is older?" (thinking "Sue is younger than Tom, so Tom is
+  older."); two people, age, height or speed, the fact stated in either direction; options four names, one per
+  name slot.
 - ``knowledge``: a generated table puts each invented town in a region (north, south, east, west) and gives
   each region an animal, a roof colour, a tree and a fruit. "Ann lives in the town of Brill. Which animal lives
   there?" needs the town's region first (thinking "Brill lies in the north, and the fox lives in the north.");
   options the attribute's four values. The model learns the table only from the training questions.
 
 Splits are held out by question values, a key per template (``Item.holdout``): the numbers and object of an
-arithmetic problem (or only the numbers, ``arithmetic_holdout='numbers'``), the set of three people of a
+arithmetic problem (or only the numbers, ``arithmetic_holdout='numbers'``), the pair of people of a
 comparison, the (town, attribute) pair of a knowledge question. A key is in exactly one split, so no test
 question's values occur in training. The knowledge split is structured so that the test stays answerable from
 training: each town has exactly one attribute held out (so its region is learned from its other attributes),
 and every (region, attribute) value is asked in training through other towns.
+
+Options are listed in a canonical order (``_canonical``), so a letter is a fixed function of the answer.
 
 Everything is a pure function of ``WorldConfig`` (``random.Random`` seeded with strings, which Python hashes
 with SHA-512: the same on every machine and run). The word list is closed (the constants below), so a small
@@ -100,6 +103,9 @@ class WorldConfig:
     test_fraction: float = 0.2
     validation_fraction: float = 0.1
     arithmetic_holdout: Literal['numbers_object', 'numbers'] = 'numbers_object'
+    # the generator's version, part of every cache key built from the config (tokenizer, model, datasets):
+    # bump it when the rendering changes. 2: canonical option order, two-person comparisons.
+    version: int = 2
 
     def __post_init__(self) -> None:
         if not 8 <= self.n_towns <= len(TOWNS) or self.n_towns % len(REGIONS):
@@ -196,12 +202,14 @@ class ArithmeticSpec(NamedTuple):
 
 
 class ComparisonSpec(NamedTuple):
-    """order: the three people from most to least (oldest first for 'age'); ask_most: asks for order[0],
-    else order[-1]; flip: the statement about order[1:] comes first."""
-    order: Tuple[str, str, str]
+    """pair: the two people, the one with more of the relation first (the older for 'age'); stated_more: the
+    statement uses the comparative ("x is older than y"), else its opposite ("y is younger than x"); ask_more:
+    the question asks for pair[0] ("Who is older?"), else pair[1]; phrasing: which question sentence."""
+    pair: Tuple[str, str]
     relation: str
-    ask_most: bool
-    flip: bool
+    stated_more: bool
+    ask_more: bool
+    phrasing: int
 
 
 class KnowledgeSpec(NamedTuple):
@@ -216,13 +224,23 @@ Spec = Union[ArithmeticSpec, ComparisonSpec, KnowledgeSpec]
 Rendered = Tuple[str, Tuple[str, ...], int, str]   # question, options, answer_index, thinking
 
 
-def _with_options(answer: str, distractors: Sequence[str], rng: random.Random) -> Tuple[Tuple[str, ...], int]:
-    """The answer and three distractors in a seeded order, and the answer's index."""
-    options = [answer, *distractors]
-    if len(options) != N_OPTIONS or len(set(options)) != N_OPTIONS:
-        raise ValueError(f"options must be {N_OPTIONS} distinct strings, got {options}")
-    rng.shuffle(options)
-    return tuple(options), options.index(answer)
+def _canonical(answer: str, options: Sequence[str]) -> Tuple[Tuple[str, ...], int]:
+    """The options in their canonical order (as given) and the answer's index.
+
+    Every template lists its options in a fixed order of the world (numbers ascending in an aligned block of
+    four, names by slot, attribute values in the table's order), so an answer's letter is a fixed function of
+    the answer: the small model need not learn an in-context lookup of the option list, which it did not learn
+    in 77 000 examples with shuffled options (docs/miniature.md). The letters stay uniform over the questions."""
+    options = tuple(options)
+    if len(options) != N_OPTIONS or len(set(options)) != N_OPTIONS or answer not in options:
+        raise ValueError(f"options must be {N_OPTIONS} distinct strings holding the answer {answer!r}, "
+                         f"got {options}")
+    return options, options.index(answer)
+
+
+def name_slot(name: str) -> int:
+    """A name's option slot (its letter whenever it is an option): its place in NAMES modulo four."""
+    return NAMES.index(name) % N_OPTIONS
 
 
 def arithmetic_answer(spec: ArithmeticSpec) -> int:
@@ -233,44 +251,47 @@ def arithmetic_answer(spec: ArithmeticSpec) -> int:
 def render_arithmetic(spec: ArithmeticSpec, rng: random.Random) -> Rendered:
     """Question, options, answer index and thinking of an arithmetic problem.
 
-    Distractors come from the numbers a quick misreading gives (the answer +-1 and +-2, the operands, the other
-    operation's result), never the answer itself and never negative."""
+    The options are the aligned block of four numbers that holds the answer (4..7 for 6, 16..19 for 17), in
+    ascending order: the distractors are the answer's neighbours, and the letter is the answer modulo four."""
     ans = arithmetic_answer(spec)
     if spec.op == 'add':
-        event, step, other_result = f"{spec.verb} {spec.b} more", f"{spec.a} plus {spec.b} is {ans}.", spec.a - spec.b
+        event, step = f"{spec.verb} {spec.b} more", f"{spec.a} plus {spec.b} is {ans}."
     else:
         event = f"gives {spec.b} to {spec.other}" if spec.verb == 'gives' else f"{spec.verb} {spec.b}"
-        step, other_result = f"{spec.a} minus {spec.b} is {ans}.", spec.a + spec.b
+        step = f"{spec.a} minus {spec.b} is {ans}."
     question = (f"{spec.name} has {spec.a} {spec.obj} and {event}. "
                 f"How many {spec.obj} does {spec.name} have now?")
-    pool = sorted({ans - 2, ans - 1, ans + 1, ans + 2, spec.a, spec.b, other_result} - {ans})
-    pool = [n for n in pool if n >= 0]
-    options, index = _with_options(str(ans), [str(n) for n in rng.sample(pool, N_OPTIONS - 1)], rng)
+    first = ans - ans % N_OPTIONS
+    options, index = _canonical(str(ans), [str(first + i) for i in range(N_OPTIONS)])
     return question, options, index, step
+
+
+COMPARISON_QUESTIONS = ('Who is {word}?', 'Which of them is {word}?')
 
 
 def comparison_answer(spec: ComparisonSpec) -> str:
     """The person the question asks for."""
-    return spec.order[0] if spec.ask_most else spec.order[-1]
+    return spec.pair[0] if spec.ask_more else spec.pair[1]
 
 
 def render_comparison(spec: ComparisonSpec, rng: random.Random) -> Rendered:
-    """Question, options, answer index and thinking of a comparison. Each statement says "x is older than y"
-    or, by a seeded choice, the same fact as "y is younger than x"."""
-    more, less, most, least = RELATIONS[spec.relation]
-    x, y, z = spec.order
+    """Question, options, answer index and thinking of a comparison of two people: one statement ("Tom is
+    older than Sue." or the same fact as "Sue is younger than Tom."), then a question for either of them.
 
-    def statement(hi: str, lo: str) -> str:
-        return f"{hi} is {more} than {lo}." if rng.random() < 0.5 else f"{lo} is {less} than {hi}."
-    statements = [statement(x, y), statement(y, z)]
-    if spec.flip:
-        statements.reverse()
-    word = most if spec.ask_most else least
+    The options are four names, one per slot (``name_slot``) in slot order: the two people (their slots
+    differ) and a seeded name for each other slot."""
+    more, less, _, _ = RELATIONS[spec.relation]
+    hi, lo = spec.pair
+    statement = f"{hi} is {more} than {lo}" if spec.stated_more else f"{lo} is {less} than {hi}"
+    word = more if spec.ask_more else less
     ans = comparison_answer(spec)
-    question = f"{statements[0]} {statements[1]} Who is the {word}?"
-    thinking = f"{x} is {more} than {y}, and {y} is {more} than {z}, so {ans} is the {word}."
-    outsider = rng.choice([n for n in NAMES if n not in spec.order])
-    options, index = _with_options(ans, [n for n in spec.order if n != ans] + [outsider], rng)
+    question = f"{statement}. " + COMPARISON_QUESTIONS[spec.phrasing].format(word=word)
+    thinking = f"{statement}, so {ans} is {word}."
+    by_slot = {name_slot(hi): hi, name_slot(lo): lo}
+    for slot in range(N_OPTIONS):
+        if slot not in by_slot:
+            by_slot[slot] = rng.choice([n for n in NAMES if name_slot(n) == slot])
+    options, index = _canonical(ans, [by_slot[slot] for slot in range(N_OPTIONS)])
     return question, options, index, thinking
 
 
@@ -288,7 +309,7 @@ def render_knowledge(spec: KnowledgeSpec, table: KnowledgeTable, rng: random.Ran
                 + KNOWLEDGE_QUESTIONS[spec.attribute])
     fact = KNOWLEDGE_FACTS[spec.attribute].format(value=ans, region=region)
     thinking = f"{spec.town} lies in the {region}, and {fact}."
-    options, index = _with_options(ans, [v for v in ATTRIBUTES[spec.attribute] if v != ans], rng)
+    options, index = _canonical(ans, ATTRIBUTES[spec.attribute])
     return question, options, index, thinking
 
 # --- enumeration, hold-out keys and splits --------------------------------------------------------------------
@@ -308,10 +329,12 @@ def arithmetic_specs() -> List[ArithmeticSpec]:
 
 
 def comparison_specs() -> List[ComparisonSpec]:
-    """Every comparison (ordered triple of people, relation, what is asked, statement order), in a fixed order."""
-    return [ComparisonSpec(order, relation, ask_most, flip)
-            for order in itertools.permutations(NAMES, 3) for relation in RELATIONS
-            for ask_most in (True, False) for flip in (False, True)]
+    """Every comparison (ordered pair of people of different slots, relation, statement form, what is asked,
+    question phrasing), in a fixed order."""
+    return [ComparisonSpec(pair, relation, stated_more, ask_more, phrasing)
+            for pair in itertools.permutations(NAMES, 2) if name_slot(pair[0]) != name_slot(pair[1])
+            for relation in RELATIONS for stated_more in (True, False) for ask_more in (True, False)
+            for phrasing in range(len(COMPARISON_QUESTIONS))]
 
 
 def knowledge_specs(table: KnowledgeTable) -> List[KnowledgeSpec]:
@@ -322,12 +345,12 @@ def knowledge_specs(table: KnowledgeTable) -> List[KnowledgeSpec]:
 
 def holdout_key(spec: Spec, arithmetic_holdout: str = 'numbers_object') -> HoldoutKey:
     """The values a split holds out: (op, a, b, object) or (op, a, b) of arithmetic, the sorted three people of
-    a comparison, (town, attribute) of a knowledge question."""
+    a comparison's pair, (town, attribute) of a knowledge question."""
     if isinstance(spec, ArithmeticSpec):
         key = (spec.op, str(spec.a), str(spec.b))
         return key + (spec.obj,) if arithmetic_holdout == 'numbers_object' else key
     if isinstance(spec, ComparisonSpec):
-        return tuple(sorted(spec.order))
+        return tuple(sorted(spec.pair))
     return (spec.town, spec.attribute)
 
 
