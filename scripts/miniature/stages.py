@@ -65,8 +65,8 @@ class Setting:
 FULL = Setting(
     'full', WorldConfig(), MINI_QWEN2_5_OMNI,
     stage1={'steps': 2400, 'learning_rate': 1.5e-3, 'batch_size': 16, 'prompt_type': 'systhink', 'seed': 0},
-    stage2={'steps': 300, 'learning_rate': 3e-3, 'batch_size': 8, 'prompt_type': 'systhink', 'seed': 0},
-    speech_items=1500)
+    stage2={'steps': 600, 'learning_rate': 3e-3, 'batch_size': 8, 'prompt_type': 'systhink', 'seed': 0},
+    speech_items=3000)
 
 QUICK = Setting(
     'quick', WorldConfig(n_train=24, n_validation=6, n_test=6), QUICK_QWEN2_5_OMNI,
