@@ -175,14 +175,13 @@ ARMS_MISSING = importlib.util.find_spec('scripts.miniature.arms') is None
 
 @pytest.mark.skipif(ARMS_MISSING, reason='scripts.miniature.arms (stage 3) is not in this tree yet')
 def test_quick_end_to_end(tmp_path):
-    """`bash scripts/miniature/run.sh --quick`: every stage runs, every arm writes metrics, the report has the
-    table and the figures, in under 5 minutes (values not asserted at toy size)."""
+    """`bash scripts/miniature/run.sh --quick` (one seed) in a fresh cache: every stage runs, every arm writes
+    metrics, the report has the table and the figures, in under 5 minutes (values not asserted at toy size)."""
     from scripts.miniature.arms import ARMS
     env = dict(os.environ, TARS_CACHE=str(tmp_path / 'cache'))
     started = time.perf_counter()
-    proc = subprocess.run(['bash', 'scripts/miniature/run.sh', '--quick', '--seeds', '0',
-                           '--cache_dir', str(tmp_path / 'cache')], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(['bash', 'scripts/miniature/run.sh', '--quick', '--cache_dir', str(tmp_path / 'cache')],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     seconds = time.perf_counter() - started
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     out = tmp_path / 'cache' / 'miniature' / 'report-quick'
@@ -193,7 +192,7 @@ def test_quick_end_to_end(tmp_path):
     assert set(data['layer_similarity']) == {'stage 2', 'GRPO', 'TARS'}
     md = (out / 'report.md').read_text()
     assert '| GRPO (R_base: format + accuracy) | 1 |' in md
-    assert 'bash scripts/miniature/run.sh --quick --seeds 0' in md
+    assert f"bash scripts/miniature/run.sh --quick --cache_dir {tmp_path / 'cache'}" in md
     for name in ('accuracy', 'training_curves', 'layer_similarity_token', 'layer_similarity_pooled'):
         assert (out / f'{name}.png').is_file() and (out / f'{name}.pdf').is_file()
     assert seconds < 300, f'--quick took {seconds:.0f} s'

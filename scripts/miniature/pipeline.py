@@ -186,7 +186,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--quick', action='store_true', help='the toy QUICK setting (every stage, in minutes)')
-    p.add_argument('--seeds', default='0,1,2', help='comma-separated seeds of stage 3 (default 0,1,2)')
+    p.add_argument('--seeds', default=None,
+                   help='comma-separated seeds of stage 3 (default 0,1,2; with --quick 0, to stay within minutes)')
     p.add_argument('--arms', default=None, help='comma-separated arms (default: all of scripts.miniature.arms.ARMS)')
     p.add_argument('--steps', type=int, default=None, help="stage-3 optimizer steps (default: the setting's)")
     p.add_argument('--cache_dir', type=Path, default=None, help='default: $TARS_CACHE')
@@ -197,7 +198,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     p.add_argument('--command', default=None, help='the command to name in the report (run.sh passes its own)')
     a = p.parse_args(argv)
     setting = stages.QUICK if a.quick else stages.FULL
-    seeds = parse_list(a.seeds, int)
+    seeds = parse_list(a.seeds or ('0' if a.quick else '0,1,2'), int)
     if not seeds:
         p.error('--seeds: no seed given')
     if a.arms is None:

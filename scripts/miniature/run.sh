@@ -4,7 +4,7 @@
 # and the report (docs/miniature.md's generated region, docs/miniature/results.json and figures).
 #
 #   bash scripts/miniature/run.sh                          # the full run (3 seeds, all arms); writes docs/
-#   bash scripts/miniature/run.sh --quick                  # toy size, every stage, a few minutes; report under
+#   bash scripts/miniature/run.sh --quick                  # toy size, seed 0, every stage, minutes; report under
 #                                                          # $TARS_CACHE/miniature/report-quick/
 #   bash scripts/miniature/run.sh --seeds 0,1 --arms grpo,tars --steps 40
 #
