@@ -10,7 +10,8 @@ Jobs, in order (a progress bar with an ETA over them):
    resumes at the first job without its ``metrics.json``);
 3. the layer-similarity analysis (``scripts.layer_similarity_analysis.measure``: token and pooled measures, the
    model's own greedy text responses teacher-forced after the text and the speech prompt) of the stage-2
-   checkpoint and of seed 0 of the ``grpo`` and ``tars`` arms, on the first test items (cached per checkpoint);
+   checkpoint and of seed 0 of the ``grpo`` and ``tars`` arms (when they and seed 0 are run), on the first test
+   items (cached per checkpoint);
 4. the report (``scripts.miniature.report.write_report``): ``results.json`` and the figures in ``--report_dir``,
    the generated region of ``--report_md``.
 
@@ -173,6 +174,9 @@ def run_pipeline(setting: stages.Setting, seeds: Sequence[int], arms: Sequence[s
             wall[key] = round(wall.get(key, 0.0) + seconds, 1)
             cached_flags[key] = cached_flags.get(key, True) and cached
         else:
+            if steps is None:   # the arms' own step counts (their setting's default)
+                found = sorted({r.get('steps') for rows in results['arms'].values() for r in rows} - {None})
+                results['steps'] = found[0] if len(found) == 1 else (found or None)
             wall['total'] = round(sum(v for k, v in wall.items()), 1)
             wall['this invocation'] = round(time.perf_counter() - started, 1)
             results['written'] = {k: str(v) for k, v in
