@@ -196,3 +196,11 @@ def test_quick_end_to_end(tmp_path):
     for name in ('accuracy', 'training_curves', 'layer_similarity_token', 'layer_similarity_pooled'):
         assert (out / f'{name}.png').is_file() and (out / f'{name}.pdf').is_file()
     assert seconds < 300, f'--quick took {seconds:.0f} s'
+
+
+def test_pipeline_command_names_the_launcher():
+    argv = ['--launcher', 'bash scripts/miniature/run.sh', '--quick', '--seeds', '0,1', '--arms', 'grpo']
+    assert pipeline.command_line('bash scripts/miniature/run.sh', argv) == (
+        'bash scripts/miniature/run.sh --quick --seeds 0,1 --arms grpo')
+    assert pipeline.command_line('python -m scripts.miniature.pipeline', ['--report_dir', 'a b']) == (
+        "python -m scripts.miniature.pipeline --report_dir 'a b'")

@@ -47,6 +47,13 @@ def parse_list(text: str, kind: type = str) -> List:
     return [kind(x.strip()) for x in text.split(',') if x.strip()]
 
 
+def command_line(launcher: str, argv: Sequence[str]) -> str:
+    """The exact command as the report names it: ``launcher`` and the flags of ``argv`` but ``--launcher``'s."""
+    own = [x for i, x in enumerate(argv) if x != '--launcher' and not x.startswith('--launcher=')
+           and (i == 0 or argv[i - 1] != '--launcher')]
+    return shlex.join([*shlex.split(launcher), *own])
+
+
 def git_commit(repo: Path = REPO) -> str:
     """HEAD's hash, with ``-dirty`` when tracked files differ from it ('unknown' outside git)."""
     try:
@@ -199,7 +206,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                    help='results.json and figures (default: docs/miniature for the full run, else under the cache)')
     p.add_argument('--report_md', type=Path, default=None,
                    help='markdown whose marked region is regenerated (default: docs/miniature.md for the full run)')
-    p.add_argument('--command', default=None, help='the command to name in the report (run.sh passes its own)')
+    p.add_argument('--launcher', default='python -m scripts.miniature.pipeline',
+                   help='how the report names the program before the flags (run.sh passes its own name)')
     a = p.parse_args(argv)
     setting = stages.QUICK if a.quick else stages.FULL
     seeds = parse_list(a.seeds or ('0' if a.quick else '0,1,2'), int)
@@ -218,9 +226,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         p.error('--steps must be >= 1')
     report_dir, report_md = default_report_paths(setting, a.cache_dir)
     report_dir, report_md = a.report_dir or report_dir, a.report_md or report_md
-    own = [x for i, x in enumerate(argv) if x != '--command' and not x.startswith('--command=')
-           and (i == 0 or argv[i - 1] != '--command')]
-    command = a.command or shlex.join(['python', '-m', 'scripts.miniature.pipeline', *own])
+    command = command_line(a.launcher, argv)
     results = run_pipeline(setting, seeds, arms, a.steps, a.cache_dir, report_dir, report_md, command)
     print(f"report: {results['written']['markdown']} (data and figures in {report_dir})")
     return results

@@ -15,15 +15,6 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 
-for arg in "$@"; do
-    case "$arg" in
-        --command|--command=*) echo "run.sh: --command is set by run.sh itself" >&2; exit 2;;
-    esac
-done
-# the exact command, as the report names it
-printf -v command '%q ' bash scripts/miniature/run.sh "$@"
-command=${command% }
-
 source ./env.sh
 gpus=0
 if [ -n "${CUDA_VISIBLE_DEVICES-unset}" ] && command -v nvidia-smi >/dev/null 2>&1; then
@@ -34,5 +25,5 @@ if [ "$gpus" = 0 ]; then
 fi
 export TOKENIZERS_PARALLELISM=false
 
-echo "+ $command" >&2
-exec python -m scripts.miniature.pipeline "$@" --command "$command"
+# the report names the command as `bash scripts/miniature/run.sh FLAGS...`
+exec python -m scripts.miniature.pipeline --launcher 'bash scripts/miniature/run.sh' "$@"
