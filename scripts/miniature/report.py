@@ -352,7 +352,7 @@ def report_section(results: Dict, figure_dir: str) -> str:
     out += [f"- {v['claim']}: **{v['status']}** ({v['numbers']})" for v in verdicts(results)]
     out += ['', '### Wall time', '', '| stage | seconds | |', '|---|---|---|']
     for stage, seconds in wall.items():
-        note = 'stored when the cached stage was made' if cached.get(stage) else ''
+        note = 'cached: the time stored when it was made (evaluations: this call)' if cached.get(stage) else ''
         out.append(f'| {stage} | {_seconds(seconds)} | {note} |')
     out += ['', '### Figures', '']
     for name in ('accuracy', 'training_curves', 'layer_similarity_token', 'layer_similarity_pooled'):
