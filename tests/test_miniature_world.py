@@ -58,7 +58,7 @@ def test_the_default_world_is_pinned_and_hand_checked(world):
     assert t[3].answer == 'Max' and t[3].template == 'comparison' and t[3].letter == 'D'
     assert t[5].question == 'Ann is taller than Max. Who is shorter?'
     assert t[5].answer == 'Max'
-    assert t[5].thinking == 'Ann is taller than Max; taller and shorter are opposites, so Max is shorter.'
+    assert t[5].thinking == 'Ann is taller than Max, so Max is shorter.'
     assert t[1].systhink_answer == '<think>3 plus 6 is 9.</think><answer>The answer is B.</answer>'
     assert t[1].prompt_for_tts == ('Joe has 3 pens and finds 6 more. How many pens does Joe have now?\n\n'
                                    'Option A: 8\nOption B: 9\nOption C: 10\nOption D: 11')
@@ -80,12 +80,12 @@ def test_hand_checked_comparison():
     # Tom (slot 1) is older than Sue (slot 2); the fact stated as "Sue is younger than Tom"
     q, options, i, thinking = render_comparison(ComparisonSpec(('Tom', 'Sue'), 'age', False, True, 0), _rng())
     assert q == 'Sue is younger than Tom. Who is older?' and options[i] == 'Tom'
-    assert thinking == 'Sue is younger than Tom; younger and older are opposites, so Tom is older.'
+    assert thinking == 'Tom is older than Sue, so Tom is older.'   # restated with the comparative
     assert options[1] == 'Tom' and options[2] == 'Sue' and i == 1   # a name's letter is its slot
     assert [name_slot(o) for o in options] == [0, 1, 2, 3]
     q, options, i, thinking = render_comparison(ComparisonSpec(('Ann', 'Max'), 'height', True, False, 1), _rng())
     assert q == 'Ann is taller than Max. Which of them is shorter?' and options[i] == 'Max' and i == 3
-    assert thinking == 'Ann is taller than Max; taller and shorter are opposites, so Max is shorter.'
+    assert thinking == 'Ann is taller than Max, so Max is shorter.'
 
 
 def test_options_are_canonical_so_a_letter_follows_from_the_answer(world):
@@ -193,7 +193,7 @@ def test_the_word_list_is_closed(world):
     template_words = {'has', 'and', 'more', 'How', 'many', 'does', 'have', 'now', 'to', 'is', 'than', 'Who', 'the',
                       'lives', 'in', 'town', 'of', 'visits', 'Which', 'animal', 'there', 'What', 'colour', 'are',
                       'roofs', 'tree', 'grows', 'fruit', 'do', 'people', 'grow', 'lies', 'plus', 'minus', 'so',
-                      'them', 'same', 'opposites',
+                      'them',
                       'buys', 'finds', 'gets', 'gives', 'loses', 'sells', 'Option', 'A', 'B', 'C', 'D'}
     allowed = (template_words | set(NAMES) | set(OBJECTS) | set(TOWNS) | set(REGIONS)
                | {w for r in RELATIONS.values() for w in r} | {v for vs in ATTRIBUTES.values() for v in vs})

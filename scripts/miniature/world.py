@@ -7,8 +7,8 @@ step (the ``<think>`` part of the systhink answer, ``trainer.prompts.systhink_an
 - ``arithmetic``: "Ann has 3 apples and buys 4 more. How many apples does Ann have now?" (thinking
   "3 plus 4 is 7."); sums and differences of numbers 2..9; options the aligned block of four numbers holding
   the answer (4, 5, 6, 7).
-- ``comparison``: "Sue is younger than Tom. Who is older?" (thinking "Sue is younger than Tom; younger and older
-  are opposites, so Tom is older."); two people, age, height or speed, the fact stated in either direction; options
+- ``comparison``: "Sue is younger than Tom. Who is younger?" (thinking "Tom is older than Sue, so Sue is
+  younger."); two people, age, height or speed, the fact stated in either direction; options
   four names, one per name slot.
 - ``knowledge``: a generated table puts each invented town in a region (north, south, east, west) and gives
   each region an animal, a roof colour, a tree and a fruit. "Ann lives in the town of Brill. Which animal lives
@@ -105,8 +105,9 @@ class WorldConfig:
     arithmetic_holdout: Literal['numbers_object', 'numbers'] = 'numbers_object'
     # the generator's version, part of every cache key built from the config (tokenizer, model, datasets):
     # bump it when the rendering changes. 2: canonical option order, two-person comparisons; 3: the comparison's
-    # thinking names whether the question asks the statement's word or its opposite; 4: the two words side by side.
-    version: int = 4
+    # thinking names whether the question asks the statement's word or its opposite; 4: the two words side by side;
+    # 5: the thinking restates the fact with the comparative instead.
+    version: int = 5
 
     def __post_init__(self) -> None:
         if not 8 <= self.n_towns <= len(TOWNS) or self.n_towns % len(REGIONS):
@@ -287,13 +288,11 @@ def render_comparison(spec: ComparisonSpec, rng: random.Random) -> Rendered:
     word = more if spec.ask_more else less
     ans = comparison_answer(spec)
     question = f"{statement}. " + COMPARISON_QUESTIONS[spec.phrasing].format(word=word)
-    # the intermediate step named in the thinking: the statement's word beside the question's, and whether they
-    # are the same (the answer is the statement's first person) or opposites (the second). Put side by side, the
-    # two words decide it locally; version 2 (no step) and version 3 ("and shorter is the same", which needs a
-    # comparison with the statement far back) left stage 1 at chance on comparisons.
-    stated_word = more if spec.stated_more else less
-    same = 'are the same' if word == stated_word else 'are opposites'
-    thinking = f"{statement}; {stated_word} and {word} {same}, so {ans} is {word}."
+    # the intermediate step of the thinking: the fact restated with the comparative ("Tom is older than Sue"), so
+    # that each later word depends on one feature of the question (the statement's direction, then the question's
+    # word). Going straight from the statement to the answer needs their exclusive or, which the small model did
+    # not learn in 2400 steps, even with the two words side by side (versions 2-4; docs/miniature.md).
+    thinking = f"{hi} is {more} than {lo}, so {ans} is {word}."
     by_slot = {name_slot(hi): hi, name_slot(lo): lo}
     for slot in range(N_OPTIONS):
         if slot not in by_slot:
