@@ -81,11 +81,13 @@ EVAL_MODES = ('audio', 'text')
 # step. One generation batch per optimizer step (gradient accumulation 1).
 STAGE3: Dict[str, Dict] = {
     'full': {'steps': 40, 'learning_rate': 1e-4, 'lora_rank': 8, 'lora_alpha': 32, 'grpo_questions': 2,
-             'num_generations': 8, 'max_completion_length': 64, 'temperature': 1.0, 'pref_batch_size': 8,
-             'dpo_beta': 0.1},
+             'num_generations': 8, 'max_completion_length': 64, 'temperature': 1.0, 'overlong_filter': True,
+             'pref_batch_size': 8, 'dpo_beta': 0.1},
+    # two rollouts per modality (one per cell would give every advantage 0); the QUICK model never ends a
+    # completion, so the overlong filter (the paper's) would mask every token out of the loss
     'quick': {'steps': 2, 'learning_rate': 1e-3, 'lora_rank': 8, 'lora_alpha': 32, 'grpo_questions': 2,
-              'num_generations': 2, 'max_completion_length': 16, 'temperature': 1.0, 'pref_batch_size': 2,
-              'dpo_beta': 0.1},
+              'num_generations': 4, 'max_completion_length': 16, 'temperature': 1.0, 'overlong_filter': False,
+              'pref_batch_size': 2, 'dpo_beta': 0.1},
 }
 
 
@@ -217,7 +219,8 @@ def arm_argv(arm: str, start: Path, data: Path, recipe: Dict, seed: int, output_
             '--num_generations', str(recipe['num_generations']),
             '--per_device_train_batch_size', str(recipe['grpo_questions'] * recipe['num_generations']),
             '--max_completion_length', str(recipe['max_completion_length']),
-            '--temperature', str(recipe['temperature']), '--use_vllm', 'false'] + flags
+            '--temperature', str(recipe['temperature']),
+            '--overlong_filter', str(recipe['overlong_filter']).lower(), '--use_vllm', 'false'] + flags
 
 
 def last_checkpoint(output_dir: Path) -> Path:
