@@ -1,6 +1,7 @@
 """The miniature's stage 3 at toy size (scripts.miniature.arms): the grpo, tars_global and dpo arms end to end."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -25,6 +26,15 @@ def test_arm_names_rewards_and_wrong_letters():
 @pytest.fixture(scope='module')
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp('arms')
+
+
+def warm_quick():
+    """QUICK with a longer stage 1 (40 steps at 5e-3, a few seconds): the model then writes the systhink format
+    on its training questions, so the GRPO rewards vary within a (question, modality) cell and the advantages,
+    hence the LoRA update, are not all zero (after QUICK's two stage-1 steps every reward is 0)."""
+    from scripts.miniature import stages
+    return dataclasses.replace(stages.QUICK, stage1=dict(stages.QUICK.stage1, steps=40, learning_rate=5e-3,
+                                                         batch_size=8))
 
 
 def _lora_b_nonzero(checkpoint) -> bool:
@@ -58,9 +68,9 @@ def _check_run(out, arm, cache, setting):
 
 
 def test_quick_grpo_arm(cache):
-    from scripts.miniature import arms, stages
-    out = arms.run_arm('grpo', 0, stages.QUICK, cache_dir=cache)
-    metrics, argv = _check_run(out, 'grpo', cache, stages.QUICK)
+    from scripts.miniature import arms
+    out = arms.run_arm('grpo', 0, warm_quick(), cache_dir=cache)
+    metrics, argv = _check_run(out, 'grpo', cache, warm_quick())
     for point in metrics['curve']:
         assert set(point['rewards']) == {'tars_format', 'tars_accuracy'}
         assert point['speech_acc'] is not None and point['text_acc'] is not None
@@ -71,9 +81,9 @@ def test_quick_grpo_arm(cache):
 
 
 def test_quick_tars_global_arm(cache):
-    from scripts.miniature import arms, stages
-    out = arms.run_arm('tars_global', 0, stages.QUICK, cache_dir=cache)
-    metrics, argv = _check_run(out, 'tars_global', cache, stages.QUICK)
+    from scripts.miniature import arms
+    out = arms.run_arm('tars_global', 0, warm_quick(), cache_dir=cache)
+    metrics, argv = _check_run(out, 'tars_global', cache, warm_quick())
     assert argv[argv.index('--advantage_norm') + 1] == 'group'
     assert set(metrics['curve'][0]['rewards']) == set(arms.ARM_REWARDS['tars'])
 

@@ -83,10 +83,11 @@ STAGE3: Dict[str, Dict] = {
     'full': {'steps': 40, 'learning_rate': 1e-4, 'lora_rank': 8, 'lora_alpha': 32, 'grpo_questions': 2,
              'num_generations': 8, 'max_completion_length': 64, 'temperature': 1.0, 'overlong_filter': True,
              'pref_batch_size': 8, 'dpo_beta': 0.1},
-    # two rollouts per modality (one per cell would give every advantage 0); the QUICK model never ends a
-    # completion, so the overlong filter (the paper's) would mask every token out of the loss
+    # two rollouts per modality (one per cell would give every advantage 0), room for a systhink answer (20-45
+    # tokens); the QUICK model rarely ends a completion, and the overlong filter (the paper's) would then mask
+    # every token out of the loss
     'quick': {'steps': 2, 'learning_rate': 1e-3, 'lora_rank': 8, 'lora_alpha': 32, 'grpo_questions': 2,
-              'num_generations': 4, 'max_completion_length': 16, 'temperature': 1.0, 'overlong_filter': False,
+              'num_generations': 4, 'max_completion_length': 48, 'temperature': 1.0, 'overlong_filter': False,
               'pref_batch_size': 2, 'dpo_beta': 0.1},
 }
 
