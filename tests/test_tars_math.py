@@ -59,6 +59,36 @@ def test_std_scaling_divides_by_the_modality_population_std():
     assert adv[1].item() == 0.0 and adv[3].item() == 0.0
 
 
+def test_advantage_norm_modality_versus_one_group_baseline():
+    """The same rewards under both advantage_norm settings, by hand. Question 0: speech 0, 2 and text 4, 6;
+    question 1: speech 1, text 3 (a different question never shares a baseline)."""
+    rewards = torch.tensor([0.0, 4.0, 2.0, 6.0, 1.0, 3.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1])
+    speech = torch.tensor([True, False, True, False, True, False])
+    # per modality: speech mean 1 -> -1, +1; text mean 5 -> -1, +1; question 1: each cell alone -> 0
+    assert tm.modality_advantages(rewards, groups, speech).tolist() == [-1.0, -1.0, 1.0, 1.0, 0.0, 0.0]
+    # one group: question 0 mean 3 -> -3, 1, -1, 3; question 1 mean 2 -> -1, 1
+    assert tm.modality_advantages(rewards, groups, speech, norm='group').tolist() == [-3.0, 1.0, -1.0, 3.0,
+                                                                                      -1.0, 1.0]
+    # with std scaling: question 0's population std is sqrt(5), question 1's is 1
+    scaled = tm.modality_advantages(rewards, groups, speech, scale_std=True, norm='group')
+    assert scaled.tolist() == pytest.approx([-3 / (5 ** 0.5 + 1e-4), 1 / (5 ** 0.5 + 1e-4), -1 / (5 ** 0.5 + 1e-4),
+                                             3 / (5 ** 0.5 + 1e-4), -1 / 1.0001, 1 / 1.0001])
+    assert tm.advantage_cells(groups, speech, 'modality').tolist() == [1, 0, 1, 0, 3, 2]
+    assert tm.advantage_cells(groups, speech, 'group').tolist() == [0, 0, 0, 0, 1, 1]
+    with pytest.raises(ValueError, match='advantage_norm'):
+        tm.advantage_cells(groups, speech, 'batch')
+
+
+def test_advantage_norm_flag_is_parsed_and_checked():
+    from trainer import config
+    tars, rest = config.parse_args(['--advantage_norm', 'group', '--learning_rate', '1e-4'])
+    assert tars.advantage_norm == 'group' and rest == ['--learning_rate', '1e-4']
+    assert config.TARSConfig().advantage_norm == 'modality'
+    with pytest.raises(ValueError, match='advantage_norm'):
+        config.TARSConfig(advantage_norm='batch')
+
+
 def test_total_reward_weights_and_propagates_nan():
     per_func = torch.tensor([[1.0, 0.5], [1.0, float('nan')]])
     total = tm.total_reward(per_func, torch.tensor([1.0, 2.0]))

@@ -49,6 +49,9 @@ class TARSConfig:
                 '(the paper)'})
     dump_rollouts: Optional[str] = field(default=None, metadata={
         'help': 'JSONL file that gets one line per rollout per step (docs/formats.md)'})
+    advantage_norm: str = field(default='modality', metadata={
+        'help': 'advantage baselines: modality (per question and modality, the paper) or group (per question, '
+                'speech and text rollouts together; an ablation)', 'choices': ['modality', 'group']})
     length_target: int = field(default=1024, metadata={
         'help': 'target length in characters of the length reward tars_length (docs/original.md §3.2)'})
 
@@ -56,6 +59,8 @@ class TARSConfig:
         if self.prompt_modality not in PROMPT_MODALITIES:
             raise ValueError(f'prompt_modality must be one of {PROMPT_MODALITIES}, got {self.prompt_modality!r}')
         parse_layers(self.target_layers)  # a malformed layer list fails here, before any model loads
+        if self.advantage_norm not in ('modality', 'group'):   # trainer.tars_math.ADVANTAGE_NORMS
+            raise ValueError(f'advantage_norm must be modality or group, got {self.advantage_norm!r}')
 
     @property
     def layers(self) -> Optional[List[int]]:

@@ -114,7 +114,8 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
         self._generated_lengths: List[List[Optional[int]]] = []  # per pending old-policy forward
         self._loss_logps = None
         self._rollouts: Optional[RolloutBatch] = None
-        logger.info(f'TARS: prompt_modality={self.tars.prompt_modality} rewards={self.reward_func_names} '
+        logger.info(f'TARS: prompt_modality={self.tars.prompt_modality} advantage_norm={self.tars.advantage_norm} '
+                    f'rewards={self.reward_func_names} '
                     f'processes={self.accelerator.num_processes} ({self.accelerator.distributed_type}) '
                     f'hidden-state layers={self._capture.num_layers if self._capture else 0}')
 
@@ -232,7 +233,7 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
         is_speech = torch.tensor([m == tars_math.SPEECH for m in rollouts.modalities])
         total = tars_math.total_reward(rewards_per_func, self.reward_weights)
         advantages = tars_math.modality_advantages(total, tars_math.group_ids(keys), is_speech,
-                                                   scale_std=self._scale_std)
+                                                   scale_std=self._scale_std, norm=self.tars.advantage_norm)
         rows = rollouts.rows
         self._log_tars_metrics(mode, rows, keys, is_speech, rollouts.correct, rewards_per_func, total)
         for i, name in enumerate(self.reward_func_names):

@@ -145,10 +145,28 @@ def _cell_moments(rewards: torch.Tensor, cell: torch.Tensor):
     return valid, r, count, mean, var
 
 
+# Where the advantage baselines are taken (TARSConfig.advantage_norm): per (question, modality) cell, the
+# paper's; or per question over its speech and text rollouts together (the ablation arm the paper argues
+# against, ms-swift's plain GRPO group).
+ADVANTAGE_NORMS = ('modality', 'group')
+
+
+def advantage_cells(groups: torch.Tensor, is_speech: torch.Tensor, norm: str = 'modality') -> torch.Tensor:
+    """The cell id of each rollout the advantage baseline is taken over: groups [N] long, is_speech [N] bool
+    -> [N] long. ``modality``: one cell per (question, modality), ``groups * 2 + is_speech``; ``group``: one
+    cell per question, ``groups`` (speech and text rollouts share one baseline)."""
+    if norm not in ADVANTAGE_NORMS:
+        raise ValueError(f'advantage_norm must be one of {ADVANTAGE_NORMS}, got {norm!r}')
+    groups = groups.long()
+    if norm == 'group':
+        return groups
+    return groups * 2 + is_speech.to(groups.device).long()
+
+
 def modality_advantages(rewards: torch.Tensor, groups: torch.Tensor, is_speech: torch.Tensor,
-                        scale_std: bool = False, eps: float = 1e-4) -> torch.Tensor:
+                        scale_std: bool = False, eps: float = 1e-4, norm: str = 'modality') -> torch.Tensor:
     """Modality-specific advantages (docs/original.md §2.7): r_i minus the mean reward of the rollouts of the same
-    question AND the same modality as i.
+    question AND the same modality as i (``norm='group'``: of the same question, both modalities together).
 
     rewards [N] float (NaN allowed), groups [N] long, is_speech [N] bool -> advantages [N] float32.
     ``scale_std`` divides by that subset's population std + eps, (r - mean) / (std + 1e-4) as the
@@ -157,7 +175,7 @@ def modality_advantages(rewards: torch.Tensor, groups: torch.Tensor, is_speech: 
     """
     rewards = rewards.float()
     groups, is_speech = groups.to(rewards.device), is_speech.to(rewards.device)
-    cell = groups.long() * 2 + is_speech.long()  # one cell per (question, modality)
+    cell = advantage_cells(groups, is_speech, norm)
     valid, r, _, mean, var = _cell_moments(rewards, cell)
     adv = r - mean[cell]
     if scale_std:

@@ -1,0 +1,351 @@
+"""The miniature's stage 3 (docs/miniature.md): the ablation arms, each a LoRA run from the stage-2 checkpoint.
+
+| arm | entry point | rewards / loss |
+|---|---|---|
+| ``sft`` | ``trainer.preference_train sft`` (``swift sft``) | NLL of the chosen answer |
+| ``dpo`` | ``trainer.preference_train dpo`` (``swift rlhf --rlhf_type dpo``) | DPO, sigmoid, beta 0.1 |
+| ``grpo`` | ``trainer.grpo`` | tars_format tars_accuracy |
+| ``grpo_rep`` | ``trainer.grpo`` | + tars_representation |
+| ``grpo_beh`` | ``trainer.grpo`` | + tars_behaviour |
+| ``tars`` | ``trainer.grpo`` | all four |
+| ``tars_global`` | ``trainer.grpo --advantage_norm group`` | all four, one baseline per question |
+
+Every arm runs the project's own entry points in this process (``trainer.grpo.main``,
+``trainer.preference_train.main``: the functions ``python -m trainer.grpo`` / ``python -m
+trainer.preference_train`` call), with their defaults (the paper's LoRA on every linear layer of the LLM, the audio
+encoder and projector frozen; GRPO: DAPO loss, no KL, per-modality baselines, ``--prompt_modality mixed``, the
+offline MiniLM embedder), then the stage's recipe (``STAGE3``) on top. The GRPO rollouts use the transformers
+engine (no vLLM).
+
+**Equal steps, same data order.** Every arm makes ``steps`` optimizer steps from the stage-2 checkpoint
+(``scripts.miniature.stages.stage2``) on the train split of the spoken world set
+(``stages.world_dataset(setting, True)``). The rows are put in one order, the split's shuffled by ``DATA_SEED``
+(``random.Random(DATA_SEED).shuffle``, the preference builder's own shuffle), and every trainer reads them in that
+order (``--dataset_shuffle false``, ``--train_dataloader_shuffle false``): the k-th step of every arm and seed sees
+the same questions. An arm's ``seed`` is ms-swift's ``--seed`` (the LoRA initialisation, dropout, GRPO sampling).
+
+**Preference data of sft and dpo: the world's gold answers.** The project's preference builder
+(``scripts.dataset_building.preference``) has two sources: ``generate`` + ``build`` (chosen = a correct
+text-conditioned answer of the model, rejected = a wrong speech-conditioned answer, the paper's) and
+``from_columns`` (an hf_format set with ``chosen`` / ``rejected`` columns). The model's own answers give no pair for a
+question it never answers correctly in text, and none at all for the QUICK model (random weights write no
+answer), and their number would differ between start checkpoints, i.e. between runs of the experiment; so the
+arms use ``from_columns`` on the world's train split with chosen = the gold systhink answer (the item's thinking and
+the right letter) and rejected = the same thinking with a wrong letter (chosen by a hash of the key), on the
+speech prompt (``prompt_modality a``, the paper's DPO setting). SFT trains on the chosen answers. Every train row is
+used (no validation rows are held out).
+
+**Caching.** An arm run is ``<cache>/miniature/arms/<arm>-s<seed>-<hash>/`` (hash of the start checkpoint's name,
+the recipe, the steps, the arm and the seed) holding ``metrics.json`` (see ``run_arm``), ``train/`` (ms-swift's
+output folder: ``logging.jsonl``, the LoRA checkpoint) and ``eval/`` (``eval.qa``'s results). A run is built in
+``<name>.tmp`` and renamed when ``metrics.json`` is written, so a finished run is returned without work and a killed
+one leaves only the temporary folder, removed by the next call (which starts over). The prepared training files are
+shared by the arms (``arms/data-<hash>``, built in a temporary folder as well). Two processes must not run the same
+arm at once.
+
+    python -m scripts.miniature.arms ARM --seed N [--quick] [--steps N] [--cache_dir DIR]   # prints metrics.json
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from scripts.miniature import stages
+from scripts.miniature.model import MODEL_TYPE
+from scripts.miniature.stages import DATASET_NAME, Setting
+
+ARMS: Tuple[str, ...] = ('sft', 'dpo', 'grpo', 'grpo_rep', 'grpo_beh', 'tars', 'tars_global')
+PREFERENCE_ARMS = ('sft', 'dpo')
+BASE_REWARDS = ('tars_format', 'tars_accuracy')
+ARM_REWARDS: Dict[str, Tuple[str, ...]] = {
+    'grpo': BASE_REWARDS,
+    'grpo_rep': BASE_REWARDS + ('tars_representation',),
+    'grpo_beh': BASE_REWARDS + ('tars_behaviour',),
+    'tars': BASE_REWARDS + ('tars_representation', 'tars_behaviour'),
+    'tars_global': BASE_REWARDS + ('tars_representation', 'tars_behaviour'),
+}
+ADVANTAGE_NORM = {'tars_global': 'group'}   # every other GRPO arm: 'modality' (the paper)
+DATA_SEED = 0          # the one data order of every arm and seed
+ARMS_VERSION = 1       # bump when an arm's data or flags change in a way its recipe does not show
+EVAL_MODES = ('audio', 'text')
+
+# Stage-3 recipes per setting name. grpo_questions questions per optimizer step, each with num_generations
+# rollouts (half speech, half text: prompt_modality mixed); the sft and dpo arms take pref_batch_size rows per
+# step. One generation batch per optimizer step (gradient accumulation 1).
+STAGE3: Dict[str, Dict] = {
+    'full': {'steps': 40, 'learning_rate': 1e-4, 'lora_rank': 8, 'lora_alpha': 32, 'grpo_questions': 2,
+             'num_generations': 8, 'max_completion_length': 64, 'temperature': 1.0, 'overlong_filter': True,
+             'pref_batch_size': 8, 'dpo_beta': 0.1},
+    # two rollouts per modality (one per cell would give every advantage 0), room for a systhink answer (20-45
+    # tokens); the QUICK model rarely ends a completion, and the overlong filter (the paper's) would then mask
+    # every token out of the loss
+    'quick': {'steps': 2, 'learning_rate': 1e-3, 'lora_rank': 8, 'lora_alpha': 32, 'grpo_questions': 2,
+              'num_generations': 4, 'max_completion_length': 48, 'temperature': 1.0, 'overlong_filter': False,
+              'pref_batch_size': 2, 'dpo_beta': 0.1},
+}
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _arms_root(cache_dir: Optional[Path]) -> Path:
+    return stages._root(cache_dir) / 'arms'
+
+
+def wrong_letter(key: str, answer_index: int, n_options: int = 4) -> str:
+    """A wrong option letter for the rejected answer of item ``key``, fixed by a hash of the key (never
+    ``answer_index``)."""
+    from trainer.answer import LETTERS
+    shift = 1 + int(hashlib.sha256(key.encode()).hexdigest(), 16) % (n_options - 1)
+    return LETTERS[(answer_index + shift) % n_options]
+
+
+def data_order(n: int) -> List[int]:
+    """The one order of the n train rows every arm reads: ``random.Random(DATA_SEED).shuffle`` of 0..n-1 (the
+    shuffle ``scripts.dataset_building.preference`` applies to its rows with seed DATA_SEED)."""
+    order = list(range(n))
+    random.Random(DATA_SEED).shuffle(order)
+    return order
+
+
+def _built(out: Path, build) -> Path:
+    """``out`` built by ``build(tmp)`` in a temporary sibling folder then renamed (a killed build leaves only
+    the temporary folder, removed by the next call). The clip paths (``audios``) of the JSONL files written
+    under ``tmp`` are moved to ``out`` before the rename."""
+    from trainer import jsonl
+    if out.exists():
+        return out
+    tmp = out.with_name(out.name + '.tmp')
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    build(tmp)
+    prefix = str(tmp.resolve()) + '/'
+    for path in tmp.rglob('*.jsonl'):
+        rows = jsonl.read(path, missing_ok=False)
+        for row in rows:
+            row['audios'] = [str(out.resolve() / a[len(prefix):]) if a.startswith(prefix) else a
+                             for a in row.get('audios') or []]
+        jsonl.write_atomic(path, rows)
+    tmp.rename(out)
+    return out
+
+
+def grpo_data(setting: Setting, cache_dir: Optional[Path] = None) -> Path:
+    """The GRPO arms' ms-swift rows (``trainer.data.prepare_grpo_dataset``, speech prompts + the text prompt for
+    the mixed rollouts) of the spoken world's train split, in ``data_order``: ``arms/data-<hash>/grpo.jsonl``."""
+    from trainer import jsonl
+    from trainer.data import prepare_grpo_dataset
+    world = stages.world_dataset(setting, True, cache_dir)
+
+    def build(tmp: Path) -> None:
+        path = prepare_grpo_dataset(str(world), tmp, prompt_type='systhink', prompt_modality='mixed', split='train')
+        rows = jsonl.read(path, missing_ok=False)
+        jsonl.write_atomic(path, [rows[i] for i in data_order(len(rows))])
+
+    return _built(_arms_root(cache_dir) / f'data-grpo-{_digest(str(world), DATA_SEED, ARMS_VERSION)}', build) \
+        / 'grpo.jsonl'
+
+
+def preference_data(setting: Setting, cache_dir: Optional[Path] = None) -> Dict[str, Path]:
+    """The sft and dpo arms' rows: ``preference.from_columns`` on the spoken world's train split with the gold
+    systhink answer as ``chosen`` and a wrong-letter one as ``rejected`` (module docstring), speech prompts, every
+    row kept, shuffled with DATA_SEED. Returns ``{'dpo': path, 'sft': path}`` under ``arms/data-pref-<hash>``."""
+    import datasets
+
+    from scripts.dataset_building import preference
+    from trainer.answer import LETTERS
+    from trainer.prompts import systhink_answer
+    from trainer.schema import load_hf_dataset
+    world = stages.world_dataset(setting, True, cache_dir)
+
+    def build(tmp: Path) -> None:
+        ds = load_hf_dataset(str(world), 'train')
+        keys, thinking, gold = ds['key'], ds['thinking'], ds['answer_index']
+        chosen = [systhink_answer(t, LETTERS[g]) for t, g in zip(thinking, gold, strict=True)]
+        rejected = [systhink_answer(t, wrong_letter(k, g)) for k, t, g in zip(keys, thinking, gold, strict=True)]
+        ds = ds.add_column('chosen', chosen).add_column('rejected', rejected)
+        datasets.DatasetDict({'train': ds}).save_to_disk(str(tmp / 'hf'))
+        preference.from_columns(str(tmp / 'hf'), tmp / 'set', split='train', prompt_type='systhink',
+                                prompt_modality='a', val_rows=0, seed=DATA_SEED)
+        shutil.rmtree(tmp / 'hf')   # the set holds its own clips (set/audio)
+
+    root = _built(_arms_root(cache_dir) / f'data-pref-{_digest(str(world), DATA_SEED, ARMS_VERSION)}', build)
+    return {kind: root / 'set' / f'{kind}.jsonl' for kind in PREFERENCE_ARMS}
+
+
+def recipe_for(setting: Setting, steps: Optional[int] = None) -> Dict:
+    """The setting's stage-3 recipe with ``steps`` (when given) in place of its own."""
+    recipe = dict(STAGE3[setting.name])
+    if steps is not None:
+        recipe['steps'] = int(steps)
+    return recipe
+
+
+def common_flags(start: Path, recipe: Dict, seed: int, output_dir: Path) -> List[str]:
+    """ms-swift flags every arm shares (after the entry point's own defaults): model, the CPU settings, the
+    LoRA size, the steps, one saved checkpoint at the end, a log line per step, the seeds and the fixed order."""
+    steps = str(recipe['steps'])
+    return ['--model', str(start), '--model_type', MODEL_TYPE, '--output_dir', str(output_dir), '--add_version',
+            'false', '--split_dataset_ratio', '0', '--check_model', 'false', '--torch_dtype', 'float32', '--fp16',
+            'false', '--bf16', 'false', '--gradient_checkpointing', 'false', '--dataloader_num_workers', '0',
+            '--dataset_num_proc', '1', '--report_to', 'none', '--lora_rank', str(recipe['lora_rank']),
+            '--lora_alpha', str(recipe['lora_alpha']), '--learning_rate', str(recipe['learning_rate']),
+            '--warmup_ratio', '0', '--max_steps', steps, '--save_steps', steps, '--save_total_limit', '1',
+            '--logging_steps', '1', '--gradient_accumulation_steps', '1', '--eval_strategy', 'no',
+            '--seed', str(seed), '--data_seed', str(DATA_SEED), '--dataset_shuffle', 'false',
+            '--train_dataloader_shuffle', 'false']
+
+
+def arm_argv(arm: str, start: Path, data: Path, recipe: Dict, seed: int, output_dir: Path) -> List[str]:
+    """The argv of the arm's entry point (``trainer.grpo.main`` or ``trainer.preference_train.main``)."""
+    flags = common_flags(start, recipe, seed, output_dir) + ['--dataset', str(data)]
+    if arm in PREFERENCE_ARMS:
+        flags += ['--per_device_train_batch_size', str(recipe['pref_batch_size'])]
+        if arm == 'dpo':
+            flags += ['--beta', str(recipe['dpo_beta'])]
+        return [arm] + flags
+    if arm not in ARM_REWARDS:
+        raise ValueError(f'arm must be one of {ARMS}, got {arm!r}')
+    return ['--prompt_modality', 'mixed', '--embedder', 'minilm',
+            '--advantage_norm', ADVANTAGE_NORM.get(arm, 'modality'),
+            '--reward_funcs', *ARM_REWARDS[arm],
+            '--num_generations', str(recipe['num_generations']),
+            '--per_device_train_batch_size', str(recipe['grpo_questions'] * recipe['num_generations']),
+            '--max_completion_length', str(recipe['max_completion_length']),
+            '--temperature', str(recipe['temperature']),
+            '--overlong_filter', str(recipe['overlong_filter']).lower(), '--use_vllm', 'false'] + flags
+
+
+def last_checkpoint(output_dir: Path) -> Path:
+    """The newest ``checkpoint-N`` folder of an ms-swift output folder."""
+    found = sorted(output_dir.glob('checkpoint-*'), key=lambda p: int(p.name.split('-')[-1]))
+    if not found:
+        raise FileNotFoundError(f'{output_dir}: no checkpoint-* folder after training')
+    return found[-1]
+
+
+def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
+    """The mean of the values that are not None; None when none is."""
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def curve(logging_jsonl: Path, arm: str) -> List[Dict]:
+    """Per optimizer step, from ms-swift's ``logging.jsonl``: the loss, and for the GRPO arms the training
+    rollouts' accuracy per modality (``speech/accuracy``, ``text/accuracy``, logged by the TARS trainer) and the
+    mean of each reward (``rewards/<name>/mean``); for dpo its logged ``rewards/*`` (chosen, rejected, margins,
+    accuracies); sft logs no reward. GRPO points also hold ``rewards_by_modality`` ({speech|text: {name: mean}},
+    the TARS trainer's ``<modality>/rewards/<name>``); ``rewards`` is the mean of the two (half of the rollouts are
+    speech)."""
+    from trainer import jsonl
+    from trainer.run_logs import is_attempt_end, log_step
+    points: Dict[int, Dict] = {}
+    for record in jsonl.read(logging_jsonl, missing_ok=False):
+        step = log_step(record)
+        if step is None or is_attempt_end(record):
+            continue
+        by_modality: Dict[str, Dict] = {}
+        if arm in ARM_REWARDS:
+            by_modality = {m: {name: record.get(f'{m}/rewards/{name}') for name in ARM_REWARDS[arm]}
+                           for m in ('speech', 'text')}
+            # mixed rollouts are half speech, half text: the mean over all is the mean of the two
+            rewards = {name: _mean([by_modality['speech'][name], by_modality['text'][name]])
+                       for name in ARM_REWARDS[arm]}
+        else:
+            rewards = {k: v for k, v in record.items() if k.startswith('rewards/')}
+        points[step] = {'step': step, 'speech_acc': record.get('speech/accuracy'),
+                        'text_acc': record.get('text/accuracy'), 'loss': record.get('loss'), 'rewards': rewards,
+                        'rewards_by_modality': by_modality}
+    return [points[s] for s in sorted(points)]
+
+
+def run_dir(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
+            cache_dir: Optional[Path] = None) -> Path:
+    """Where ``run_arm`` puts the run (it may not exist yet); runs stage 1 and 2 when missing (the name holds
+    the start checkpoint's)."""
+    if arm not in ARMS:
+        raise ValueError(f'arm must be one of {ARMS}, got {arm!r}')
+    start = stages.stage2(setting, cache_dir)
+    digest = _digest(start.name, recipe_for(setting, steps), arm, seed, setting.eval_items, setting.max_new_tokens,
+                     ARMS_VERSION)
+    return _arms_root(cache_dir) / f'{arm}-s{seed}-{digest}'
+
+
+def run_arm(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
+            cache_dir: Optional[Path] = None) -> Path:
+    """Train ``arm`` from the stage-2 checkpoint with ``seed`` for ``steps`` optimizer steps (default: the
+    setting's STAGE3 recipe) and evaluate its adapter with ``eval.qa`` on the first ``setting.eval_items`` test
+    items in the modes audio and text; return the run folder ``<cache>/miniature/arms/<arm>-s<seed>-<hash>/``.
+
+    Its ``metrics.json``: ``arm``, ``seed``, ``steps``, ``train_wall_seconds``, ``eval_wall_seconds``,
+    ``speech_acc``, ``text_acc`` (fractions), ``checkpoint`` (the evaluated LoRA adapter folder) and ``curve``
+    (``curve``: one point per step). A finished run is returned at once; a killed one starts over."""
+    out = run_dir(arm, seed, setting, steps, cache_dir)
+    if (out / 'metrics.json').exists():
+        return out
+    start = stages.stage2(setting, cache_dir)
+    recipe = recipe_for(setting, steps)
+    data = preference_data(setting, cache_dir)[arm] if arm in PREFERENCE_ARMS else grpo_data(setting, cache_dir)
+    tmp = out.with_name(out.name + '.tmp')
+    shutil.rmtree(tmp, ignore_errors=True)   # a killed attempt: start over
+    tmp.mkdir(parents=True)
+    argv = arm_argv(arm, start, data, recipe, seed, tmp / 'train')
+    (tmp / 'argv.json').write_text(json.dumps(argv, indent=1))
+
+    t0 = time.perf_counter()
+    if arm in PREFERENCE_ARMS:
+        from trainer import preference_train
+        preference_train.main(argv)
+    else:
+        from trainer import grpo
+        grpo.main(argv)
+    train_wall = time.perf_counter() - t0
+    checkpoint = last_checkpoint(tmp / 'train')
+
+    t1 = time.perf_counter()
+    from eval.qa import evaluate as qa_evaluate
+    world = stages.world_dataset(setting, True, cache_dir)
+    result = qa_evaluate(str(checkpoint), [(DATASET_NAME, str(world))], modes=list(EVAL_MODES), out=tmp / 'eval',
+                         model_type=MODEL_TYPE, batch_size=setting.eval_batch_size,
+                         max_new_tokens=setting.max_new_tokens, max_items=setting.eval_items)
+    accuracy = {mode: result['datasets'][DATASET_NAME][mode]['accuracy'] for mode in EVAL_MODES}
+    eval_wall = time.perf_counter() - t1
+
+    metrics = {'arm': arm, 'seed': seed, 'steps': recipe['steps'], 'setting': setting.name,
+               'train_wall_seconds': round(train_wall, 1), 'eval_wall_seconds': round(eval_wall, 1),
+               'speech_acc': accuracy['audio'], 'text_acc': accuracy['text'], 'eval_items': setting.eval_items,
+               'start_checkpoint': str(start), 'recipe': recipe,
+               'checkpoint': str(out / checkpoint.relative_to(tmp)),
+               'curve': curve(tmp / 'train' / 'logging.jsonl', arm)}
+    (tmp / 'metrics.json').write_text(json.dumps(metrics, indent=1))
+    tmp.rename(out)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Command line: run (or find) one arm and print its metrics.json."""
+    p = argparse.ArgumentParser(description="The miniature's stage 3: one ablation arm from the stage-2 checkpoint.")
+    p.add_argument('arm', choices=ARMS)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--quick', action='store_true', help='the toy QUICK setting (tests)')
+    p.add_argument('--steps', type=int, default=None, help="optimizer steps (default: the setting's recipe)")
+    p.add_argument('--eval_items', type=int, default=None, help='evaluate the first N test items')
+    p.add_argument('--cache_dir', type=Path, default=None)
+    a = p.parse_args(argv)
+    setting = stages.QUICK if a.quick else stages.FULL
+    if a.eval_items:
+        setting = dataclasses.replace(setting, eval_items=a.eval_items)
+    out = run_arm(a.arm, a.seed, setting, a.steps, a.cache_dir)
+    print((out / 'metrics.json').read_text())
+
+
+if __name__ == '__main__':
+    main()

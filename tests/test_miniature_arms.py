@@ -1,0 +1,112 @@
+"""The miniature's stage 3 at toy size (scripts.miniature.arms): the grpo, tars_global and dpo arms end to end."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+METRIC_FIELDS = {'arm', 'seed', 'steps', 'train_wall_seconds', 'eval_wall_seconds', 'speech_acc', 'text_acc',
+                 'checkpoint', 'curve'}
+
+
+def test_arm_names_rewards_and_wrong_letters():
+    from scripts.miniature import arms
+    assert arms.ARMS == ('sft', 'dpo', 'grpo', 'grpo_rep', 'grpo_beh', 'tars', 'tars_global')
+    assert arms.ARM_REWARDS['grpo'] == ('tars_format', 'tars_accuracy')
+    assert arms.ARM_REWARDS['tars'] == arms.ARM_REWARDS['tars_global'] == (
+        'tars_format', 'tars_accuracy', 'tars_representation', 'tars_behaviour')
+    for key in ('mini-train-00000', 'mini-train-00001', 'x'):
+        for gold in range(4):
+            assert arms.wrong_letter(key, gold) in 'ABCD' and arms.wrong_letter(key, gold) != 'ABCD'[gold]
+    assert sorted(arms.data_order(10)) == list(range(10)) and arms.data_order(10) != list(range(10))
+    assert set(arms.STAGE3) == {'full', 'quick'} and arms.STAGE3['quick']['steps'] == 2
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp('arms')
+
+
+def warm_quick():
+    """QUICK with a longer stage 1 (40 steps at 5e-3, a few seconds): the model then writes the systhink format
+    on its training questions, so the GRPO rewards vary within a (question, modality) cell and the advantages,
+    hence the LoRA update, are not all zero (after QUICK's two stage-1 steps every reward is 0)."""
+    from scripts.miniature import stages
+    return dataclasses.replace(stages.QUICK, stage1=dict(stages.QUICK.stage1, steps=40, learning_rate=5e-3,
+                                                         batch_size=8))
+
+
+def _lora_b_nonzero(checkpoint) -> bool:
+    from safetensors.torch import load_file
+    weights = load_file(str(checkpoint / 'adapter_model.safetensors'))
+    b = [t for k, t in weights.items() if 'lora_B' in k]
+    assert b, 'no LoRA B matrices in the adapter'
+    return any(bool(t.abs().sum() > 0) for t in b)   # B starts at zero: non-zero means trained
+
+
+def _check_run(out, arm, cache, setting):
+    from scripts.miniature import arms
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert METRIC_FIELDS <= set(metrics)
+    assert metrics['arm'] == arm and metrics['seed'] == 0 and metrics['steps'] == 2
+    assert 0.0 <= metrics['speech_acc'] <= 1.0 and 0.0 <= metrics['text_acc'] <= 1.0
+    assert [p['step'] for p in metrics['curve']] == [1, 2]
+    assert all(p['loss'] is not None for p in metrics['curve'])
+    checkpoint = out / 'train' / 'checkpoint-2'
+    assert metrics['checkpoint'] == str(checkpoint) and (checkpoint / 'adapter_config.json').exists()
+    assert _lora_b_nonzero(checkpoint)
+    for mode in ('audio', 'text'):
+        results = list((out / 'eval').glob(f'*/miniature/{mode}_systhink/results.jsonl'))
+        assert len(results) == 1 and len(results[0].read_text().splitlines()) == setting.eval_items
+    assert out.name.startswith(f'{arm}-s0-') and not out.with_name(out.name + '.tmp').exists()
+    # a rerun finds the finished run and does no work
+    mtime = (out / 'metrics.json').stat().st_mtime
+    assert arms.run_arm(arm, 0, setting, cache_dir=cache) == out
+    assert (out / 'metrics.json').stat().st_mtime == mtime
+    return metrics, json.loads((out / 'argv.json').read_text())
+
+
+def test_quick_grpo_arm(cache):
+    from scripts.miniature import arms
+    out = arms.run_arm('grpo', 0, warm_quick(), cache_dir=cache)
+    metrics, argv = _check_run(out, 'grpo', cache, warm_quick())
+    for point in metrics['curve']:
+        assert set(point['rewards']) == {'tars_format', 'tars_accuracy'}
+        assert point['speech_acc'] is not None and point['text_acc'] is not None
+        assert set(point['rewards_by_modality']) == {'speech', 'text'}
+    assert argv[argv.index('--advantage_norm') + 1] == 'modality'
+    assert argv[argv.index('--prompt_modality') + 1] == 'mixed'
+    assert argv[argv.index('--dataset_shuffle') + 1] == 'false'
+
+
+def test_quick_tars_global_arm(cache):
+    from scripts.miniature import arms
+    out = arms.run_arm('tars_global', 0, warm_quick(), cache_dir=cache)
+    metrics, argv = _check_run(out, 'tars_global', cache, warm_quick())
+    assert argv[argv.index('--advantage_norm') + 1] == 'group'
+    assert set(metrics['curve'][0]['rewards']) == set(arms.ARM_REWARDS['tars'])
+
+
+def test_quick_dpo_arm_restarts_a_killed_run_and_shares_the_data_order(cache):
+    from trainer import jsonl
+    from scripts.miniature import arms, stages
+    # a killed attempt: a temporary folder with a half-written file; the next call removes it and starts over
+    out = arms.run_dir('dpo', 0, stages.QUICK, cache_dir=cache)
+    tmp = out.with_name(out.name + '.tmp')
+    (tmp / 'train').mkdir(parents=True)
+    (tmp / 'train' / 'logging.jsonl').write_text('{"loss": 1.0, "global_st')
+    assert arms.run_arm('dpo', 0, stages.QUICK, cache_dir=cache) == out
+    metrics, argv = _check_run(out, 'dpo', cache, stages.QUICK)
+    assert argv[0] == 'dpo' and argv[argv.index('--data_seed') + 1] == str(arms.DATA_SEED)
+    assert any(k.startswith('rewards/') for k in metrics['curve'][0]['rewards'])
+    # the preference rows: gold answer chosen, a wrong letter rejected, in the GRPO arms' order
+    rows = jsonl.read(arms.preference_data(stages.QUICK, cache)['dpo'], missing_ok=False)
+    grpo_rows = jsonl.read(arms.grpo_data(stages.QUICK, cache), missing_ok=False)
+    assert [r['tars_key'] for r in rows] == [r['tars_key'] for r in grpo_rows]
+    assert len(rows) == stages.QUICK.world.n_train
+    for row in rows:
+        chosen, rejected = row['messages'][-1]['content'], row['rejected_response']
+        assert chosen.startswith('<think>') and chosen.endswith('.</answer>') and chosen != rejected
+        assert chosen[:-len('X.</answer>')] == rejected[:-len('X.</answer>')]
+        assert row['audios'] and all(p.startswith(str(cache)) and '.tmp' not in p for p in row['audios'])
