@@ -15,7 +15,7 @@ import pytest
 from scripts.dataset_building.tts import EspeakTTS, cache_key
 from scripts.miniature import build as mbuild
 from scripts.miniature import tokenizer as mtok
-from scripts.miniature.world import (ATTRIBUTES, NAMES, OBJECTS, REGIONS, RELATIONS, SPLITS, TEMPLATES, TOWNS,
+from scripts.miniature.world import (ATTRIBUTES, NAMES, OBJECTS, REGIONS, SPLITS, TEMPLATES, TOWNS,
                                      ArithmeticSpec, ComparisonSpec, KnowledgeSpec, KnowledgeTable, WorldConfig,
                                      generate_world, name_slot, render_arithmetic, render_comparison,
                                      render_knowledge)
@@ -48,19 +48,17 @@ def test_the_default_world_is_pinned_and_hand_checked(world):
     """The first test items of seed 0, solved by hand: pins the generator across machines and Python runs
     (string seeds are hashed with SHA-512, not PYTHONHASHSEED)."""
     t = world.splits['test']
-    assert t[0].question == 'Joe visits the town of Dunmere. Which tree grows there?'
-    assert world.table.region_of('Dunmere') == 'south' and world.table.value('tree', 'south') == 'elm'
-    assert t[0].answer == 'elm' and t[0].thinking == 'Dunmere lies in the south, and the elm grows in the south.'
-    assert t[0].options == ('oak', 'pine', 'elm', 'birch') and t[0].letter == 'C'   # the table's order
-    assert t[1].question == 'Joe has 3 pens and finds 6 more. How many pens does Joe have now?'
-    assert t[1].answer == '9' and t[1].options == ('8', '9', '10', '11') and t[1].letter == 'B'
-    assert t[3].question == 'Max is taller than Dan. Which of them is taller?'
-    assert t[3].answer == 'Max' and t[3].template == 'comparison' and t[3].letter == 'D'
-    assert t[5].question == 'Ann is taller than Max. Who is shorter?'
-    assert t[5].answer == 'Max'
-    assert t[5].thinking == 'Ann is taller than Max, so Max is shorter.'
-    assert t[1].systhink_answer == '<think>3 plus 6 is 9.</think><answer>The answer is B.</answer>'
-    assert t[1].prompt_for_tts == ('Joe has 3 pens and finds 6 more. How many pens does Joe have now?\n\n'
+    assert t[0].question == 'Sue has 8 eggs and Eve has 6 eggs. Which of them has more eggs?'
+    assert t[0].answer == 'Sue' and t[0].template == 'comparison' and t[0].letter == 'C'   # Sue's slot is 2
+    assert t[0].thinking == 'Sue has 8 and Eve has 6, and 8 is more than 6, so Sue has more.'
+    assert t[1].question == 'Sam lives in the town of Galt. What colour are the roofs there?'
+    assert world.table.region_of('Galt') == 'west' and world.table.value('colour', 'west') == 'green'
+    assert t[1].answer == 'green' and t[1].thinking == 'Galt lies in the west, and roofs in the west are green.'
+    assert t[1].options == ('red', 'blue', 'green', 'yellow') and t[1].letter == 'C'   # the table's order
+    assert t[3].question == 'Meg has 4 shells and buys 7 more. How many shells does Meg have now?'
+    assert t[3].answer == '11' and t[3].options == ('8', '9', '10', '11') and t[3].letter == 'D'
+    assert t[3].systhink_answer == '<think>4 plus 7 is 11.</think><answer>The answer is D.</answer>'
+    assert t[3].prompt_for_tts == ('Meg has 4 shells and buys 7 more. How many shells does Meg have now?\n\n'
                                    'Option A: 8\nOption B: 9\nOption C: 10\nOption D: 11')
     assert t[0].key == 'mini-test-00000'
 
@@ -77,15 +75,14 @@ def test_hand_checked_arithmetic():
 
 
 def test_hand_checked_comparison():
-    # Tom (slot 1) is older than Sue (slot 2); the fact stated as "Sue is younger than Tom"
-    q, options, i, thinking = render_comparison(ComparisonSpec(('Tom', 'Sue'), 'age', False, True, 0), _rng())
-    assert q == 'Sue is younger than Tom. Who is older?' and options[i] == 'Tom'
-    assert thinking == 'Tom is older than Sue, so Tom is older.'   # restated with the comparative
-    assert options[1] == 'Tom' and options[2] == 'Sue' and i == 1   # a name's letter is its slot
+    q, options, i, thinking = render_comparison(ComparisonSpec('Tom', 'Sue', 3, 8, 'coins', 1), _rng())
+    assert q == 'Tom has 3 coins and Sue has 8 coins. Which of them has more coins?' and options[i] == 'Sue'
+    assert thinking == 'Tom has 3 and Sue has 8, and 3 is less than 8, so Sue has more.'
+    assert options[1] == 'Tom' and options[2] == 'Sue' and i == 2   # a name's letter is its slot
     assert [name_slot(o) for o in options] == [0, 1, 2, 3]
-    q, options, i, thinking = render_comparison(ComparisonSpec(('Ann', 'Max'), 'height', True, False, 1), _rng())
-    assert q == 'Ann is taller than Max. Which of them is shorter?' and options[i] == 'Max' and i == 3
-    assert thinking == 'Ann is taller than Max, so Max is shorter.'
+    q, options, i, thinking = render_comparison(ComparisonSpec('Ann', 'Max', 9, 2, 'hats', 0), _rng())
+    assert q == 'Ann has 9 hats and Max has 2 hats. Who has more hats?' and options[i] == 'Ann' and i == 0
+    assert thinking == 'Ann has 9 and Max has 2, and 9 is more than 2, so Ann has more.'
 
 
 def test_options_are_canonical_so_a_letter_follows_from_the_answer(world):
@@ -121,11 +118,9 @@ def solve(question: str, table: KnowledgeTable) -> str:
     if m:
         a, b = int(m[2]), int(m[5])
         return str(a + b if m[4] in ('buys', 'finds', 'gets') else a - b)
-    m = re.fullmatch(r'(\w+) is (\w+) than (\w+)\. (?:Who|Which of them) is (\w+)\?', question)
+    m = re.fullmatch(r'(\w+) has (\d+) (\w+) and (\w+) has (\d+) \3\. (?:Who|Which of them) has more \3\?', question)
     if m:
-        rel = next(r for r in RELATIONS.values() if m[2] in r[:2])
-        hi, lo = (m[1], m[3]) if m[2] == rel[0] else (m[3], m[1])
-        return hi if m[4] == rel[0] else lo
+        return m[1] if int(m[2]) > int(m[5]) else m[4]
     m = re.fullmatch(r'\w+ (?:lives in|visits) the town of (\w+)\. (.*)', question)
     attribute = {'Which animal lives there?': 'animal', 'What colour are the roofs there?': 'colour',
                  'Which tree grows there?': 'tree', 'Which fruit do people grow there?': 'fruit'}[m[2]]
@@ -193,10 +188,10 @@ def test_the_word_list_is_closed(world):
     template_words = {'has', 'and', 'more', 'How', 'many', 'does', 'have', 'now', 'to', 'is', 'than', 'Who', 'the',
                       'lives', 'in', 'town', 'of', 'visits', 'Which', 'animal', 'there', 'What', 'colour', 'are',
                       'roofs', 'tree', 'grows', 'fruit', 'do', 'people', 'grow', 'lies', 'plus', 'minus', 'so',
-                      'them',
+                      'them', 'less',
                       'buys', 'finds', 'gets', 'gives', 'loses', 'sells', 'Option', 'A', 'B', 'C', 'D'}
     allowed = (template_words | set(NAMES) | set(OBJECTS) | set(TOWNS) | set(REGIONS)
-               | {w for r in RELATIONS.values() for w in r} | {v for vs in ATTRIBUTES.values() for v in vs})
+               | {v for vs in ATTRIBUTES.values() for v in vs})
     seen = set()
     for item in world.items():
         seen |= set(re.findall(r'[A-Za-z]+', item.prompt_for_tts + ' ' + item.thinking))
@@ -207,9 +202,8 @@ def test_the_word_list_is_closed(world):
 def test_bad_configs_are_refused():
     with pytest.raises(ValueError, match='n_towns=10'):
         WorldConfig(n_towns=10)
-    # 5000 over three templates: 1667, 1667, 1666; the comparison test has 19 pairs x 2 orders x 3 relations x 2
-    # statement forms x 2 asks x 2 phrasings
-    with pytest.raises(ValueError, match="split 'test' asks 1667 comparison questions .* only 912 distinct"):
+    # 5000 over three templates: 1667, 1667, 1666; the knowledge test has 16 (town, attribute) keys x 16 names x 2
+    with pytest.raises(ValueError, match="split 'test' asks 1666 knowledge questions .* only 512 distinct"):
         generate_world(WorldConfig(n_test=5000))
 
 # --- speech ----------------------------------------------------------------------------------------------------

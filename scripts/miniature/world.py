@@ -7,9 +7,8 @@ step (the ``<think>`` part of the systhink answer, ``trainer.prompts.systhink_an
 - ``arithmetic``: "Ann has 3 apples and buys 4 more. How many apples does Ann have now?" (thinking
   "3 plus 4 is 7."); sums and differences of numbers 2..9; options the aligned block of four numbers holding
   the answer (4, 5, 6, 7).
-- ``comparison``: "Sue is younger than Tom. Who is younger?" (thinking "Tom is older than Sue, so Sue is
-  younger."); two people, age, height or speed, the fact stated in either direction; options
-  four names, one per name slot.
+- ``comparison``: "Tom has 7 coins and Sue has 4 coins. Who has more coins?" (thinking "Tom has 7 and Sue has
+  4, and 7 is more than 4, so Tom has more."); two people, counts 2..9; options four names, one per name slot.
 - ``knowledge``: a generated table puts each invented town in a region (north, south, east, west) and gives
   each region an animal, a roof colour, a tree and a fruit. "Ann lives in the town of Brill. Which animal lives
   there?" needs the town's region first (thinking "Brill lies in the north, and the fox lives in the north.");
@@ -51,12 +50,6 @@ OBJECTS = ('apples', 'eggs', 'cups', 'books', 'pens', 'shells', 'coins', 'hats')
 NUMBERS = tuple(range(2, 10))   # operands; no "1 apples", and every sum and difference stays below 20
 ADD_VERBS = ('buys', 'finds', 'gets')
 SUB_VERBS = ('gives', 'loses', 'sells')   # "gives 3 to Tom", "loses 3", "sells 3"
-# relation: (comparative, its opposite, superlative, opposite superlative)
-RELATIONS: Dict[str, Tuple[str, str, str, str]] = {
-    'age': ('older', 'younger', 'oldest', 'youngest'),
-    'height': ('taller', 'shorter', 'tallest', 'shortest'),
-    'speed': ('faster', 'slower', 'fastest', 'slowest'),
-}
 TOWNS = ('Brill', 'Dorn', 'Fenn', 'Galt', 'Holm', 'Kell', 'Lorn', 'Mabb', 'Nesk', 'Pell', 'Quill', 'Rask',
          'Sorn', 'Tove', 'Vell', 'Wick', 'Yarr', 'Zell', 'Barrow', 'Corrin', 'Dunmere', 'Elwick', 'Farrow',
          'Gorse', 'Hatter', 'Ivel', 'Jesk', 'Kirrin', 'Lusk', 'Morrow', 'Nettle', 'Ossett')
@@ -106,8 +99,8 @@ class WorldConfig:
     # the generator's version, part of every cache key built from the config (tokenizer, model, datasets):
     # bump it when the rendering changes. 2: canonical option order, two-person comparisons; 3: the comparison's
     # thinking names whether the question asks the statement's word or its opposite; 4: the two words side by side;
-    # 5: the thinking restates the fact with the comparative instead.
-    version: int = 5
+    # 5: the thinking restates the fact with the comparative instead; 6: comparisons of counts.
+    version: int = 6
 
     def __post_init__(self) -> None:
         if not 8 <= self.n_towns <= len(TOWNS) or self.n_towns % len(REGIONS):
@@ -204,13 +197,12 @@ class ArithmeticSpec(NamedTuple):
 
 
 class ComparisonSpec(NamedTuple):
-    """pair: the two people, the one with more of the relation first (the older for 'age'); stated_more: the
-    statement uses the comparative ("x is older than y"), else its opposite ("y is younger than x"); ask_more:
-    the question asks for pair[0] ("Who is older?"), else pair[1]; phrasing: which question sentence."""
-    pair: Tuple[str, str]
-    relation: str
-    stated_more: bool
-    ask_more: bool
+    """Two people (in the order of the question) with a and b of obj (a != b); phrasing: which question sentence."""
+    first: str
+    second: str
+    a: int
+    b: int
+    obj: str
     phrasing: int
 
 
@@ -268,32 +260,31 @@ def render_arithmetic(spec: ArithmeticSpec, rng: random.Random) -> Rendered:
     return question, options, index, step
 
 
-COMPARISON_QUESTIONS = ('Who is {word}?', 'Which of them is {word}?')
+COMPARISON_QUESTIONS = ('Who has more {obj}?', 'Which of them has more {obj}?')
 
 
 def comparison_answer(spec: ComparisonSpec) -> str:
-    """The person the question asks for."""
-    return spec.pair[0] if spec.ask_more else spec.pair[1]
+    """The person with more."""
+    return spec.first if spec.a > spec.b else spec.second
 
 
 def render_comparison(spec: ComparisonSpec, rng: random.Random) -> Rendered:
-    """Question, options, answer index and thinking of a comparison of two people: one statement ("Tom is
-    older than Sue." or the same fact as "Sue is younger than Tom."), then a question for either of them.
+    """Question, options, answer index and thinking of a comparison of two people's counts ("Tom has 7 coins and
+    Sue has 4 coins. Who has more coins?").
 
-    The options are four names, one per slot (``name_slot``) in slot order: the two people (their slots
-    differ) and a seeded name for each other slot."""
-    more, less, _, _ = RELATIONS[spec.relation]
-    hi, lo = spec.pair
-    statement = f"{hi} is {more} than {lo}" if spec.stated_more else f"{lo} is {less} than {hi}"
-    word = more if spec.ask_more else less
+    The thinking restates the counts in the question's order, compares the numbers, then names the person
+    ("Tom has 7 and Sue has 4, and 7 is more than 4, so Tom has more."): each of its words depends on one thing
+    stated before it. Versions 2-5 compared people by a stated relation ("Sue is younger than Tom. Who is
+    older?"), whose answer is the exclusive or of the statement's and the question's direction; the small model
+    did not learn it (docs/miniature.md). The options are four names, one per slot (``name_slot``) in slot
+    order: the two people (their slots differ) and a seeded name for each other slot."""
     ans = comparison_answer(spec)
-    question = f"{statement}. " + COMPARISON_QUESTIONS[spec.phrasing].format(word=word)
-    # the intermediate step of the thinking: the fact restated with the comparative ("Tom is older than Sue"), so
-    # that each later word depends on one feature of the question (the statement's direction, then the question's
-    # word). Going straight from the statement to the answer needs their exclusive or, which the small model did
-    # not learn in 2400 steps, even with the two words side by side (versions 2-4; docs/miniature.md).
-    thinking = f"{hi} is {more} than {lo}, so {ans} is {word}."
-    by_slot = {name_slot(hi): hi, name_slot(lo): lo}
+    question = (f"{spec.first} has {spec.a} {spec.obj} and {spec.second} has {spec.b} {spec.obj}. "
+                + COMPARISON_QUESTIONS[spec.phrasing].format(obj=spec.obj))
+    word = 'more' if spec.a > spec.b else 'less'
+    thinking = (f"{spec.first} has {spec.a} and {spec.second} has {spec.b}, and {spec.a} is {word} than {spec.b}, "
+                f"so {ans} has more.")
+    by_slot = {name_slot(spec.first): spec.first, name_slot(spec.second): spec.second}
     for slot in range(N_OPTIONS):
         if slot not in by_slot:
             by_slot[slot] = rng.choice([n for n in NAMES if name_slot(n) == slot])
@@ -335,11 +326,11 @@ def arithmetic_specs() -> List[ArithmeticSpec]:
 
 
 def comparison_specs() -> List[ComparisonSpec]:
-    """Every comparison (ordered pair of people of different slots, relation, statement form, what is asked,
-    question phrasing), in a fixed order."""
-    return [ComparisonSpec(pair, relation, stated_more, ask_more, phrasing)
-            for pair in itertools.permutations(NAMES, 2) if name_slot(pair[0]) != name_slot(pair[1])
-            for relation in RELATIONS for stated_more in (True, False) for ask_more in (True, False)
+    """Every comparison (ordered pair of people of different slots, their two different counts, object, question
+    phrasing), in a fixed order."""
+    return [ComparisonSpec(first, second, a, b, obj, phrasing)
+            for first, second in itertools.permutations(NAMES, 2) if name_slot(first) != name_slot(second)
+            for a, b in itertools.permutations(NUMBERS, 2) for obj in OBJECTS
             for phrasing in range(len(COMPARISON_QUESTIONS))]
 
 
@@ -356,7 +347,7 @@ def holdout_key(spec: Spec, arithmetic_holdout: str = 'numbers_object') -> Holdo
         key = (spec.op, str(spec.a), str(spec.b))
         return key + (spec.obj,) if arithmetic_holdout == 'numbers_object' else key
     if isinstance(spec, ComparisonSpec):
-        return tuple(sorted(spec.pair))
+        return tuple(sorted((spec.first, spec.second)))
     return (spec.town, spec.attribute)
 
 
