@@ -65,7 +65,7 @@ class Setting:
 FULL = Setting(
     'full', WorldConfig(), MINI_QWEN2_5_OMNI,
     stage1={'steps': 2400, 'learning_rate': 1.5e-3, 'batch_size': 16, 'prompt_type': 'systhink', 'seed': 0},
-    stage2={'steps': 1200, 'learning_rate': 3e-3, 'batch_size': 8, 'prompt_type': 'systhink', 'seed': 0},
+    stage2={'steps': 600, 'learning_rate': 3e-3, 'batch_size': 8, 'prompt_type': 'systhink', 'seed': 0},
     speech_items=3000)
 
 QUICK = Setting(
