@@ -35,7 +35,8 @@ def _series(stats: Dict, measure: str):
     return layers, clean(stats[prefix + 'means']), clean(stats[prefix + 'ci_lower']), clean(stats[prefix + 'ci_upper'])
 
 
-def _save(fig, out_stem: Path) -> List[Path]:
+def save_figure(fig, out_stem: Path) -> List[Path]:
+    """Write ``fig`` as ``<out_stem>.png`` and ``.pdf`` (folders made) and close it; return the two paths."""
     out_stem = Path(out_stem)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [out_stem.with_name(out_stem.name + ext) for ext in ('.png', '.pdf')]
@@ -65,7 +66,7 @@ def plot_run(stats: Dict, out_stem: Path, title: str = '', ylim: Optional[Tuple[
     ax.set_title(title or f"n = {stats.get('n_samples')} samples, 95 % t-intervals", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, out_stem)
+    return save_figure(fig, out_stem)
 
 
 def plot_comparison(runs: Sequence[Tuple[str, str, Dict]], out_stem: Path, measure: str = 'token',
@@ -96,7 +97,7 @@ def plot_comparison(runs: Sequence[Tuple[str, str, Dict]], out_stem: Path, measu
     axes[0][0].set_ylabel(f'speech / text similarity\n({MEASURES[measure][1]})')
     if ylim:
         axes[0][0].set_ylim(*ylim)
-    return _save(fig, out_stem), drawn
+    return save_figure(fig, out_stem), drawn
 
 
 def load_table(path: str) -> List[Tuple[str, float, str]]:
@@ -134,4 +135,4 @@ def plot_sensitivity(rows: Sequence[Tuple], out_stem: Path, ylabel: str = 'avera
     ax.set_xlabel('reward layers')
     ax.set_ylabel(ylabel)
     ax.grid(axis='y', alpha=0.3)
-    return _save(fig, out_stem)
+    return save_figure(fig, out_stem)

@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from scipy import stats as scipy_stats  # noqa: E402
 
 from eval.metrics import mrr  # noqa: E402
+from scripts.layer_similarity_analysis.plots import save_figure  # noqa: E402
 
 ARM_ORDER = ('sft', 'dpo', 'grpo', 'grpo_rep', 'grpo_beh', 'tars', 'tars_global')
 ARM_LABELS = {
@@ -197,15 +198,6 @@ def results_json(results: Dict) -> Dict:
 
 
 # ---------------------------------------------------------------- figures
-def _save(fig, stem: Path) -> List[Path]:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_name(stem.name + ext) for ext in ('.png', '.pdf')]
-    for path in paths:
-        fig.savefig(path, dpi=130, bbox_inches='tight')
-    plt.close(fig)
-    return paths
-
-
 def plot_accuracy(results: Dict, stem: Path) -> List[Path]:
     """Bars of speech and text accuracy (%) per arm with 95 % intervals over seeds; stage 2 as dashed lines."""
     summ = arm_summary(results)
@@ -228,7 +220,7 @@ def plot_accuracy(results: Dict, stem: Path) -> List[Path]:
     ax.set_title('accuracy per arm (mean over seeds, 95 % t-interval)', fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis='y', alpha=0.3)
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def curve_series(curves: Sequence[Sequence[Dict]]) -> Dict[str, Tuple[List[int], List[float]]]:
@@ -277,7 +269,7 @@ def plot_curves(results: Dict, stem: Path) -> List[Path]:
                    bbox_to_anchor=(0.5, -0.02))
     fig.suptitle('training curves (mean over seeds)', fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def plot_layers(results: Dict, stem: Path) -> List[Path]:
