@@ -48,8 +48,20 @@ def test_warmstart_speech_rows_carry_the_clip_and_the_thinking_column(tmp_path):
     assert row['messages'][1]['content'].startswith('<audio>') and os.path.exists(row['audios'][0])
     assert row['messages'][-1]['content'] == ('<think>Green is the second colour.</think>'
                                               '<answer>The answer is B.</answer>')
-    with pytest.raises(ValueError, match='modality must be text or speech'):
+    with pytest.raises(ValueError, match='modality must be text, speech or mixed'):
         prepare_warmstart_dataset(path, tmp_path / 'w2', modality='a')
+
+
+def test_mixed_warmstart_rows_give_each_item_its_speech_then_its_text_prompt(tmp_path):
+    path = make_set(tmp_path, [good_row('k1'), good_row('k2')])
+    rows = [json.loads(l) for l in
+            prepare_warmstart_dataset(path, tmp_path / 'w', modality='mixed').read_text().splitlines()]
+    assert len(rows) == 4
+    assert [('audios' in r, r['messages'][1]['content'].startswith('<audio>')) for r in rows] == \
+        [(True, True), (False, False)] * 2
+    assert rows[0]['audios'][0].endswith('.wav') and rows[0]['audios'] != rows[2]['audios']
+    assert rows[1]['messages'][1]['content'].startswith('Which colour?')
+    assert rows[0]['messages'][-1] == rows[1]['messages'][-1]   # the same answer after either prompt
 
 
 @pytest.mark.parametrize('bad, field', [

@@ -31,10 +31,12 @@ def cache(tmp_path_factory):
 def warm_quick():
     """QUICK with a longer stage 1 (40 steps at 5e-3, a few seconds): the model then writes the systhink format
     on its training questions, so the GRPO rewards vary within a (question, modality) cell and the advantages,
-    hence the LoRA update, are not all zero (after QUICK's two stage-1 steps every reward is 0)."""
+    hence the LoRA update, are not all zero (after QUICK's two stage-1 steps every reward is 0). Stage 2 trains
+    the LLM too, at 1e-4 here so that its two steps keep that format."""
     from scripts.miniature import stages
     return dataclasses.replace(stages.QUICK, stage1=dict(stages.QUICK.stage1, steps=40, learning_rate=5e-3,
-                                                         batch_size=8))
+                                                         batch_size=8),
+                               stage2=dict(stages.QUICK.stage2, learning_rate=1e-4))
 
 
 def _lora_b_nonzero(checkpoint) -> bool:

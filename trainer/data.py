@@ -153,18 +153,25 @@ def prepare_grpo_files(dataset: str, out_dir: Path, *, prompt_type: str = 'systh
 def prepare_warmstart_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhink', split: str = 'train',
                               max_rows: Optional[int] = None, modality: str = 'text') -> Path:
     """Write ``out_dir/warmstart.jsonl``: prompts with systhink answers for ``swift sft``; ``modality`` ``text``
-    (the text prompts) or ``speech`` (the speech prompts, clips written under ``out_dir/audio``)."""
-    if modality not in ('text', 'speech'):
-        raise ValueError(f'modality must be text or speech, got {modality!r}')
+    (the text prompts), ``speech`` (the speech prompts, clips written under ``out_dir/audio``) or ``mixed``
+    (each item twice, its speech prompt then its text prompt)."""
+    if modality not in ('text', 'speech', 'mixed'):
+        raise ValueError(f'modality must be text, speech or mixed, got {modality!r}')
     ds = load_hf_dataset(dataset, split)
     if max_rows:
         ds = ds.select(range(min(max_rows, len(ds))))
-    speech = modality == 'speech'
+    speech = modality in ('speech', 'mixed')
     validate_dataset(ds, dataset, require_audio=speech, check_audio=False)
     out = out_dir / 'warmstart.jsonl'
     paths = materialize_audio(ds, dataset, out_dir / 'audio') if speech else [None] * len(ds)
     rows = ds.remove_columns([c for c in ('audio', ) if c in ds.column_names])
-    write_jsonl((warmstart_row(row, prompt_type, path) for row, path in zip(rows, paths, strict=True)), out)
+
+    def records():
+        for row, path in zip(rows, paths, strict=True):
+            yield warmstart_row(row, prompt_type, path)
+            if modality == 'mixed':
+                yield warmstart_row(row, prompt_type)
+    write_jsonl(records(), out)
     return out
 
 

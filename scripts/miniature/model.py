@@ -45,6 +45,13 @@ MINI_QWEN2_5_OMNI: Dict = {
     'audio_chunk_seconds': 30,
 }
 
+# The same LLM with Whisper tiny's encoder as its audio tower (scripts.miniature.whisper_init): the real model's
+# encoder starts from Whisper's too. 80 mel bins, width 384, 4 layers, 6 heads; one attention window over the
+# whole clip (n_window 1500 = 30 s, Whisper's context; the real model attends within 2-s windows).
+WHISPER_QWEN2_5_OMNI: Dict = dict(MINI_QWEN2_5_OMNI, audio_d_model=384, audio_heads=6, audio_layers=4,
+                                  audio_ffn_dim=1536, audio_mel_bins=80, audio_n_window=1500,
+                                  audio_init='whisper_tiny')
+
 # The QUICK setting's model (tests and `--quick`): the tiny twin's sizes.
 QUICK_QWEN2_5_OMNI: Dict = dict(MINI_QWEN2_5_OMNI, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                 num_attention_heads=2, num_key_value_heads=1, audio_d_model=64, audio_heads=2,
@@ -62,7 +69,13 @@ def _build(out: Path, recipe: Dict, cache_dir: Optional[Path]) -> None:
     tokenizer = tokenizer_dir(world, recipe['tokenizer_vocab_size'], cache_dir)
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer / name, out / name)
-    ids = build_qwen2_5_omni_on_tokenizer(out, recipe)
+    init = None
+    if recipe.get('audio_init') == 'whisper_tiny':
+        from scripts.miniature.whisper_init import load_whisper_tiny
+        init = load_whisper_tiny
+    elif recipe.get('audio_init') not in (None, 'random'):
+        raise ValueError(f"audio_init must be random or whisper_tiny, got {recipe['audio_init']!r}")
+    ids = build_qwen2_5_omni_on_tokenizer(out, recipe, init=init)
     if ids['<|endoftext|>'] != 0 or ids['<|AUDIO|>'] != 3:   # the small tokenizer's layout (tokenizer.py)
         raise RuntimeError(f'{tokenizer}: unexpected special-token ids {ids}')
 
@@ -81,9 +94,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description="Build (or find) the miniature world's small Qwen2.5-Omni.")
     p.add_argument('--seed', type=int, default=0, help="the world's seed")
     p.add_argument('--quick', action='store_true', help='the toy-size model of the QUICK setting')
+    p.add_argument('--whisper', action='store_true', help="Whisper tiny's encoder as the audio tower "
+                   '(WHISPER_QWEN2_5_OMNI)')
     p.add_argument('--cache_dir', default=None)
     a = p.parse_args()
-    out = miniature_model_dir(WorldConfig(seed=a.seed), QUICK_QWEN2_5_OMNI if a.quick else MINI_QWEN2_5_OMNI,
+    shape = QUICK_QWEN2_5_OMNI if a.quick else WHISPER_QWEN2_5_OMNI if a.whisper else MINI_QWEN2_5_OMNI
+    out = miniature_model_dir(WorldConfig(seed=a.seed), shape,
                               cache_dir=Path(a.cache_dir) if a.cache_dir else None)
     size = sum(f.stat().st_size for f in out.glob('*.safetensors'))
     print(f'{out} ({size / 2**20:.1f} MiB of weights)')

@@ -74,7 +74,7 @@ def warm_started_model(model_dir: Path, dataset_dir: Path, cache: Path, recipe: 
 def sft_checkpoint(model_dir: Path, dataset_dir: Path, out: Path, recipe: Dict, model_type: str = DEFAULT_PRESET,
                    *, modality: str = 'text', extra: Sequence[str] = (), max_rows: Optional[int] = None) -> Path:
     """Full SFT of ``model_dir`` (``swift sft``, ``warm_start_argv`` + ``extra``) on the systhink answers of the
-    train split of ``dataset_dir`` (``modality`` text or speech prompts, the first ``max_rows`` rows); the last
+    train split of ``dataset_dir`` (``modality`` text, speech or mixed prompts, the first ``max_rows`` rows); the last
     checkpoint is moved to ``out`` with ``warm_start.json`` (recipe, losses, wall seconds). Skipped when ``out``
     holds one already; a killed run leaves only a temporary folder (removed), so a rerun starts over.
 

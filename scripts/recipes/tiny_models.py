@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 from trainer.presets import DEFAULT_PRESET, PRESETS
 
@@ -181,13 +181,16 @@ def _build_qwen2_5_omni(out: Path, recipe: dict) -> None:
         assert ids[expected] == token, (expected, ids[expected], token)
 
 
-def build_qwen2_5_omni_on_tokenizer(out: Path, recipe: dict) -> Dict[str, int]:
+def build_qwen2_5_omni_on_tokenizer(out: Path, recipe: dict,
+                                    init: Optional[Callable[[Any], None]] = None) -> Dict[str, int]:
     """Build a random-weight ``Qwen2_5OmniForConditionalGeneration`` (the shapes of ``recipe``, see
     TINY_QWEN2_5_OMNI) on the Omni-layout tokenizer already saved in ``out`` and save it there with its processor;
     return the ids of the added tokens (name -> id), which the config's token ids and the generation config use.
 
     Shared by the tiny twin (the offline Qwen tokenizer at the real ids) and the miniature model
-    (scripts.miniature.model: its small tokenizer, the same tokens at ids 0..21)."""
+    (scripts.miniature.model: its small tokenizer, the same tokens at ids 0..21). ``init``, when given, is called
+    on the random-weight model before it is saved (the miniature loads Whisper tiny's encoder into the audio
+    tower there)."""
     import torch
     from transformers import (AutoTokenizer, Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration,
                               Qwen2_5OmniProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor,
@@ -196,7 +199,10 @@ def build_qwen2_5_omni_on_tokenizer(out: Path, recipe: dict) -> Dict[str, int]:
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_5_OMNI_ADDED_TOKENS.values()}
 
-    feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160,
+    # optional audio keys (the miniature's Whisper-tiny encoder, scripts.miniature.model); absent keys give the
+    # real model's 128 mel bins, a feed-forward twice the width and 2-s attention windows (n_window 100)
+    mel_bins = recipe.get('audio_mel_bins', 128)
+    feature_extractor = WhisperFeatureExtractor(feature_size=mel_bins, sampling_rate=16000, hop_length=160,
                                                 chunk_length=recipe['audio_chunk_seconds'], n_fft=400,
                                                 padding_value=0.0, return_attention_mask=True)
     vision = dict(min_pixels=3136, max_pixels=12845056, patch_size=14, temporal_patch_size=2, merge_size=2)
@@ -218,10 +224,11 @@ def build_qwen2_5_omni_on_tokenizer(out: Path, recipe: dict) -> Dict[str, int]:
                          num_key_value_heads=recipe['num_key_value_heads'], max_position_embeddings=32768,
                          rope_parameters=rope, tie_word_embeddings=False, pad_token_id=ids['<|endoftext|>'],
                          eos_token_id=ids['<|im_end|>']),
-        audio_config=dict(num_mel_bins=128, encoder_layers=recipe['audio_layers'],
+        audio_config=dict(num_mel_bins=mel_bins, encoder_layers=recipe['audio_layers'],
                           encoder_attention_heads=recipe['audio_heads'],
-                          encoder_ffn_dim=2 * recipe['audio_d_model'], d_model=recipe['audio_d_model'],
-                          max_source_positions=1500, n_window=100, output_dim=h),
+                          encoder_ffn_dim=recipe.get('audio_ffn_dim', 2 * recipe['audio_d_model']),
+                          d_model=recipe['audio_d_model'], max_source_positions=1500,
+                          n_window=recipe.get('audio_n_window', 100), output_dim=h),
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3, patch_size=14,
                            spatial_merge_size=2, temporal_patch_size=2, window_size=112, out_hidden_size=h,
                            fullatt_block_indexes=[0]),
@@ -246,6 +253,8 @@ def build_qwen2_5_omni_on_tokenizer(out: Path, recipe: dict) -> Dict[str, int]:
 
     torch.manual_seed(recipe['seed'])
     model = Qwen2_5OmniForConditionalGeneration(config)
+    if init is not None:
+        init(model)
     _save_twin(out, model, processor, tokenizer, ids, {i: name for name, i in ids.items()})
     # from_pretrained of this class reads spk_dict.pt (talker speaker prompts) even without audio output.
     # It is written with torch.save (pickle) because that is the file format transformers expects here.
