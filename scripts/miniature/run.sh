@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The miniature of the paper's ablation in one command (issue 14, docs/miniature.md): stage 1 (text SFT),
 # stage 2 (projector and LLM on speech and text, the Whisper encoder frozen), every arm x seed of stage 3, the
-# layer-similarity analysis and the report (docs/miniature.md's generated region, docs/miniature/results.json and figures).
+# layer-similarity analysis and the report (docs/miniature.md's generated region, docs/miniature/results.json
+# and figures).
 #
 #   bash scripts/miniature/run.sh                          # the full run (3 seeds, all arms); writes docs/
 #   bash scripts/miniature/run.sh --quick                  # toy size, seed 0, every stage, minutes; report under
