@@ -150,3 +150,19 @@ def test_the_paper_defaults_reach_ms_swift():
     from trainer.grpo import PLUGIN
     argv = build_swift_argv(['--callbacks', 'early_stop', '--external_plugins', 'my.py'])
     assert argv[-6:] == ['--callbacks', 'tars_run_logs', 'early_stop', '--external_plugins', str(PLUGIN), 'my.py']
+
+
+def test_a_rebuilt_set_whose_row_keeps_its_key_gets_its_new_clip(tmp_path):
+    """The clip cache is keyed by the row's audio as well as its key: a dataset rebuilt under the same name
+    (another voice, the same keys) never reads the old clip back."""
+    import soundfile as sf
+    from trainer.data import write_clip
+    from trainer.schema import encode_wav_bytes
+    clips = tmp_path / 'audio'
+    clips.mkdir()
+    first = write_clip({'key': 'k1', 'audio': {'bytes': encode_wav_bytes(np.zeros(1600)), 'path': None}}, 'd', clips)
+    again = write_clip({'key': 'k1', 'audio': {'bytes': encode_wav_bytes(np.zeros(1600)), 'path': None}}, 'd', clips)
+    assert again == first   # the same clip is written once
+    tone = 0.5 * np.sin(np.linspace(0, 400, 1600))
+    rebuilt = write_clip({'key': 'k1', 'audio': {'bytes': encode_wav_bytes(tone), 'path': None}}, 'd', clips)
+    assert rebuilt != first and np.abs(sf.read(rebuilt)[0]).max() > 0.4 and np.abs(sf.read(first)[0]).max() == 0

@@ -14,6 +14,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from trainer import jsonl, prompts
@@ -26,16 +27,34 @@ KEY, QUESTION, OPTIONS, ANSWER_INDEX, TEXT_PROMPT, SUBJECT = (
     'tars_key', 'tars_question', 'tars_options', 'tars_answer_index', 'tars_text_prompt', 'tars_subject')
 
 
-def _safe_name(key: str) -> str:
+def _safe_name(key: str, content: str = '') -> str:
     stem = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in key)[:80]
-    return f'{stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.wav'
+    return f'{stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}{content}.wav'
+
+
+def _audio_digest(audio: Any) -> str:
+    """A short digest of a row's audio as stored (embedded bytes, a file's path, size and time, or an array),
+    so that a rebuilt dataset whose row keeps its key but not its clip never reuses the old clip."""
+    h = hashlib.sha1()
+    if isinstance(audio, dict) and audio.get('bytes'):
+        h.update(audio['bytes'])
+    elif isinstance(audio, dict) and audio.get('path'):
+        p = Path(audio['path'])
+        stat = p.stat() if p.exists() else None
+        h.update(f"{p.resolve()}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}".encode())
+    elif isinstance(audio, dict) and audio.get('array') is not None:
+        h.update(np.asarray(audio['array'], dtype=np.float32).tobytes())
+    else:
+        h.update(repr(audio).encode())
+    return '-' + h.hexdigest()[:10]
 
 
 def write_clip(row: Dict, dataset_name: str, audio_dir: Path) -> str:
-    """Write one row's audio once as a 16 kHz mono WAV under ``audio_dir``; return its path.
+    """Write one row's audio once as a 16 kHz mono WAV under ``audio_dir``; return its path. The file name holds
+    the key and a digest of the row's stored audio: a dataset rebuilt under the same name gets new clips.
 
     An unreadable clip raises a SchemaError naming the dataset, the row key and the field."""
-    path = audio_dir / _safe_name(row['key'])
+    path = audio_dir / _safe_name(row['key'], _audio_digest(row.get('audio')))
     if not path.exists():
         try:
             wav = load_audio(row['audio'], SAMPLING_RATE)
