@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from scripts.miniature.tokenizer import DEFAULT_VOCAB_SIZE, tokenizer_dir
+from scripts.miniature.whisper_init import WHISPER_TINY_AUDIO, load_whisper_tiny
 from scripts.miniature.world import WorldConfig
 from scripts.recipes.tiny_models import _cached_build, build_qwen2_5_omni_on_tokenizer
 
@@ -48,8 +49,11 @@ MINI_QWEN2_5_OMNI: Dict = {
 # The same LLM with Whisper tiny's encoder as its audio tower (scripts.miniature.whisper_init): the real model's
 # encoder starts from Whisper's too. 80 mel bins, width 384, 4 layers, 6 heads; one attention window over the
 # whole clip (n_window 1500 = 30 s, Whisper's context; the real model attends within 2-s windows).
-WHISPER_QWEN2_5_OMNI: Dict = dict(MINI_QWEN2_5_OMNI, audio_d_model=384, audio_heads=6, audio_layers=4,
-                                  audio_ffn_dim=1536, audio_mel_bins=80, audio_n_window=1500,
+WHISPER_QWEN2_5_OMNI: Dict = dict(MINI_QWEN2_5_OMNI, audio_d_model=WHISPER_TINY_AUDIO['d_model'],
+                                  audio_heads=WHISPER_TINY_AUDIO['encoder_attention_heads'],
+                                  audio_layers=WHISPER_TINY_AUDIO['encoder_layers'],
+                                  audio_ffn_dim=WHISPER_TINY_AUDIO['encoder_ffn_dim'],
+                                  audio_mel_bins=WHISPER_TINY_AUDIO['num_mel_bins'], audio_n_window=1500,
                                   audio_init='whisper_tiny')
 
 # The QUICK setting's model (tests and `--quick`): the tiny twin's sizes.
@@ -71,7 +75,6 @@ def _build(out: Path, recipe: Dict, cache_dir: Optional[Path]) -> None:
         shutil.copy(tokenizer / name, out / name)
     init = None
     if recipe.get('audio_init') == 'whisper_tiny':
-        from scripts.miniature.whisper_init import load_whisper_tiny
         init = load_whisper_tiny
     elif recipe.get('audio_init') not in (None, 'random'):
         raise ValueError(f"audio_init must be random or whisper_tiny, got {recipe['audio_init']!r}")

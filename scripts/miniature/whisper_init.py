@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import BinaryIO, Dict, Optional
+from typing import BinaryIO, Dict
 
 import numpy as np
 
@@ -86,14 +86,13 @@ def read_ctranslate2(path: Path, prefix: str = '') -> Dict[str, np.ndarray]:
     return out
 
 
-def whisper_audio_tower(ct2: Dict[str, np.ndarray], layers: Optional[int] = None) -> Dict[str, 'np.ndarray']:
+def whisper_audio_tower(ct2: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """Whisper encoder variables (``read_ctranslate2(..., 'encoder/')``) -> Qwen2.5-Omni audio-tower state dict
-    entries (keys relative to ``thinker.audio_tower``, float32): conv1/conv2, the first ``layers`` layers (all by
-    default) and ln_post."""
+    entries (keys relative to ``thinker.audio_tower``, float32): conv1/conv2, every layer and ln_post."""
     def get(name: str) -> np.ndarray:
         return ct2[f'encoder/{name}'].astype(np.float32)
 
-    n = layers if layers is not None else sum(1 for k in ct2 if k.endswith('/self_attention/linear_1/weight'))
+    n = sum(1 for k in ct2 if k.endswith('/self_attention/linear_1/weight'))
     sd = {'conv1.weight': get('conv1/weight'), 'conv1.bias': get('conv1/bias'),
           'conv2.weight': get('conv2/weight'), 'conv2.bias': get('conv2/bias'),
           'ln_post.weight': get('layer_norm/gamma'), 'ln_post.bias': get('layer_norm/beta')}
