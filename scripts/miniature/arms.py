@@ -80,7 +80,7 @@ EVAL_MODES = ('audio', 'text')
 # rollouts (half speech, half text: prompt_modality mixed); the sft and dpo arms take pref_batch_size rows per
 # step. One generation batch per optimizer step (gradient accumulation 1).
 STAGE3: Dict[str, Dict] = {
-    'full': {'steps': 40, 'learning_rate': 1e-4, 'lora_rank': 8, 'lora_alpha': 32, 'grpo_questions': 2,
+    'full': {'steps': 40, 'learning_rate': 1e-3, 'lora_rank': 8, 'lora_alpha': 32, 'grpo_questions': 2,
              'num_generations': 8, 'max_completion_length': 64, 'temperature': 1.0, 'overlong_filter': True,
              'pref_batch_size': 8, 'dpo_beta': 0.1},
     # two rollouts per modality (one per cell would give every advantage 0), room for a systhink answer (20-45
