@@ -151,6 +151,13 @@ def test_markers():
     assert report.replace_marked('a\n', section) == 'a\n\n' + section
     with pytest.raises(ValueError):
         report.replace_marked(report.MARK_START + '\n', section)
+    with pytest.raises(ValueError):   # end before start
+        report.replace_marked(report.MARK_END + '\n' + report.MARK_START + '\n', section)
+    # prose that quotes the markers (docs/miniature.md does) is not a marker: only whole lines are
+    quoted = f'the region between `{report.MARK_START}` and `{report.MARK_END}`\n'
+    old = quoted + report.MARK_START + '\nold\n' + report.MARK_END + '\ntail\n'
+    assert report.replace_marked(old, section) == quoted + section + 'tail\n'
+    assert report.replace_marked(quoted, section) == quoted + '\n' + section
 
 
 def test_curve_series_means_over_seeds():

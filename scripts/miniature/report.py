@@ -356,12 +356,17 @@ def report_section(results: Dict, figure_dir: str) -> str:
 
 def replace_marked(text: str, section: str) -> str:
     """``text`` with the region from MARK_START to MARK_END replaced by ``section`` (which carries the markers);
-    appended at the end when the markers are absent. The text around the region is kept byte for byte."""
-    pattern = re.compile(re.escape(MARK_START) + r'.*?' + re.escape(MARK_END) + r'\n?', re.S)
-    if text.count(MARK_START) > 1 or text.count(MARK_START) != text.count(MARK_END):
-        raise ValueError(f'the report markers {MARK_START} / {MARK_END} must appear once each')
-    if pattern.search(text):
-        return pattern.sub(lambda _m: section, text, count=1)
+    appended at the end when the markers are absent. A marker counts only on a line of its own, so prose that
+    quotes it (docs/miniature.md does) is left alone. The text around the region is kept byte for byte."""
+    start = re.compile('^' + re.escape(MARK_START) + '$', re.M)
+    end = re.compile('^' + re.escape(MARK_END) + '$', re.M)
+    starts, ends = list(start.finditer(text)), list(end.finditer(text))
+    if len(starts) > 1 or len(starts) != len(ends) or (starts and ends[0].start() < starts[0].start()):
+        raise ValueError(f'the report markers {MARK_START} / {MARK_END} must each stand once on a line of their '
+                         'own, start before end')
+    if starts:
+        stop = ends[0].end() + (1 if text[ends[0].end():ends[0].end() + 1] == '\n' else 0)
+        return text[:starts[0].start()] + section + text[stop:]
     if not text:
         return section
     return text + ('' if text.endswith('\n') else '\n') + '\n' + section
