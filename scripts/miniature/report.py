@@ -344,7 +344,10 @@ def report_section(results: Dict, figure_dir: str) -> str:
     out += [f"- {v['claim']}: **{v['status']}** ({v['numbers']})" for v in verdicts(results)]
     out += ['', '### Wall time', '', '| stage | seconds | |', '|---|---|---|']
     for stage, seconds in wall.items():
-        note = 'cached: the time stored when it was made (evaluations: this call)' if cached.get(stage) else ''
+        note = ''
+        if cached.get(stage):   # a cached stage is evaluated again in each call; an arm's evaluation is cached too
+            note = ('cached: its training time stored when it was made, its evaluation this call'
+                    if stage.startswith('stage') else 'cached: the times stored when it was made')
         out.append(f'| {stage} | {_seconds(seconds)} | {note} |')
     out += ['', '### Figures', '']
     for name in ('accuracy', 'training_curves', 'layer_similarity_token', 'layer_similarity_pooled'):
