@@ -23,6 +23,24 @@ def test_arm_names_rewards_and_wrong_letters():
     assert set(arms.STAGE3) == {'full', 'quick'} and arms.STAGE3['quick']['steps'] == 2
 
 
+def test_recipe_overrides_of_a_pilot_change_the_recipe_and_refuse_unknown_keys():
+    from scripts.miniature import arms, stages
+    assert arms.parse_override('grpo_questions=4') == ('grpo_questions', 4)
+    assert arms.parse_override('learning_rate=3e-4') == ('learning_rate', 3e-4)
+    assert arms.parse_override('overlong_filter=false') == ('overlong_filter', False)
+    recipe = arms.recipe_for(stages.FULL, 120, {'grpo_questions': 4, 'learning_rate': 1})
+    assert recipe == dict(arms.STAGE3['full'], steps=120, grpo_questions=4, learning_rate=1)
+    assert arms.recipe_for(stages.FULL, None, {}) == arms.recipe_for(stages.FULL) == arms.STAGE3['full']
+    with pytest.raises(ValueError, match='--set grpo_question: not a stage-3 recipe entry'):
+        arms.recipe_for(stages.FULL, None, {'grpo_question': 4})
+    with pytest.raises(ValueError, match="--set temperature='hot': expected a float"):
+        arms.recipe_for(stages.FULL, None, {'temperature': 'hot'})
+    with pytest.raises(ValueError, match='expected key=value'):
+        arms.parse_override('grpo_questions')
+    with pytest.raises(SystemExit):   # refused by the command line before any stage runs
+        arms.main(['grpo', '--set', 'nope=1', '--cache_dir', '/nonexistent'])
+
+
 @pytest.fixture(scope='module')
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp('arms')

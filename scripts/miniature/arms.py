@@ -181,12 +181,31 @@ def preference_data(setting: Setting, cache_dir: Optional[Path] = None) -> Dict[
     return {kind: root / 'set' / f'{kind}.jsonl' for kind in PREFERENCE_ARMS}
 
 
-def recipe_for(setting: Setting, steps: Optional[int] = None) -> Dict:
-    """The setting's stage-3 recipe with ``steps`` (when given) in place of its own."""
+def recipe_for(setting: Setting, steps: Optional[int] = None, overrides: Optional[Dict] = None) -> Dict:
+    """The setting's stage-3 recipe with ``steps`` (when given) and ``overrides`` (a pilot's changed entries,
+    ``--set key=value``) in place of its own. An unknown key, or a value of another type than the recipe's, is
+    refused."""
     recipe = dict(STAGE3[setting.name])
+    for key, value in (overrides or {}).items():
+        if key not in recipe:
+            raise ValueError(f'--set {key}: not a stage-3 recipe entry (one of {", ".join(recipe)})')
+        if type(value) is not type(recipe[key]) and not (isinstance(recipe[key], float) and type(value) is int):
+            raise ValueError(f'--set {key}={value!r}: expected a {type(recipe[key]).__name__}')
+        recipe[key] = value
     if steps is not None:
         recipe['steps'] = int(steps)
     return recipe
+
+
+def parse_override(text: str) -> Tuple[str, object]:
+    """``key=value`` of ``--set``: the value read as JSON (``4``, ``3e-4``, ``true``), else kept as a string."""
+    key, sep, value = text.partition('=')
+    if not sep or not key:
+        raise ValueError(f'--set {text!r}: expected key=value')
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def common_flags(start: Path, recipe: Dict, seed: int, output_dir: Path) -> List[str]:
@@ -268,31 +287,32 @@ def curve(logging_jsonl: Path, arm: str) -> List[Dict]:
 
 
 def run_dir(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
-            cache_dir: Optional[Path] = None) -> Path:
+            cache_dir: Optional[Path] = None, overrides: Optional[Dict] = None) -> Path:
     """Where ``run_arm`` puts the run (it may not exist yet); runs stage 1 and 2 when missing (the name holds
     the start checkpoint's)."""
     if arm not in ARMS:
         raise ValueError(f'arm must be one of {ARMS}, got {arm!r}')
     start = stages.stage2(setting, cache_dir)
-    digest = _digest(start.name, recipe_for(setting, steps), arm, seed, setting.eval_items, setting.max_new_tokens,
-                     ARMS_VERSION)
+    digest = _digest(start.name, recipe_for(setting, steps, overrides), arm, seed, setting.eval_items,
+                     setting.max_new_tokens, ARMS_VERSION)
     return _arms_root(cache_dir) / f'{arm}-s{seed}-{digest}'
 
 
 def run_arm(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
-            cache_dir: Optional[Path] = None) -> Path:
+            cache_dir: Optional[Path] = None, overrides: Optional[Dict] = None) -> Path:
     """Train ``arm`` from the stage-2 checkpoint with ``seed`` for ``steps`` optimizer steps (default: the
     setting's STAGE3 recipe) and evaluate its adapter with ``eval.qa`` on the first ``setting.eval_items`` test
     items in the modes audio and text; return the run folder ``<cache>/miniature/arms/<arm>-s<seed>-<hash>/``.
 
     Its ``metrics.json``: ``arm``, ``seed``, ``steps``, ``train_wall_seconds``, ``eval_wall_seconds``,
     ``speech_acc``, ``text_acc`` (fractions), ``checkpoint`` (the evaluated LoRA adapter folder) and ``curve``
-    (``curve``: one point per step). A finished run is returned at once; a killed one starts over."""
-    out = run_dir(arm, seed, setting, steps, cache_dir)
+    (``curve``: one point per step). A finished run is returned at once; a killed one starts over. ``overrides``
+    change recipe entries (``recipe_for``; they are part of the run's name)."""
+    recipe = recipe_for(setting, steps, overrides)   # a bad override is refused before any work
+    out = run_dir(arm, seed, setting, steps, cache_dir, overrides)
     if (out / 'metrics.json').exists():
         return out
     start = stages.stage2(setting, cache_dir)
-    recipe = recipe_for(setting, steps)
     data = preference_data(setting, cache_dir)[arm] if arm in PREFERENCE_ARMS else grpo_data(setting, cache_dir)
     tmp = out.with_name(out.name + '.tmp')
     shutil.rmtree(tmp, ignore_errors=True)   # a killed attempt: start over
@@ -338,12 +358,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument('--quick', action='store_true', help='the toy QUICK setting (tests)')
     p.add_argument('--steps', type=int, default=None, help="optimizer steps (default: the setting's recipe)")
     p.add_argument('--eval_items', type=int, default=None, help='evaluate the first N test items')
+    p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
+                   help='change one entry of the stage-3 recipe (STAGE3) for a pilot, e.g. --set grpo_questions=4; '
+                        'repeatable, part of the run name')
     p.add_argument('--cache_dir', type=Path, default=None)
     a = p.parse_args(argv)
+    try:
+        overrides = dict(parse_override(text) for text in a.overrides)
+        recipe_for(stages.QUICK if a.quick else stages.FULL, a.steps, overrides)
+    except ValueError as e:
+        p.error(str(e))
     setting = stages.QUICK if a.quick else stages.FULL
     if a.eval_items:
         setting = dataclasses.replace(setting, eval_items=a.eval_items)
-    out = run_arm(a.arm, a.seed, setting, a.steps, a.cache_dir)
+    out = run_arm(a.arm, a.seed, setting, a.steps, a.cache_dir, overrides)
     print((out / 'metrics.json').read_text())
 
 
