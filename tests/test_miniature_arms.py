@@ -37,6 +37,12 @@ def test_recipe_overrides_of_a_pilot_change_the_recipe_and_refuse_unknown_keys()
         arms.recipe_for(stages.FULL, None, {'temperature': 'hot'})
     with pytest.raises(ValueError, match='expected key=value'):
         arms.parse_override('grpo_questions')
+    # a pilot-only entry is in the recipe only when given, so the arms' run names do not change
+    assert 'train_questions' not in arms.recipe_for(stages.FULL)
+    assert arms.recipe_for(stages.FULL, None, {'train_questions': 8})['train_questions'] == 8
+    assert arms.cycled(['a', 'b', 'c', 'd'], 2, 5) == ['a', 'b', 'a', 'b', 'a']
+    with pytest.raises(ValueError, match='train_questions must be in 1..4, got 5'):
+        arms.cycled(['a', 'b', 'c', 'd'], 5, 8)
     with pytest.raises(SystemExit):   # refused by the command line before any stage runs
         arms.main(['grpo', '--set', 'nope=1', '--cache_dir', '/nonexistent'])
 

@@ -92,6 +92,12 @@ STAGE3: Dict[str, Dict] = {
 }
 
 
+# Recipe entries only a pilot sets (``--set``), absent from a recipe unless given, so the arms' run names stay those
+# of STAGE3: ``train_questions`` N > 0 trains on the first N questions of the data order only, cycled (a check that
+# the trainer learns what it is rewarded for: its training rollouts' accuracy on questions it sees again).
+PILOT_ENTRIES: Dict[str, int] = {'train_questions': 0}
+
+
 def _digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -186,15 +192,23 @@ def recipe_for(setting: Setting, steps: Optional[int] = None, overrides: Optiona
     ``--set key=value``) in place of its own. An unknown key, or a value of another type than the recipe's, is
     refused."""
     recipe = dict(STAGE3[setting.name])
+    known = {**recipe, **PILOT_ENTRIES}
     for key, value in (overrides or {}).items():
-        if key not in recipe:
-            raise ValueError(f'--set {key}: not a stage-3 recipe entry (one of {", ".join(recipe)})')
-        if type(value) is not type(recipe[key]) and not (isinstance(recipe[key], float) and type(value) is int):
-            raise ValueError(f'--set {key}={value!r}: expected a {type(recipe[key]).__name__}')
+        if key not in known:
+            raise ValueError(f'--set {key}: not a stage-3 recipe entry (one of {", ".join(known)})')
+        if type(value) is not type(known[key]) and not (isinstance(known[key], float) and type(value) is int):
+            raise ValueError(f'--set {key}={value!r}: expected a {type(known[key]).__name__}')
         recipe[key] = value
     if steps is not None:
         recipe['steps'] = int(steps)
     return recipe
+
+
+def cycled(rows: Sequence, n: int, total: int) -> List:
+    """The first ``n`` rows repeated in their order until ``total`` rows (``train_questions``)."""
+    if not 0 < n <= len(rows):
+        raise ValueError(f'train_questions must be in 1..{len(rows)}, got {n}')
+    return [rows[i % n] for i in range(total)]
 
 
 def parse_override(text: str) -> Tuple[str, object]:
@@ -317,6 +331,12 @@ def run_arm(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
     tmp = out.with_name(out.name + '.tmp')
     shutil.rmtree(tmp, ignore_errors=True)   # a killed attempt: start over
     tmp.mkdir(parents=True)
+    if recipe.get('train_questions'):
+        from trainer import jsonl
+        per_step = recipe['pref_batch_size'] if arm in PREFERENCE_ARMS else recipe['grpo_questions']
+        rows = cycled(jsonl.read(data, missing_ok=False), recipe['train_questions'], recipe['steps'] * per_step)
+        data = tmp / data.name
+        jsonl.write_atomic(data, rows)
     argv = arm_argv(arm, start, data, recipe, seed, tmp / 'train')
     (tmp / 'argv.json').write_text(json.dumps(argv, indent=1))
 
