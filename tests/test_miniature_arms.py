@@ -136,3 +136,19 @@ def test_quick_dpo_arm_restarts_a_killed_run_and_shares_the_data_order(cache):
         assert chosen.startswith('<think>') and chosen.endswith('.</answer>') and chosen != rejected
         assert chosen[:-len('X.</answer>')] == rejected[:-len('X.</answer>')]
         assert row['audios'] and all(p.startswith(str(cache)) and '.tmp' not in p for p in row['audios'])
+
+
+def test_quick_sft_arm_on_one_cycled_question(cache):
+    from trainer import jsonl
+    from scripts.miniature import arms, stages
+    out = arms.run_arm('sft', 0, stages.QUICK, cache_dir=cache, overrides={'train_questions': 1})
+    assert out != arms.run_dir('sft', 0, stages.QUICK, cache_dir=cache)   # its own run name
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['recipe']['train_questions'] == 1 and len(metrics['curve']) == 2
+    argv = json.loads((out / 'argv.json').read_text())
+    data = argv[argv.index('--dataset') + 1]
+    assert data.endswith('.tmp/sft.jsonl')   # written in the run's folder (argv names it before the rename)
+    rows = jsonl.read(out / 'sft.jsonl', missing_ok=False)
+    first = jsonl.read(arms.preference_data(stages.QUICK, cache)['sft'], missing_ok=False)[0]
+    recipe = arms.STAGE3['quick']
+    assert len(rows) == recipe['steps'] * recipe['pref_batch_size'] and all(r == first for r in rows)
