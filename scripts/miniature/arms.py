@@ -43,7 +43,8 @@ one leaves only the temporary folder, removed by the next call (which starts ove
 shared by the arms (``arms/data-<hash>``, built in a temporary folder as well). Two processes must not run the same
 arm at once.
 
-    python -m scripts.miniature.arms ARM --seed N [--quick] [--steps N] [--cache_dir DIR]   # prints metrics.json
+    python -m scripts.miniature.arms ARM --seed N [--quick] [--steps N] [--cache_dir DIR] [--set KEY=VALUE ...]
+    # prints metrics.json; --set changes a STAGE3 entry (or sets train_questions) for a pilot
 """
 from __future__ import annotations
 
