@@ -19,14 +19,12 @@ from typing import Any, Dict, Optional, Sequence
 from tqdm import tqdm
 
 from eval.qa import parse_dataset_arg
-from trainer import jsonl
+from trainer import jsonl, prompts
 from trainer.data import write_clip
 from trainer.engine import add_engine_arguments, build_engine, generate, resolve_model
 from trainer.model_loading import add_trust_remote_code_argument, check_no_remote_code
 from trainer.schema import SchemaError, load_hf_dataset
 from trainer.text import normalize, wer_scores  # noqa: F401  (normalize: part of this module's API)
-
-ASR_PROMPT = 'Transcribe the audio clip into text.'
 
 
 def evaluate_asr(model: str, dataset: str, out: Path = Path('output/eval'), *, base_model: Optional[str] = None,
@@ -51,7 +49,7 @@ def evaluate_asr(model: str, dataset: str, out: Path = Path('output/eval'), *, b
     run_dir = Path(out) / spec.name / name / 'asr_wer'
     jsonl.guard_run_config(run_dir, {'model': model, 'base': spec.base, 'adapter': spec.adapter, 'dataset': dataset,
                                      'split': split, 'max_items': max_items, 'max_new_tokens': max_new_tokens,
-                                     'reference_column': ref_col, 'prompt': ASR_PROMPT}, 'results')
+                                     'reference_column': ref_col, 'prompt': prompts.ASR_PROMPT}, 'results')
     results = run_dir / 'results.jsonl'
     done = {r['key'] for r in jsonl.read(results)}  # a torn last line of a killed run is redone
     engine = engine or build_engine(spec, backend, batch_size, trust_remote_code)
@@ -62,7 +60,7 @@ def evaluate_asr(model: str, dataset: str, out: Path = Path('output/eval'), *, b
         for row in rows:
             row = dict(row, key=str(row[key_col]))
             path = write_clip(row, name, Path(out) / '_audio' / name)
-            requests.append(([{'role': 'user', 'content': '<audio>' + ASR_PROMPT}], [path]))
+            requests.append((prompts.asr_messages(), [path]))
             ready.append(row)
         outputs = generate(engine, requests, spec, True, max_new_tokens)
         jsonl.append(results, [{'key': row['key'], 'generated_text': hyp, 'label': row[ref_col]}

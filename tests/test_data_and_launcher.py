@@ -48,7 +48,7 @@ def test_warmstart_speech_rows_carry_the_clip_and_the_thinking_column(tmp_path):
     assert row['messages'][1]['content'].startswith('<audio>') and os.path.exists(row['audios'][0])
     assert row['messages'][-1]['content'] == ('<think>Green is the second colour.</think>'
                                               '<answer>The answer is B.</answer>')
-    with pytest.raises(ValueError, match='modality must be text, speech or mixed'):
+    with pytest.raises(ValueError, match='modality must be one of text, speech, mixed, asr, asr_mixed'):
         prepare_warmstart_dataset(path, tmp_path / 'w2', modality='a')
 
 
@@ -62,6 +62,29 @@ def test_mixed_warmstart_rows_give_each_item_its_speech_then_its_text_prompt(tmp
     assert rows[0]['audios'][0].endswith('.wav') and rows[0]['audios'] != rows[2]['audios']
     assert rows[1]['messages'][1]['content'].startswith('Which colour?')
     assert rows[0]['messages'][-1] == rows[1]['messages'][-1]   # the same answer after either prompt
+
+
+def test_asr_mixed_warmstart_rows_ask_for_the_transcript_then_answer_the_text_prompt(tmp_path):
+    path = make_set(tmp_path, [good_row('k1'), good_row('k2')])
+    rows = [json.loads(l) for l in
+            prepare_warmstart_dataset(path, tmp_path / 'w', modality='asr_mixed').read_text().splitlines()]
+    assert len(rows) == 4
+    transcript = good_row('k1')['prompt_for_tts']
+    assert rows[0]['messages'] == [{'role': 'user', 'content': '<audio>Transcribe the audio clip into text.'},
+                                   {'role': 'assistant', 'content': transcript}]
+    assert rows[0]['audios'][0].endswith('.wav') and os.path.exists(rows[0]['audios'][0])
+    assert 'audios' not in rows[1] and rows[1]['messages'][1]['content'].startswith('Which colour?')
+    assert rows[1]['messages'][-1]['content'].endswith('<answer>The answer is B.</answer>')
+    asr_only = [json.loads(l) for l in
+                prepare_warmstart_dataset(path, tmp_path / 'a', modality='asr').read_text().splitlines()]
+    assert [r['messages'] for r in asr_only] == [rows[0]['messages'], rows[2]['messages']]
+    # the first item also answers its speech prompt, after its transcription and before its text prompt
+    some = [json.loads(l) for l in prepare_warmstart_dataset(path, tmp_path / 's', modality='asr_mixed',
+                                                              speech_answers=1).read_text().splitlines()]
+    assert len(some) == 5 and some[0]['messages'] == rows[0]['messages']
+    assert some[1]['messages'][1]['content'] == '<audio>' and some[1]['audios'] == some[0]['audios']
+    assert some[1]['messages'][-1] == some[2]['messages'][-1] == rows[1]['messages'][-1]
+    assert [r['messages'] for r in some[3:]] == [rows[2]['messages'], rows[3]['messages']]
 
 
 @pytest.mark.parametrize('bad, field', [

@@ -25,6 +25,8 @@ from trainer.schema import (DEFAULT_MAX_AUDIO_SECONDS, SAMPLING_RATE, SchemaErro
 # Columns this module adds to every ms-swift row (one place; the trainer and rewards read them).
 KEY, QUESTION, OPTIONS, ANSWER_INDEX, TEXT_PROMPT, SUBJECT = (
     'tars_key', 'tars_question', 'tars_options', 'tars_answer_index', 'tars_text_prompt', 'tars_subject')
+# The row kinds of a warm-start set (prepare_warmstart_dataset)
+WARMSTART_MODALITIES = ('text', 'speech', 'mixed', 'asr', 'asr_mixed')
 
 
 def _safe_name(key: str, content: str = '') -> str:
@@ -105,6 +107,12 @@ def warmstart_row(row: Dict, prompt_type: str, audio_path: Optional[str] = None)
     return {'messages': prompts.build_messages(prompt_type, 'text', row['prompt_for_tts'], answer=answer)}
 
 
+def asr_row(row: Dict, audio_path: str) -> Dict:
+    """An SFT row asking for the transcript of the row's clip (``prompts.asr_messages``), answered by the text the
+    clip speaks (``prompt_for_tts``): the ASR rows of a warm start (the miniature's stage 2)."""
+    return {'messages': prompts.asr_messages(row['prompt_for_tts']), 'audios': [audio_path]}
+
+
 def write_jsonl(rows: Iterable[Dict], path: Path) -> int:
     """Write rows atomically (temp file, then rename; no partial file on failure); return the count."""
     return jsonl.write_atomic(path, rows)
@@ -170,25 +178,34 @@ def prepare_grpo_files(dataset: str, out_dir: Path, *, prompt_type: str = 'systh
 
 
 def prepare_warmstart_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhink', split: str = 'train',
-                              max_rows: Optional[int] = None, modality: str = 'text') -> Path:
-    """Write ``out_dir/warmstart.jsonl``: prompts with systhink answers for ``swift sft``; ``modality`` ``text``
-    (the text prompts), ``speech`` (the speech prompts, clips written under ``out_dir/audio``) or ``mixed``
-    (each item twice, its speech prompt then its text prompt)."""
-    if modality not in ('text', 'speech', 'mixed'):
-        raise ValueError(f'modality must be text, speech or mixed, got {modality!r}')
+                              max_rows: Optional[int] = None, modality: str = 'text',
+                              speech_answers: int = 0) -> Path:
+    """Write ``out_dir/warmstart.jsonl``: prompts with systhink answers for ``swift sft``; ``modality`` one of
+    WARMSTART_MODALITIES: ``text`` (the text prompts), ``speech`` (the speech prompts, clips written under
+    ``out_dir/audio``), ``mixed`` (each item twice, its speech prompt then its text prompt), ``asr`` (each clip's
+    transcription, ``asr_row``) or ``asr_mixed`` (each item's transcription then its text prompt). With an asr
+    modality the first ``speech_answers`` items also give their answered speech prompt, after the transcription."""
+    if modality not in WARMSTART_MODALITIES:
+        raise ValueError(f'modality must be one of {", ".join(WARMSTART_MODALITIES)}, got {modality!r}')
     ds = load_hf_dataset(dataset, split)
     if max_rows:
         ds = ds.select(range(min(max_rows, len(ds))))
-    speech = modality in ('speech', 'mixed')
+    speech = modality != 'text'
     validate_dataset(ds, dataset, require_audio=speech, check_audio=False)
     out = out_dir / 'warmstart.jsonl'
     paths = materialize_audio(ds, dataset, out_dir / 'audio') if speech else [None] * len(ds)
     rows = ds.remove_columns([c for c in ('audio', ) if c in ds.column_names])
 
     def records():
-        for row, path in zip(rows, paths, strict=True):
-            yield warmstart_row(row, prompt_type, path)
-            if modality == 'mixed':
+        for i, (row, path) in enumerate(zip(rows, paths, strict=True)):
+            if modality == 'text':
+                yield warmstart_row(row, prompt_type)
+                continue
+            if modality.startswith('asr'):
+                yield asr_row(row, path)
+            if not modality.startswith('asr') or i < speech_answers:
+                yield warmstart_row(row, prompt_type, path)
+            if modality.endswith('mixed'):
                 yield warmstart_row(row, prompt_type)
     write_jsonl(records(), out)
     return out

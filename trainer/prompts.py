@@ -33,6 +33,9 @@ PROMPT_TYPES = ('none', 'systhink', 'simple', 'cot')
 EVAL_PROMPT_TYPES = tuple(ANSWER_SUFFIX)
 PROMPT_MODALITIES = ('a', 't', 'mixed')
 AUDIO_TAG = '<audio>'  # ms-swift's media placeholder; its template expands it per model
+# The original's ASR instruction (docs/original.md §6.2), no system prompt: eval.asr and the ASR rows of a
+# warm start (trainer.data.asr_row) ask for a clip's transcript with it.
+ASR_PROMPT = 'Transcribe the audio clip into text.'
 
 
 def system_prompt(prompt_type: str) -> Optional[str]:
@@ -66,6 +69,15 @@ def build_messages(prompt_type: str, modality: str, prompt_for_tts: str = '',
     messages.append({'role': 'user', 'content': user_text(prompt_type, modality, prompt_for_tts)})
     if answer is not None:
         messages.append({'role': 'assistant', 'content': answer})
+    return messages
+
+
+def asr_messages(transcript: Optional[str] = None) -> List[Dict[str, str]]:
+    """ms-swift ``messages`` asking for the transcript of the one clip of the row (``<audio>`` + ASR_PROMPT),
+    with the assistant turn when ``transcript`` is given."""
+    messages = [{'role': 'user', 'content': AUDIO_TAG + ASR_PROMPT}]
+    if transcript is not None:
+        messages.append({'role': 'assistant', 'content': transcript})
     return messages
 
 

@@ -6,9 +6,11 @@
   fine-tune) and unused.
 - **Stage 2, input-side fusion**: from the stage-1 checkpoint, full SFT of the projector and the LLM, the
   Whisper-initialised audio encoder frozen (``--freeze_llm false --freeze_vit true --freeze_aligner false``), on
-  the spoken items' SPEECH and TEXT prompts (``modality='mixed'``), stopped early so that a modality gap remains.
-  The paper's baseline is an adapter with a frozen LLM; at this scale no frozen-LLM stage 2 carried the spoken
-  values (docs/miniature.md, "Stage-2 attempts"), hence this deliberate difference.
+  the spoken items' SPEECH and TEXT prompts (``Setting.stage2_modality='mixed'``), stopped early so that a
+  modality gap remains. The paper's baseline is an adapter with a frozen LLM; at this scale no frozen-LLM stage 2
+  carried the spoken values (docs/miniature.md, "Stage-2 attempts"), hence this deliberate difference. A setting
+  may train on transcriptions instead (``'asr_mixed'``, the original's ASR prompt); docs/miniature.md reports
+  that experiment.
 
 Both go through the project's own paths: the preset ``qwen2_5_omni`` and ``swift sft``
 (``scripts.recipes.embedded.sft_checkpoint``, the embedded default's warm start), ``trainer.data``'s warm-start
@@ -48,7 +50,6 @@ STAGE1_FLAGS = ('--lr_scheduler_type', 'cosine', '--warmup_ratio', '0.03')
 # thinker.audio_tower.proj the aligner. Not the paper's frozen-LLM adapter: docs/miniature.md says why.
 STAGE2_FLAGS = ('--freeze_llm', 'false', '--freeze_vit', 'true', '--freeze_aligner', 'false',
                 '--lr_scheduler_type', 'cosine', '--warmup_ratio', '0.03')
-STAGE2_MODALITY = 'mixed'   # each spoken item's speech prompt and its text prompt, so that text keeps its level
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,11 @@ class Setting:
     stage1: Dict = field(hash=False)
     stage2: Dict = field(hash=False)
     speech_items: Optional[int] = None   # the first N items of each split are spoken (None: all)
+    # stage 2's rows (trainer.data.prepare_warmstart_dataset): 'mixed', each spoken item's speech prompt and its
+    # text prompt, so that text keeps its level; 'asr_mixed', its transcription instead of its speech prompt, and
+    # the answered speech prompts of the first stage2_speech_answers items only (an experiment, docs/miniature.md)
+    stage2_modality: str = 'mixed'
+    stage2_speech_answers: int = 0
     eval_items: int = 300                # the first N test items are evaluated
     max_new_tokens: int = 96             # a systhink answer of the world is 20-45 tokens
     eval_batch_size: int = 32
@@ -109,11 +115,14 @@ def model_dir(setting: Setting, cache_dir: Optional[Path] = None) -> Path:
 
 
 def _stage(name: str, start: Path, data: Path, recipe: Dict, flags: Sequence[str], modality: str,
-           cache_dir: Optional[Path]) -> Path:
+           cache_dir: Optional[Path], speech_answers: int = 0) -> Path:
     from scripts.recipes.embedded import sft_checkpoint
-    digest = _digest(name, recipe, list(flags), modality, start.name, str(data), STAGES_VERSION)
-    out = _root(cache_dir) / f'{name}-{digest}'
-    return sft_checkpoint(start, data, out, recipe, MODEL_TYPE, modality=modality, extra=flags)
+    parts = [name, recipe, list(flags), modality, start.name, str(data), STAGES_VERSION]
+    if speech_answers:   # absent when 0, so the names of earlier checkpoints stay
+        parts.append({'speech_answers': speech_answers})
+    out = _root(cache_dir) / f'{name}-{_digest(*parts)}'
+    return sft_checkpoint(start, data, out, recipe, MODEL_TYPE, modality=modality, extra=flags,
+                          speech_answers=speech_answers)
 
 
 def stage1(setting: Setting = FULL, cache_dir: Optional[Path] = None) -> Path:
@@ -127,7 +136,7 @@ def stage2(setting: Setting = FULL, cache_dir: Optional[Path] = None) -> Path:
     checkpoint on the speech and text prompts of the spoken items, the audio encoder frozen (cached; runs stage 1
     first when it is missing)."""
     return _stage('stage2', stage1(setting, cache_dir), world_dataset(setting, True, cache_dir),
-                  setting.stage2, STAGE2_FLAGS, STAGE2_MODALITY, cache_dir)
+                  setting.stage2, STAGE2_FLAGS, setting.stage2_modality, cache_dir, setting.stage2_speech_answers)
 
 
 def evaluate(checkpoint: Path, dataset: Path, modes: Sequence[str], setting: Setting,
@@ -179,8 +188,8 @@ def run(stage: str, setting: Setting = FULL, cache_dir: Optional[Path] = None, d
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Command line: run (or find) one stage and print its summary as JSON."""
-    p = argparse.ArgumentParser(description='The miniature\'s stage 1 (text SFT) and stage 2 (audio encoder '
-                                            'and projector on speech, LLM frozen).')
+    p = argparse.ArgumentParser(description='The miniature\'s stage 1 (text SFT) and stage 2 (projector and '
+                                            'LLM on speech and text prompts, audio encoder frozen).')
     p.add_argument('stage', choices=('stage1', 'stage2'))
     p.add_argument('--quick', action='store_true', help='the toy QUICK setting (tests)')
     p.add_argument('--cache_dir', type=Path, default=None)
