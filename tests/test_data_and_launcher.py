@@ -85,6 +85,8 @@ def test_asr_mixed_warmstart_rows_ask_for_the_transcript_then_answer_the_text_pr
     assert some[1]['messages'][1]['content'] == '<audio>' and some[1]['audios'] == some[0]['audios']
     assert some[1]['messages'][-1] == some[2]['messages'][-1] == rows[1]['messages'][-1]
     assert [r['messages'] for r in some[3:]] == [rows[2]['messages'], rows[3]['messages']]
+    with pytest.raises(ValueError, match="speech_answers=1 needs an asr modality, got 'mixed'"):
+        prepare_warmstart_dataset(path, tmp_path / 'm', modality='mixed', speech_answers=1)
 
 
 @pytest.mark.parametrize('bad, field', [

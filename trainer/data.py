@@ -187,6 +187,8 @@ def prepare_warmstart_dataset(dataset: str, out_dir: Path, prompt_type: str = 's
     modality the first ``speech_answers`` items also give their answered speech prompt, after the transcription."""
     if modality not in WARMSTART_MODALITIES:
         raise ValueError(f'modality must be one of {", ".join(WARMSTART_MODALITIES)}, got {modality!r}')
+    if speech_answers and not modality.startswith('asr'):
+        raise ValueError(f'speech_answers={speech_answers} needs an asr modality, got {modality!r}')
     ds = load_hf_dataset(dataset, split)
     if max_rows:
         ds = ds.select(range(min(max_rows, len(ds))))

@@ -33,8 +33,8 @@ PROMPT_TYPES = ('none', 'systhink', 'simple', 'cot')
 EVAL_PROMPT_TYPES = tuple(ANSWER_SUFFIX)
 PROMPT_MODALITIES = ('a', 't', 'mixed')
 AUDIO_TAG = '<audio>'  # ms-swift's media placeholder; its template expands it per model
-# The original's ASR instruction (docs/original.md §6.2), no system prompt: eval.asr and the ASR rows of a
-# warm start (trainer.data.asr_row) ask for a clip's transcript with it.
+# The original's ASR instruction (docs/original.md §6.2), without a system message of ours (a template may add its
+# default one): eval.asr and the ASR rows of a warm start (trainer.data.asr_row) ask for a clip's transcript with it.
 ASR_PROMPT = 'Transcribe the audio clip into text.'
 
 
