@@ -45,6 +45,12 @@ def test_recipe_overrides_of_a_pilot_change_the_recipe_and_refuse_unknown_keys()
         arms.cycled(['a', 'b', 'c', 'd'], 5, 8)
     with pytest.raises(SystemExit):   # refused by the command line before any stage runs
         arms.main(['grpo', '--set', 'nope=1', '--cache_dir', '/nonexistent'])
+    # more questions than the spoken train split (3000 of 6000 items), or none: refused before any stage runs
+    assert arms.train_rows(stages.FULL) == 3000 and arms.train_rows(stages.QUICK) == 24
+    assert arms.recipe_for(stages.FULL, None, {'train_questions': 3000})['train_questions'] == 3000
+    for n in (3001, 0):
+        with pytest.raises(ValueError, match=rf'--set train_questions={n}: must be in 1..3000'):
+            arms.recipe_for(stages.FULL, None, {'train_questions': n})
 
 
 @pytest.fixture(scope='module')

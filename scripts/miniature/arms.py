@@ -204,9 +204,18 @@ def recipe_for(setting: Setting, steps: Optional[int] = None, overrides: Optiona
         if type(value) is not type(known[key]) and not (isinstance(known[key], float) and type(value) is int):
             raise ValueError(f'--set {key}={value!r}: expected a {type(known[key]).__name__}')
         recipe[key] = value
+    n = recipe.get('train_questions')
+    if n is not None and not 0 < n <= train_rows(setting):   # refused here, before any stage runs
+        raise ValueError(f'--set train_questions={n}: must be in 1..{train_rows(setting)} (the spoken train split)')
     if steps is not None:
         recipe['steps'] = int(steps)
     return recipe
+
+
+def train_rows(setting: Setting) -> int:
+    """The number of rows of the arms' data: the spoken items of the world's train split."""
+    n = setting.world.n_train
+    return min(n, setting.speech_items) if setting.speech_items is not None else n
 
 
 def cycled(rows: Sequence, n: int, total: int) -> List:
