@@ -45,11 +45,16 @@ def test_recipe_overrides_of_a_pilot_change_the_recipe_and_refuse_unknown_keys()
         arms.cycled(['a', 'b', 'c', 'd'], 5, 8)
     with pytest.raises(SystemExit):   # refused by the command line before any stage runs
         arms.main(['grpo', '--set', 'nope=1', '--cache_dir', '/nonexistent'])
-    # more questions than the spoken train split (3000 of 6000 items), or none: refused before any stage runs
-    assert arms.train_rows(stages.FULL) == 3000 and arms.train_rows(stages.QUICK) == 24
-    assert arms.recipe_for(stages.FULL, None, {'train_questions': 3000})['train_questions'] == 3000
-    for n in (3001, 0):
-        with pytest.raises(ValueError, match=rf'--set train_questions={n}: must be in 1..3000'):
+    # the arms train on the spoken train items stage 2 did not see: 3000..4499 of 6000 (4500 spoken)
+    assert arms.train_range(stages.FULL) == (3000, 4500) and arms.train_rows(stages.FULL) == 1500
+    assert arms.train_range(stages.QUICK) == (16, 24)
+    assert arms.train_range(dataclasses.replace(stages.FULL, stage2_items=None)) == (0, 4500)
+    with pytest.raises(ValueError, match='stage2_items=4500 leaves none of the 4500 spoken train items'):
+        arms.train_range(dataclasses.replace(stages.FULL, stage2_items=4500))
+    # more questions than that, or none: refused before any stage runs
+    assert arms.recipe_for(stages.FULL, None, {'train_questions': 1500})['train_questions'] == 1500
+    for n in (1501, 0):
+        with pytest.raises(ValueError, match=rf'--set train_questions={n}: must be in 1..1500'):
             arms.recipe_for(stages.FULL, None, {'train_questions': n})
 
 
@@ -136,7 +141,8 @@ def test_quick_dpo_arm_restarts_a_killed_run_and_shares_the_data_order(cache):
     rows = jsonl.read(arms.preference_data(stages.QUICK, cache)['dpo'], missing_ok=False)
     grpo_rows = jsonl.read(arms.grpo_data(stages.QUICK, cache), missing_ok=False)
     assert [r['tars_key'] for r in rows] == [r['tars_key'] for r in grpo_rows]
-    assert len(rows) == stages.QUICK.world.n_train
+    # only the train items after stage 2's first 16: questions stage 2 never answered
+    assert sorted(r['tars_key'] for r in rows) == [f'mini-train-{i:05d}' for i in range(16, 24)]
     for row in rows:
         chosen, rejected = row['messages'][-1]['content'], row['rejected_response']
         assert chosen.startswith('<think>') and chosen.endswith('.</answer>') and chosen != rejected

@@ -19,7 +19,9 @@ engine (no vLLM).
 
 **Equal steps, same data order.** Every arm makes ``steps`` optimizer steps from the stage-2 checkpoint
 (``scripts.miniature.stages.stage2``) on the train split of the spoken world set
-(``stages.world_dataset(setting, True)``). The rows are put in one order, the split's shuffled by ``DATA_SEED``
+(``stages.world_dataset(setting, True)``), the spoken items after the first ``Setting.stage2_items`` that stage 2
+trained on (``train_range``): like the paper's RL data, questions the start checkpoint was never taught, so the
+training rollouts fail where the test answers fail. The rows are put in one order, the split's shuffled by ``DATA_SEED``
 (``random.Random(DATA_SEED).shuffle``, the preference builder's own shuffle), and every trainer reads them in that
 order (``--dataset_shuffle false``, ``--train_dataloader_shuffle false``): the k-th step of every arm and seed sees
 the same questions. An arm's ``seed`` is ms-swift's ``--seed`` (the LoRA initialisation, dropout, GRPO sampling).
@@ -150,19 +152,23 @@ def _built(out: Path, build) -> Path:
 
 
 def grpo_data(setting: Setting, cache_dir: Optional[Path] = None) -> Path:
-    """The GRPO arms' ms-swift rows (``trainer.data.prepare_grpo_dataset``, speech prompts + the text prompt for
-    the mixed rollouts) of the spoken world's train split, in ``data_order``: ``arms/data-<hash>/grpo.jsonl``."""
+    """The GRPO arms' ms-swift rows (``trainer.data``'s GRPO rows, speech prompts + the text prompt for the mixed
+    rollouts) of the spoken world's train items in ``train_range``, in ``data_order``:
+    ``arms/data-<hash>/grpo.jsonl``."""
     from trainer import jsonl
-    from trainer.data import prepare_grpo_dataset
+    from trainer.data import load_grpo_split, write_grpo_split
     world = stages.world_dataset(setting, True, cache_dir)
+    first, end = train_range(setting)
 
     def build(tmp: Path) -> None:
-        path = prepare_grpo_dataset(str(world), tmp, prompt_type='systhink', prompt_modality='mixed', split='train')
+        ds = load_grpo_split(str(world), prompt_type='systhink', prompt_modality='mixed', split='train')
+        ds = ds.select(range(first, end))
+        path = write_grpo_split(ds, str(world), tmp / 'grpo.jsonl', tmp / 'audio', 'systhink', 'mixed')
         rows = jsonl.read(path, missing_ok=False)
         jsonl.write_atomic(path, [rows[i] for i in data_order(len(rows))])
 
-    return _built(_arms_root(cache_dir) / f'data-grpo-{_digest(str(world), DATA_SEED, ARMS_VERSION)}', build) \
-        / 'grpo.jsonl'
+    name = f'data-grpo-{_digest(str(world), DATA_SEED, ARMS_VERSION, *_range_key(setting))}'
+    return _built(_arms_root(cache_dir) / name, build) / 'grpo.jsonl'
 
 
 def preference_data(setting: Setting, cache_dir: Optional[Path] = None) -> Dict[str, Path]:
@@ -176,9 +182,10 @@ def preference_data(setting: Setting, cache_dir: Optional[Path] = None) -> Dict[
     from trainer.prompts import systhink_answer
     from trainer.schema import load_hf_dataset
     world = stages.world_dataset(setting, True, cache_dir)
+    first, end = train_range(setting)
 
     def build(tmp: Path) -> None:
-        ds = load_hf_dataset(str(world), 'train')
+        ds = load_hf_dataset(str(world), 'train').select(range(first, end))
         keys, thinking, gold = ds['key'], ds['thinking'], ds['answer_index']
         chosen = [systhink_answer(t, LETTERS[g]) for t, g in zip(thinking, gold, strict=True)]
         rejected = [systhink_answer(t, wrong_letter(k, g)) for k, t, g in zip(keys, thinking, gold, strict=True)]
@@ -188,7 +195,8 @@ def preference_data(setting: Setting, cache_dir: Optional[Path] = None) -> Dict[
                                 prompt_modality='a', val_rows=0, seed=DATA_SEED)
         shutil.rmtree(tmp / 'hf')   # the set holds its own clips (set/audio)
 
-    root = _built(_arms_root(cache_dir) / f'data-pref-{_digest(str(world), DATA_SEED, ARMS_VERSION)}', build)
+    name = f'data-pref-{_digest(str(world), DATA_SEED, ARMS_VERSION, *_range_key(setting))}'
+    root = _built(_arms_root(cache_dir) / name, build)
     return {kind: root / 'set' / f'{kind}.jsonl' for kind in PREFERENCE_ARMS}
 
 
@@ -206,16 +214,36 @@ def recipe_for(setting: Setting, steps: Optional[int] = None, overrides: Optiona
         recipe[key] = value
     n = recipe.get('train_questions')
     if n is not None and not 0 < n <= train_rows(setting):   # refused here, before any stage runs
-        raise ValueError(f'--set train_questions={n}: must be in 1..{train_rows(setting)} (the spoken train split)')
+        raise ValueError(f'--set train_questions={n}: must be in 1..{train_rows(setting)} '
+                         "(the arms' spoken train items)")
     if steps is not None:
         recipe['steps'] = int(steps)
     return recipe
 
 
-def train_rows(setting: Setting) -> int:
-    """The number of rows of the arms' data: the spoken items of the world's train split."""
+def train_range(setting: Setting) -> Tuple[int, int]:
+    """The spoken train items the arms train on, as (first, end) indices of the train split: those after stage
+    2's first ``stage2_items`` (all spoken items when it is None), so stage 3 rewards answers to questions stage 2
+    was never taught (as the paper's RL data are new to the model). Refused when none is left."""
     n = setting.world.n_train
-    return min(n, setting.speech_items) if setting.speech_items is not None else n
+    spoken = min(n, setting.speech_items) if setting.speech_items is not None else n
+    first = setting.stage2_items or 0
+    if first >= spoken:
+        raise ValueError(f'setting {setting.name}: stage2_items={first} leaves none of the {spoken} spoken train '
+                         'items to stage 3 (raise speech_items)')
+    return first, spoken
+
+
+def _range_key(setting: Setting) -> List:
+    """Part of the arms' data names: empty when the arms read every spoken item, so the names made before
+    ``stage2_items`` existed stay."""
+    return [] if not setting.stage2_items else [{'train_range': list(train_range(setting))}]
+
+
+def train_rows(setting: Setting) -> int:
+    """The number of rows of the arms' data (``train_range``)."""
+    first, end = train_range(setting)
+    return end - first
 
 
 def cycled(rows: Sequence, n: int, total: int) -> List:

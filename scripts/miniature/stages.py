@@ -62,6 +62,9 @@ class Setting:
     stage1: Dict = field(hash=False)
     stage2: Dict = field(hash=False)
     speech_items: Optional[int] = None   # the first N items of each split are spoken (None: all)
+    # stage 2 trains on the first stage2_items spoken train items (None: all of them); the arms of stage 3 train on
+    # the spoken train items after those, questions stage 2 never answered (scripts.miniature.arms.train_range)
+    stage2_items: Optional[int] = None
     # stage 2's rows (trainer.data.prepare_warmstart_dataset): 'mixed', each spoken item's speech prompt and its
     # text prompt, so that text keeps its level; 'asr_mixed', its transcription instead of its speech prompt, and
     # the answered speech prompts of the first stage2_speech_answers items only (an experiment, docs/miniature.md)
@@ -75,14 +78,14 @@ class Setting:
 FULL = Setting(
     'full', WorldConfig(), WHISPER_QWEN2_5_OMNI,
     stage1={'steps': 2400, 'learning_rate': 1.5e-3, 'batch_size': 16, 'prompt_type': 'systhink', 'seed': 0},
-    stage2={'steps': 600, 'learning_rate': 5e-4, 'batch_size': 8, 'prompt_type': 'systhink', 'seed': 0},
-    speech_items=3000)
+    stage2={'steps': 900, 'learning_rate': 5e-4, 'batch_size': 8, 'prompt_type': 'systhink', 'seed': 0},
+    speech_items=4500, stage2_items=3000)
 
 QUICK = Setting(
     'quick', WorldConfig(n_train=24, n_validation=6, n_test=6), QUICK_QWEN2_5_OMNI,
     stage1={'steps': 2, 'learning_rate': 1e-3, 'batch_size': 4, 'prompt_type': 'systhink', 'seed': 0},
     stage2={'steps': 2, 'learning_rate': 1e-3, 'batch_size': 2, 'prompt_type': 'systhink', 'seed': 0},
-    eval_items=6, max_new_tokens=16, eval_batch_size=6)
+    stage2_items=16, eval_items=6, max_new_tokens=16, eval_batch_size=6)
 
 SETTINGS = {s.name: s for s in (FULL, QUICK)}
 
@@ -115,14 +118,16 @@ def model_dir(setting: Setting, cache_dir: Optional[Path] = None) -> Path:
 
 
 def _stage(name: str, start: Path, data: Path, recipe: Dict, flags: Sequence[str], modality: str,
-           cache_dir: Optional[Path], speech_answers: int = 0) -> Path:
+           cache_dir: Optional[Path], speech_answers: int = 0, max_rows: Optional[int] = None) -> Path:
     from scripts.recipes.embedded import sft_checkpoint
     parts = [name, recipe, list(flags), modality, start.name, str(data), STAGES_VERSION]
     if speech_answers:   # absent when 0, so the names of earlier checkpoints stay
         parts.append({'speech_answers': speech_answers})
+    if max_rows is not None:   # likewise absent when every row is read
+        parts.append({'max_rows': max_rows})
     out = _root(cache_dir) / f'{name}-{_digest(*parts)}'
     return sft_checkpoint(start, data, out, recipe, MODEL_TYPE, modality=modality, extra=flags,
-                          speech_answers=speech_answers)
+                          speech_answers=speech_answers, max_rows=max_rows)
 
 
 def stage1(setting: Setting = FULL, cache_dir: Optional[Path] = None) -> Path:
@@ -133,10 +138,11 @@ def stage1(setting: Setting = FULL, cache_dir: Optional[Path] = None) -> Path:
 
 def stage2(setting: Setting = FULL, cache_dir: Optional[Path] = None) -> Path:
     """Stage 2 (input-side fusion): the checkpoint after training the projector and the LLM of the stage-1
-    checkpoint on the speech and text prompts of the spoken items, the audio encoder frozen (cached; runs stage 1
-    first when it is missing)."""
+    checkpoint on the speech and text prompts of the first ``stage2_items`` spoken train items, the audio encoder
+    frozen (cached; runs stage 1 first when it is missing)."""
     return _stage('stage2', stage1(setting, cache_dir), world_dataset(setting, True, cache_dir),
-                  setting.stage2, STAGE2_FLAGS, setting.stage2_modality, cache_dir, setting.stage2_speech_answers)
+                  setting.stage2, STAGE2_FLAGS, setting.stage2_modality, cache_dir, setting.stage2_speech_answers,
+                  max_rows=setting.stage2_items)
 
 
 def evaluate(checkpoint: Path, dataset: Path, modes: Sequence[str], setting: Setting,
