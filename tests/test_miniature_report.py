@@ -89,7 +89,13 @@ def test_validity_from_the_data():
         'stage 2 speech 40.0 %, text 80.0 %, gap 40.0 points (needs >= 15)')
     grpo = checks['standard GRPO moves speech accuracy by more than its own seed interval']
     assert grpo['text'] == ('standard GRPO speech 52.0 % vs stage 2 40.0 %: change +12.0 points, '
-                            'seed 95 % half-width 5.0 points')
+                            'seed 95 % half-width 5.0 points; a gain')
+    # a change beyond the interval holds either way, and the text says which way
+    lower = hand_results()
+    lower['stage2'] = dict(lower['stage2'], speech_acc=0.64)
+    grpo = {c['name']: c for c in report.validity(lower)}[grpo['name']]
+    assert grpo['holds'] and grpo['text'].endswith('change -12.0 points, seed 95 % half-width 5.0 points; a loss: '
+                                                   'standard GRPO lowers speech accuracy')
     bad = hand_results()
     bad['stage1']['text_acc'] = 0.28
     bad['stage2'] = {'speech_acc': 0.50, 'text_acc': 0.60}     # gap 10 points; GRPO change +2 < 4.97

@@ -123,6 +123,8 @@ def validity(results: Dict) -> List[Dict]:
         holds = abs(change) > half
         text = (f'standard GRPO speech {_pts(mean)} % vs stage 2 {_pts(sp)} %: change {100 * change:+.1f} points, '
                 f'seed 95 % half-width {100 * half:.1f} points')
+        if holds:   # the condition asks for a change beyond the noise; a reader must see which way it went
+            text += '; a gain' if change > 0 else '; a loss: standard GRPO lowers speech accuracy'
     out.append({'name': "standard GRPO moves speech accuracy by more than its own seed interval",
                 'holds': holds, 'text': text})
     return out
