@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from trainer.answer import format_score
 from trainer.data import KEY, TEXT_PROMPT, prepare_grpo_dataset, prepare_warmstart_dataset
 from trainer.schema import SchemaError, encode_wav_bytes, rows_to_dataset
 
@@ -63,6 +64,19 @@ def test_mixed_warmstart_rows_give_each_item_its_speech_then_its_text_prompt(tmp
     assert rows[1]['messages'][1]['content'].startswith('Which colour?')
     assert rows[0]['messages'][-1] == rows[1]['messages'][-1]   # the same answer after either prompt
 
+
+def test_speech_thinking_answers_the_later_speech_prompts_directly(tmp_path):
+    path = make_set(tmp_path, [good_row('k1'), good_row('k2')])
+    rows = [json.loads(l) for l in prepare_warmstart_dataset(path, tmp_path / 'w', modality='mixed',
+                                                              speech_thinking=1).read_text().splitlines()]
+    answers = [r['messages'][-1]['content'] for r in rows]
+    thought = answers[1]   # a text prompt: always with its thinking
+    assert thought.startswith('<think>') and not thought.startswith('<think></think>')
+    # item 1 (speech, text) thinks; item 2's speech prompt is answered directly, its text prompt with the thinking
+    assert answers == [thought, thought, '<think></think><answer>The answer is B.</answer>', thought]
+    assert format_score(answers[2]) == 1.0   # the strict format accepts an empty thinking
+    with pytest.raises(ValueError, match="speech_thinking=1 needs the speech or mixed modality, got 'text'"):
+        prepare_warmstart_dataset(path, tmp_path / 't', modality='text', speech_thinking=1)
 
 def test_asr_mixed_warmstart_rows_ask_for_the_transcript_then_answer_the_text_prompt(tmp_path):
     path = make_set(tmp_path, [good_row('k1'), good_row('k2')])

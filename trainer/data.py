@@ -92,15 +92,17 @@ def grpo_row(row: Dict, audio_path: Optional[str], prompt_type: str) -> Dict:
     }
 
 
-def warmstart_row(row: Dict, prompt_type: str, audio_path: Optional[str] = None) -> Dict:
+def warmstart_row(row: Dict, prompt_type: str, audio_path: Optional[str] = None, think: bool = True) -> Dict:
     """An SFT row whose answer is in the systhink format (the embedded default's warm start, the miniature's
     stages): the text prompt, or the speech prompt when ``audio_path`` is given.
 
     The thinking part is the row's ``thinking`` column when the dataset has one (the miniature world states the
-    intermediate step there), else a generic sentence naming the subject."""
+    intermediate step there), else a generic sentence naming the subject; with ``think=False`` it is empty (a
+    direct answer, still in the format the strict format reward accepts)."""
     letter = LETTERS[int(row['answer_index'])]
     thinking = row.get('thinking') or \
         f'The question is about {row.get("subject") or "this topic"}. Let me check each option.'
+    thinking = thinking if think else ''
     answer = prompts.systhink_answer(thinking, letter)
     if audio_path:
         return {'messages': prompts.build_messages(prompt_type, 'speech', answer=answer), 'audios': [audio_path]}
@@ -179,16 +181,21 @@ def prepare_grpo_files(dataset: str, out_dir: Path, *, prompt_type: str = 'systh
 
 def prepare_warmstart_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhink', split: str = 'train',
                               max_rows: Optional[int] = None, modality: str = 'text',
-                              speech_answers: int = 0) -> Path:
+                              speech_answers: int = 0, speech_thinking: Optional[int] = None) -> Path:
     """Write ``out_dir/warmstart.jsonl``: prompts with systhink answers for ``swift sft``; ``modality`` one of
     WARMSTART_MODALITIES: ``text`` (the text prompts), ``speech`` (the speech prompts, clips written under
     ``out_dir/audio``), ``mixed`` (each item twice, its speech prompt then its text prompt), ``asr`` (each clip's
     transcription, ``asr_row``) or ``asr_mixed`` (each item's transcription then its text prompt). With an asr
-    modality the first ``speech_answers`` items also give their answered speech prompt, after the transcription."""
+    modality the first ``speech_answers`` items also give their answered speech prompt, after the transcription.
+    With ``speech_thinking`` N (``speech`` or ``mixed``), only the first N items' speech prompts are answered with
+    their thinking, the later ones directly (``warmstart_row(think=False)``), as spoken question-answering data
+    usually are; text prompts always carry it (the miniature's stage 2, docs/miniature.md)."""
     if modality not in WARMSTART_MODALITIES:
         raise ValueError(f'modality must be one of {", ".join(WARMSTART_MODALITIES)}, got {modality!r}')
     if speech_answers and not modality.startswith('asr'):
         raise ValueError(f'speech_answers={speech_answers} needs an asr modality, got {modality!r}')
+    if speech_thinking is not None and modality not in ('speech', 'mixed'):
+        raise ValueError(f'speech_thinking={speech_thinking} needs the speech or mixed modality, got {modality!r}')
     ds = load_hf_dataset(dataset, split)
     if max_rows:
         ds = ds.select(range(min(max_rows, len(ds))))
@@ -206,7 +213,7 @@ def prepare_warmstart_dataset(dataset: str, out_dir: Path, prompt_type: str = 's
             if modality.startswith('asr'):
                 yield asr_row(row, path)
             if not modality.startswith('asr') or i < speech_answers:
-                yield warmstart_row(row, prompt_type, path)
+                yield warmstart_row(row, prompt_type, path, think=speech_thinking is None or i < speech_thinking)
             if modality.endswith('mixed'):
                 yield warmstart_row(row, prompt_type)
     write_jsonl(records(), out)
