@@ -203,6 +203,8 @@ def test_quick_end_to_end(tmp_path):
     assert all(len(rows) == 1 and 'speech_acc' in rows[0] for rows in data['arms'].values())
     assert data['stage1']['text_acc'] is not None and data['stage2']['speech_acc'] is not None
     assert set(data['layer_similarity']) == {'stage 2', 'GRPO', 'TARS'}
+    [stage2] = (tmp_path / 'cache' / 'miniature').glob('stage2-*/warm_start.json')
+    assert json.loads(stage2.read_text())['speech_thinking'] == QUICK.stage2_speech_thinking == 8
     md = (out / 'report.md').read_text()
     assert '| GRPO (R_base: format + accuracy) | 1 |' in md
     assert f"bash scripts/miniature/run.sh --quick --cache_dir {tmp_path / 'cache'}" in md

@@ -14,6 +14,9 @@ def test_warmstart_row_uses_the_thinking_column():
     speech = warmstart_row(row, 'systhink', '/clips/a.wav')
     assert speech['audios'] == ['/clips/a.wav'] and speech['messages'][1]['content'].startswith('<audio>')
     assert speech['messages'][-1] == text['messages'][-1]
+    direct = warmstart_row(row, 'systhink', '/clips/a.wav', think=False)   # stage 2's direct speech answers
+    assert direct['messages'][-1]['content'] == '<think></think><answer>The answer is C.</answer>'
+    assert direct['messages'][:-1] == speech['messages'][:-1]
     generic = warmstart_row({'prompt_for_tts': 'Q?', 'answer_index': 0, 'subject': 'law'}, 'systhink')
     assert generic['messages'][-1]['content'] == ('<think>The question is about law. Let me check each option.'
                                                   '</think><answer>The answer is A.</answer>')

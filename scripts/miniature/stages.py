@@ -91,7 +91,7 @@ QUICK = Setting(
     'quick', WorldConfig(n_train=24, n_validation=6, n_test=6), QUICK_QWEN2_5_OMNI,
     stage1={'steps': 2, 'learning_rate': 1e-3, 'batch_size': 4, 'prompt_type': 'systhink', 'seed': 0},
     stage2={'steps': 2, 'learning_rate': 1e-3, 'batch_size': 2, 'prompt_type': 'systhink', 'seed': 0},
-    stage2_items=16, eval_items=6, max_new_tokens=16, eval_batch_size=6)
+    stage2_items=16, stage2_speech_thinking=8, eval_items=6, max_new_tokens=16, eval_batch_size=6)
 
 SETTINGS = {s.name: s for s in (FULL, QUICK)}
 
