@@ -78,6 +78,7 @@ def test_speech_thinking_answers_the_later_speech_prompts_directly(tmp_path):
     with pytest.raises(ValueError, match="speech_thinking=1 needs the speech or mixed modality, got 'text'"):
         prepare_warmstart_dataset(path, tmp_path / 't', modality='text', speech_thinking=1)
 
+
 def test_asr_mixed_warmstart_rows_ask_for_the_transcript_then_answer_the_text_prompt(tmp_path):
     path = make_set(tmp_path, [good_row('k1'), good_row('k2')])
     rows = [json.loads(l) for l in
