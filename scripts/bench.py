@@ -161,6 +161,16 @@ def _swift_args(model: Path, data: Path, out: Path, rewards: Sequence[str], comp
             '--output_dir', str(out), '--seed', '11']
 
 
+def _timed(cmd: Sequence[str], what: str, env: Optional[dict] = None) -> float:
+    """Run ``cmd`` in the repository root and return its wall seconds; a failure raises with its output's end."""
+    start = time.perf_counter()
+    proc = subprocess.run(list(cmd), cwd=REPO, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f'{what} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}')
+    return seconds
+
+
 def _measure(trainer: str, swift_args: Sequence[str], work: Path, tag: str) -> dict:
     result = work / f'{tag}.json'
     cmd = [sys.executable, '-m', 'scripts.bench', '_run', '--trainer', trainer, '--result', str(result), '--',
@@ -350,11 +360,7 @@ def bench_layers(samples: int = 100, max_new_tokens: int = 24) -> dict:
            '--max_new_tokens', str(max_new_tokens), '--out_dir', str(work / 'run')]
     if default['base_model']:
         cmd += ['--base_model', default['base_model']]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f'layer similarity run failed:\n{(proc.stdout + proc.stderr)[-4000:]}')
+    seconds = _timed(cmd, 'layer similarity run')
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # kilobytes on Linux
     stats = read_stats(str(work / 'run'))
     shutil.rmtree(work, ignore_errors=True)
@@ -510,14 +516,12 @@ def bench_miniature_quick() -> dict:
     work = Path(tempfile.mkdtemp(prefix='bench-quick-'))
     cache = work / 'cache'
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.run(['bash', 'scripts/miniature/run.sh', '--quick', '--cache_dir', str(cache)], cwd=REPO,
-                          env={**os.environ, 'TARS_CACHE': str(cache)}, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    try:
+        seconds = _timed(['bash', 'scripts/miniature/run.sh', '--quick', '--cache_dir', str(cache)],
+                         'run.sh --quick', env={**os.environ, 'TARS_CACHE': str(cache)})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    shutil.rmtree(work, ignore_errors=True)
-    if proc.returncode != 0:
-        raise SystemExit(f'run.sh --quick failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}')
     return {'wall_seconds': seconds, 'limit_seconds': QUICK_LIMIT_SECONDS,
             'within_limit': seconds < QUICK_LIMIT_SECONDS,
             'cpu_seconds': (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)}
