@@ -29,6 +29,7 @@ from trainer.schema import REQUIRED_COLUMNS, SchemaError, load_audio, load_hf_da
 from trainer.transcribe import WhisperTranscriber
 
 ITEM_FIELDS = ('key', 'mode', 'prompt_type', 'output', 'extracted', 'gold', 'correct')
+VOICEBENCH_FILE = 'voicebench.jsonl'
 
 
 def parse_dataset_arg(text: str) -> Tuple[str, str]:
@@ -78,15 +79,17 @@ def evaluate_mode(engine: Any, spec: ModelSpec, extractor: Extractor, ds: Any, d
             except (SchemaError, OSError, RuntimeError, ValueError) as err:
                 failed.append({'key': row['key'], 'mode': mode, 'prompt_type': prompt_type, 'output': None,
                                'extracted': None, 'gold': LETTERS[row['answer_index']], 'correct': False,
-                               'error': str(err), 'category': row.get('subject') or row.get('category')})
+                               'error': str(err), 'question': row['question'], 'options': list(row['options']),
+                               'category': row.get('subject') or row.get('category')})
         outputs = generate(engine, requests, spec, uses_adapter(mode), max_new_tokens) if requests else []
-        extracted = extractor.extract([r['question'] for r in ready], outputs, [r['options'] for r in ready])
+        extracted = extractor.extract([r['question'] for r in ready], outputs, [r['options'] for r in ready],
+                                      [r['answer_index'] for r in ready])
         items: List[Dict] = []
         for row, output, found in zip(ready, outputs, extracted, strict=True):
             gold = LETTERS[row['answer_index']]
             items.append({'key': row['key'], 'mode': mode, 'prompt_type': prompt_type, 'output': output,
                           'extracted': found.choice, 'gold': gold, 'correct': found.choice == gold,
-                          'extracted_by': found.source, 'judge_output': found.judge_output,
+                          'extracted_by': found.source, 'judge_output': found.judge_output, 'judges': found.judges,
                           'question': row['question'], 'options': list(row['options']),
                           'category': row.get('subject') or row.get('category')})
         jsonl.append(results_path, items + failed)  # one write per batch: a kill tears at most the last line
@@ -95,7 +98,23 @@ def evaluate_mode(engine: Any, spec: ModelSpec, extractor: Extractor, ds: Any, d
     rows = M.read_results(results_path)
     result = dict(M.run_metrics(rows), **extraction_sources(rows))
     jsonl.write_json_atomic(run_dir / 'metrics.json', result)
+    write_voicebench(run_dir / VOICEBENCH_FILE, rows)
     return result
+
+
+def voicebench_rows(rows: Sequence[Dict]) -> List[Dict]:
+    """One run's items in VoiceBench's result format (its ``main.py`` output: the dataset item without audio,
+    plus ``response``), read by its ``evaluate.py --evaluator mcq``: ``response`` (the model's output; '' for an
+    item that failed), ``reference`` (the gold letter), ``prompt`` (the question text), and our ``key`` and
+    ``mode``."""
+    return [{'key': r['key'], 'mode': r['mode'], 'prompt': r.get('question'), 'reference': r['gold'],
+             'response': r.get('output') or ''} for r in rows]
+
+
+def write_voicebench(path: Path, rows: Sequence[Dict]) -> None:
+    """``voicebench.jsonl`` beside ``results.jsonl`` (rewritten whole, atomically, from the results)."""
+    text = ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in voicebench_rows(rows))
+    jsonl.write_bytes_atomic(path, text.encode('utf-8'))
 
 
 def extraction_sources(rows: Sequence[Dict]) -> Dict:
@@ -156,20 +175,26 @@ def evaluate(model: str, datasets: Sequence[Tuple[str, str]], *, modes: Sequence
                 engine, spec, judge, ds, name, mode=mode, prompt_type=prompt_type, run_dir=run_dir,
                 audio_dir=Path(out) / '_audio' / name, transcripts=transcripts, batch_size=batch_size,
                 max_new_tokens=max_new_tokens, audio_with_text=audio_with_text)
-    everything, tab = summarize(model_dir, prompt_type, mrr_reference)
+    everything, tab = summarize(model_dir, prompt_type, mrr_reference, spec.model_type)
     return {'datasets': everything, 'table': tab, 'dir': str(model_dir)}
 
 
-def summarize(model_dir: Path, prompt_type: str, mrr_reference: Optional[float] = None) -> Tuple[Dict, Dict]:
+def summarize(model_dir: Path, prompt_type: str, mrr_reference: Optional[float] = None,
+              model_type: Optional[str] = None) -> Tuple[Dict, Dict]:
     """Collect every run of a model (all datasets and modes evaluated so far, by any invocation) into
-    ``metrics.json`` and ``table.md``."""
+    ``metrics.json`` (per run and the Table 1 row, each figure with its ``ci95``) and ``table.md`` (with the
+    paper's rows when ``model_type`` is a family the paper reports, docs/paper_results.json)."""
     runs: Dict[str, Dict] = {}
+    items: Dict[str, Dict[str, Dict[str, float]]] = {}
     for path in sorted(model_dir.glob(f'*/*_{prompt_type}/metrics.json')):
         mode = path.parent.name[:-len(prompt_type) - 1]
         runs.setdefault(path.parent.parent.name, {})[mode] = json.loads(path.read_text())
-    tab = M.table({d: {m: r['accuracy'] for m, r in v.items()} for d, v in runs.items()}, mrr_reference)
-    jsonl.write_json_atomic(model_dir / 'metrics.json', {'datasets': runs, 'table': tab})
-    jsonl.write_bytes_atomic(model_dir / 'table.md', M.markdown(model_dir.name, tab).encode('utf-8'))
+        items.setdefault(path.parent.parent.name, {})[mode] = {
+            r['key']: float(bool(r['correct'])) for r in M.read_results(path.parent / 'results.jsonl')}
+    tab = M.table_intervals(items, mrr_reference)
+    jsonl.write_json_atomic(model_dir / 'metrics.json', {'datasets': runs, 'table': tab, 'model_type': model_type})
+    md = M.report_markdown(model_dir.name, tab, runs, prompt_type=prompt_type, model_type=model_type)
+    jsonl.write_bytes_atomic(model_dir / 'table.md', md.encode('utf-8'))
     return runs, tab
 
 

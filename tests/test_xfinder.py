@@ -74,6 +74,18 @@ def test_comparator_matches_letter_or_gold_option_text():
     assert parse_xfinder('E', OPTIONS + ['white']) == 'E'
 
 
+def test_duplicate_option_texts_follow_the_original_comparator():
+    # B "green" and D "green." normalise alike: the original compares with the gold option only, so an
+    # extracted "green" is correct for gold B and for gold D
+    options = ['red', 'green', 'blue', 'green.']
+    assert xfinder_matches('green', options, 1) and xfinder_matches('green', options, 3)
+    assert parse_xfinder('green', options, gold=3) == 'D'
+    assert parse_xfinder('green', options, gold=1) == 'B'
+    assert parse_xfinder('green', options, gold=0) == 'B'     # gold not among them: the first, still wrong
+    assert parse_xfinder('green', options) == 'B'
+    assert parse_xfinder('B', options, gold=3) == 'B'         # a letter names one option only
+
+
 # ---- ms-swift registration and the twin ----
 
 def test_registration_and_not_a_preset():

@@ -12,7 +12,10 @@ used (CC BY-NC-ND, pins torch 2.3.1). Its user text, answer range and comparator
   (ASCII escapes), as the original sends it. The original has four options (A-D); more options get the
   next letters (E, F, ...), an extension of ours;
 * comparator: an extracted string (stripped, trailing dots removed, lower-cased) is option X when it equals
-  X's letter or X's text (normalised the same way);
+  X's letter or X's text (normalised the same way). The original asks only whether it names the gold option,
+  so when two options have the same normalised text (B ``green``, D ``green.``) an extracted ``green`` is
+  correct for gold B and for gold D; given the gold (``parse_xfinder``'s ``gold``), ours returns the gold
+  letter in that case, the original's verdict;
 * decoding: greedy, pinned (temperature 0), at most 100 new tokens.
 
 Where xFinder gives no option ("[No valid answer]", anything outside the answer range) the rule-based
@@ -21,7 +24,7 @@ extractor fills in; an item that neither yields counts as an extraction failure.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from trainer.answer import LETTERS, extract_choice
@@ -42,10 +45,12 @@ JUDGE_MAX_MODEL_LEN = 8192
 @dataclass(frozen=True)
 class Extraction:
     """One item's extracted answer: ``choice`` (a letter or None), the extractor that gave it
-    (``'xfinder'``, ``'rule'`` or None when none did) and xFinder's raw answer (None without xFinder)."""
+    (``'xfinder'``, ``'rule'`` or None when none did), xFinder's raw answer (None without xFinder) and each
+    judge's own letter (``{'rule': ..., 'xfinder': ...}``: reported side by side, docs/evaluation.md)."""
     choice: Optional[str]
     source: Optional[str]
     judge_output: Optional[str] = None
+    judges: Dict[str, Optional[str]] = field(default_factory=dict)
 
 
 def answer_range(options: Sequence[str]) -> str:
@@ -73,28 +78,31 @@ def xfinder_matches(extracted: str, options: Sequence[str], index: int) -> bool:
     return text == LETTERS[index].lower() or text == _normalise(options[index])
 
 
-def parse_xfinder(extracted: str, options: Sequence[str]) -> Optional[str]:
-    """xFinder's answer as a letter: the option whose letter it is, else the first option whose text it is
-    (the comparator of ``xfinder_matches``); None for "[No valid answer]" and anything outside the range."""
+def parse_xfinder(extracted: str, options: Sequence[str], gold: Optional[int] = None) -> Optional[str]:
+    """xFinder's answer as a letter: the option whose letter it is, else an option whose text it is (the
+    comparator of ``xfinder_matches``): ``gold``'s (an option index) when its text is among them, as the
+    original, which compares with the gold option only, counts it; else the first. None for "[No valid
+    answer]" and anything outside the range."""
     if extracted.strip() in XFINDER_FAILURES:
         return None
     for i in range(len(options)):
         if _normalise(extracted) == LETTERS[i].lower():
             return LETTERS[i]
-    for i in range(len(options)):
-        if xfinder_matches(extracted, options, i):
-            return LETTERS[i]
-    return None
+    hits = [i for i in range(len(options)) if xfinder_matches(extracted, options, i)]
+    if gold is not None and gold in hits:
+        return LETTERS[gold]
+    return LETTERS[hits[0]] if hits else None
 
 
 class RuleExtractor:
     """The rule-based extractor (``trainer.answer.extract_choice``)."""
     name = 'rule'
 
-    def extract(self, questions: List[str], outputs: List[str], options: List[Sequence[str]]) -> List[Extraction]:
-        """One ``Extraction`` per output."""
+    def extract(self, questions: List[str], outputs: List[str], options: List[Sequence[str]],
+                golds: Optional[Sequence[int]] = None) -> List[Extraction]:
+        """One ``Extraction`` per output (``golds`` is not used: the rule judge reads no gold)."""
         choices = [extract_choice(o, opts) for o, opts in zip(outputs, options, strict=True)]
-        return [Extraction(c, 'rule' if c else None) for c in choices]
+        return [Extraction(c, 'rule' if c else None, judges={'rule': c}) for c in choices]
 
     def __call__(self, questions: List[str], outputs: List[str], options: List[Sequence[str]]) -> List[Optional[str]]:
         """One letter (or None) per output."""
@@ -141,14 +149,19 @@ class XFinderExtractor:
                           max_new_tokens=XFINDER_MAX_NEW_TOKENS, temperature=0.0)
         return [j.strip() for j in judged]
 
-    def extract(self, questions: List[str], outputs: List[str], options: List[Sequence[str]]) -> List[Extraction]:
-        """One ``Extraction`` per output: xFinder's option, else the rule-based extractor's."""
+    def extract(self, questions: List[str], outputs: List[str], options: List[Sequence[str]],
+                golds: Optional[Sequence[int]] = None) -> List[Extraction]:
+        """One ``Extraction`` per output: xFinder's option, else the rule-based extractor's. ``golds``: the gold
+        option indices, for the original comparator's verdict on duplicate option texts (``parse_xfinder``)."""
         judged = self.judge(questions, outputs, options)
         rule = RuleExtractor().extract(questions, outputs, options)
+        golds = list(golds) if golds is not None else [None] * len(outputs)
         found = []
-        for j, opts, r in zip(judged, options, rule, strict=True):
-            letter = parse_xfinder(j, opts)
-            found.append(Extraction(letter, 'xfinder', j) if letter else Extraction(r.choice, r.source, j))
+        for j, opts, r, gold in zip(judged, options, rule, golds, strict=True):
+            letter = parse_xfinder(j, opts, gold)
+            judges = {'rule': r.choice, 'xfinder': letter}
+            found.append(Extraction(letter, 'xfinder', j, judges) if letter
+                         else Extraction(r.choice, r.source, j, judges))
         return found
 
     def __call__(self, questions: List[str], outputs: List[str], options: List[Sequence[str]]) -> List[Optional[str]]:
