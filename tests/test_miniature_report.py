@@ -140,7 +140,8 @@ def test_results_json_and_figures_and_markdown(tmp_path):
     assert text.startswith(before) and text.endswith(after)
     assert 'old generated' not in text and text.count(report.MARK_START) == 1
     assert '| GRPO (R_base: format + accuracy) | 3 | 52.0 ± 5.0 | 80.0 ± 0.0 | 65.0 ± 6.2 | 65.0 ± 6.2 |' in text
-    assert '| DPO | 1 | 42.0 | 80.0 | 52.5 | 52.5 | not found | not found | not found |' in text
+    assert '| DPO | 1 | 42.0 | 80.0 | 52.5 | 52.5 | 69.89 | not published | 89.39 |' in text   # docs/paper_results.json
+    assert '| TARS, one normalisation over the group | 3 |' in text and text.count('not reported') == 3
     assert '| stage 2 (start) | - | 40.0 | 80.0 | 50.0 | 50.0 | - | - | - |' in text
     assert '- speech: grpo < grpo_beh: **inconclusive** (grpo 52.0 ± 5.0 % vs grpo_beh 55.0 ± 12.4 %)' in text
     assert '| stage1 | 700 s | cached: its training time stored when it was made, its evaluation this call |' in text

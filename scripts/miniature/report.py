@@ -12,7 +12,7 @@ The results dict (``scripts.miniature.pipeline`` builds it; a test builds one by
 - ``wall_seconds``: stage -> seconds, and ``total``; ``wall_cached``: stage -> True when the time is the one stored
   when a cached stage was made
 
-Intervals are 95 % Student-t intervals over seeds (``scipy.stats.t``); two arms are ordered only when their
+Intervals are 95 % Student-t intervals over seeds (``trainer.stats.t_interval``); two arms are ordered only when their
 intervals do not overlap.
 """
 from __future__ import annotations
@@ -28,10 +28,10 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
-from scipy import stats as scipy_stats  # noqa: E402
 
-from eval.metrics import mrr  # noqa: E402
+from eval.metrics import mrr, paper_results  # noqa: E402
 from scripts.layer_similarity_analysis.plots import save_figure  # noqa: E402
+from trainer.stats import t_interval  # noqa: E402  (the one place of the project's intervals)
 
 ARM_ORDER = ('sft', 'dpo', 'grpo', 'grpo_rep', 'grpo_beh', 'tars', 'tars_global')
 ARM_LABELS = {
@@ -41,31 +41,28 @@ ARM_LABELS = {
 }
 MARK_START = '<!-- report:start -->'
 MARK_END = '<!-- report:end -->'
-PAPER_URL = 'https://arxiv.org/html/2601.05543'
-# The paper's own ablation numbers (speech acc, text acc, MRR per arm). The search excerpts of the paper
-# (PAPER_URL) available to this project stop before its ablation table, so none were found; an entry is filled
-# only from the paper itself, never estimated.
-PAPER_ABLATION: Dict[str, Optional[Dict[str, float]]] = {arm: None for arm in ARM_ORDER}
-PAPER_ABLATION_SOURCE = f'not found: the ablation table of {PAPER_URL} could not be read here'
+PAPER_URL = 'https://arxiv.org/abs/2601.05543'
+
+
+def paper_ablation() -> Tuple[Dict[str, Optional[Dict[str, Optional[float]]]], str]:
+    """The paper's own ablation figures per arm (docs/paper_results.json, ``ablation``): ``{arm: {speech: Avg(A),
+    text: None (not published), mrr: MRR}}`` in %, None for an arm the paper does not report (tars_global), and
+    the source line."""
+    papers = paper_results()
+    rows = {r['arm']: r for r in papers['ablation']}
+    table = {arm: ({'speech': rows[arm]['Avg(A)'], 'text': None, 'mrr': rows[arm]['MRR']} if arm in rows else None)
+             for arm in ARM_ORDER}
+    return table, (f"{papers['source']} ({papers['url']}; docs/paper_results.json): speech = Avg(A) over "
+                   'VoiceBench-MMSU and OBQA of Qwen2.5-Omni-7B, text accuracies not published, MRR with the '
+                   "paper's text reference")
+
+
 STAGE1_MIN_TEXT = 0.90
 STAGE2_MIN_GAP = 0.15
 FIGURES = ('accuracy', 'training_curves', 'layer_similarity')
 
 
 # ---------------------------------------------------------------- statistics
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> Tuple[Optional[float], Optional[float]]:
-    """(mean, half-width) of the Student-t interval of ``values``; half-width None with fewer than 2 values
-    (mean None without values)."""
-    xs = [float(v) for v in values if v is not None]
-    if not xs:
-        return None, None
-    mean = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return mean, None
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
-    return mean, float(scipy_stats.t.ppf(0.5 + confidence / 2, len(xs) - 1)) * sd / math.sqrt(len(xs))
-
-
 def add_mrr(results: Dict) -> Dict:
     """The results with ``mrr`` (speech / own text x 100) and ``mrr_start`` (speech / the stage-2 checkpoint's
     text x 100) in every arm row (eval.metrics.mrr; None without a text accuracy)."""
@@ -191,7 +188,7 @@ def results_json(results: Dict) -> Dict:
         'summary': {arm: {k: {'mean': m, 'ci95_half_width': h} for k, (m, h) in v.items()} for arm, v in summ.items()},
         'validity': validity(results), 'verdicts': verdicts(results),
         'wall_seconds': results.get('wall_seconds', {}), 'wall_cached': results.get('wall_cached', {}),
-        'paper_ablation': {'source': PAPER_ABLATION_SOURCE, 'rows': PAPER_ABLATION},
+        'paper_ablation': dict(zip(('rows', 'source'), paper_ablation(), strict=True)),
         'curves': results.get('curves', {}),
         'layer_similarity': {k: {f: v.get(f) for f in ('layers', 'means', 'ci_lower', 'ci_upper', 'pooled_means',
                                                        'pooled_ci_lower', 'pooled_ci_upper', 'n_samples', 'model')}
@@ -299,6 +296,7 @@ def ablation_table(results: Dict) -> str:
     """The paper-layout ablation table (rows: stage 2, then the arms; mean ± 95 % half-width over seeds) with the
     paper's own numbers beside it."""
     summ = arm_summary(results)
+    papers, _ = paper_ablation()
     s2 = results.get('stage2', {})
     head = ('| arm | seeds | speech acc (%) | text acc (%) | MRR own text | MRR stage-2 text | '
             'paper speech | paper text | paper MRR |\n|---|---|---|---|---|---|---|---|---|\n')
@@ -307,8 +305,9 @@ def ablation_table(results: Dict) -> str:
              f"{'-' if s2_mrr is None else f'{s2_mrr:.1f}'} | {'-' if s2_mrr is None else f'{s2_mrr:.1f}'} | "
              "- | - | - |"]
     for arm, v in summ.items():
-        paper = PAPER_ABLATION.get(arm)
-        p = ([f"{paper[k]:.2f}" for k in ('speech', 'text', 'mrr')] if paper else ['not found'] * 3)
+        paper = papers.get(arm)
+        p = ([('not published' if paper[k] is None else f'{paper[k]:.2f}') for k in ('speech', 'text', 'mrr')]
+             if paper else ['not reported'] * 3)
         lines.append(f"| {ARM_LABELS.get(arm, arm)} | {len(results['arms'][arm])} | {_ci(*v['speech'])} | "
                      f"{_ci(*v['text'])} | {_ci(*v['mrr'], scale=1.0)} | {_ci(*v['mrr_start'], scale=1.0)} | "
                      + ' | '.join(p) + ' |')
@@ -338,7 +337,7 @@ def report_section(results: Dict, figure_dir: str) -> str:
     out += ['', '### Ablation', '',
             'Mean ± 95 % Student-t half-width over seeds (eval.qa on the test split, rule extractor). MRR = speech '
             'accuracy / text accuracy x 100, with the arm\'s own text accuracy and with the stage-2 checkpoint\'s. '
-            f'Paper columns: {PAPER_ABLATION_SOURCE}.', '', ablation_table(results),
+            f'Paper columns: {paper_ablation()[1]}.', '', ablation_table(results),
             '### Verdict', '',
             'An ordering holds when the two 95 % intervals do not overlap; it is inconclusive when they overlap (or '
             'with one seed). "Text not degraded" holds when stage 2\'s text accuracy is inside or below the arm\'s '
