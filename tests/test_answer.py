@@ -189,6 +189,18 @@ def test_judge_set_recall_and_no_false_answers():
     assert q['precision'] == 1.0
 
 
+def test_judge_on_the_phrasings_written_before_its_last_change():
+    # unclosed markdown / LaTeX around the letter, quoted letters, Chinese verdicts after the letter, and
+    # negatives committing to none or two options (docs/evaluation.md "Rule judge": 20 of 37 before the change)
+    from scripts.bench import judge_quality, load_judge_cases
+    cases = [c for c in load_judge_cases() if c['id'].startswith('phrasing-')]
+    assert {c['phrasing'] for c in cases} >= {'markup', 'quoted', 'zh-verdict', 'markup-neg', 'quoted-neg', 'zh-neg'}
+    q = judge_quality(cases)
+    assert (q['positives'], q['negatives']) == (37, 18)
+    assert q['false_answers'] == 0, q['false']
+    assert q['missed'] == ['phrasing-030']   # "巴黎是正确答案" with English options: a translation, out of a rule's reach
+
+
 def test_judge_quality_counts():
     from scripts.bench import judge_quality
     cases = [

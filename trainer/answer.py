@@ -49,16 +49,19 @@ def is_correct(output: str, options: Sequence[str], answer_index: int) -> bool:
 # -----------------------------------------------------------------------------
 # extraction
 #
-# The output is first cleaned (full-width punctuation, curly quotes, markdown emphasis, LaTeX
-# \text{}/\textbf{}/\mathbf{} wrappers and math delimiters), then read in a fixed order of
-# evidence, most explicit first:
+# The output is first cleaned (full-width punctuation, curly quotes, corner brackets and guillemets,
+# markdown emphasis, LaTeX \text{}/\textbf{}/\mathbf{} wrappers, math delimiters, and a wrapper left
+# open by an output cut off mid-markup, "\boxed{\text{B"), then read in a fixed order of evidence,
+# most explicit first:
 #   1. the whole text is a bare letter ("B", "(B)", "B.") or exactly one option's text;
 #   2. statements, the LAST one that yields something decides (chain of thought revises itself):
 #      strong ones - "the answer is X", "Answer: X", "my choice is X", "I'd go with X", "I'd say X",
 #      \boxed{X}, 答案是X, 选X - may also name one option's text ("The answer is Paris.");
 #      weak ones - "it's X", "that is X", "so X", "probably X" - count only when the letter ends
-#      the sentence (or is followed by its own option text); and "X is correct", "X is the
-#      answer", X项正确. Two statements of the same sentence naming different letters cancel out;
+#      the sentence (or is followed by its own option text); and "X is correct", '"X" is the
+#      answer', X项正确, "X是答案", "选项X, <its text>, 是正确的" (the Chinese verdict after the
+#      letter). Two statements of the same sentence naming different letters cancel out, and so
+#      does "\boxed{A} or \boxed{D}";
 #   3. the last sentence is a letter ("Paris yes. B.", "So, option C.") or ends in ", option X.";
 #   4. "X. <option text>" / "X) <option text>" at the start;
 #   5. one letter mentioned as "option X" / "(X)" in a positive, un-negated last sentence;
@@ -75,10 +78,13 @@ _EDGE = ' \t\r\n"\'`$'
 _TRANSLATE = str.maketrans({
     '\uff08': ' (', '\uff09': ') ', '\uff1a': ': ', '\uff0c': ', ', '\u3002': '. ', '\uff1b': '; ',
     '\uff01': '! ', '\uff1f': '? ', '\u3001': ', ', '\u3010': '[', '\u3011': ']', '\u201c': '"', '\u201d': '"',
-    '\u2018': "'", '\u2019': "'", '\u00a0': ' ', '*': None, '`': None, '_': ' ',
+    '\u2018': "'", '\u2019': "'", '\u300c': '"', '\u300d': '"', '\u300e': '"', '\u300f': '"', '\u00ab': '"',
+    '\u00bb': '"', '\u00a0': ' ', '*': None, '`': None, '_': ' ',
     **{chr(0xff21 + i): LETTERS[i] for i in range(len(LETTERS))}})
 _TEX_WRAP = re.compile(r'\\(?:textbf|textit|textrm|text|mathrm|mathbf|mathit|mbox|operatorname)\s*\{([^{}]*)\}')
 _TEX_DELIM = re.compile(r'\\[()\[\]]|\$')
+# A wrapper left open at the end (an output cut off mid-markup: "The answer is \boxed{\text{B"): dropped
+_TEX_OPEN = re.compile(r'\\(?:boxed|textbf|textit|textrm|text|mathrm|mathbf|mathit|mbox|operatorname)\s*\{(?=[^{}]*$)')
 
 _ANSWER_BLOCK = re.compile(r'<answer>(.*?)(?:</answer>|$)', re.DOTALL | re.IGNORECASE)
 
@@ -112,7 +118,7 @@ _CUES = (
     _word_cues('s', ['answer'], r"s?(?:\s+(?:here|to\s+(?:this|the)\s+question|for\s+(?:this|the)\s+question|choice|"
                                 r"option|letter))?(?:\s*" + _VERB + r"\s*:?|\s*[:=]|\s+[-\u2013\u2014]\s)")
     + _word_cues('s', ['option', 'choice', 'guess', 'pick', 'selection', 'bet', 'response'],
-                 r"\s*(?:" + _VERB + r"\s*:?|:)")
+                 r"(?:\s+here)?\s*(?:" + _VERB + r"\s*:?|:)")
     + _word_cues('s', [r'correct\s+one', r'right\s+one', r'best\s+one', r'final\s+one', r'true\s+one'],
                  r"\s+" + _VERB + r"\s*:?")
     + _word_cues('v', ['choose', 'select', 'pick', r'go\s+(?:with|for)', r'going\s+(?:with|for)', 'say', 'answer',
@@ -145,7 +151,13 @@ _CHOOSER = re.compile(
     r"(?:(?:^|[^a-z'])(?:i|we)(?:\s+would|\s+will|'d|'ll|'m|\s+am)?(?:\s+(?:probably|definitely|still|rather|just|"
     r"also|then|have\s+to|going\s+to|gonna))?|(?:^|[^a-z])let(?:'s|\s+us|\s+me))\s+$")
 
-_ZH_CORRECT = re.compile(r"(?<![A-Za-z0-9])(?:选项\s*)?([A-J])\s*(?:选项|项)?\s*(?:是|为)?\s*(?:正确|对)")
+# "B项正确", "B是答案", "C选项最合适", "选项C, 光合作用, 是正确的" (the option's text between the letter and the
+# verdict: after a comma, no other letter, no negation)
+_ZH_CORRECT = re.compile(
+    r"(?<![A-Za-z0-9])(?:选项\s*)?([A-J])(?![A-Za-z0-9])\s*(?:选项|项)?"
+    r"(?:\s*,\s*[^A-Za-z0-9,.;:!?\n不没非错别]{1,24}?\s*,?)?\s*(?:这个|这|它)?\s*(?:是|为)?\s*(?:最|最为)?\s*"
+    r"(?:正确|对|答案|符合题意|合适|恰当|佳)")
+_ZH_VERDICT_WORDS = ('正确', '对', '答案', '符合', '合适', '恰当', '佳')
 _NEG_BEFORE = re.compile(r"(?<![a-z])(?:not|neither|nor|no|never|if|whether|n't)(?![a-z])|n't")
 
 _BOXED = re.compile(r'\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}')
@@ -240,6 +252,11 @@ def _clean(text: str) -> str:
     if '\\' in text or '$' in text:
         text = _TEX_WRAP.sub(r' \1 ', _TEX_WRAP.sub(r' \1 ', text))   # \textbf{\text{B}} has two levels
         text = _TEX_DELIM.sub(' ', text)
+        for _ in range(3):   # "\boxed{\text{B": the inner one first
+            opened = _TEX_OPEN.sub(' ', text)
+            if opened == text:
+                break
+            text = opened
     return text
 
 
@@ -364,13 +381,13 @@ def _collect(text: str, low: str, lo: int, hi: int) -> List[Tuple[int, str, obje
                         continue
                     kind = 's'
                 found.append((m.start(), kind, m.start() if kind == 'c' else m.end()))
-    if text.find('正确', lo, hi) >= 0 or text.find('对', lo, hi) >= 0:
+    if not region.isascii() and any(text.find(w, lo, hi) >= 0 for w in _ZH_VERDICT_WORDS):
         for m in _ZH_CORRECT.finditer(text, lo, hi):
             found.append((m.start(), 'z', m.group(1)))
     if text.find('\\boxed', lo, hi) >= 0:
         for m in _BOXED.finditer(text, lo):
             if m.start() < hi:
-                found.append((m.start(), 'b', m.group(1)))
+                found.append((m.start(), 'b', (m.group(1), m.end())))
     found.sort(reverse=True)   # last first; ties in a fixed order
     return found
 
@@ -410,7 +427,10 @@ def _read_evidence(text: str, kind: str, ref, opts: Sequence[str], n: int, raw: 
         return _check(letter, n)
     if kind == 'z':
         return _check(ref, n)
-    return _read_boxed(ref, opts, n)
+    content, end = ref
+    res = _read_boxed(content, opts, n)
+    alt = _ALT_LETTER.match(text, end) if res is not None and res is not _AMBIGUOUS else None
+    return _AMBIGUOUS if alt is not None and alt.group(1) != res else res   # "\boxed{A} or \boxed{D}"
 
 
 def _bare_letter(s: str) -> Optional[str]:
@@ -582,21 +602,23 @@ def _read_boxed(content: str, opts: Sequence[str], n: int):
 
 
 def _letter_before(text: str, end: int) -> Optional[str]:
-    """The upper-case letter label ("B", "(B)", "option B") just before text[end], else None."""
+    """The upper-case letter label ("B", "(B)", '"B"', "option B") just before text[end], else None."""
     i = end - 1
     if i < 0 or not text[i].isspace():
         return None
     while i >= 0 and text[i].isspace():
         i -= 1
-    closing = i >= 0 and text[i] in ')]'
+    closing = text[i] if i >= 0 and text[i] in ')]"\'' else None
     if closing:
         i -= 1
     if i < 0 or text[i] not in LETTERS:
         return None
     letter = text[i]
     i -= 1
-    if closing and i >= 0 and text[i] in '([':
+    if closing and i >= 0 and text[i] == {')': '(', ']': '['}.get(closing, closing):
         i -= 1
+    elif closing is not None and closing in '"\'':   # a quote closes only a quoted letter
+        return None
     if i >= 0 and (text[i].isascii() and text[i].isalnum() or text[i] in "'_"):
         return None
     return letter
