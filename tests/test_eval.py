@@ -175,7 +175,14 @@ def test_every_mode_end_to_end_and_resume(tiny_model, tiny_adapter, tiny_speech_
         assert len(rows) == 4
         assert {'key', 'mode', 'prompt_type', 'output', 'extracted', 'gold', 'correct'} <= set(rows[0])
         assert json.loads((run / 'metrics.json').read_text())['count'] == 4
-    assert (Path(result['dir']) / 'table.md').read_text().startswith('| model | MMSU(A) | MMSU(T)')
+    table = (Path(result['dir']) / 'table.md').read_text()
+    assert '| model | VoiceBench-MMSU (4 of 3074) (A) | VoiceBench-MMSU (4 of 3074) (T) | Avg(A) | MRR |' in table
+    assert '| paper: TARS (Qwen2.5-Omni) | 67.96 | 68.54 | 76.84 | 98.89 |' in table   # the twin's family
+    for mode in ('audio', 'text', 'asr', 'text_base'):
+        assert f'| VoiceBench-MMSU (4 of 3074) | {mode} | rule |' in table
+    summary = json.loads((Path(result['dir']) / 'metrics.json').read_text())
+    assert summary['model_type'] == 'qwen2_5_omni'
+    assert set(summary['table']['ci95']) >= {'MMSU(A)', 'MMSU(T)', 'Avg(A)', 'Avg(T)', 'MRR'}
     # interrupted after two items of the text mode: only those two are generated again
     text = Path(result['dir']) / 'MMSU' / 'text_systhink' / 'results.jsonl'
     text.write_text(''.join(text.read_text().splitlines(keepends=True)[:2]))
@@ -253,3 +260,41 @@ def test_inference_answers_speech_and_text(tiny_model, tiny_speech_set, tmp_path
     out = capsys.readouterr().out
     assert out.count('--- speech ---') == 1 and out.count('--- text ---') == 1 and out.count('answer: ') == 2
     assert options_in('Q\nOption A: red\nOption B: green') == ['red', 'green']
+
+
+VOICEBENCH_FIELDS = ['key', 'mode', 'prompt', 'reference', 'response']
+
+
+def test_eval_sh_embedded_shows_intervals_judges_names_and_exports_voicebench(tmp_path):
+    """``bash eval.sh`` (embedded: the tiny preset, the small MMLU set, every mode): table.md carries the
+    intervals, failure rates, the judge, the benchmark with its item count; each run folder holds
+    voicebench.jsonl with exactly the fields VoiceBench's evaluate.py --evaluator mcq reads (and ours)."""
+    import os
+    import subprocess
+    from tests.conftest import REPO
+    env = dict(os.environ, OUT=str(tmp_path), MAX_ITEMS='4', MAX_NEW_TOKENS='16')
+    env.pop('CUDA_VISIBLE_DEVICES', None)
+    proc = subprocess.run(['bash', 'eval.sh'], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    model_dir, = [p for p in tmp_path.iterdir() if not p.name.startswith('_')][:1]
+    table = (model_dir / 'table.md').read_text()
+    assert '| model | MMLU (4) (A) | MMLU (4) (T) | Avg(A) | MRR |' in table
+    assert 'Paper rows: none apply' in table
+    assert ('| benchmark (items) | mode | judge | accuracy % [95 %] | failure % | random-letter fallback % [95 %] |'
+            in table)
+    for mode in ('audio', 'text', 'asr', 'text_base'):
+        run = model_dir / 'MMLU' / f'{mode}_systhink'
+        metrics = json.loads((run / 'metrics.json').read_text())
+        lo, hi = metrics['accuracy_ci95']
+        assert 0 <= lo <= metrics['accuracy'] <= hi <= 1
+        assert metrics['fallback_accuracy'] == pytest.approx(metrics['accuracy'] + sum(
+            1 / len(r['options']) for r in M.read_results(run / 'results.jsonl') if r['extracted'] is None) / 4)
+        line = f"| MMLU (4) | {mode} | rule | {100 * metrics['accuracy']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}] | " \
+               f"{100 * metrics['failure_rate']:.2f} |"
+        assert line in table
+        results = M.read_results(run / 'results.jsonl')
+        exported = [json.loads(x) for x in (run / 'voicebench.jsonl').read_text().splitlines()]
+        assert [sorted(e) for e in exported] == [VOICEBENCH_FIELDS] * 4
+        assert [(e['key'], e['reference'], e['response']) for e in exported] == [
+            (r['key'], r['gold'], r['output'] or '') for r in results]
+        assert all(e['prompt'] == r['question'] and e['mode'] == mode for e, r in zip(exported, results, strict=True))
