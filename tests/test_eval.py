@@ -298,3 +298,38 @@ def test_eval_sh_embedded_shows_intervals_judges_names_and_exports_voicebench(tm
         assert [(e['key'], e['reference'], e['response']) for e in exported] == [
             (r['key'], r['gold'], r['output'] or '') for r in results]
         assert all(e['prompt'] == r['question'] and e['mode'] == mode for e, r in zip(exported, results, strict=True))
+
+
+def test_a_hub_id_is_a_merged_checkpoint_of_its_preset():
+    spec = resolve_model('Qwen/Qwen2.5-Omni-7B')
+    assert (spec.base, spec.adapter, spec.model_type) == ('Qwen/Qwen2.5-Omni-7B', None, 'qwen2_5_omni')
+
+
+@pytest.mark.parametrize('layout', ['merged', 'adapter', 'swift_args', 'tars'])
+def test_checkpoint_layouts_evaluate_with_no_extra_flags(layout, tiny_model, tiny_adapter, tiny_speech_set, tmp_path,
+                                                         capsys):
+    """What eval.sh runs for ``bash eval.sh MODEL`` (``eval.qa --model MODEL``, no --base_model) on twins laid out as:
+    a merged folder; a peft/ms-swift LoRA adapter folder (base in adapter_config.json); an ms-swift checkpoint
+    whose adapter_config names a base that is gone (base from args.json); the original's TARS checkpoint (an
+    adapter folder with its ``speech-lora -> .`` link)."""
+    import shutil
+    from eval.qa import main
+    model, base, adapter = tiny_model, str(tiny_model), None
+    if layout != 'merged':
+        model = tmp_path / 'ckpt' / 'checkpoint-7'
+        shutil.copytree(tiny_adapter, model)
+        adapter = str(model)
+    if layout == 'swift_args':
+        config = json.loads((model / 'adapter_config.json').read_text())
+        (model / 'adapter_config.json').write_text(json.dumps(dict(config, base_model_name_or_path='/gone/base')))
+        (model / 'args.json').write_text(json.dumps({'model': str(tiny_model), 'model_type': 'qwen2_5_omni'}))
+    if layout == 'tars':
+        (model / 'speech-lora').symlink_to('.')
+    main(['--model', str(model), '--dataset', f'MMSU={tiny_speech_set}', '--split', 'train', '--max_items', '2',
+          '--modes', 'text', '--max_new_tokens', '4', '--batch_size', '2', '--out', str(tmp_path / 'eval')])
+    assert 'results and metrics in' in capsys.readouterr().out
+    run, = (tmp_path / 'eval').glob('*/MMSU/text_systhink')
+    config = json.loads((run / 'config.json').read_text())
+    assert (config['base'], config['adapter']) == (base, adapter)
+    assert len(M.read_results(run / 'results.jsonl')) == 2
+    assert '| paper: Qwen2.5-Omni |' in (run.parent.parent / 'table.md').read_text()
