@@ -209,6 +209,16 @@ def test_eval_qa_with_the_xfinder_judge_end_to_end(tiny_model, judge_dir, tmp_pa
     assert sum(metrics['extracted_by'].values()) == 3
     config = json.loads((run_dir / 'config.json').read_text())
     assert config['extractor'] == 'xfinder' and config['xfinder_model'] == str(judge_dir)
+    # each judge side by side: its own letters per item, its accuracy and failure rate, a line each in table.md
+    for r in rows:
+        assert set(r['judges']) == {'rule', 'xfinder'}
+        assert r['judges']['rule'] == extract_choice(r['output'], r['options'])
+    for name in ('rule', 'xfinder'):
+        fails = sum(r['judges'][name] is None for r in rows)
+        assert metrics['judges'][name]['failure_rate'] == pytest.approx(fails / 3)
+    table = (run_dir.parent.parent / 'table.md').read_text()
+    assert '| SET (3) | text | xfinder, rule fills in |' in table
+    assert '| SET (3) | text | rule alone |' in table and '| SET (3) | text | xfinder alone |' in table
 
 
 def test_preference_generation_with_the_xfinder_judge(tiny_model, judge_dir, tmp_path):
