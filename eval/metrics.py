@@ -72,7 +72,7 @@ def run_metrics(rows: Iterable[Dict]) -> Dict:
       in expectation, accuracy + each unanswered item's 1 / (its number of options) over the items;
     - ``judges``: per judge (``rule``; ``xfinder`` for an xFinder run) its own accuracy, interval and failure
       rate, from the letters each judge gave (results without them: none);
-    - ``per_category``, ``count``, ``correct``, ``failed_items``."""
+    - ``per_category`` (+ ``per_category_ci95``, Wilson), ``count``, ``correct``, ``failed_items``."""
     rows = list(rows)
     n = len(rows)
     failed = [r for r in rows if r.get('error')]
@@ -107,6 +107,7 @@ def run_metrics(rows: Iterable[Dict]) -> Dict:
         'judges': judges,
         'failed_items': len(failed),
         'per_category': {c: sum(v) / len(v) for c, v in sorted(by_cat.items())},
+        'per_category_ci95': {c: _ci(binomial_interval(sum(v), len(v))) for c, v in sorted(by_cat.items())},
     }
 
 

@@ -32,6 +32,9 @@ def test_run_metrics_on_hand_made_results(tmp_path):
     assert m['accuracy'] == pytest.approx(2 / 5)  # a failed item counts as wrong
     assert m['extraction_failure_rate'] == pytest.approx(1 / 4)
     assert m['per_category'] == {'c1': pytest.approx(1 / 3), 'c2': 1.0}
+    from trainer.stats import binomial_interval
+    assert m['per_category_ci95'] == {'c1': pytest.approx(list(binomial_interval(1, 3))),
+                                      'c2': pytest.approx(list(binomial_interval(1, 1)))}
 
 
 def test_table_and_mrr_in_the_papers_layout():
