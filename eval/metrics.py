@@ -18,6 +18,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from trainer import jsonl
+from trainer.modes import MODES
 from trainer.stats import binomial_interval, paired_bootstrap
 
 TABLE_DATASETS = ('MMSU', 'OBQA')
@@ -236,8 +237,9 @@ def report_markdown(model: str, tab: Dict, runs: Dict[str, Dict[str, Dict]], *, 
         out.append(f"Paper rows: {papers['source']} ({papers['url']}), judged by {papers['judge']}. "
                    f"{papers['mrr_note']}")
     else:
-        out.append('Paper rows: none apply (the paper reports VoiceBench-MMSU and OBQA for Qwen2.5-Omni and '
-                   'Phi-4-MM only).')
+        out.append(f"Paper rows: none apply (the paper reports VoiceBench-MMSU and OBQA of the qwen2_5_omni and "
+                   f"phi4_multimodal families; these runs: {model_type or 'an unknown family'} on "
+                   f"{', '.join(sorted(runs))}).")
     out += ['', '## Every run and judge', '',
             'failure: items without an extracted option. fallback: the accuracy in expectation when each of them '
             "gets a random letter (VoiceBench's mcq evaluator); the figure to set beside VoiceBench-style "
@@ -246,7 +248,7 @@ def report_markdown(model: str, tab: Dict, runs: Dict[str, Dict[str, Dict]], *, 
             '|---|---|---|---|---|---|']
     for d, modes in runs.items():
         label = (tab.get('benchmarks') or {}).get(d) or benchmark_label(d, max(m['count'] for m in modes.values()))
-        for mode, m in modes.items():
+        for mode, m in sorted(modes.items(), key=lambda x: (MODES.index(x[0]) if x[0] in MODES else len(MODES), x[0])):
             judges = m.get('judges') or {}
             main = 'xfinder, rule fills in' if 'xfinder' in judges else 'rule'
             out.append(f"| {label} | {mode} | {main} | {_pct(m['accuracy'], m.get('accuracy_ci95'))} | "
