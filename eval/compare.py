@@ -61,6 +61,11 @@ def _settings(run: Path) -> Dict:
     raise CompareError(f'{run}: neither a config.json nor a <mode>_<prompt_type> folder name')
 
 
+def _order(run: Tuple[str, str]) -> Tuple[str, int, str]:
+    """Datasets by name, modes in trainer.modes.MODES order."""
+    return run[0], MODES.index(run[1]) if run[1] in MODES else len(MODES), run[1]
+
+
 def _judge(settings: Dict) -> str:
     judge = settings.get('extractor') or 'unknown'
     return f"{judge} ({settings['xfinder_model']})" if settings.get('xfinder_model') else judge
@@ -125,7 +130,7 @@ def compare(run_a: Path, run_b: Path, n_resamples: int = BOOTSTRAP_RESAMPLES, se
     runs_a, runs_b = find_runs(Path(run_a)), find_runs(Path(run_b))
     single = (Path(run_a) / RESULTS).exists() and (Path(run_b) / RESULTS).exists()
     pairs = ([(next(iter(runs_a)), next(iter(runs_a.values())), next(iter(runs_b.values())))] if single else
-             [(k, runs_a[k], runs_b[k]) for k in sorted(set(runs_a) & set(runs_b))])
+             [(k, runs_a[k], runs_b[k]) for k in sorted(set(runs_a) & set(runs_b), key=_order)])
     if not pairs:
         raise CompareError(f'no dataset and mode in common: A has {sorted(runs_a)}, B has {sorted(runs_b)}')
     data: Dict[Tuple[str, str], Tuple[List[str], np.ndarray]] = {}
@@ -187,8 +192,8 @@ def _ci(ci: Optional[Sequence[float]], scale: float = 100.0) -> str:
 def markdown(result: Dict) -> str:
     """The comparison as markdown tables (points; MRR in %)."""
     out = [f"A: {result['a']}", f"B: {result['b']}", '',
-           '| dataset | mode | items | A % | B % | A - B (points) | 95 % paired bootstrap | A only | B only | '
-           'McNemar exact p |', '|---|---|---|---|---|---|---|---|---|---|']
+           '| benchmark (items) | mode | items | A % | B % | A - B (points) | 95 % paired bootstrap | A only | '
+           'B only | McNemar exact p |', '|---|---|---|---|---|---|---|---|---|---|']
     for r in result['runs']:
         label = M.benchmark_label(r['dataset'], r['items'])
         out.append(f"| {label} | {r['mode']} | {r['items']} | {_pts(r['accuracy_a'])} | {_pts(r['accuracy_b'])} | "
