@@ -104,9 +104,10 @@ class RuleExtractor:
         choices = [extract_choice(o, opts) for o, opts in zip(outputs, options, strict=True)]
         return [Extraction(c, 'rule' if c else None, judges={'rule': c}) for c in choices]
 
-    def __call__(self, questions: List[str], outputs: List[str], options: List[Sequence[str]]) -> List[Optional[str]]:
-        """One letter (or None) per output."""
-        return [e.choice for e in self.extract(questions, outputs, options)]
+    def __call__(self, questions: List[str], outputs: List[str], options: List[Sequence[str]],
+                 golds: Optional[Sequence[int]] = None) -> List[Optional[str]]:
+        """One letter (or None) per output (``golds``: as in ``extract``)."""
+        return [e.choice for e in self.extract(questions, outputs, options, golds)]
 
 
 def build_judge_engine(model: str, backend: str = 'auto', batch_size: int = 16) -> Any:
@@ -164,9 +165,10 @@ class XFinderExtractor:
                          else Extraction(r.choice, r.source, j, judges))
         return found
 
-    def __call__(self, questions: List[str], outputs: List[str], options: List[Sequence[str]]) -> List[Optional[str]]:
-        """One letter (or None) per output."""
-        return [e.choice for e in self.extract(questions, outputs, options)]
+    def __call__(self, questions: List[str], outputs: List[str], options: List[Sequence[str]],
+                 golds: Optional[Sequence[int]] = None) -> List[Optional[str]]:
+        """One letter (or None) per output (``golds``: as in ``extract``)."""
+        return [e.choice for e in self.extract(questions, outputs, options, golds)]
 
 
 Extractor = Union[RuleExtractor, XFinderExtractor]

@@ -188,7 +188,8 @@ def generate(model: str, dataset: str, out_dir: Path, *, mode: str = 'text', bas
             outputs = engine_generate(engine, [requests[row['key']] for row, _ in batch], spec, uses_adapter(mode),
                                       max_new_tokens, temperature=temperature, seed=round_seed)
             outputs = [strip_end_of_turn(o) for o in outputs]
-            letters = judge([row['question'] for row, _ in batch], outputs, [row['options'] for row, _ in batch])
+            letters = judge([row['question'] for row, _ in batch], outputs, [row['options'] for row, _ in batch],
+                            [state.answer_index for _, state in batch])
             for (row, state), output, letter in zip(batch, outputs, letters, strict=True):
                 if not state.decided:
                     state.add(output, letter == gold_letter(state.answer_index), letter)
