@@ -90,7 +90,7 @@ def run_metrics(rows: Iterable[Dict]) -> Dict:
     for name in names:
         if not all(name in (r.get('judges') or {}) for r in judged):
             continue
-        right = sum((r['judges'][name] or None) == r['gold'] for r in judged)
+        right = sum(r['judges'][name] == r['gold'] for r in judged)
         missing = [r for r in rows if r.get('error') or r['judges'][name] is None]
         judges[name] = {'accuracy': right / n, 'accuracy_ci95': _ci(binomial_interval(right, n)),
                         'failure_rate': len(missing) / n,
