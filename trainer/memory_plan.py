@@ -89,12 +89,25 @@ class LLMShape:
 
 
 @dataclass(frozen=True)
+class LoRAShape:
+    """The adapted Linears of one decoder layer: how many, the sum of their in_features, and the rank."""
+    modules: int
+    inputs: int
+    rank: int = 8
+
+
+@dataclass(frozen=True)
 class ModelCount:
     """Parameters per part (counted on the meta device), the LLM's shape and its LoRA parameters at rank 1."""
     spec: ModelSpec
     parts: Dict[str, int]
     shape: LLMShape
     lora_per_rank: int     # sum over the decoder layers' Linear modules of (in + out)
+    layer_linears: Tuple[int, int] = (0, 0)   # one decoder layer's Linear modules: (count, sum of in_features)
+
+    def lora(self, rank: int) -> LoRAShape:
+        """The LoRA shape of one decoder layer at ``rank``."""
+        return LoRAShape(self.layer_linears[0], self.layer_linears[1], rank)
 
     def loaded(self, audio_output: bool, vision: bool = True) -> Dict[str, int]:
         """The parts a loader builds: talker/token2wav only with audio output, vision when asked."""
@@ -154,10 +167,11 @@ def count_model(spec: ModelSpec, config: Optional[Dict[str, Any]] = None) -> Mod
         part = next((p for p, prefixes in spec.parts for pre in prefixes
                      if name == pre or name.startswith(pre + '.')), 'llm')
         parts[part] = parts.get(part, 0) + param.numel()
-    lora = sum(m.in_features + m.out_features for m in model.get_submodule(spec.layers).modules()
-               if isinstance(m, torch.nn.Linear))
+    layers = model.get_submodule(spec.layers)
+    lora = sum(m.in_features + m.out_features for m in layers.modules() if isinstance(m, torch.nn.Linear))
+    first = [m for m in layers[0].modules() if isinstance(m, torch.nn.Linear)]
     text = _attr_path(root, spec.text_config) if spec.text_config else root
-    return ModelCount(spec, parts, llm_shape(text), lora)
+    return ModelCount(spec, parts, llm_shape(text), lora, (len(first), sum(m.in_features for m in first)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -170,27 +184,35 @@ def preset_count(name: str) -> ModelCount:
 
 # ---------------------------------------------------------------------------------------------------- formulas
 
-def layer_activation_elements(s: LLMShape, lora_dropout: bool = True) -> int:
-    """Elements one decoder layer keeps for backward per token, LoRA on every Linear, flash/SDPA attention
-    (no [heads, T, T] matrix), docs/memory.md §2.3:
-    two RMSNorms keep their input and output (4 h); attention keeps q, k, v and its output (2 q + 2 kv, q =
-    heads x head_dim, kv = kv_heads x head_dim); the SwiGLU MLP keeps gate, up and silu(gate) (3 I); with LoRA
-    dropout each adapter keeps its own dropped input: q, k, v, gate, up see h each, o sees q, down sees I
-    (5 h + q + I; without dropout the adapters share the inputs above)."""
+def layer_activation_elements(s: LLMShape, lora: 'LoRAShape', dropout: bool = True) -> Tuple[int, int]:
+    """(elements, mask elements) one decoder layer keeps for backward per token, LoRA on every Linear of the
+    layer, flash/SDPA attention (no [heads, T, T] matrix); docs/memory.md §2.3, counted against autograd's saved
+    tensors in scripts/memory_check.py:
+
+    - the two RMSNorms keep their inputs (2 h);
+    - attention keeps q and its output (2 q, q = heads x head_dim), k and v (2 kv, kv = kv_heads x head_dim);
+    - the SwiGLU MLP keeps gate, up and silu(gate) (3 I);
+    - every adapter keeps its rank-r intermediate (n_adapters x r);
+    - the adapters' inputs: without dropout the normed attention and MLP inputs and the down projection's input
+      (2 h + I, shared by the adapters that read them); with dropout each adapter keeps its own dropped input
+      and its dropout mask (sum of the adapted Linears' in_features, each).
+    The mask is 1 byte per element on a GPU (bool), a float on the CPU (scripts/memory_check.py)."""
     q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
-    base = 4 * s.hidden + 2 * q + 2 * kv + 3 * s.intermediate
-    return base + (5 * s.hidden + q + s.intermediate if lora_dropout else 0)
+    base = 2 * s.hidden + 2 * q + 2 * kv + 3 * s.intermediate + lora.modules * lora.rank
+    if dropout:
+        return base + lora.inputs, lora.inputs
+    return base + 2 * s.hidden + s.intermediate, 0
 
 
-def activation_bytes(s: LLMShape, tokens: int, dtype_bytes: int, checkpointing: bool,
-                     lora_dropout: bool = True) -> int:
+def activation_bytes(s: LLMShape, lora: 'LoRAShape', tokens: int, dtype_bytes: int, checkpointing: bool,
+                     dropout: bool = True, mask_bytes: int = 1) -> int:
     """Activation bytes of a training forward over ``tokens`` tokens (micro-batch x sequence length).
 
-    Without checkpointing: layers x tokens x (elements x dtype + dropout masks, 1 byte each).
+    Without checkpointing: layers x tokens x (elements x dtype + mask elements x mask bytes).
     With checkpointing: each layer keeps only its input (layers x tokens x h x dtype) and the backward recomputes
     one layer at a time (+ one layer's full activations)."""
-    masks = (5 * s.hidden + s.heads * s.head_dim + s.intermediate) if lora_dropout else 0
-    per_layer = tokens * (layer_activation_elements(s, lora_dropout) * dtype_bytes + masks)
+    elements, masks = layer_activation_elements(s, lora, dropout)
+    per_layer = tokens * (elements * dtype_bytes + masks * mask_bytes)
     if checkpointing:
         return s.layers * tokens * s.hidden * dtype_bytes + per_layer
     return s.layers * per_layer
@@ -313,7 +335,8 @@ def make_plan(settings: Settings, gpu_gib: float, count: Optional[ModelCount] = 
                           f'{lora / 1e6:.1f} M x (2 + 2 + 12 B), ZeRO-{stage} partitioned'))
         rows_per_forward = st.batch_per_gpu * (2 if st.kind == 'dpo' else 1)   # DPO: chosen and rejected
         tokens = rows_per_forward * seq
-        act = activation_bytes(shape, tokens, db, st.gradient_checkpointing, st.lora_dropout)
+        act = activation_bytes(shape, count.lora(st.lora_rank), tokens, db, st.gradient_checkpointing,
+                               st.lora_dropout)
         plan.rows.append(('activations', _gib(act), f'{rows_per_forward} x {seq} tokens, checkpointing '
                           + ('on' if st.gradient_checkpointing else 'off')))
         # GRPO keeps logits of the completion window only (left padding); DPO/SFT of the whole sequence
