@@ -153,15 +153,21 @@ def llm_shape(text_config: Any) -> LLMShape:
                     max_positions=getattr(text_config, 'max_position_embeddings', 0) or 0)
 
 
-def count_model(spec: ModelSpec, config: Optional[Dict[str, Any]] = None) -> ModelCount:
-    """Build ``spec``'s class from ``config`` (default: its file in trainer/model_configs) on the meta device and
-    count parameters per part (tied weights once), and the LoRA parameters per unit of rank."""
+def build_meta(spec: ModelSpec, config: Optional[Dict[str, Any]] = None) -> Tuple[Any, Any]:
+    """(model, its root config): ``spec``'s class built from ``config`` (default: its file) on the meta device."""
     import torch
     import transformers
     root = _config_object(config if config is not None else read_config(spec.name))
     model_config = getattr(root, spec.sub_config) if spec.sub_config else root
     with torch.device('meta'):
-        model = getattr(transformers, spec.model_class)(model_config)
+        return getattr(transformers, spec.model_class)(model_config), root
+
+
+def count_model(spec: ModelSpec, config: Optional[Dict[str, Any]] = None) -> ModelCount:
+    """Build ``spec``'s class from ``config`` (default: its file in trainer/model_configs) on the meta device and
+    count parameters per part (tied weights once), and the LoRA parameters per unit of rank."""
+    import torch
+    model, root = build_meta(spec, config)
     parts: Dict[str, int] = {'llm': 0}
     for name, param in model.named_parameters():   # named_parameters yields a tied weight once
         part = next((p for p, prefixes in spec.parts for pre in prefixes
