@@ -232,3 +232,59 @@ def test_cpu_launch_without_gpu_memory_makes_no_plan(tmp_path):
     env.pop('GPU_MEMORY_GB')
     proc = launch('train_grpo.sh', env, tmp_path=tmp_path)
     assert proc.returncode == 0 and 'memory plan' not in proc.stdout
+
+
+# ---- the GPU smoke test's CPU-checkable parts (scripts/gpu_smoke.py; the run itself needs a GPU) ----
+
+def test_gpu_smoke_commands_plan_and_report(tmp_path, cache_dir):
+    from scripts import gpu_smoke
+    from scripts.recipes.tiny_models import tiny_model_dir
+    model = tiny_model_dir('qwen2_5_omni', cache_dir)
+    plan = gpu_smoke.smoke_plan(model, 80.0)
+    # the twin is small: vLLM's share is the floor, the plan fits with its KV cache holding every sequence
+    assert plan.settings.vllm_memory_fraction == gpu_smoke.SMOKE['min_fraction'] and plan.fits
+    assert plan.vllm_sequences >= gpu_smoke.SMOKE['batch']
+    cmd = gpu_smoke.grpo_command(model, tmp_path / 'grpo.jsonl', tmp_path / 'grpo', 0.1, flash=False)
+    assert cmd[1:6] == ['-m', 'scripts.gpu_smoke', 'child', '--measure', str(tmp_path / 'grpo' / 'measured.json')]
+    assert cmd[6] == 'trainer.grpo' and cmd[cmd.index('--vllm_gpu_memory_utilization') + 1] == '0.1'
+    assert cmd[cmd.index('--torch_dtype') + 1] == 'bfloat16' and cmd[cmd.index('--attn_impl') + 1] == 'sdpa'
+    assert json.loads(cmd[cmd.index('--vllm_limit_mm_per_prompt') + 1]) == {'audio': 1, 'image': 0, 'video': 0}
+    ev, env = gpu_smoke.eval_command(model, tmp_path / 'set', tmp_path / 'eval', 0.1)
+    assert ev[6:8] == ['eval.qa', '--model'] and ev[ev.index('--backend') + 1] == 'vllm'
+    assert env == {'VLLM_GPU_MEMORY_UTILIZATION': '0.1'}
+    # the settings the plan used are the command's
+    st = plan.settings
+    assert (st.batch_per_gpu, st.max_completion_length, st.vllm_max_model_len) == (
+        int(cmd[cmd.index('--per_device_train_batch_size') + 1]), int(cmd[cmd.index('--max_completion_length') + 1]),
+        int(cmd[cmd.index('--vllm_max_model_len') + 1]))
+    # vLLM's log figures and ms-swift's step times
+    log = ('INFO Model loading took 0.0412 GiB and 1.2 seconds\nINFO Available KV cache memory: 6.52 GiB\n'
+           'INFO Available KV cache memory: 6.50 GiB\n')
+    assert gpu_smoke.vllm_figures(log) == {'vllm_weights_gib': 0.0412, 'vllm_kv_cache_gib': 6.5}
+    assert gpu_smoke.vllm_figures('') == {'vllm_weights_gib': None, 'vllm_kv_cache_gib': None}
+    logging = tmp_path / 'logging.jsonl'
+    logging.write_text('\n'.join(json.dumps(e) for e in [
+        {'loss': 1.0, 'global_step/max_steps': '1/3', 'train_speed(s/it)': 4.0, 'memory(GiB)': 2.5},
+        {'loss': 0.9, 'global_step/max_steps': '2/3', 'train_speed(s/it)': 3.0, 'memory(GiB)': 2.75},
+        {'loss': 0.8, 'global_step/max_steps': '3/3', 'train_speed(s/it)': 2.5},
+        {'train_runtime': 9.0}]) + '\n')
+    assert gpu_smoke.step_times(logging) == [4.0, 2.0, 1.5]
+    assert gpu_smoke._last(logging, 'memory(GiB)') == 2.75
+    runs = {'grpo': {'exit_code': 0, 'max_memory_allocated_gib': 9.1}}
+    result = gpu_smoke.report(plan, runs, 'NVIDIA H100 80GB HBM3, 79.2 GiB')
+    out = tmp_path / 'smoke' / 'gpu_smoke.json'
+    gpu_smoke.write_json(out, result)
+    written = json.loads(out.read_text())
+    assert written['runs'] == runs and written['plan']['fits'] is True
+    assert written['planned_vllm_gib'] == pytest.approx(8.0)
+    assert written['plan']['settings']['vllm_memory_fraction'] == 0.1
+    assert not out.with_name('gpu_smoke.json.tmp').exists()
+
+
+def test_gpu_smoke_child_records_peak_memory_also_on_failure(tmp_path):
+    from scripts import gpu_smoke
+    measure = tmp_path / 'measured.json'
+    code = gpu_smoke.child(['--measure', str(measure), 'json.tool', str(tmp_path / 'missing.json')])
+    data = json.loads(measure.read_text())
+    assert code != 0 and data['exit_code'] == code
+    assert data['max_memory_allocated_gib'] == 0.0 and data['max_memory_reserved_gib'] == 0.0   # no GPU here
