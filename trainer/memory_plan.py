@@ -349,6 +349,10 @@ def make_plan(settings: Settings, gpu_gib: float, count: Optional[ModelCount] = 
         logit_rows = st.batch_per_gpu * st.max_completion_length if st.kind == 'grpo' else tokens
         plan.rows.append(('logits at the loss', _gib(logit_rows * shape.vocab * LOGIT_BYTES),
                           f'{logit_rows} x {shape.vocab} x {LOGIT_BYTES} B'))
+        if st.kind == 'grpo' and not st.use_vllm:   # rollouts by transformers' generate: its KV cache
+            kv_gen = st.batch_per_gpu * seq * kv_bytes_per_token(shape, db)
+            plan.rows.append(('rollout KV cache (transformers)', _gib(kv_gen),
+                              f'{st.batch_per_gpu} x {seq} tokens x {kv_bytes_per_token(shape, db) // 1024} KiB'))
         if st.kind == 'grpo' and st.embedder:
             emb = embedder or (preset_count('qwen3_embedding') if st.embedder == EMBEDDER else None)
             n_emb = sum(emb.parts.values()) if emb else 0
@@ -549,11 +553,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--json', action='store_true', help='print the plan as JSON')
     # ms-swift flags as the launchers pass them (the last one wins, as in ms-swift)
     p.add_argument('--max_completion_length', type=int, default=512)
-    p.add_argument('--max_length', type=int, default=8704)
+    p.add_argument('--max_length', type=int, default=None, help="default: the preset's")
     p.add_argument('--gradient_checkpointing', type=_bool, default=True)
     p.add_argument('--use_vllm', type=_bool, default=None)
     p.add_argument('--vllm_gpu_memory_utilization', type=float, default=None)
-    p.add_argument('--vllm_max_model_len', type=int, default=8704)
+    p.add_argument('--vllm_max_model_len', type=int, default=None, help="default: the preset's max length")
     p.add_argument('--vllm_max_num_seqs', type=int, default=None)
     p.add_argument('--vllm_limit_mm_per_prompt', type=_mm_limit_has_vision, default=None, dest='vllm_vision',
                    help="JSON; default the preset's (trainer.presets vllm_limit_mm)")
@@ -572,6 +576,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     fraction = args.vllm_gpu_memory_utilization
     if fraction is None:
         fraction = preset.vllm_memory_fraction if preset else 0.15
+    max_length = args.max_length or (preset.max_length if preset else 8704)
     vision = args.vllm_vision
     if vision is None:
         vision = _mm_limit_has_vision(preset.vllm_limit_mm) if preset else True
@@ -581,10 +586,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(
         preset=args.preset, kind=args.kind, gpus=args.gpus, batch_per_gpu=args.batch_per_gpu,
         grad_accum=args.world_batch // (args.gpus * args.batch_per_gpu),
-        max_completion_length=args.max_completion_length, max_length=args.max_length,
+        max_completion_length=args.max_completion_length, max_length=max_length,
         max_audio_seconds=args.max_audio_seconds, prompt_text_tokens=args.prompt_text_tokens,
         deepspeed=args.deepspeed, gradient_checkpointing=args.gradient_checkpointing, use_vllm=use_vllm,
-        vllm_memory_fraction=fraction, vllm_max_model_len=args.vllm_max_model_len,
+        vllm_memory_fraction=fraction, vllm_max_model_len=args.vllm_max_model_len or max_length,
         vllm_max_num_seqs=args.vllm_max_num_seqs, vllm_vision=vision, sleep_level=args.sleep_level,
         embedder=args.embedder if _has_reward(args.reward_funcs, 'tars_behaviour') else None,
         representation=_has_reward(args.reward_funcs, 'tars_representation'),
