@@ -288,3 +288,16 @@ def test_gpu_smoke_child_records_peak_memory_also_on_failure(tmp_path):
     data = json.loads(measure.read_text())
     assert code != 0 and data['exit_code'] == code
     assert data['max_memory_allocated_gib'] == 0.0 and data['max_memory_reserved_gib'] == 0.0   # no GPU here
+
+
+def test_the_embedder_downloads_through_ms_swift_like_every_model(monkeypatch, tmp_path):
+    """USE_HF applies to the behaviour embedder: a hub id goes through ms-swift's safe_snapshot_download (here
+    offline, so it fails in the downloader instead of being handed to sentence-transformers as a hub id)."""
+    from trainer.embedder import resolve
+    monkeypatch.setenv('USE_HF', '1')
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))
+    with pytest.raises(Exception) as err:
+        resolve('Qwen/Qwen3-Embedding-0.6B')
+    assert 'Qwen3-Embedding-0.6B' in str(err.value) or 'offline' in str(err.value).lower(), err.value
+    assert resolve(str(tmp_path)) == str(tmp_path) and resolve('minilm').endswith('model')
