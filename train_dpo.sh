@@ -25,6 +25,7 @@
 #   RESUME=1         continue OUTPUT_DIR from its newest complete checkpoint (an incomplete one, left by a
 #                    kill during a save, is skipped and named)
 #   MAX_STEPS        stop after this many optimizer steps
-#   DRY_RUN=1        print the commands and exit
+#   GPU_MEMORY_GB    GPU size for the memory plan (default: read from the GPU; on a CPU machine no plan is made)
+#   DRY_RUN=1        print the memory plan and the commands, and exit
 # Extra arguments go to ms-swift as flags (e.g. --loss_type ipo --beta 0.1 --num_train_epochs 1).
 KIND=dpo exec bash "$(dirname "${BASH_SOURCE[0]}")/scripts/preference_launcher.sh" "$@"

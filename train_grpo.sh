@@ -25,7 +25,8 @@
 #   MAX_STEPS        stop after this many optimizer steps
 #   MAX_AUDIO_SECONDS longest clip accepted (default 60, 0: no limit); longer clips stop the data preparation
 #   DROP_LONG_AUDIO=1 leave clips longer than that out instead (their count and keys are printed)
-#   DRY_RUN=1        print the commands and exit
+#   GPU_MEMORY_GB    GPU size for the memory plan (default: read from the GPU; on a CPU machine no plan is made)
+#   DRY_RUN=1        print the memory plan and the commands, and exit
 # Extra arguments go to ms-swift / TARS as flags (e.g. --target_layers 11-20 --num_train_epochs 1).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -92,11 +93,12 @@ else
     DEEPSPEED=${DEEPSPEED:-zero2}
     args+=(--per_device_train_batch_size "$per_gpu" --gradient_accumulation_steps $((world_batch / (world * per_gpu)))
            --per_device_eval_batch_size 4 --torch_dtype bfloat16 --attn_impl flash_attn --dataloader_num_workers 4
-           --max_length 8704 --report_to tensorboard --log_completions true --eval_steps 100
+           --max_length "$preset_max_length" --report_to tensorboard --log_completions true --eval_steps 100
            --embedder Qwen/Qwen3-Embedding-0.6B)   # the paper's behaviour embedder (hub; MiniLM offline on the CPU)
     if [ "$preset_vllm" = 1 ]; then
-        args+=(--use_vllm true --vllm_mode colocate --vllm_gpu_memory_utilization 0.15 --vllm_max_model_len 8704
-               --vllm_limit_mm_per_prompt '{"audio": 1}' --sleep_level 0)
+        args+=(--use_vllm true --vllm_mode colocate --vllm_gpu_memory_utilization "$preset_vllm_fraction"
+               --vllm_max_model_len "$preset_max_length" --vllm_limit_mm_per_prompt "$preset_vllm_limit_mm"
+               --sleep_level 0)
     else   # the GPU stack's vLLM does not serve this architecture: rollouts with transformers
         args+=(--use_vllm false)
     fi
@@ -114,6 +116,11 @@ train=("${launcher[@]}" --prompt_modality "$PROMPT_MODALITY" --model "$MODEL" --
        --dataset "$OUTPUT_DIR/data/grpo.jsonl" --split_dataset_ratio 0 --check_model false
        --reward_funcs "${reward_funcs[@]}" --output_dir "$OUTPUT_DIR" --add_version false "${args[@]}" "$@")
 [ -z "$checkpoint" ] || train+=(--resume_from_checkpoint "$checkpoint")
+
+# ---- memory plan (docs/memory.md §4): a cluster launch on a GPU machine or with GPU_MEMORY_GB; stops here ----
+[ "$embedded_default" = 1 ] || launcher_memory_plan grpo "$world" --batch_per_gpu "$per_gpu" \
+    --world_batch "$world_batch" --deepspeed "$DEEPSPEED" --max_audio_seconds "${MAX_AUDIO_SECONDS:-60}" \
+    --use_vllm "$preset_vllm" "${train[@]}"
 
 if [ "$prepared" = 1 ]; then
     echo "= data prepared before (see $(printf '%q' "$OUTPUT_DIR/run.json")), not prepared again:$(printf ' %q' "${prepare[@]}")"

