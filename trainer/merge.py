@@ -57,12 +57,12 @@ def adapter_digest(adapter: str, base: str, model_type: str) -> str:
 
 def cached_merge(base: str, model_type: str, adapter: str, trust_remote_code: bool = False,
                  cache_dir: Optional[Path] = None) -> Path:
-    """The merged model of ``adapter``, built once per adapter content: ``<cache_dir>/<adapter name>-merged-<digest>``
-    (``cache_dir`` default: the adapter's parent folder). Built in a temporary folder and renamed, so a killed
-    merge leaves no folder that would be taken for a finished one."""
-    adapter_path = Path(adapter)
-    root = Path(cache_dir) if cache_dir else adapter_path.resolve().parent
-    out = root / f'{adapter_path.resolve().name}-merged-{adapter_digest(adapter, base, model_type)}'
+    """The merged model of ``adapter``, built once per adapter content: ``<cache_dir>/<adapter name>-<digest>``
+    (``cache_dir`` default: ``merged/`` beside the adapter, a name no checkpoint rotation or resume looks at).
+    Built in a temporary folder and renamed, so a killed merge leaves no folder taken for a finished one."""
+    adapter_path = Path(adapter).resolve()
+    root = Path(cache_dir) if cache_dir else adapter_path.parent / 'merged'
+    out = root / f'{adapter_path.name}-{adapter_digest(adapter, base, model_type)}'
     if (out / 'config.json').is_file():
         return out
     root.mkdir(parents=True, exist_ok=True)

@@ -55,8 +55,11 @@ class RemoteCodeError(ValueError):
 
 
 def add_trust_remote_code_argument(parser: argparse.ArgumentParser) -> None:
-    """The opt-in flag, the same on every entry point."""
+    """The opt-in flag, the same on every entry point, and ``--debug`` (``trainer.cli.run_main``: a refusal
+    with its traceback instead of its one line)."""
+    from trainer.cli import DEBUG_FLAG, DEBUG_HELP
     parser.add_argument(OPT_IN, action='store_true', help=OPT_IN_HELP)
+    parser.add_argument(DEBUG_FLAG, action='store_true', help=DEBUG_HELP)
 
 
 def _auto_maps(value, where: str) -> List[str]:

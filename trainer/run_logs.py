@@ -128,8 +128,9 @@ class RunLogCallback(TrainerCallback):
         """Non-finite values of ``logs`` become None (written as null)."""
         if logs is not None:
             finite_logs(logs)
-        if state.log_history and isinstance(state.log_history[-1], dict):
-            finite_logs(state.log_history[-1])  # the trainer's copy of this record (Trainer.log)
+        history = getattr(state, 'log_history', None)
+        if history and isinstance(history[-1], dict):
+            finite_logs(history[-1])  # the trainer's copy of this record (Trainer.log)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Clean ``state`` before ms-swift writes its summary: non-finite values of every ``log_history``

@@ -299,9 +299,6 @@ def plan_run(output_dir: Path, resume: bool, inputs: Dict[str, str], dry_run: bo
         if diff:
             raise RunStateError(f'RESUME=1 with other inputs than {output_dir / MANIFEST} records: '
                                 f'{"; ".join(diff)} (restore them, or start a new OUTPUT_DIR)')
-    elif output_dir.is_dir():
-        notes.append(f'{output_dir} has no {MANIFEST} (a start that failed before its data was ready, or an older '
-                     'launcher): preparing the data')
     checkpoint, skipped = last_complete_checkpoint(output_dir)
     for path, problem in skipped:
         notes.append(f'skipping {path}: incomplete ({problem}; a save that was interrupted)')
@@ -309,6 +306,9 @@ def plan_run(output_dir: Path, resume: bool, inputs: Dict[str, str], dry_run: bo
         return Plan(checkpoint, manifest is not None, notes,
                     complete=f'{output_dir} is complete ({done}): nothing to train (raise MAX_STEPS to train '
                              'further, or choose another OUTPUT_DIR)')
+    if manifest is None and output_dir.is_dir():
+        notes.append(f'{output_dir} has no {MANIFEST} (a start that failed before its data was ready, or an older '
+                     'launcher): preparing the data')
     if checkpoint is not None:
         notes.append(f'resuming from {checkpoint}')
     elif output_dir.is_dir():

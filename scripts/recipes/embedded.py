@@ -146,13 +146,21 @@ def prepare(cache: Path, model_type: str = DEFAULT_PRESET) -> Dict[str, Path]:
 
 
 def run_cli(description: str, build: Callable[[Path, str], Dict[str, Path]], argv: Optional[List[str]] = None) -> None:
-    """The recipes' command line: ``--cache_dir``, ``--model_type``; prints ``NAME=PATH`` lines (read by the
-    launchers) for what ``build(cache, model_type)`` returns."""
+    """The recipes' command line: ``--cache_dir``, ``--model_type`` (or ``--preset_of CHECKPOINT``: the preset that
+    checkpoint was trained with); prints ``model_type=T`` and ``NAME=PATH`` lines (read by the launchers) for
+    what ``build(cache, model_type)`` returns."""
+    from trainer.presets import detect_model_type
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--cache_dir', type=Path, default=None)
     parser.add_argument('--model_type', default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    parser.add_argument('--preset_of', default=None, help="a checkpoint: build for its preset (its args.json's)")
     args = parser.parse_args(argv)
-    for name, path in build(args.cache_dir or default_cache_dir(), args.model_type).items():
+    model_type = args.model_type
+    if args.preset_of:
+        model_type = detect_model_type(args.preset_of) or parser.error(
+            f'{args.preset_of}: no preset found (args.json / config.json model_type); pass --model_type')
+    print(f'model_type={model_type}')
+    for name, path in build(args.cache_dir or default_cache_dir(), model_type).items():
         print(f'{name}={path}')
 
 
