@@ -192,9 +192,9 @@ def test_every_logging_line_is_strict_json_after_a_nan_reward(nan_run):
     lines = (nan_run / 'logging.jsonl').read_text().splitlines()
     records = [strict_json(line) for line in lines]  # raises on a bare NaN / Infinity anywhere
     step = next(r for r in records if r.get('global_step/max_steps') == '1/1')
-    assert step['rewards/test_nan/mean'] is None and step['tars/nan_reward_frac'] == 1.0
+    assert step['reward'] is None and step['speech/rewards/test_nan'] is None and step['tars/nan_reward_frac'] == 1.0
     summary = records[-1]
-    assert 'log_history' in summary and summary['log_history'][0]['rewards/test_nan/mean'] is None
+    assert 'log_history' in summary and summary['log_history'][0]['reward'] is None
     strict_json((nan_run / 'checkpoint-1' / 'trainer_state.json').read_text().replace('\n', ' '))
 
 

@@ -69,7 +69,7 @@ def _holder(lock_path: Path) -> str:
         time.sleep(0.05)
     try:
         info = json.loads(lock_path.read_text())
-        extra = ', '.join(str(info[k]) for k in ('what', 'since') if info.get(k))
+        extra = ', '.join(x for x in (info.get('what'), info.get('since') and f"since {info['since']}") if x)
         return f"PID {info['pid']} on host {info['host']}" + (f' ({extra})' if extra else '')
     except (OSError, ValueError, KeyError, TypeError):
         return 'a process whose PID and host are not recorded yet'
