@@ -428,3 +428,18 @@ def test_vllm_evaluates_a_qwen2_audio_lora_checkpoint_merged(qwen2_audio_checkpo
                            'print(cached_merge(sys.argv[1], "qwen2_audio", sys.argv[2]))', str(base), str(ckpt)],
                           cwd=REPO, env=launcher_env(), capture_output=True, text=True, timeout=600)
     assert done.stdout.strip() == str(merged) and merged.stat().st_mtime_ns == stamp
+
+
+def test_a_start_that_failed_before_training_takes_corrected_inputs(tmp_path):
+    """run.json written, training failed before its first checkpoint (e.g. a model that did not load): RESUME=1
+    with the corrected inputs prepares the data again; once a checkpoint exists, other inputs are refused."""
+    from trainer.run_state import RunStateError, write_manifest
+    run_dir = tmp_path / 'run'
+    write_manifest(run_dir, 'train_grpo.sh', {'MODEL': 'Qwen/typo'})
+    plan = plan_run(run_dir, True, {'MODEL': 'Qwen/fixed'})
+    assert plan.checkpoint is None and not plan.prepared
+    assert plan.notes[0] == (f"{run_dir} has no checkpoint: its start failed before training; preparing the data again "
+                             "with the new inputs (MODEL 'Qwen/typo' -> 'Qwen/fixed')")
+    (run_dir / 'checkpoint-5').mkdir()
+    with pytest.raises(RunStateError, match="RESUME=1 with other inputs than .* MODEL 'Qwen/typo' -> 'Qwen/fixed'"):
+        plan_run(run_dir, True, {'MODEL': 'Qwen/fixed'})

@@ -282,7 +282,8 @@ def plan_run(output_dir: Path, resume: bool, inputs: Dict[str, str], dry_run: bo
     """Check ``output_dir`` against the request and decide how to start.
 
     A new run needs an absent or empty ``output_dir`` (its lock file aside; a dry run only prints). A resume
-    needs the inputs recorded in ``run.json`` (when there is one) to be the same; it continues from the
+    needs the inputs recorded in ``run.json`` (when there is one) to be the same, unless the folder has no
+    checkpoint at all (a start that failed before training: the data is prepared again); it continues from the
     newest complete checkpoint, and names the incomplete ones it skips; when that checkpoint already
     reached the run's last step (``completion``, ``max_steps`` asked for now), ``Plan.complete`` says so."""
     output_dir = Path(output_dir)
@@ -293,12 +294,16 @@ def plan_run(output_dir: Path, resume: bool, inputs: Dict[str, str], dry_run: bo
         if folder_content(output_dir) and not dry_run:
             raise RunStateError(f'{output_dir} exists; set RESUME=1 to resume it or choose another OUTPUT_DIR')
         return Plan(None, False, notes)
-    manifest = read_manifest(output_dir)
+    manifest, failed_start = read_manifest(output_dir), False
     if manifest is not None:
         diff = input_differences(manifest['inputs'], inputs)
-        if diff:
+        if diff and checkpoints(output_dir):
             raise RunStateError(f'RESUME=1 with other inputs than {output_dir / MANIFEST} records: '
                                 f'{"; ".join(diff)} (restore them, or start a new OUTPUT_DIR)')
+        if diff:  # a start that failed before its first checkpoint: nothing trained, a corrected rerun goes on
+            notes.append(f'{output_dir} has no checkpoint: its start failed before training; preparing the data '
+                         f'again with the new inputs ({"; ".join(diff)})')
+            manifest, failed_start = None, True
     checkpoint, skipped = last_complete_checkpoint(output_dir)
     for path, problem in skipped:
         notes.append(f'skipping {path}: incomplete ({problem}; a save that was interrupted)')
@@ -306,7 +311,7 @@ def plan_run(output_dir: Path, resume: bool, inputs: Dict[str, str], dry_run: bo
         return Plan(checkpoint, manifest is not None, notes,
                     complete=f'{output_dir} is complete ({done}): nothing to train (raise MAX_STEPS to train '
                              'further, or choose another OUTPUT_DIR)')
-    if manifest is None and output_dir.is_dir():
+    if manifest is None and output_dir.is_dir() and not failed_start:
         notes.append(f'{output_dir} has no {MANIFEST} (a start that failed before its data was ready, or an older '
                      'launcher): preparing the data')
     if checkpoint is not None:
