@@ -6,7 +6,7 @@
 #                                 # offline set, all four modes
 #   bash eval.sh MODEL [BASE]     # a cluster: VoiceBench MMSU and OBQA (audio, text), CUHK MMSU (audio with
 #                                 # the question as text), LibriSpeech WER
-# Environment: OUT (default output/eval), BACKEND (auto|vllm|transformers), MAX_NEW_TOKENS, BATCH_SIZE,
+# Environment: OUT (default output/eval; one eval.qa at a time per OUT), BACKEND (auto|vllm|transformers), MAX_NEW_TOKENS, BATCH_SIZE,
 # EXTRACTOR (rule|xfinder), XFINDER_MODEL, MRR_REFERENCE, and on a cluster MMSU_PATH, OBQA_PATH,
 # CUHK_MMSU_PATH, LIBRISPEECH_PATH.
 set -euo pipefail
@@ -20,7 +20,7 @@ common=(--out "$OUT" --backend "${BACKEND:-auto}" --extractor "${EXTRACTOR:-rule
 
 if [ $# -eq 0 ]; then
     # the newest embedded GRPO checkpoint (of any preset), beside the warm-started base of its own preset
-    # (without a checkpoint: the base of MODEL_PRESET, default the default preset)
+    # (without a checkpoint: the base of MODEL_PRESET, else of the default preset)
     source ./scripts/cpu_env.sh
     ckpt=$(ls -td output/grpo/*/checkpoint-* 2>/dev/null | grep -E '/checkpoint-[0-9]+$' | head -n 1 || true)
     if [ -n "$ckpt" ]; then
