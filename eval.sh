@@ -6,9 +6,9 @@
 #                                 # offline set, all four modes
 #   bash eval.sh MODEL [BASE]     # a cluster: VoiceBench MMSU and OBQA (audio, text), CUHK MMSU (audio with
 #                                 # the question as text), LibriSpeech WER
-# Environment: OUT (default output/eval; one eval.qa at a time per OUT), BACKEND (auto|vllm|transformers), MAX_NEW_TOKENS, BATCH_SIZE,
-# EXTRACTOR (rule|xfinder), XFINDER_MODEL, MRR_REFERENCE, and on a cluster MMSU_PATH, OBQA_PATH,
-# CUHK_MMSU_PATH, LIBRISPEECH_PATH.
+# Environment: OUT (default output/eval; one eval.qa at a time per OUT), BACKEND (auto|vllm|transformers),
+# MAX_NEW_TOKENS, BATCH_SIZE, EXTRACTOR (rule|xfinder), XFINDER_MODEL, MRR_REFERENCE, MODEL_PRESET (no arguments,
+# no checkpoint), and on a cluster MMSU_PATH, OBQA_PATH, CUHK_MMSU_PATH, LIBRISPEECH_PATH.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$ROOT"
