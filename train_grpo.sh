@@ -21,7 +21,8 @@
 #                    RESUME=1, never overwritten. run.json in it records the inputs (dataset, model, preset,
 #                    prompts, rewards) once the data is prepared; a resume with other inputs is refused.
 #   RESUME=1         continue OUTPUT_DIR from its newest complete checkpoint (an incomplete one, left by a
-#                    kill during a save, is skipped and named)
+#                    kill during a save, is skipped and named); a complete run trains nothing and exits 0.
+#                    One run at a time per OUTPUT_DIR: another is refused (docs/reliability.md)
 #   MAX_STEPS        stop after this many optimizer steps
 #   MAX_AUDIO_SECONDS longest clip accepted (default 60, 0: no limit); longer clips stop the data preparation
 #   DROP_LONG_AUDIO=1 leave clips longer than that out instead (their count and keys are printed)
