@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Evaluation (docs/original.md §6): the paper's Table 1 layout, MMSU(A) MMSU(T) OBQA(A) OBQA(T) Avg(A) MRR.
 #
-#   bash eval.sh                  # no GPU, no arguments: the tiny preset (warm-started base) and the latest
-#                                 # embedded GRPO checkpoint (if any), the small offline set, all four modes
+#   bash eval.sh                  # no GPU, no arguments: the newest embedded GRPO checkpoint (if any) and the
+#                                 # warm-started tiny base of its preset (else of MODEL_PRESET), the small
+#                                 # offline set, all four modes
 #   bash eval.sh MODEL [BASE]     # a cluster: VoiceBench MMSU and OBQA (audio, text), CUHK MMSU (audio with
 #                                 # the question as text), LibriSpeech WER
-# Environment: OUT (default output/eval), BACKEND (auto|vllm|transformers), MAX_NEW_TOKENS, BATCH_SIZE,
-# EXTRACTOR (rule|xfinder), XFINDER_MODEL, MRR_REFERENCE, and on a cluster MMSU_PATH, OBQA_PATH,
-# CUHK_MMSU_PATH, LIBRISPEECH_PATH; VLLM_GPU_MEMORY_UTILIZATION (default 0.45), and MODEL_PRESET and GPU_MEMORY_GB
-# for the memory plan of the vLLM engine (a GPU machine or GPU_MEMORY_GB set: stops before any download when the
-# engine cannot fit).
+# Environment: OUT (default output/eval; one eval.qa at a time per OUT), BACKEND (auto|vllm|transformers),
+# MAX_NEW_TOKENS, BATCH_SIZE, EXTRACTOR (rule|xfinder), XFINDER_MODEL, MRR_REFERENCE, MODEL_PRESET (no arguments,
+# no checkpoint; with GPU_MEMORY_GB, the memory plan of the vLLM engine), and on a cluster MMSU_PATH, OBQA_PATH,
+# CUHK_MMSU_PATH, LIBRISPEECH_PATH; VLLM_GPU_MEMORY_UTILIZATION (default 0.45). On a GPU machine or with
+# GPU_MEMORY_GB set, the plan stops the evaluation before any download when the vLLM engine cannot fit.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$ROOT"
@@ -20,17 +21,26 @@ common=(--out "$OUT" --backend "${BACKEND:-auto}" --extractor "${EXTRACTOR:-rule
 [ -z "${MRR_REFERENCE:-}" ] || common+=(--mrr_reference "$MRR_REFERENCE")
 
 if [ $# -eq 0 ]; then
+    # the newest embedded GRPO checkpoint (of any preset), beside the warm-started base of its own preset
+    # (without a checkpoint: the base of MODEL_PRESET, else of the default preset)
     source ./scripts/cpu_env.sh
-    embedded=$(python -m scripts.recipes.embedded)
+    ckpt=$(ls -td output/grpo/*/checkpoint-* 2>/dev/null | grep -E '/checkpoint-[0-9]+$' | head -n 1 || true)
+    if [ -n "$ckpt" ]; then
+        embedded=$(python -m scripts.recipes.embedded --preset_of "$ckpt")
+    else
+        embedded=$(python -m scripts.recipes.embedded ${MODEL_PRESET:+--model_type "$MODEL_PRESET"})
+    fi
+    preset=$(sed -n 's/^model_type=//p' <<< "$embedded" | tail -n 1)
     base=$(sed -n 's/^model=//p' <<< "$embedded" | tail -n 1)
     data=$(sed -n 's/^dataset=//p' <<< "$embedded" | tail -n 1)
     models=("$base")
-    ckpt=$(ls -td output/grpo/*/checkpoint-* 2>/dev/null | head -n 1 || true)
     [ -n "$ckpt" ] && models+=("$ckpt")
+    echo "== preset $preset: its warm-started tiny base${ckpt:+ and the newest GRPO checkpoint $ckpt} =="
     for model in "${models[@]}"; do
         echo "== $model =="
-        python -m eval.qa --model "$model" --dataset "MMLU=$data" --split test --max_items "${MAX_ITEMS:-16}" \
-            --max_new_tokens "${MAX_NEW_TOKENS:-64}" --batch_size "${BATCH_SIZE:-8}" "${common[@]}"
+        python -m eval.qa --model "$model" --model_type "$preset" --dataset "MMLU=$data" --split test \
+            --max_items "${MAX_ITEMS:-16}" --max_new_tokens "${MAX_NEW_TOKENS:-64}" --batch_size "${BATCH_SIZE:-8}" \
+            "${common[@]}"
     done
     exit 0
 fi

@@ -21,7 +21,8 @@
 #                    RESUME=1, never overwritten. run.json in it records the inputs (dataset, model, preset,
 #                    prompts, rewards) once the data is prepared; a resume with other inputs is refused.
 #   RESUME=1         continue OUTPUT_DIR from its newest complete checkpoint (an incomplete one, left by a
-#                    kill during a save, is skipped and named)
+#                    kill during a save, is skipped and named); a complete run trains nothing and exits 0.
+#                    One run at a time per OUTPUT_DIR: another is refused (docs/reliability.md)
 #   MAX_STEPS        stop after this many optimizer steps
 #   MAX_AUDIO_SECONDS longest clip accepted (default 60, 0: no limit); longer clips stop the data preparation
 #   DROP_LONG_AUDIO=1 leave clips longer than that out instead (their count and keys are printed)
@@ -40,7 +41,8 @@ OUTPUT_DIR=${OUTPUT_DIR:-output/grpo/tars_$(date +%Y%m%d_%H%M%S)}
 read -r -a reward_funcs <<< "${REWARD_FUNCS:-tars_format tars_accuracy tars_representation tars_behaviour}"
 [ -z "${MODEL:-}" ] && [ "$NPROC_PER_NODE" = 0 ] && embedded_default=1 || embedded_default=0
 
-# ---- checks before anything is loaded or created: settings, reward names, OUTPUT_DIR, the resume point ----
+# ---- checks before anything is loaded or created: settings, reward names, OUTPUT_DIR, the resume point, the
+# model's configuration files on the hub the run uses; then the folder's lock (one run per folder) ----
 if [ "$embedded_default" = 1 ]; then
     inputs=(--input "MODEL=tiny $MODEL_PRESET twin (embedded default)"
             --input "DATASET_PATH=${DATASET_PATH:-small MMLU speech set (embedded default)}")
@@ -51,9 +53,11 @@ fi
 inputs+=(--input "MODEL_PRESET=$MODEL_PRESET" --input "PROMPT_TYPE=$PROMPT_TYPE"
          --input "PROMPT_MODALITY=$PROMPT_MODALITY" --input "REWARD_FUNCS=${reward_funcs[*]}")
 plugins=0; launcher_has_flag --external_plugins "$@" && plugins=1
+checks=(--max_steps "${MAX_STEPS:-}")   # the step count asked for (a resume of a complete run trains nothing)
+if [ "$embedded_default" = 1 ]; then checks=(--max_steps "${MAX_STEPS:-15}"); else checks+=(--resolve_model "${MODEL:-}"); fi
 launcher_preflight "${inputs[@]}" --reward_funcs "${reward_funcs[@]}" --plugins_given "$plugins" \
     --prompt_type "$PROMPT_TYPE" --prompt_modality "$PROMPT_MODALITY" --model_preset "$MODEL_PRESET" \
-    --need_tiny_twin "$embedded_default"
+    --need_tiny_twin "$embedded_default" "${checks[@]}"
 
 args=()
 prepare_extra=()

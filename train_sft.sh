@@ -23,7 +23,8 @@
 #                    RESUME=1, never overwritten. run.json in it records the inputs (data, model, preset, prompts)
 #                    once the data is prepared; a resume with other inputs is refused.
 #   RESUME=1         continue OUTPUT_DIR from its newest complete checkpoint (an incomplete one, left by a
-#                    kill during a save, is skipped and named)
+#                    kill during a save, is skipped and named); a complete run trains nothing and exits 0.
+#                    One run at a time per OUTPUT_DIR: another is refused (docs/reliability.md)
 #   MAX_STEPS        stop after this many optimizer steps
 #   GPU_MEMORY_GB    GPU size for the memory plan (default: read from the GPU; on a CPU machine no plan is made)
 #   DRY_RUN=1        print the memory plan and the commands, and exit

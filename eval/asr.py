@@ -94,4 +94,5 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    from trainer.cli import run_main
+    run_main(main, 'eval.asr')

@@ -21,10 +21,11 @@ from trainer import jsonl
 from trainer.answer import LETTERS
 from trainer.data import write_clip
 from trainer.engine import ModelSpec, add_engine_arguments, build_engine, generate, resolve_model
-from trainer.extract import Extractor, get_extractor
-from trainer.model_loading import add_trust_remote_code_argument
+from trainer.extract import XFINDER_CHECKPOINT, Extractor, get_extractor
+from trainer.model_loading import add_trust_remote_code_argument, check_no_remote_code, check_weight_files
 from trainer.modes import MODES, build_request, uses_adapter
 from trainer.prompts import EVAL_PROMPT_TYPES
+from trainer.run_state import acquire_run_lock, check_not_locked
 from trainer.schema import REQUIRED_COLUMNS, SchemaError, load_audio, load_hf_dataset
 from trainer.transcribe import WhisperTranscriber
 
@@ -138,20 +139,41 @@ def evaluate(model: str, datasets: Sequence[Tuple[str, str]], *, modes: Sequence
              max_new_tokens: int = 1000, extractor: str = 'rule', xfinder_model: Optional[str] = None,
              split: str = 'test', max_items: Optional[int] = None, asr_model: Optional[str] = None,
              mrr_reference: Optional[float] = None, engine: Any = None, audio_with_text: bool = False,
-             trust_remote_code: bool = False) -> Dict:
+             trust_remote_code: bool = False, lock_out: bool = False) -> Dict:
     """Evaluate ``model`` on ``datasets`` ((name, path) pairs) in ``modes``; return ``{'datasets': {dataset:
     {mode: metrics}}, 'table': ..., 'dir': the model's results folder}``. ``engine``: an engine already built
     for ``model`` (else one is built); ``trust_remote_code``: let the model folder run its own code
-    (``trainer.model_loading``)."""
+    (``trainer.model_loading``); ``lock_out``: hold ``out``'s run lock (``trainer.run_state``) from before the
+    first write until this process ends (the command line does; a second ``eval.qa`` on it is refused).
+
+    Before anything loads or is written: the settings of every results folder against their ``config.json``,
+    the adapter's and base's weight files (header and size), the remote-code check, the lock."""
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f'unknown modes {bad}; choose from {MODES}')
     if prompt_type not in EVAL_PROMPT_TYPES:
         raise ValueError(f'prompt_type must be one of {EVAL_PROMPT_TYPES}, got {prompt_type!r}')
+    if lock_out:
+        check_not_locked(Path(out))
     spec = resolve_model(model, base_model, model_type)
+    model_dir = Path(out) / spec.name
+    judged_by = {'extractor': extractor, **({'xfinder_model': xfinder_model or XFINDER_CHECKPOINT}
+                                             if extractor == 'xfinder' else {})}
+
+    def run_config(path: str, mode: str) -> Dict[str, Any]:
+        return {'model': model, 'base': spec.base, 'adapter': spec.adapter, 'dataset': path, 'split': split,
+                'max_items': max_items, 'mode': mode, 'prompt_type': prompt_type, 'max_new_tokens': max_new_tokens,
+                'audio_with_text': audio_with_text, **judged_by}
+    for name, path in datasets:
+        for mode in modes:
+            jsonl.check_run_config(model_dir / name / f'{mode}_{prompt_type}', run_config(path, mode), 'results')
+    if engine is None:
+        check_weight_files([spec.base, spec.adapter])
+        check_no_remote_code([spec.base, spec.adapter], trust_remote_code)
+    if lock_out:
+        acquire_run_lock(Path(out), what='eval.qa')
     engine = engine or build_engine(spec, backend, batch_size, trust_remote_code)
     judge = get_extractor(extractor, xfinder_model, backend, batch_size)
-    model_dir = Path(out) / spec.name
     summary: Dict[str, Dict] = {}
     for name, path in datasets:
         ds = load_hf_dataset(path, split)
@@ -166,11 +188,7 @@ def evaluate(model: str, datasets: Sequence[Tuple[str, str]], *, modes: Sequence
         summary[name] = {}
         for mode in modes:
             run_dir = model_dir / name / f'{mode}_{prompt_type}'
-            jsonl.guard_run_config(run_dir, {
-                'model': model, 'base': spec.base, 'adapter': spec.adapter, 'dataset': path, 'split': split,
-                'max_items': max_items, 'mode': mode, 'prompt_type': prompt_type, 'max_new_tokens': max_new_tokens,
-                'extractor': judge.name, 'audio_with_text': audio_with_text,
-                **({'xfinder_model': judge.model} if judge.name == 'xfinder' else {})}, 'results')
+            jsonl.guard_run_config(run_dir, run_config(path, mode), 'results')
             summary[name][mode] = evaluate_mode(
                 engine, spec, judge, ds, name, mode=mode, prompt_type=prompt_type, run_dir=run_dir,
                 audio_dir=Path(out) / '_audio' / name, transcripts=transcripts, batch_size=batch_size,
@@ -231,10 +249,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                       max_new_tokens=args.max_new_tokens, extractor=args.extractor,
                       xfinder_model=args.xfinder_model, split=args.split, max_items=args.max_items,
                       asr_model=args.asr_model, mrr_reference=args.mrr_reference,
-                      audio_with_text=args.audio_with_text, trust_remote_code=args.trust_remote_code)
+                      audio_with_text=args.audio_with_text, trust_remote_code=args.trust_remote_code,
+                      lock_out=True)
     print(Path(result['dir'], 'table.md').read_text())
     print(f"results and metrics in {result['dir']}")
 
 
 if __name__ == '__main__':
-    main()
+    from trainer.cli import run_main
+    run_main(main, 'eval.qa')

@@ -54,4 +54,5 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    from trainer.cli import run_main
+    run_main(main, 'infer.answer')

@@ -43,9 +43,10 @@ NPROC_PER_NODE=${NPROC_PER_NODE:-$gpus}
 MODEL_PRESET=${MODEL_PRESET:-qwen2_5_omni}   # trainer.presets.DEFAULT_PRESET (tests/test_data_and_launcher.py checks)
 
 # launcher_preflight ARGS...: `python -m trainer.run_state preflight`, the launcher's one question to Python
-# (input and run-directory checks, the checkpoint to resume, the preset's facts); sets `checkpoint` (empty:
-# start at step 0), `prepared` (1: the data is ready), `preset_checkpoint` and `preset_vllm` (1: vLLM serves it),
-# and the preset's launch settings `preset_vllm_fraction`, `preset_vllm_limit_mm`, `preset_max_length`.
+# (input and run-directory checks, the checkpoint to resume, the preset's facts, the model on the hub); sets
+# `checkpoint` (empty: start at step 0), `prepared` (1: the data is ready), `preset_checkpoint` and
+# `preset_vllm` (1: vLLM serves it), and the preset's launch settings `preset_vllm_fraction`,
+# `preset_vllm_limit_mm`, `preset_max_length`. A resume of a run that is complete exits 0 here (the reason printed).
 launcher_preflight() {
     local plan
     plan=$(python -m trainer.run_state preflight --launcher "$me" --output_dir "$OUTPUT_DIR" \
@@ -57,7 +58,26 @@ launcher_preflight() {
     preset_vllm_fraction=$(launcher_get run_state:preset_vllm_fraction "$plan")
     preset_vllm_limit_mm=$(launcher_get run_state:preset_vllm_limit_mm "$plan")
     preset_max_length=$(launcher_get run_state:preset_max_length "$plan")
+    [ "$(launcher_get run_state:complete "$plan")" != 1 ] || exit 0
+    launcher_lock "$@"
 }
+
+# ---- one run per folder (trainer.run_state): launcher_lock ARGS... takes the lock of OUTPUT_DIR/.run.lock on
+# descriptor 9, which this launcher and the commands it starts hold until they end (the kernel drops it when
+# they die: a folder left by a killed run resumes), then checks the folder again under the lock (`checkpoint`,
+# `prepared`). Another run on the folder is refused in one line naming its PID and host. A dry run takes no
+# lock; nodes other than NODE_RANK 0 share rank 0's folder and lock.
+launcher_lock() {
+    if [ "${DRY_RUN:-0}" = 1 ] || [ "${NODE_RANK:-0}" != 0 ]; then return 0; fi
+    local plan
+    mkdir -p "$OUTPUT_DIR" && exec 9>>"$OUTPUT_DIR/.run.lock" || launcher_fail "cannot write $OUTPUT_DIR/.run.lock"
+    plan=$(python -m trainer.run_state lock --fd 9 --pid $$ --launcher "$me" --output_dir "$OUTPUT_DIR" \
+           --resume "${RESUME:-0}" "$@") || exit 2
+    checkpoint=$(launcher_get run_state:checkpoint "$plan")
+    prepared=$(launcher_get run_state:prepared "$plan")
+    [ "$(launcher_get run_state:complete "$plan")" != 1 ] || exit 0
+}
+# ---- end of the run-folder lock ----
 
 # launcher_get KEY TEXT: the value of the last line `KEY=value` of TEXT (a Python step's answer).
 launcher_get() { sed -n "s/^$1=//p" <<< "$2" | tail -n 1; }

@@ -4,43 +4,33 @@
 
 The merged model (safetensors, with the processor and tokenizer files) goes to ``DIR`` (default:
 ``<checkpoint>-merged``); an existing directory is never overwritten. A base or checkpoint folder that would
-run its own code is refused unless ``--trust_remote_code`` (``trainer.model_loading``).
+run its own code is refused unless ``--trust_remote_code`` (``trainer.model_loading``), and a damaged weight file
+(cut short) is refused before anything loads.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from trainer.engine import resolve_model
-from trainer.grpo import PLUGIN
-from trainer.model_loading import add_trust_remote_code_argument, check_no_remote_code
-from trainer.model_registry import register_models
+from trainer.merge import export_argv, merge_into
+from trainer.model_loading import add_trust_remote_code_argument
+
+__all__ = ['export_argv', 'merge_lora', 'main']
 
 
 def merge_lora(adapter: str, output: Optional[str] = None, base_model: Optional[str] = None,
                model_type: Optional[str] = None, trust_remote_code: bool = False) -> Path:
-    """Merge ``adapter`` into its base with ms-swift's export; return the merged model's folder.
+    """Merge ``adapter`` into its base with ms-swift's export (``trainer.merge.merge_into``); return the merged
+    model's folder.
 
     ``model_type`` None: the checkpoint's own (``trainer.engine.resolve_model``)."""
     spec = resolve_model(adapter, base_model, model_type)
     if spec.adapter is None:
         raise ValueError(f'{adapter} holds no adapter_config.json: nothing to merge')
     out = Path(output or f'{adapter.rstrip("/")}-merged')
-    if out.exists():
-        raise FileExistsError(f'{out} exists; choose another --output')
-    check_no_remote_code([spec.base, spec.adapter], trust_remote_code)
-    from swift.pipelines import export_main  # deferred: ms-swift takes seconds to import; checks run first
-    register_models()
-    export_main(export_argv(spec.base, spec.model_type, spec.adapter, out))
-    return out
-
-
-def export_argv(base: str, model_type: str, adapter: str, out: Path) -> List[str]:
-    """``swift export`` flags of the merge. The TARS plugin is passed explicitly: without plugins on the
-    command line ms-swift would import the ``external_plugins`` listed in the checkpoint's ``args.json``."""
-    return ['--model', base, '--model_type', model_type, '--adapters', adapter, '--merge_lora', 'true',
-            '--output_dir', str(out), '--external_plugins', str(PLUGIN)]
+    return merge_into(spec.base, spec.model_type, spec.adapter, out, trust_remote_code)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -56,4 +46,5 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    from trainer.cli import run_main
+    run_main(main, 'scripts.merge_lora')

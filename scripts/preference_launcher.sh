@@ -15,7 +15,8 @@ PROMPT_MODALITY=${PROMPT_MODALITY:-a}
 OUTPUT_DIR=${OUTPUT_DIR:-output/$KIND/${KIND}_$(date +%Y%m%d_%H%M%S)}
 [ -z "${MODEL:-}" ] && [ "$NPROC_PER_NODE" = 0 ] && embedded_default=1 || embedded_default=0
 
-# ---- checks before anything is loaded or created: settings, OUTPUT_DIR, the resume point ----
+# ---- checks before anything is loaded or created: settings, OUTPUT_DIR, the resume point, the model's
+# configuration files on the hub the run uses; then the folder's lock (one run per folder) ----
 if [ "$embedded_default" = 1 ]; then
     inputs=(--input "MODEL=tiny $MODEL_PRESET twin (embedded default)"
             --input "DATA=preference set of the tiny model (embedded default)")
@@ -27,8 +28,10 @@ else
 fi
 inputs+=(--input "KIND=$KIND" --input "MODEL_PRESET=$MODEL_PRESET" --input "PROMPT_TYPE=$PROMPT_TYPE"
          --input "PROMPT_MODALITY=$PROMPT_MODALITY")
+checks=(--max_steps "${MAX_STEPS:-}")   # the step count asked for (a resume of a complete run trains nothing)
+if [ "$embedded_default" = 1 ]; then checks=(--max_steps "${MAX_STEPS:-8}"); else checks+=(--resolve_model "${MODEL:-}"); fi
 launcher_preflight "${inputs[@]}" --prompt_type "$PROMPT_TYPE" --prompt_modality "$PROMPT_MODALITY" \
-    --modalities a t --model_preset "$MODEL_PRESET" --need_tiny_twin "$embedded_default"
+    --modalities a t --model_preset "$MODEL_PRESET" --need_tiny_twin "$embedded_default" "${checks[@]}"
 
 args=()
 prepare=()

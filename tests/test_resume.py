@@ -146,11 +146,12 @@ INPUTS = {'DATASET_PATH': 'a/set', 'MODEL': 'm', 'PROMPT_MODALITY': 'mixed'}
 def test_plan_refuses_a_resume_with_other_inputs_naming_each_difference(tmp_path):
     write_manifest(tmp_path, 'train_grpo.sh', INPUTS)
     assert read_manifest(tmp_path)['inputs'] == INPUTS
+    plan = plan_run(tmp_path, True, INPUTS)
+    assert plan.prepared and plan.checkpoint is None
+    fake_checkpoint(tmp_path, 2)  # trained with INPUTS (without a checkpoint: tests/test_reliability.py)
     with pytest.raises(RunStateError) as err:
         plan_run(tmp_path, True, dict(INPUTS, DATASET_PATH='b/set', PROMPT_MODALITY='a'))
     assert "DATASET_PATH 'a/set' -> 'b/set'; PROMPT_MODALITY 'mixed' -> 'a'" in str(err.value)
-    plan = plan_run(tmp_path, True, INPUTS)
-    assert plan.prepared and plan.checkpoint is None
 
 
 def test_plan_of_a_new_run(tmp_path):

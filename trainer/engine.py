@@ -3,7 +3,11 @@
 ``transformers``: ``TransformersEngine`` (CPU, or a GPU without vLLM); ``vllm``: ``VllmEngine`` with the
 original's evaluation settings (docs/original.md §6.1: max_model_len 6400, gpu_memory_utilization 0.45, one
 audio per prompt). A LoRA checkpoint is applied per request, so the same engine also answers with the
-adapter off (the text-only baseline). Greedy decoding. :func:`add_engine_arguments` is the one definition
+adapter off (the text-only baseline); for an architecture whose vLLM model cannot apply LoRA (Qwen2-Audio in
+vLLM 0.32) the adapter is merged into the base once per adapter content (``trainer.merge.cached_merge``, as
+the original evaluates merged models) and vLLM serves the merged model, while the transformers engine of the
+base, built on first use, answers with the adapter off (:class:`MergedLoraEngine`; a second vLLM engine in the
+same process fails on vLLM's CPU build). Greedy decoding. :func:`add_engine_arguments` is the one definition
 of the model and engine flags of every command line that builds an engine.
 """
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from trainer.model_loading import check_no_remote_code
+from trainer.model_loading import check_no_remote_code, check_weight_files, model_folder
 from trainer.model_registry import register_models
 from trainer.presets import DEFAULT_PRESET, PRESETS, detect_model_type
 
@@ -125,20 +129,71 @@ def new_vllm_engine(model: str, batch_size: int, **kwargs: Any) -> Any:
     return VllmEngine(model, max_num_seqs=batch_size, torch_dtype=engine_dtype(), **kwargs, **cpu_kwargs)
 
 
+def vllm_applies_lora(base: str) -> bool:
+    """Whether vLLM can apply a LoRA adapter per request to the architecture of ``base`` (its config.json's
+    ``architectures``, looked up in vLLM's model registry: the model class must support LoRA). True when vLLM
+    does not know the architecture (vLLM then reports it itself)."""
+    folder = model_folder(base)
+    config = folder / 'config.json' if folder is not None else None
+    if config is None or not config.is_file():
+        return True
+    architectures = json.loads(config.read_text()).get('architectures') or []
+    from vllm import ModelRegistry  # deferred: vLLM loads in seconds, only on the vLLM path
+    from vllm.model_executor.models.interfaces import supports_lora
+    for arch in architectures:
+        # vLLM 0.32 has no public per-architecture query; this is what LoRAModelRunnerMixin checks on the instance
+        cls = ModelRegistry._try_load_model_cls(arch)
+        if cls is not None:
+            return bool(supports_lora(cls))
+    return True
+
+
+class MergedLoraEngine:
+    """vLLM for a LoRA checkpoint of an architecture whose vLLM model cannot apply LoRA: ``merged`` (the vLLM
+    engine of the adapter merged into the base) answers with the adapter on; an engine of the base, built by
+    ``build_base`` on the first request with the adapter off (the text-only baseline), answers the others."""
+
+    def __init__(self, merged: Any, merged_path: Path, build_base: Any) -> None:
+        self.merged, self.merged_path, self._build_base, self._base = merged, merged_path, build_base, None
+
+    def engine_for(self, use_adapter: bool) -> Any:
+        """The engine of the merged model (``use_adapter``) or of the base."""
+        if use_adapter:
+            return self.merged
+        if self._base is None:
+            self._base = self._build_base()
+        return self._base
+
+
 def build_engine(spec: ModelSpec, backend: str = 'auto', batch_size: int = 16, trust_remote_code: bool = False) -> Any:
-    """An ms-swift engine (``VllmEngine`` or ``TransformersEngine``) for ``spec``; a base or adapter folder
-    that would run its own code is refused unless ``trust_remote_code`` (``trainer.model_loading``)."""
+    """An ms-swift engine (``VllmEngine`` or ``TransformersEngine``, or a :class:`MergedLoraEngine`) for ``spec``.
+    Refused before anything loads: a damaged (cut short) weight file of the base or adapter folder, and a folder
+    that would run its own code unless ``trust_remote_code`` (``trainer.model_loading``)."""
+    check_weight_files([spec.base, spec.adapter])
     check_no_remote_code([spec.base, spec.adapter], trust_remote_code)
     register_models()  # presets registered by the project (trainer.presets)
     backend = choose_backend(backend, spec.model_type)
+    if backend == 'vllm' and spec.adapter and not vllm_applies_lora(spec.base):
+        from trainer.merge import cached_merge
+        merged = cached_merge(spec.base, spec.model_type, spec.adapter, trust_remote_code)
+        print(f'vLLM cannot apply a LoRA adapter to {spec.model_type}: vLLM evaluates the merged model {merged}, '
+              'the transformers engine the base with the adapter off', flush=True)
+        merged_spec = ModelSpec(str(merged), None, spec.model_type)
+        return MergedLoraEngine(new_vllm_engine(str(merged), batch_size, **vllm_engine_kwargs(merged_spec)), merged,
+                                lambda: new_transformers_engine(ModelSpec(spec.base, None, spec.model_type),
+                                                                batch_size))
     if backend == 'vllm':
         return new_vllm_engine(spec.base, batch_size, **vllm_engine_kwargs(spec))
     if backend != 'transformers':
         raise ValueError(f'backend must be auto, vllm or transformers, got {backend!r}')
+    return new_transformers_engine(spec, batch_size)
+
+
+def new_transformers_engine(spec: ModelSpec, batch_size: int) -> Any:
+    """ms-swift's ``TransformersEngine`` for ``spec`` (checked before: ``build_engine``). The adapter is loaded
+    into the model (a per-request adapter breaks batched generation in ms-swift 4.6's TransformersEngine: peft
+    gets one adapter name for the whole batch); the text-only baseline switches it off around its generation."""
     from swift.infer_engine import TransformersEngine  # deferred: ms-swift (seconds), only here
-    # The adapter is loaded into the model (a per-request adapter breaks batched generation in ms-swift
-    # 4.6's TransformersEngine: peft gets one adapter name for the whole batch); the text-only baseline
-    # switches it off around its generation.
     return TransformersEngine(spec.base, model_type=spec.model_type, max_batch_size=batch_size,
                               torch_dtype=engine_dtype(), adapters=[spec.adapter] if spec.adapter else None)
 
@@ -151,6 +206,8 @@ def generate(engine: Any, requests: List[Tuple[List[Dict], List[str]]], spec: Mo
     infer_requests = [InferRequest(messages=m, audios=a) for m, a in requests]
     config = RequestConfig(max_tokens=max_new_tokens, temperature=temperature, seed=seed)
     adapter, context = None, nullcontext()
+    if isinstance(engine, MergedLoraEngine):  # the adapter is in the merged model's weights
+        engine, spec = engine.engine_for(use_adapter), ModelSpec(spec.base, None, spec.model_type)
     disable = getattr(getattr(engine, 'model', None), 'disable_adapter', None)  # a peft model in the engine
     if spec.adapter and disable is not None:
         if not use_adapter:

@@ -164,19 +164,14 @@ class RunConfigError(RuntimeError):
     """A results folder made with other settings than the run about to write into it."""
 
 
-def guard_run_config(run_dir: PathLike, config: Dict[str, Any], what: str = 'results') -> None:
-    """Tie ``run_dir`` to the settings ``config`` that its ``what`` (``'results'``, ``'samples'``...) were made with.
-
-    The first use writes ``run_dir/config.json`` (atomically, the folder created); a later use with the same
-    settings passes; one with other settings raises ``RunConfigError`` in one line naming the folder and
-    each differing key, so that records made with different settings are never mixed in one file. Values
-    are compared as JSON (a tuple equals the list it is stored as)."""
+def check_run_config(run_dir: PathLike, config: Dict[str, Any], what: str = 'results') -> None:
+    """Raise ``RunConfigError`` when ``run_dir/config.json`` records other settings than ``config`` (one line
+    naming the folder and each differing key); nothing is written. See :func:`guard_run_config`."""
     run_dir = Path(run_dir)
     path = run_dir / 'config.json'
-    new = json.loads(json.dumps(finite(config), default=str))
     if not path.exists():
-        write_json_atomic(path, new)
         return
+    new = json.loads(json.dumps(finite(config), default=str))
     try:
         old = json.loads(path.read_text(encoding='utf-8'))
     except json.JSONDecodeError as err:
@@ -187,6 +182,20 @@ def guard_run_config(run_dir: PathLike, config: Dict[str, Any], what: str = 'res
         diff = ', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in sorted(set(old) | set(new))
                          if old.get(k) != new.get(k))
         raise RunConfigError(f'{run_dir} holds {what} made with other settings ({diff}); choose another --out')
+
+
+def guard_run_config(run_dir: PathLike, config: Dict[str, Any], what: str = 'results') -> None:
+    """Tie ``run_dir`` to the settings ``config`` that its ``what`` (``'results'``, ``'samples'``...) were made with.
+
+    The first use writes ``run_dir/config.json`` (atomically, the folder created); a later use with the same
+    settings passes; one with other settings raises ``RunConfigError`` in one line naming the folder and
+    each differing key (:func:`check_run_config`), so that records made with different settings are never
+    mixed in one file. Values are compared as JSON (a tuple equals the list it is stored as)."""
+    path = Path(run_dir) / 'config.json'
+    if path.exists():
+        check_run_config(run_dir, config, what)
+        return
+    write_json_atomic(path, json.loads(json.dumps(finite(config), default=str)))
 
 
 def keep_records(path: PathLike, keep: Callable[[Any], bool]) -> int:

@@ -55,8 +55,11 @@ class RemoteCodeError(ValueError):
 
 
 def add_trust_remote_code_argument(parser: argparse.ArgumentParser) -> None:
-    """The opt-in flag, the same on every entry point."""
+    """The opt-in flag, the same on every entry point, and ``--debug`` (``trainer.cli.run_main``: a refusal
+    with its traceback instead of its one line)."""
+    from trainer.cli import DEBUG_FLAG, DEBUG_HELP
     parser.add_argument(OPT_IN, action='store_true', help=OPT_IN_HELP)
+    parser.add_argument(DEBUG_FLAG, action='store_true', help=DEBUG_HELP)
 
 
 def _auto_maps(value, where: str) -> List[str]:
@@ -178,3 +181,113 @@ def check_swift_argv(argv: Sequence[str], trust_remote_code: bool = False) -> No
     main = _flag_values(argv, '--model')
     check_no_remote_code(main, revision=_last_value(argv, '--model_revision'), **hub)
     check_no_remote_code([m for m in swift_argv_models(argv) if m not in main], **hub)
+
+
+# ---------------------------------------------------------------- a model the run cannot fetch
+class ModelLookupError(ValueError):
+    """A model that is neither a local folder nor fetchable from the hub the run uses."""
+
+
+# Exceptions (anywhere in the cause chain) that mean the hub was not reached, not that the model is unknown:
+# connection / name resolution / timeouts of requests, urllib3, httpx (huggingface_hub), modelscope_hub, and
+# huggingface_hub's "not cached and offline" answers.
+_UNREACHABLE = ('ConnectError', 'ConnectTimeout', 'ConnectionError', 'NetworkError', 'NameResolutionError',
+                'MaxRetryError', 'ReadTimeout', 'Timeout', 'LocalEntryNotFoundError', 'OfflineModeIsEnabled')
+
+
+def hub_name(use_hf: Optional[bool] = None) -> str:
+    """The hub ms-swift fetches models from: the Hugging Face hub with ``USE_HF=1``, else ModelScope."""
+    import os
+    if use_hf is None:
+        use_hf = os.environ.get('USE_HF', '0').lower() in ('1', 'true', 'yes', 'on')
+    return 'the Hugging Face hub' if use_hf else 'ModelScope'
+
+
+def hub_unreachable(err: BaseException) -> bool:
+    """Whether ``err`` (or an exception it was raised from) says the hub could not be reached."""
+    import socket
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, (ConnectionError, TimeoutError, socket.gaierror)) or type(err).__name__ in _UNREACHABLE:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def resolve_model_files(model: str, use_hf: Optional[bool] = None) -> Path:
+    """The local folder of ``model``, or for a hub id its configuration files (no weights) fetched with
+    ms-swift's ``safe_snapshot_download`` from the hub the run uses (``USE_HF``), into the cache the loader
+    reads later. Raises :class:`ModelLookupError` in one line: ``'<model>: cannot reach <hub> ...'`` when the
+    hub does not answer, ``'<model>: no such model on <hub> ...'`` when it does and has no such model."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or not _looks_like_hub_id(model):
+        raise ModelLookupError(f'{model}: no such folder, and not a hub id (org/name)')
+    from swift.utils import safe_snapshot_download
+    try:
+        return Path(safe_snapshot_download(model, download_model=False, use_hf=use_hf))
+    except Exception as err:  # noqa: BLE001 - every hub failure becomes one line; its kind decides which
+        first = str(err).splitlines()[0] if str(err) else ''
+        if hub_unreachable(err):
+            raise ModelLookupError(f'{model}: cannot reach the hub ({hub_name(use_hf)}) to fetch its configuration '
+                                   f'files ({type(err).__name__}); connect, or give a local folder') from err
+        raise ModelLookupError(f'{model}: no such model on {hub_name(use_hf)}, or no access to it '
+                               f'({type(err).__name__}: {first}); USE_HF=1 selects the Hugging Face hub') from err
+
+
+# ---------------------------------------------------------------- torn weight files
+class WeightFileError(ValueError):
+    """A weight file that is cut short or not in its format (a copy or save that did not finish)."""
+
+
+WEIGHT_SUFFIXES = ('.safetensors', '.bin', '.pt', '.pth')
+
+
+def weight_file_problem(path: Path) -> Optional[str]:
+    """Why the weight file ``path`` cannot be loaded (None when it looks whole), read from its header only.
+
+    safetensors: an 8-byte little-endian header length, the JSON header, then the tensors; the file must be
+    exactly as long as the header's largest ``data_offsets`` end says. ``.bin`` / ``.pt``: a torch zip archive
+    (its central directory sits at the end, so a cut file has none); an old pickle is not checked."""
+    import struct
+    import zipfile
+    size = path.stat().st_size
+    if path.suffix == '.safetensors':
+        with open(path, 'rb') as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f'{size} bytes, shorter than a safetensors header'
+            (n,) = struct.unpack('<Q', head)
+            if n > size - 8:
+                return f'truncated: its header alone says {n + 8} bytes, the file holds {size}'
+            try:
+                header = json.loads(fh.read(n))
+                end = max((int(v['data_offsets'][1]) for k, v in header.items() if k != '__metadata__'), default=0)
+            except (ValueError, KeyError, TypeError, IndexError) as err:
+                return f'not a safetensors file (header: {type(err).__name__})'
+        expected = 8 + n + end
+        if size != expected:
+            return f'truncated: its header says {expected} bytes, the file holds {size}'
+        return None
+    with open(path, 'rb') as fh:
+        magic = fh.read(4)
+    if magic[:2] == b'PK' and not zipfile.is_zipfile(path):
+        return f'truncated: a torch zip archive without its end ({size} bytes)'
+    return None
+
+
+def check_weight_files(folders: Iterable[Optional[str]]) -> None:
+    """Raise :class:`WeightFileError` naming the first weight file of a local folder of ``folders`` (hub ids
+    and None skipped) that :func:`weight_file_problem` finds cut short: cheap (headers and sizes), before any
+    model loads."""
+    for model in dict.fromkeys(m for m in folders if m):
+        folder = Path(model)
+        if not folder.is_dir():
+            continue
+        for path in sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()):
+            problem = weight_file_problem(path)
+            if problem:
+                raise WeightFileError(f'{path}: {problem}; the file is damaged (an interrupted copy or save), '
+                                      'nothing was loaded')

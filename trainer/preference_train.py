@@ -53,4 +53,5 @@ def main(argv: Optional[List[str]] = None) -> Any:
 
 
 if __name__ == '__main__':
-    main()
+    from trainer.cli import run_main
+    run_main(main, 'trainer.preference_train')

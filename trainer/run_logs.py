@@ -12,7 +12,11 @@ the ms-swift callback ``tars_run_logs``):
   in the logging dir before the new event file, so TensorBoard hides the killed attempt's events from
   step N+1 on (event files are never rewritten);
 * ``on_log``: NaN / inf metrics become ``null`` in logging.jsonl (``json`` would write a bare ``NaN``,
-  which strict JSON readers reject); TensorBoard, called before, still gets the float.
+  which strict JSON readers reject); TensorBoard, called before, still gets the float. The trainer keeps its
+  own copy of each record in ``state.log_history``, cleaned the same way at once (trainer_state.json);
+* ``on_train_end``: every ``state.log_history`` record (those of a resumed checkpoint too) and
+  ``state.best_metric`` are cleaned, so ms-swift's end-of-training summary line (with ``log_history``), written
+  after ``train`` returns, is strict JSON as well.
 """
 from __future__ import annotations
 
@@ -124,3 +128,15 @@ class RunLogCallback(TrainerCallback):
         """Non-finite values of ``logs`` become None (written as null)."""
         if logs is not None:
             finite_logs(logs)
+        history = getattr(state, 'log_history', None)
+        if history and isinstance(history[-1], dict):
+            finite_logs(history[-1])  # the trainer's copy of this record (Trainer.log)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Clean ``state`` before ms-swift writes its summary: non-finite values of every ``log_history``
+        record and of ``best_metric`` become None."""
+        for record in state.log_history:
+            if isinstance(record, dict):
+                finite_logs(record)
+        if isinstance(state.best_metric, float) and not math.isfinite(state.best_metric):
+            state.best_metric = None

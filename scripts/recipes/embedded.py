@@ -6,13 +6,16 @@
    random model never writes the answer format and the format, accuracy and alignment rewards would
    all be zero.
 
-Each artefact sits in the cache under a name hashed from its recipe and its inputs, and is rebuilt
-only when those change. ``python -m scripts.recipes.embedded [--model_type T]`` prints the model and dataset paths.
+Each artefact sits in the cache under a name hashed from its recipe and the content of its inputs (never
+their paths: a clone in another folder, or a cache moved elsewhere, finds them), and is rebuilt only when
+those change. ``python -m scripts.recipes.embedded [--model_type T]`` prints the model and dataset paths.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
+import os
 import json
 import shutil
 import tempfile
@@ -32,6 +35,25 @@ WARM_START = {
 
 def _digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=None)
+def folder_digest(folder: Path) -> str:
+    """A key of the content of ``folder``: the relative path and bytes of every file under it (sorted), never
+    where the folder is (an absent folder: the key of nothing). Hidden files and the ``cache-*.arrow`` files that
+    ``datasets`` adds beside a loaded set's own are left out (they change on use, not with the content).
+    About 0.2 s for the 72 MB small speech set."""
+    digest = hashlib.sha256()
+    root = Path(folder)
+    files = sorted(Path(d, f) for d, _, names in os.walk(root) for f in names
+                   if not f.startswith(('.', 'cache-'))) if root.is_dir() else []
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b'\0')
+        with open(path, 'rb') as fh:
+            for block in iter(lambda: fh.read(1 << 20), b''):
+                digest.update(block)
+        digest.update(b'\0')
+    return digest.hexdigest()[:12]
 
 
 def small_speech_set(cache: Path) -> Path:
@@ -66,8 +88,9 @@ def warm_start_argv(model_dir: Path, data_jsonl: Path, output_dir: Path, recipe:
 
 def warm_started_model(model_dir: Path, dataset_dir: Path, cache: Path, recipe: Dict = WARM_START,
                        model_type: str = DEFAULT_PRESET) -> Path:
-    """The tiny model after the SFT warm start, cached by (model, dataset, recipe)."""
-    out = cache / 'models' / f'{model_dir.name}-warm-{_digest(recipe, model_dir.name, str(dataset_dir))}'
+    """The tiny model after the SFT warm start, cached by (model, dataset, recipe): the model's folder name (the
+    tiny twins' names are hashes of their recipes) and the dataset's content (``folder_digest``)."""
+    out = cache / 'models' / f'{model_dir.name}-warm-{_digest(recipe, model_dir.name, folder_digest(dataset_dir))}'
     return sft_checkpoint(model_dir, dataset_dir, out, recipe, model_type)
 
 
@@ -123,13 +146,21 @@ def prepare(cache: Path, model_type: str = DEFAULT_PRESET) -> Dict[str, Path]:
 
 
 def run_cli(description: str, build: Callable[[Path, str], Dict[str, Path]], argv: Optional[List[str]] = None) -> None:
-    """The recipes' command line: ``--cache_dir``, ``--model_type``; prints ``NAME=PATH`` lines (read by the
-    launchers) for what ``build(cache, model_type)`` returns."""
+    """The recipes' command line: ``--cache_dir``, ``--model_type`` (or ``--preset_of CHECKPOINT``: the preset that
+    checkpoint was trained with); prints ``model_type=T`` and ``NAME=PATH`` lines (read by the launchers) for
+    what ``build(cache, model_type)`` returns."""
+    from trainer.presets import detect_model_type
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--cache_dir', type=Path, default=None)
     parser.add_argument('--model_type', default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    parser.add_argument('--preset_of', default=None, help="a checkpoint: build for its preset (its args.json's)")
     args = parser.parse_args(argv)
-    for name, path in build(args.cache_dir or default_cache_dir(), args.model_type).items():
+    model_type = args.model_type
+    if args.preset_of:
+        model_type = detect_model_type(args.preset_of) or parser.error(
+            f'{args.preset_of}: no preset found (args.json / config.json model_type); pass --model_type')
+    print(f'model_type={model_type}')
+    for name, path in build(args.cache_dir or default_cache_dir(), model_type).items():
         print(f'{name}={path}')
 
 

@@ -3,14 +3,15 @@
 On top of ``scripts.recipes.embedded`` (tiny twin, small MMLU speech set, SFT warm start), the warm-started model
 answers some training questions from the text and from the speech (``scripts.dataset_building.preference``
 ``generate``), and the two are joined into DPO and SFT files (``build``). Cached under a name hashed from the
-recipe and the model; an interrupted build resumes. ``python -m scripts.recipes.embedded_preference`` prints the paths.
+recipe, the model (its folder's name, itself a hash) and the dataset's content; an interrupted build resumes.
+``python -m scripts.recipes.embedded_preference`` prints the paths.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from scripts.recipes.embedded import _digest, prepare, run_cli
+from scripts.recipes.embedded import _digest, folder_digest, prepare, run_cli
 from trainer.presets import DEFAULT_PRESET
 
 PREFERENCE_SET = {'rows': 24, 'max_samples': 6, 'samples_per_round': 3, 'max_new_tokens': 40, 'val_rows': 4,
@@ -22,7 +23,7 @@ def preference_set(cache: Path, model_type: str = DEFAULT_PRESET, recipe: Dict =
     from scripts.dataset_building import preference
     paths = prepare(cache, model_type)
     model, dataset = paths['model'], paths['dataset']
-    root = cache / 'data' / f'preference-{Path(model).name}-{_digest(recipe, str(dataset))}'
+    root = cache / 'data' / f'preference-{Path(model).name}-{_digest(recipe, folder_digest(dataset))}'
     out = root / 'set'
     if not (out / 'report.json').exists():
         for mode in ('text', 'audio'):
