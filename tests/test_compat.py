@@ -52,6 +52,25 @@ def test_every_overridden_hook_keeps_its_parameters(owner, method):
     assert tuple(_parameters(cls, method)[:len(expected)]) == expected
 
 
+def test_every_trainer_override_is_listed_typed_and_documented():
+    """Each ms-swift method TARSGRPOTrainer overrides is in OVERRIDES (so its parameters are checked above),
+    annotates every parameter and its return, and says in its docstring what ms-swift calls it with."""
+    from swift.rlhf_trainers import GRPOTrainer
+
+    from trainer.grpo_trainer import TARSGRPOTrainer
+    listed = compat.OVERRIDES['swift.rlhf_trainers:GRPOTrainer']
+    overrides = [name for name, value in vars(TARSGRPOTrainer).items()
+                 if callable(value) and name != '__init__' and hasattr(GRPOTrainer, name)]
+    assert sorted(overrides) == sorted(set(listed) - {'_compute_rewards_per_func', 'split_by_mini_batches',
+                                                      '_load_state_dict_to_vllm'})
+    for name in overrides:
+        function = inspect.unwrap(getattr(TARSGRPOTrainer, name))
+        signature = inspect.signature(function)
+        missing = [p.name for p in list(signature.parameters.values())[1:] if p.annotation is inspect.Parameter.empty]
+        assert not missing and signature.return_annotation is not inspect.Signature.empty, (name, missing)
+        assert 'ms-swift calls it' in (function.__doc__ or '') or 'ms-swift enters it' in (function.__doc__ or ''), name
+
+
 def test_trainer_registration_reaches_ms_swift():
     from swift.trainers.trainer_factory import TrainerFactory
     saved = TrainerFactory.TRAINER_MAPPING.get('grpo')

@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import PYTHON, run
 
+pytestmark = pytest.mark.slow  # every test here trains (tests/conftest.py: tiers)
+
 REWARDS = ['tars_format', 'tars_accuracy', 'tars_representation', 'tars_behaviour', 'tars_length']
 
 

@@ -334,6 +334,7 @@ def test_tensorboard_restart_marker_hides_the_killed_attempts_later_steps(tmp_pa
 
 
 # ---------------------------------------------------------------- the launcher, for real (tiny model)
+@pytest.mark.slow  # starts a process, trains or loads a model (tests/conftest.py: tiers)
 def test_train_grpo_resume_after_a_kill_during_a_save(tmp_path):
     """bash train_grpo.sh (embedded default, 2 steps, a checkpoint each step); checkpoint-2 loses its
     trainer_state.json as in a kill during the save; RESUME=1 continues from checkpoint-1 without preparing

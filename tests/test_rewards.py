@@ -40,8 +40,7 @@ def test_representation_reward_pairs_speech_with_correct_text_of_the_same_questi
 
 
 def test_representation_reward_layer_subset_and_no_correct_text():
-    reward = RepresentationAlignmentReward()
-    reward.config = tars_config.TARSConfig(target_layers='1')  # the reward reads the config it is given
+    reward = RepresentationAlignmentReward(config=tars_config.TARSConfig(target_layers='1'))
     a, b = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     assert reward([GOOD_C, GOOD_B], tars_hidden=[a, b], **columns(2)) == pytest.approx([1.0, 1.0])
     # all layers (the default config): layer 2 is orthogonal -> mean(1, 0)
