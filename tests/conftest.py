@@ -3,10 +3,11 @@ the test tiers (docs/testing.md).
 
 Built under ``cache/`` of the repo (or ``$TARS_CACHE``) so that reruns reuse them.
 
-Tiers: a test is ``slow`` when it starts a process, trains, or loads a model (a tiny twin included). Test
-files mark them; a test that takes one of ``SLOW_FIXTURES`` is marked here. ``bash test.sh --quick`` runs
-the rest (``-m 'not slow and not vllm_cpu'``, with ``TARS_TEST_TIER=quick``), and in that tier a test that
-starts a process anyway fails, naming the command, so the quick tier stays what it says.
+Tiers (docs/testing.md): a test is ``slow`` when it starts a process, trains, loads a model (a tiny twin,
+Whisper), synthesises speech or builds a tokenizer. Test files mark them; a test that takes one of
+``SLOW_FIXTURES`` is marked here. ``bash test.sh --quick`` runs
+the rest (``-m 'not slow and not vllm_cpu'``, with ``TARS_TEST_TIER=quick``); in that tier starting a
+process raises, and the test fails naming the command, so the quick tier stays what it says.
 """
 import os
 import subprocess
@@ -28,13 +29,19 @@ _started: List[str] = []
 
 
 def _audit(event: str, args: tuple) -> None:
+    """In the quick tier, refuse to start a process (the test then fails where it starts one)."""
     if event == 'subprocess.Popen':
         argv = args[1] if isinstance(args[1], (list, tuple)) else [args[1] if args[1] is not None else args[0]]
         argv = [os.fsdecode(a) if isinstance(a, (str, bytes)) else str(a) for a in argv]
-        if argv and Path(argv[0]).name not in _LIBRARY_LOOKUPS:
-            _started.append(' '.join(argv)[:200])
+        if not argv or Path(argv[0]).name in _LIBRARY_LOOKUPS:
+            return
+        command = ' '.join(argv)[:200]
     elif event in ('os.system', 'os.posix_spawn', 'os.spawn', 'os.exec'):
-        _started.append(f'{event} {str(args[0])[:200]}')
+        command = f'{event} {str(args[0])[:200]}'
+    else:
+        return
+    _started.append(command)
+    raise RuntimeError(f'the quick tier starts no process ({command}): mark the test slow')
 
 
 if QUICK:

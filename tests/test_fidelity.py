@@ -75,7 +75,7 @@ def test_paper_defaults_parse_into_ms_swift_arguments(tiny_model, tmp_path):
     assert argv.count('--rollout_importance_sampling_mode') == 1
 
 
-@pytest.mark.slow  # starts a process, trains or loads a model (tests/conftest.py: tiers)
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_ms_swift_token_truncate_equals_the_original_correction():
     """ms-swift's token_truncate weights = min(exp(old - sampling), 2.0) per token, the original's TIS."""
     from swift.rlhf_trainers import GRPOTrainer
@@ -146,7 +146,7 @@ def _template_and_ends(name, cache_dir):
     return template, tokenizer, end_token_ids(tokenizer, GenerationConfig.from_pretrained(str(path)))
 
 
-@pytest.mark.slow  # starts a process, trains or loads a model (tests/conftest.py: tiers)
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 @pytest.mark.parametrize('name', PRESETS)
 def test_pooled_tokens_are_exactly_the_generated_ones(name, cache_dir):
     """Encoded and collated as the trainer does (ms-swift's encode_sample + collate): a finished completion
@@ -187,7 +187,7 @@ def test_pooled_tokens_are_exactly_the_generated_ones(name, cache_dir):
     assert int(mask[:, :-c].sum()) == 0  # never a prompt token
 
 
-@pytest.mark.slow  # starts a process, trains or loads a model (tests/conftest.py: tiers)
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_dropout_off_makes_two_pooled_captures_identical(cache_dir):
     """A LoRA with dropout 0.5 in train mode: two captures of one batch differ unless dropout is off."""
     from peft import LoraConfig, get_peft_model

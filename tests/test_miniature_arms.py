@@ -104,7 +104,7 @@ def _check_run(out, arm, cache, setting):
     return metrics, json.loads((out / 'argv.json').read_text())
 
 
-@pytest.mark.slow  # starts a process, trains or loads a model (tests/conftest.py: tiers)
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_quick_grpo_arm(cache):
     from scripts.miniature import arms
     out = arms.run_arm('grpo', 0, warm_quick(), cache_dir=cache)
@@ -118,7 +118,7 @@ def test_quick_grpo_arm(cache):
     assert argv[argv.index('--dataset_shuffle') + 1] == 'false'
 
 
-@pytest.mark.slow  # starts a process, trains or loads a model (tests/conftest.py: tiers)
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_quick_tars_global_arm(cache):
     from scripts.miniature import arms
     out = arms.run_arm('tars_global', 0, warm_quick(), cache_dir=cache)
@@ -127,7 +127,7 @@ def test_quick_tars_global_arm(cache):
     assert set(metrics['curve'][0]['rewards']) == set(arms.ARM_REWARDS['tars'])
 
 
-@pytest.mark.slow  # starts a process, trains or loads a model (tests/conftest.py: tiers)
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_quick_dpo_arm_restarts_a_killed_run_and_shares_the_data_order(cache):
     from trainer import jsonl
     from scripts.miniature import arms, stages
@@ -153,7 +153,7 @@ def test_quick_dpo_arm_restarts_a_killed_run_and_shares_the_data_order(cache):
         assert row['audios'] and all(p.startswith(str(cache)) and '.tmp' not in p for p in row['audios'])
 
 
-@pytest.mark.slow  # starts a process, trains or loads a model (tests/conftest.py: tiers)
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_quick_sft_arm_on_one_cycled_question(cache):
     from trainer import jsonl
     from scripts.miniature import arms, stages

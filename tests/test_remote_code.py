@@ -120,7 +120,7 @@ def test_swift_argv_adapter_base_from_args_json(tmp_path, evil, marker):
     refused(lambda: check_swift_argv(['--adapters', str(adapter)]), evil, marker)
 
 
-@pytest.mark.slow  # starts a process, trains or loads a model (tests/conftest.py: tiers)
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_hub_id_is_checked_on_its_snapshot(tmp_path, evil, marker):
     """A hub id: the snapshot ms-swift's safe_snapshot_download returns (here from an offline HF cache)."""
     revision = '0' * 40
