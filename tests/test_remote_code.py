@@ -1,4 +1,4 @@
-"""A model folder never runs its own code unless the user opts in (``trainer.model_loading``, README "Remote code").
+"""A model folder never runs its own code unless the user opts in (``trainer.model_loading``, docs/design.md §9).
 
 The malicious folder is a copy of the tiny Qwen2.5-Omni twin whose ``config.json`` gains
 ``"auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}`` and a ``configuration_evil.py`` that writes a
@@ -234,7 +234,7 @@ def test_layer_analysis_refuses(evil, marker):
 def test_ms_swift_runs_the_folder_code_without_the_guard(evil, marker):
     """ms-swift 4.6 loads every model with trust_remote_code=True (``_get_model_info``): called directly, it
     imports configuration_evil.py. This is why every load path of ours checks first; should a later ms-swift
-    stop trusting folders by default, this test fails and the README's "Remote code" can say so."""
+    stop trusting folders by default, this test fails and docs/design.md §9 can say so."""
     from swift.model import get_model_info_meta
     get_model_info_meta(str(evil), model_type='qwen2_5_omni')
     assert marker.read_text() == 'the model folder ran its own code'

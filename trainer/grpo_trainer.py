@@ -1,4 +1,4 @@
-"""``TARSGRPOTrainer``: ms-swift's GRPO trainer with the TARS pieces (docs/design.md, "The trainer").
+"""``TARSGRPOTrainer``: ms-swift's GRPO trainer with the TARS pieces (docs/design.md §3).
 
 A thin layer of overrides over ms-swift's stage hooks; the algorithm itself is in ``tars_math``. One
 generation batch goes through the hooks in this order, and everything it carries from one hook to a later
@@ -246,8 +246,8 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
         """ms-swift calls it for every log-prob forward with the model, one micro-batch's inputs and its
         ``GRPOBatch``, and expects per-token log-probs [B, C] and entropies [B, C] or None. The old-policy
         forward runs with dropout off (the pooled states are then those of the original's model.eval()
-        forward, and the old log-probs those of the policy vLLM samples from; docs/method.md, "Differences
-        from the original") and pools the completion states; the loss forward keeps its log-probs."""
+        forward, and the old log-probs those of the policy vLLM samples from; docs/method.md §11, row 6)
+        and pools the completion states; the loss forward keeps its log-probs."""
         step = self._step
         forward = step.forward if step is not None else None
         if forward is Forward.OLD_POLICY and self.ref_model is not None and model is self.ref_model:
