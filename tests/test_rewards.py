@@ -85,7 +85,7 @@ def test_every_config_field_refuses_bad_values_the_same_way_from_python_and_the_
         assert str(command_line.value) == error
 
 
-@pytest.mark.slow  # starts a process, trains or loads a model (tests/conftest.py: tiers)
+@pytest.mark.slow  # the slow tier (tests/conftest.py): loads the sentence embedder
 def test_behaviour_reward_embedding_cosine_round_robin_and_text_mean():
     speech_same = GOOD_B
     speech_other = '<think>Quarterly revenue grew by ten percent.</think><answer>The answer is A.</answer>'
