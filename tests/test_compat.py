@@ -71,6 +71,24 @@ def test_every_trainer_override_is_listed_typed_and_documented():
         assert 'ms-swift calls it' in (function.__doc__ or '') or 'ms-swift enters it' in (function.__doc__ or ''), name
 
 
+def test_the_trainers_own_attributes_are_not_ms_swifts():
+    """An attribute TARSGRPOTrainer adds must not overwrite one of ms-swift's, TRL's or transformers' trainers
+    (ms-swift keeps its step counter in ``_step``); those it sets on purpose are ms-swift's stage outputs."""
+    import re
+
+    import swift.rlhf_trainers.grpo_trainer as swift_grpo
+    import swift.rlhf_trainers.rlhf_mixin as swift_rlhf
+    import swift.rlhf_trainers.rollout_mixin as swift_rollout
+    import transformers.trainer as hf_trainer
+    import trl.trainer.grpo_trainer as trl_grpo
+
+    from trainer import grpo_trainer
+    ours = set(re.findall(r'self\.(\w+)(?:: [^=]+)? = ', inspect.getsource(grpo_trainer)))
+    upstream = ''.join(inspect.getsource(m) for m in (swift_grpo, swift_rlhf, swift_rollout, trl_grpo, hf_trainer))
+    clashes = {name for name in ours if re.search(rf'self\.{name}\b', upstream)}
+    assert clashes == {'_rewards_per_func', 'reward_func_names'}, clashes
+
+
 def test_trainer_registration_reaches_ms_swift():
     from swift.trainers.trainer_factory import TrainerFactory
     saved = TrainerFactory.TRAINER_MAPPING.get('grpo')

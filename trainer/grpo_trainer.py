@@ -163,7 +163,7 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
                              'on the CPU pass --use_cpu true')
         self._capture = PooledStateCapture(self.model) if self._needs_hidden else None
         self._end_token_ids = end_token_ids(self.template.tokenizer, getattr(self.model, 'generation_config', None))
-        self._step: Optional[GenerationStep] = None  # the current generation batch's state
+        self._generation: Optional[GenerationStep] = None  # the current generation batch's state
         self._dump_checked = False  # the rollout dump is cut back to the resumed step once per run
         logger.info(f'TARS: prompt_modality={self.tars.prompt_modality} advantage_norm={self.tars.advantage_norm} '
                     f'rewards={self.reward_func_names} '
@@ -173,7 +173,7 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
     @contextmanager
     def _running(self, forward: Forward) -> Iterator[None]:
         """Record ``forward`` as the log-prob forward of the current step for this block."""
-        step = self._step
+        step = self._generation
         if step is None:
             raise RuntimeError(f'a {forward.value} forward before any generation batch')
         saved, step.forward = step.forward, forward
@@ -222,7 +222,7 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
         index = {id(s): i for i, s in enumerate(samples)}
         step = GenerationStep(generated_lengths=[[generated_length(s) for s in chunk] for chunk in chunks],
                               order=[index[id(s)] for chunk in chunks for s in chunk])
-        self._step = step
+        self._generation = step
         with self._running(Forward.OLD_POLICY):
             batches = super()._prepare_batch_inputs(samples)
         if step.old_policy_forwards != len(chunks):
@@ -248,7 +248,7 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
         forward runs with dropout off (the pooled states are then those of the original's model.eval()
         forward, and the old log-probs those of the policy vLLM samples from; docs/method.md §11, row 6)
         and pools the completion states; the loss forward keeps its log-probs."""
-        step = self._step
+        step = self._generation
         forward = step.forward if step is not None else None
         if forward is Forward.OLD_POLICY and self.ref_model is not None and model is self.ref_model:
             forward = Forward.REFERENCE  # ms-swift passes its separate reference model itself
@@ -277,7 +277,7 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
         """ms-swift calls it with the samples and the mini-batch dicts of ``_prepare_batch_inputs``; it writes
         the advantages into each ``grpo_batch`` and returns nothing. One view of the generation batch is
         built, judged and gathered once, then read by the rewards, the advantages, the metrics and the dump."""
-        step = self._step
+        step = self._generation
         step.rollouts = self._build_rollouts(samples, step)
         with ExitStack() as given:
             for f in self.reward_funcs:
@@ -313,7 +313,7 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
         and the mini-batch dicts, and expects the advantages [N] in the same global order. Here: the
         per-(question, modality) baselines of ``tars_math``, the metrics and the rollout dump."""
         mode = 'train' if self.model.training else 'eval'
-        rollouts = self._step.rollouts if self._step is not None else None
+        rollouts = self._generation.rollouts if self._generation is not None else None
         if rollouts is None or len(rollouts) != len(rewards_per_func):
             raise RuntimeError('advantages need the rollout view of the same generation batch')
         keys = rollouts.keys
@@ -391,7 +391,7 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
         the forward inside, then adds the clip ratio of each modality from that forward's log-probs."""
         with self._running(Forward.LOSS):
             loss, metrics_data = super()._compute_loss_and_metrics(model, model_inputs, grpo_batch)
-        step = self._step
+        step = self._generation
         logps, step.loss_logps = step.loss_logps, None
         is_speech = batch_modality(grpo_batch)
         if is_speech is not None and logps is not None and grpo_batch.old_per_token_logps is not None:
