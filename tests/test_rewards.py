@@ -107,3 +107,11 @@ def test_registration_under_both_naming_schemes():
     assert orms['tars_representation'] is RepresentationAlignmentReward
     assert orms['hsorm.hidden_state_sim'] is RepresentationAlignmentReward
     assert orms['reward_xfinder'] is AccuracyReward
+
+
+def test_the_entry_point_stops_on_a_bad_option_with_its_one_line():
+    from trainer.grpo import main
+    with pytest.raises(SystemExit) as stop:
+        main(['--target_layers', '0-3', '--model', 'unused'])
+    assert str(stop.value) == ('trainer.grpo: target_layers must be "all", a range like "1-10" or a list like '
+                               '"31,32" (1-based layer numbers), not \'0-3\' (layer 0 is the embeddings)')
