@@ -4,7 +4,9 @@
 ``python -m trainer.grpo``, parsed by transformers' ``HfArgumentParser``; every other flag goes to ms-swift.
 The entry point hands the parsed config to the trainer ms-swift builds through ``activate`` (the trainer
 class is instantiated by ms-swift from its registered path, so this is the one hand-off); the trainer then
-gives it to the TARS rewards it holds. Used through ``swift rlhf --external_plugins
+gives it to its TARS rewards with each step's rollout view (``TARSReward.given``). Every field is checked
+in ``__post_init__`` with a one-line error, so a bad value stops the run the same way from the command
+line and from Python. Used through ``swift rlhf --external_plugins
 trainer/swift_plugin/tars_plugin.py`` directly, the defaults below apply (the paper's setting).
 """
 from __future__ import annotations
