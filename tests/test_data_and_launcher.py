@@ -139,6 +139,7 @@ def flag(cmd, name):
     return cmd[cmd.index(name) + 1]
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_launcher_dry_run_for_eight_gpus(tmp_path):
     prepare, train = dry_run({'NPROC_PER_NODE': '8', 'MODEL': 'Qwen/Qwen2.5-Omni-7B', 'DATASET_PATH': 'some/hub-set',
                               'OUTPUT_DIR': str(tmp_path / 'run')})
@@ -165,6 +166,7 @@ def test_the_launchers_default_preset_is_the_libraries():
         REPO / 'scripts' / 'preference_launcher.sh').read_text()  # one question to Python: the preflight
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_launcher_dry_run_original_reward_names_and_bad_world_batch(tmp_path):
     _, train = dry_run({'NPROC_PER_NODE': '8', 'MODEL': 'm', 'OUTPUT_DIR': str(tmp_path / 'r'), 'DEEPSPEED': 'zero3',
                         'REWARD_FUNCS': 'reward_format reward_xfinder hsorm.hidden_state_sim'})

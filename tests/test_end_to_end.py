@@ -3,7 +3,11 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # every test here runs the launchers (tests/conftest.py: tiers)
 
 
 def test_train_grpo_embedded_default(tmp_path):

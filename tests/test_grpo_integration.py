@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import PYTHON, run
 
+pytestmark = pytest.mark.slow  # every test here trains (tests/conftest.py: tiers)
+
 REWARDS = ['tars_format', 'tars_accuracy', 'tars_representation', 'tars_behaviour', 'tars_length']
 
 
@@ -81,6 +83,23 @@ def test_grpo_steps_with_all_tars_rewards_and_audio(tiny_model, grpo_jsonl, tmp_
     train_logs = [l for l in logs if 'speech/reward' in l]
     assert train_logs and {'text/reward', 'speech/accuracy', 'text/completion_length',
                            'speech/rewards/tars_representation', 'tars/nan_reward_frac'} <= set(train_logs[0])
+
+
+def test_a_kl_term_runs_the_reference_forward_apart_from_the_old_policy_one(tiny_model, grpo_jsonl, tmp_path):
+    """--beta 0.04: after each old-policy forward ms-swift runs the reference forward (the policy without its
+    LoRA, inside null_ref_context), which the trainer records as such: the states are pooled once per
+    rollout (a second pooling would stop the run) and the KL is logged. At step 1 the LoRA's B is still
+    zero, so the policy is its reference and the KL is exactly 0."""
+    out = tmp_path / 'kl'
+    run([PYTHON, '-m', 'trainer.grpo', *grpo_args(tiny_model, grpo_jsonl, out, '--beta', '0.04', steps=1)])
+    rows = read_dump(out / 'rollouts.jsonl')
+    assert len(rows) == 8
+    check_advantage_rule(rows)
+    assert all(r['tars_representation'] is not None for r in rows)
+    logs = [json.loads(l) for l in (out / 'logging.jsonl').read_text().splitlines()]
+    kl = [l['kl'] for l in logs if 'kl' in l]
+    assert kl and kl[0] == pytest.approx(0.0, abs=1e-6)
+    assert any('speech/clip_ratio' in l for l in logs)
 
 
 def test_two_ranks_whose_groups_span_ranks(tiny_model, grpo_jsonl, tmp_path):

@@ -104,6 +104,7 @@ def _check_run(out, arm, cache, setting):
     return metrics, json.loads((out / 'argv.json').read_text())
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_quick_grpo_arm(cache):
     from scripts.miniature import arms
     out = arms.run_arm('grpo', 0, warm_quick(), cache_dir=cache)
@@ -117,6 +118,7 @@ def test_quick_grpo_arm(cache):
     assert argv[argv.index('--dataset_shuffle') + 1] == 'false'
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_quick_tars_global_arm(cache):
     from scripts.miniature import arms
     out = arms.run_arm('tars_global', 0, warm_quick(), cache_dir=cache)
@@ -125,6 +127,7 @@ def test_quick_tars_global_arm(cache):
     assert set(metrics['curve'][0]['rewards']) == set(arms.ARM_REWARDS['tars'])
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_quick_dpo_arm_restarts_a_killed_run_and_shares_the_data_order(cache):
     from trainer import jsonl
     from scripts.miniature import arms, stages
@@ -150,6 +153,7 @@ def test_quick_dpo_arm_restarts_a_killed_run_and_shares_the_data_order(cache):
         assert row['audios'] and all(p.startswith(str(cache)) and '.tmp' not in p for p in row['audios'])
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_quick_sft_arm_on_one_cycled_question(cache):
     from trainer import jsonl
     from scripts.miniature import arms, stages

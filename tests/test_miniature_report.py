@@ -186,6 +186,7 @@ def test_pipeline_helpers(tmp_path):
 ARMS_MISSING = importlib.util.find_spec('scripts.miniature.arms') is None
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 @pytest.mark.skipif(ARMS_MISSING, reason='scripts.miniature.arms (stage 3) is not in this tree yet')
 def test_quick_end_to_end(tmp_path):
     """`bash scripts/miniature/run.sh --quick` (one seed) in a fresh cache: every stage runs, every arm writes

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_warmstart_row_uses_the_thinking_column():
     from trainer.data import warmstart_row
@@ -22,6 +24,7 @@ def test_warmstart_row_uses_the_thinking_column():
                                                   '</think><answer>The answer is A.</answer>')
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_quick_model_and_stage1_end_to_end(tmp_path):
     """The QUICK model builds on the small tokenizer with its ids, two SFT steps of stage 1 change the LLM's
     weights (not the frozen audio encoder's) and write a checkpoint; a rerun finds it instead of training."""

@@ -85,6 +85,7 @@ def test_the_mapping_splits_the_fused_attention_and_renames_every_part(tmp_path)
     assert all(v.dtype == np.float32 for v in sd.values()) and len(sd) == 6 + 15
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_whisper_tiny_loads_into_a_qwen2_5_omni_audio_tower():
     """The offline Whisper tiny: every encoder weight lands in an audio tower of WHISPER_TINY_AUDIO's sizes,
     whose sinusoidal position table is Whisper's own; proj stays the model's."""
@@ -121,6 +122,7 @@ def test_whisper_tiny_loads_into_a_qwen2_5_omni_audio_tower():
     assert out.last_hidden_state.shape == (75, 32)   # 300 frames -> 150 after the strided conv -> 75 pooled
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_the_whisper_miniature_model_builds_with_whisper_tinys_encoder_and_80_bin_features(tmp_path):
     """``audio_init: whisper_tiny`` (WHISPER_QWEN2_5_OMNI's audio keys on the QUICK LLM): the saved model's audio
     tower holds Whisper tiny's weights and its processor makes the 80-bin features that encoder reads."""

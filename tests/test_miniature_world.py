@@ -239,6 +239,7 @@ def test_espeak_pitch_is_part_of_the_cache_key():
         EspeakTTS(pitch=101)
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_hf_format_build_with_espeak(tmp_path):
     """Two items per split spoken by espeak-ng: the schema validates with every clip decoded, the held-out voice
     speaks the test, trainer.data reads it, and a rebuild reuses every clip."""
@@ -270,6 +271,7 @@ def test_hf_format_build_with_espeak(tmp_path):
     assert len(rows) == 2 and rows[0]['tars_key'] == dsd['train'][0]['key']
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_text_only_build_has_no_audio(tmp_path):
     dsd = mbuild.build_world_dataset(tmp_path / 'text', SMALL, speech=False, max_items=3)
     assert 'audio' not in dsd['test'].column_names and len(dsd['validation']) == 3
@@ -289,6 +291,7 @@ def tok(tok_dir):
     return AutoTokenizer.from_pretrained(str(tok_dir))
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_tokenizer_loads_as_qwen2_with_small_special_ids(tok, tok_dir):
     assert type(tok).__name__ == 'Qwen2Tokenizer'
     assert len(tok) <= 4096
@@ -308,6 +311,7 @@ def test_tokenizer_loads_as_qwen2_with_small_special_ids(tok, tok_dir):
     assert (tok_dir / 'tokenizer.json').stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_tokenizer_round_trips_every_world_sentence(tok, tok_dir, world):
     from tokenizers import Tokenizer
     texts = sorted({s for item in world.items() for s in (item.question, *item.options, item.thinking,
@@ -325,6 +329,7 @@ def test_tokenizer_round_trips_every_world_sentence(tok, tok_dir, world):
         assert tok.decode(tok.encode(chat, add_special_tokens=False)) == chat
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_chat_template_renders(tok):
     messages = [{'role': 'user', 'content': 'Ann has 3 apples.'}]
     assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == (
@@ -341,6 +346,7 @@ def test_chat_template_renders(tok):
     assert ids[-8:] == [4, 3, 5, 2, *newline, 1, tok.convert_tokens_to_ids('assistant'), *newline]
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_an_omni_processor_builds_on_the_tokenizer(tok):
     """A Qwen2_5OmniProcessor on the small tokenizer expands one second of audio into 25 <|AUDIO|> ids."""
     from transformers import (Qwen2_5OmniProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor,

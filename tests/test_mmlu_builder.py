@@ -126,6 +126,7 @@ def all_keys(dsd):
     return [k for split in ('train', 'test') if split in dsd for k in dsd[split]['key']]
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_build_speech_set_roundtrip_and_cache(tmp_path):
     out = tmp_path / 'set'
     tts = CountingTTS(EspeakTTS())
@@ -166,6 +167,7 @@ def test_build_speech_set_roundtrip_and_cache(tmp_path):
     validate_dataset(load_hf_dataset(str(out / 'hf'), split='test'), 'mmlu6-test')
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_failing_tts_row_is_retried_reported_and_skipped(tmp_path):
     chosen = select_rows(mmlu_rows(max_chars=300), 5, 7)
     bad = chosen[2]

@@ -14,6 +14,8 @@ nbclient = pytest.importorskip('nbclient')
 from tests.dataset_fixtures import write_cuhk_source, write_source, write_voicebench_source  # noqa: E402
 from trainer.schema import load_hf_dataset, validate_dataset  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here runs a notebook kernel (tests/conftest.py: tiers)
+
 REPO = Path(__file__).resolve().parents[1]
 NB_DIR = REPO / 'scripts' / 'dataset_building'
 KERNEL = 'tars-test-python'

@@ -10,6 +10,8 @@ import pytest
 import soundfile as sf
 import torch
 
+pytestmark = pytest.mark.slow  # every test here loads the Phi-4 twin (tests/conftest.py: tiers)
+
 
 MODEL_TYPE = 'phi4_multimodal'
 

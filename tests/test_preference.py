@@ -202,6 +202,7 @@ def _dry_run(script, env):
     return proc, [shlex.split(l[2:]) for l in proc.stdout.splitlines() if l.startswith('+ ')]
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_launchers_dry_run_for_eight_gpus(tmp_path):
     proc, (prepare, train) = _dry_run('train_dpo.sh', {'NPROC_PER_NODE': '8', 'OUTPUT_DIR': str(tmp_path / 'd')})
     assert proc.returncode == 0, proc.stderr
@@ -222,6 +223,7 @@ def test_launchers_dry_run_for_eight_gpus(tmp_path):
     assert proc.returncode == 2 and 'WORLD_BATCH_SIZE' in proc.stderr
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 @pytest.mark.parametrize('kind', ['dpo', 'sft'])
 def test_launcher_embedded_default_trains_a_few_steps(kind, tmp_path):
     out = tmp_path / kind

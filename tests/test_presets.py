@@ -16,6 +16,8 @@ import torch
 from tests.conftest import PYTHON, run
 from tests.test_grpo_integration import REWARDS, check_advantage_rule, grpo_args, lora_b_norm, read_dump
 
+pytestmark = pytest.mark.slow  # every test here builds or loads a preset's twin (tests/conftest.py: tiers)
+
 
 @dataclass(frozen=True)
 class Case:

@@ -1,4 +1,4 @@
-"""A model folder never runs its own code unless the user opts in (``trainer.model_loading``, README "Remote code").
+"""A model folder never runs its own code unless the user opts in (``trainer.model_loading``, docs/design.md §9).
 
 The malicious folder is a copy of the tiny Qwen2.5-Omni twin whose ``config.json`` gains
 ``"auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}`` and a ``configuration_evil.py`` that writes a
@@ -120,6 +120,7 @@ def test_swift_argv_adapter_base_from_args_json(tmp_path, evil, marker):
     refused(lambda: check_swift_argv(['--adapters', str(adapter)]), evil, marker)
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_hub_id_is_checked_on_its_snapshot(tmp_path, evil, marker):
     """A hub id: the snapshot ms-swift's safe_snapshot_download returns (here from an offline HF cache)."""
     revision = '0' * 40
@@ -233,7 +234,7 @@ def test_layer_analysis_refuses(evil, marker):
 def test_ms_swift_runs_the_folder_code_without_the_guard(evil, marker):
     """ms-swift 4.6 loads every model with trust_remote_code=True (``_get_model_info``): called directly, it
     imports configuration_evil.py. This is why every load path of ours checks first; should a later ms-swift
-    stop trusting folders by default, this test fails and the README's "Remote code" can say so."""
+    stop trusting folders by default, this test fails and docs/design.md §9 can say so."""
     from swift.model import get_model_info_meta
     get_model_info_meta(str(evil), model_type='qwen2_5_omni')
     assert marker.read_text() == 'the model folder ran its own code'

@@ -186,6 +186,7 @@ def flag(cmd, name):
 GRPO_CLUSTER = {'NPROC_PER_NODE': '8', 'MODEL': 'm', 'DATASET_PATH': 'a/set'}
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_grpo_launcher_resumes_the_newest_complete_checkpoint(tmp_path):
     run = tmp_path / 'tars-run-1'
     fake_checkpoint(run, 5)
@@ -201,6 +202,7 @@ def test_grpo_launcher_resumes_the_newest_complete_checkpoint(tmp_path):
     ('train_dpo.sh', {'PREFERENCE_DATA': 'pref/set'}),
     ('train_sft.sh', {'DATASET_PATH': 'a/dpo-set'}),
 ])
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_preference_launchers_resume_the_newest_complete_checkpoint(tmp_path, script, env):
     run = tmp_path / 'dpo-run'
     fake_checkpoint(run, 100)
@@ -212,6 +214,7 @@ def test_preference_launchers_resume_the_newest_complete_checkpoint(tmp_path, sc
     assert 'checkpoint-104: incomplete' in proc.stderr
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_grpo_launcher_refuses_a_resume_with_another_dataset_before_loading_anything(tmp_path):
     run = tmp_path / 'run'
     first = launch('train_grpo.sh', dict(GRPO_CLUSTER, OUTPUT_DIR=str(run)))
@@ -249,6 +252,7 @@ def test_grpo_launcher_refuses_a_resume_with_another_dataset_before_loading_anyt
     ('train_sft.sh', {'MODEL_PRESET': 'gpt2'}, "MODEL_PRESET='gpt2' is not one of"),
     ('train_grpo.sh', {'PROMPT_TYPE': 'chat'}, "PROMPT_TYPE='chat' is not one of"),
 ])
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_launcher_input_errors_are_one_line_before_anything_loads(tmp_path, script, env, message):
     proc = launch(script, dict({'DRY_RUN': '0', 'OUTPUT_DIR': str(tmp_path / 'run')}, **env), ok=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -335,6 +339,7 @@ def test_tensorboard_restart_marker_hides_the_killed_attempts_later_steps(tmp_pa
 
 
 # ---------------------------------------------------------------- the launcher, for real (tiny model)
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_train_grpo_resume_after_a_kill_during_a_save(tmp_path):
     """bash train_grpo.sh (embedded default, 2 steps, a checkpoint each step); checkpoint-2 loses its
     trainer_state.json as in a kill during the save; RESUME=1 continues from checkpoint-1 without preparing

@@ -40,8 +40,7 @@ def test_representation_reward_pairs_speech_with_correct_text_of_the_same_questi
 
 
 def test_representation_reward_layer_subset_and_no_correct_text():
-    reward = RepresentationAlignmentReward()
-    reward.config = tars_config.TARSConfig(target_layers='1')  # the reward reads the config it is given
+    reward = RepresentationAlignmentReward(config=tars_config.TARSConfig(target_layers='1'))
     a, b = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     assert reward([GOOD_C, GOOD_B], tars_hidden=[a, b], **columns(2)) == pytest.approx([1.0, 1.0])
     # all layers (the default config): layer 2 is orthogonal -> mean(1, 0)
@@ -56,12 +55,37 @@ def test_tars_flags_parse_into_the_config_and_leave_ms_swift_flags_in_order():
     assert config == tars_config.TARSConfig(prompt_modality='a', target_layers='11-20', length_target=512)
     assert config.layers == list(range(11, 21))
     assert rest == ['--lora_rank', '8', '--target_modules', 'all-linear']
-    with pytest.raises(SystemExit):  # argparse rejects a value outside the choices
-        tars_config.parse_args(['--prompt_modality', 'speech'])
-    with pytest.raises(ValueError, match='target_layers must be'):
-        tars_config.TARSConfig(target_layers='first')
 
 
+BAD_CONFIGS = [  # field, value from Python, value on the command line (None: no command-line form), error
+    ('prompt_modality', 'speech', 'speech', "prompt_modality must be one of a, t, mixed, not 'speech'"),
+    ('target_layers', 'first', 'first',
+     'target_layers must be "all", a range like "1-10" or a list like "31,32" (1-based layer numbers), '
+     "not 'first'"),
+    ('target_layers', '0-3', '0-3', 'target_layers must be "all", a range like "1-10" or a list like "31,32" '
+     "(1-based layer numbers), not '0-3' (layer 0 is the embeddings)"),
+    ('target_layers', [31, 32], None, 'target_layers must be "all", a range like "1-10" or a list like "31,32" '
+     '(1-based layer numbers) as one string, not [31, 32]'),
+    ('embedder', ' ', ' ', "embedder must be minilm, a local path or a model id, not ' '"),
+    ('dump_rollouts', '', '', "dump_rollouts must be a file path, not ''"),
+    ('advantage_norm', 'batch', 'batch', "advantage_norm must be one of modality, group, not 'batch'"),
+    ('length_target', 0, '0', 'length_target must be a positive number of characters, not 0'),
+]
+
+
+@pytest.mark.parametrize('field,value,flag,error', BAD_CONFIGS, ids=[f'{b[0]}={b[1]!r}' for b in BAD_CONFIGS])
+def test_every_config_field_refuses_bad_values_the_same_way_from_python_and_the_command_line(
+        field, value, flag, error):
+    with pytest.raises(ValueError) as python:
+        tars_config.TARSConfig(**{field: value})
+    assert str(python.value) == error
+    if flag is not None:
+        with pytest.raises(ValueError) as command_line:
+            tars_config.parse_args([f'--{field}', flag, '--lora_rank', '8'])
+        assert str(command_line.value) == error
+
+
+@pytest.mark.slow  # the slow tier (tests/conftest.py): loads the sentence embedder
 def test_behaviour_reward_embedding_cosine_round_robin_and_text_mean():
     speech_same = GOOD_B
     speech_other = '<think>Quarterly revenue grew by ten percent.</think><answer>The answer is A.</answer>'
@@ -83,3 +107,11 @@ def test_registration_under_both_naming_schemes():
     assert orms['tars_representation'] is RepresentationAlignmentReward
     assert orms['hsorm.hidden_state_sim'] is RepresentationAlignmentReward
     assert orms['reward_xfinder'] is AccuracyReward
+
+
+def test_the_entry_point_stops_on_a_bad_option_with_its_one_line():
+    from trainer.grpo import main
+    with pytest.raises(SystemExit) as stop:
+        main(['--target_layers', '0-3', '--model', 'unused'])
+    assert str(stop.value) == ('trainer.grpo: target_layers must be "all", a range like "1-10" or a list like '
+                               '"31,32" (1-based layer numbers), not \'0-3\' (layer 0 is the embeddings)')

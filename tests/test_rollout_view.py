@@ -9,6 +9,7 @@ import torch
 
 from tests.conftest import PYTHON, run
 from trainer import rewards as R
+from trainer.config import TARSConfig
 from trainer import tars_math as tm
 from trainer.rollouts import Rollout, RolloutBatch
 
@@ -47,9 +48,10 @@ def test_rewards_given_the_view_never_judge_again_and_equal_the_standalone_rewar
     standalone = [f(completions, **kwargs) for f in rewards]
     assert len(judged) == 2 * 4  # standalone: each reward judges every rollout itself
     judged.clear()
+    with_view = []
     for f in rewards:
-        f.rollouts = view
-    with_view = [f(completions, **kwargs) for f in rewards]
+        with f.given(view, TARSConfig()):
+            with_view.append(f(completions, **kwargs))
     assert judged == []
     assert with_view == standalone
     # hand-computed: accuracy 1,1,0,0; speech 0 pairs with text 1 (cos 1), speech 2 too (cos 0);
@@ -61,10 +63,21 @@ def test_rewards_given_the_view_never_judge_again_and_equal_the_standalone_rewar
 def test_a_stale_view_is_not_used(judged):
     completions, view, kwargs = _batch()
     f = R.AccuracyReward()
-    f.rollouts = view
     other = [BAD, GOOD, GOOD, BAD]
-    assert f(other, **kwargs) == [0.0, 1.0, 1.0, 0.0]
+    with f.given(view, TARSConfig()):
+        assert f(other, **kwargs) == [0.0, 1.0, 1.0, 0.0]
     assert len(judged) == 4
+
+
+def test_given_options_hold_for_the_block_only():
+    completions, view, kwargs = _batch()
+    f = R.LengthReward(config=TARSConfig(length_target=10))
+    assert f(['x' * 5]) == [-0.5]
+    with f.given(view, TARSConfig(length_target=5)):
+        assert f(['x' * 5]) == [0.0]
+        assert f.view(completions, kwargs) is view
+    assert f(['x' * 5]) == [-0.5]
+    assert f.view(completions, kwargs, gather=False) is not view
 
 
 def test_each_rollout_is_judged_once_per_step_in_a_real_run(tiny_model, grpo_jsonl, tmp_path):

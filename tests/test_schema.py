@@ -1,4 +1,4 @@
-"""trainer/schema.py: audio reading, loading and row validation (docs/design.md §2)."""
+"""trainer/schema.py: audio reading, loading and row validation (docs/formats.md §1)."""
 import io
 import json
 import logging

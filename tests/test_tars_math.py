@@ -131,6 +131,21 @@ def test_completion_token_mask_drops_a_final_end_token_only():
                              [False, False, False, True, True, True]]
 
 
+def test_completion_token_mask_never_pools_a_template_suffix():
+    # a truncated completion 7 8 that the template closed with 99 (end of turn) and 10 (newline): the
+    # completion ends at the end token whether or not the generated count is given
+    input_ids = torch.tensor([[5, 7, 8, 99, 10], [5, 7, 8, 99, 10]])
+    completion = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1]])
+    expected = [[False, True, True, False, False]] * 2
+    assert completion_token_mask(input_ids, completion, [99]).tolist() == expected
+    assert completion_token_mask(input_ids, completion, [99], [2, None]).tolist() == expected
+    # a suffix without an end token (10 10) is cut by the generated count only
+    plain = torch.tensor([[5, 7, 8, 10, 10]])
+    assert completion_token_mask(plain, completion[:1], [99], [2]).tolist() == [[False, True, True, False, False]]
+    with pytest.raises(ValueError, match='1 generated lengths for a batch of 2'):
+        completion_token_mask(input_ids, completion, [99], [2])
+
+
 def test_round_robin_pairing_with_correct_text_of_the_same_question():
     keys = ['q'] * 8 + ['r'] * 2
     mods = [S, T] * 5

@@ -7,6 +7,8 @@ import torch
 
 from scripts.recipes.tiny_models import TINY_QWEN2_5_OMNI, _recipe_hash, tiny_model_dir
 
+pytestmark = pytest.mark.slow  # every test here builds or loads the tiny twin (tests/conftest.py: tiers)
+
 
 def test_tokenizer_has_the_real_checkpoints_special_token_ids(tiny_model):
     from transformers import AutoTokenizer

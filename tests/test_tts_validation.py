@@ -118,6 +118,7 @@ def test_tts_wer_normalises_and_checks_option_d():
 # the builder with ASR validation
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_asr_validation_espeak_whisper_three_rows(tmp_path, whisper):
     out = tmp_path / 'set'
     # keep every row (threshold above the WER cap) to check the columns; espeak + tiny.en rarely reach 0.1
@@ -148,6 +149,7 @@ def test_asr_validation_espeak_whisper_three_rows(tmp_path, whisper):
     assert json.loads((out / 'summary.json').read_text())['reused_from_cache'] == 3
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_garbled_first_attempt_keeps_the_better_one(tmp_path):
     tts = OracleTTS(bad_first=1, inner=EspeakTTS())        # attempt 1: noise, then espeak
     asr = OracleASR(tts)
@@ -163,6 +165,7 @@ def test_garbled_first_attempt_keeps_the_better_one(tmp_path):
         assert len(x) != 16000                                   # the espeak clip, not the 1 s noise
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_best_attempt_not_last_is_kept(tmp_path):
     row = chosen(1, 11)[0]
     good = row['prompt_for_tts']
@@ -180,6 +183,7 @@ def test_best_attempt_not_last_is_kept(tmp_path):
     assert json.loads(sidecar_path(out / 'wav' / wav_name(r['key'])).read_text())['attempt_wers'][::2] == [1.0, 1.0]
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_deterministic_backend_stops_retrying(tmp_path):
     tts = OracleTTS()                                           # same tone for the same text every time
     asr = ScriptedASR(["nothing like it"])
@@ -188,6 +192,7 @@ def test_deterministic_backend_stops_retrying(tmp_path):
     assert tts.calls == 2 and asr.calls == 2                    # the repeat is detected, not tried 10 times
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_threshold_drops_a_row_whose_attempts_are_all_bad(tmp_path):
     rows = chosen(3, 2)
     bad = rows[1]
@@ -213,6 +218,7 @@ def test_threshold_drops_a_row_whose_attempts_are_all_bad(tmp_path):
 # sharding
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 @pytest.mark.parametrize('validate', [False, True])
 def test_sharded_builds_then_assembly_equal_unsharded(tmp_path, validate):
     kw = dict(n_rows=5, seed=4, test_rows=1, validate_with_asr=validate)

@@ -102,6 +102,7 @@ def test_registration_and_not_a_preset():
     assert MODEL_TYPE not in PRESETS
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_judge_twin_is_qwen1_5_shaped(cache_dir):
     from transformers import AutoConfig, AutoTokenizer
 
@@ -139,6 +140,7 @@ class RecordingEngine:
         return self.engine.infer(requests, config, **kwargs)
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_the_engine_encodes_the_exact_prompt_decodes_greedily_and_falls_back(judge_dir):
     from swift.infer_engine.utils import prepare_generation_config
     from transformers import GenerationConfig
@@ -188,6 +190,7 @@ def _text_set(tmp_path):
                                good_row('k3')])
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_eval_qa_with_the_xfinder_judge_end_to_end(tiny_model, judge_dir, tmp_path):
     dataset = _text_set(tmp_path)
     out = tmp_path / 'eval'
@@ -221,6 +224,7 @@ def test_eval_qa_with_the_xfinder_judge_end_to_end(tiny_model, judge_dir, tmp_pa
     assert '| SET (3) | text | rule alone |' in table and '| SET (3) | text | xfinder alone |' in table
 
 
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_preference_generation_with_the_xfinder_judge(tiny_model, judge_dir, tmp_path):
     dataset = _text_set(tmp_path)
     out = tmp_path / 'pref'

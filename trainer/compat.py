@@ -45,12 +45,18 @@ TOUCHES = (
     Touch('swift.rl_core.data:GRPOBatch', 'trainer.grpo_trainer',
           'the loss hook needs each micro-batch row\'s modality (per-modality clip ratios); the batch object '
           'is the only thing that reaches it, so set_batch_modality adds one attribute to it.'),
+    Touch('swift.rlhf_trainers.rollout_mixin:DataType', 'trainer.grpo_trainer',
+          'the type of the dataset rows ms-swift passes to _rollout_samples (the override is typed with it).'),
+    Touch('swift.rlhf_trainers.rollout_mixin:RolloutTrainerMixin._has_teacher_explicit', 'trainer.grpo_trainer',
+          'a distillation teacher adds log-prob forwards the TARS trainer would not tell from the old-policy '
+          'one; TARSGRPOTrainer refuses it at start with this check.', ()),
     Touch('toktok:_encoding', 'scripts.recipes.phi4_tokenizer',
           "the o200k_base ranks of the offline Phi-4 twin's tokenizer; toktok-rs exposes full token bytes only "
           'through this function (o200k_encoding).', ('name',)),
 )
 
-# ms-swift protected methods our subclasses override (class -> method -> leading parameters after self)
+# ms-swift methods our subclasses override (class -> method -> leading parameters after self); the TARS
+# trainer's overrides carry ms-swift's types and say what ms-swift calls them with (tests/test_compat.py)
 OVERRIDES = {
     'swift.rlhf_trainers:GRPOTrainer': {
         '_prepare_rewards': ('reward_funcs',),
@@ -62,6 +68,7 @@ OVERRIDES = {
         '_postprocess_batch': ('samples', 'batch_encoded_inputs'),
         '_compute_advantages': ('samples', 'rewards_per_func', 'batch_encoded_inputs'),
         '_compute_loss_and_metrics': ('model', 'model_inputs', 'grpo_batch'),
+        'null_ref_context': (),
         'split_by_mini_batches': ('samples',),
         # on vLLM's CPU build only (trainer.vllm_cpu.VllmCpuWeightSync; tests/test_vllm_cpu.py checks vLLM's side)
         '_load_state_dict_to_vllm': ('state_dict',),

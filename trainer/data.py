@@ -1,4 +1,4 @@
-"""hf_format datasets (docs/design.md §2) turned into ms-swift's row form.
+"""hf_format datasets (docs/formats.md §1) turned into ms-swift's row form.
 
 A user feeds the same datasets as the original; this module validates them (every bad row stops the
 run before training, naming the dataset, row key and field), writes each clip once as a 16 kHz WAV

@@ -1,7 +1,7 @@
 """Answer extraction for evaluation and preference data: the rule-based extractor (default, and the
 fallback) and the xFinder judge.
 
-xFinder is our own implementation of the original's judging (README, "Evaluation"): the
+xFinder is our own implementation of the original's judging (docs/usage.md, "Evaluation, inference, LoRA merge"): the
 ``IAAR-Shanghai/xFinder-qwen1505`` checkpoint (or a local copy) run through an ms-swift engine under the
 model type and prompt template registered in ``trainer.models.xfinder``; the ``xfinder`` package is not
 used (CC BY-NC-ND, pins torch 2.3.1). Its user text, answer range and comparator are the original's:

@@ -92,7 +92,11 @@ def plugin_args(swift_args: List[str]) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> Any:
-    tars, loading, swift_args = tars_config.parse_args(sys.argv[1:] if argv is None else argv, RemoteCodeArguments)
+    try:
+        tars, loading, swift_args = tars_config.parse_args(sys.argv[1:] if argv is None else argv,
+                                                           RemoteCodeArguments)
+    except ValueError as error:  # a bad TARS option: its one line, before anything loads
+        raise SystemExit(f'trainer.grpo: {error}') from None
     check_swift_argv(swift_args, loading.trust_remote_code)  # before ms-swift sees any model folder
     tars_config.activate(tars)
 

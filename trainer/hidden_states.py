@@ -79,15 +79,16 @@ def completion_token_mask(input_ids: torch.Tensor, completion_mask: torch.Tensor
                           end_token_ids: Sequence[int],
                           generated_lengths: Optional[Sequence[Optional[int]]] = None) -> torch.Tensor:
     """Full-frame mask [B, T] of the completion tokens whose states are pooled: exactly the generated
-    tokens, without a final end-of-turn token.
+    tokens, without the end-of-turn token that closes them.
 
     ``completion_mask`` [B, C] covers the last C positions of ``input_ids`` [B, T] (ms-swift's
     logits_to_keep frame) and marks the trained response tokens: the generated ones, then whatever the
-    template appends after them (e.g. ``<|im_end|>`` + newline after a truncated Qwen completion).
-    ``generated_lengths`` [B] (the rollout's token count, None where unknown) keeps only the first that
-    many marked tokens of each row, so template suffixes are never pooled. The last kept token is then
-    left out when it is an end-of-turn token, as the original drops the ``<|end|>`` row; a truncated
-    completion keeps all its generated tokens.
+    template appends after them (e.g. ``<|im_end|>`` + newline after a truncated Qwen completion). The
+    completion ends at its first marked token in ``end_token_ids`` (generation stops at the first one; a
+    template suffix starts with one): that token and everything after it are left out, as the original
+    drops the ``<|end|>`` row, and a truncated completion keeps all its generated tokens.
+    ``generated_lengths`` [B] (the rollout engine's token counts, None where unknown) further keeps at
+    most the first that many marked tokens of each row, for a template whose suffix has no end token.
     """
     batch, total = input_ids.shape
     c = completion_mask.shape[1]
@@ -98,12 +99,14 @@ def completion_token_mask(input_ids: torch.Tensor, completion_mask: torch.Tensor
     ends = torch.tensor(sorted(set(end_token_ids)), dtype=input_ids.dtype, device=input_ids.device)
     for row in range(batch):
         positions = mask[row].nonzero().flatten()
+        keep = positions.numel()
         n = generated_lengths[row] if generated_lengths is not None else None
-        if n is not None and n < positions.numel():
-            mask[row, positions[n:]] = False
-            positions = positions[:n]
-        if positions.numel() and bool(torch.isin(input_ids[row, positions[-1]], ends).any()):
-            mask[row, positions[-1]] = False
+        if n is not None:
+            keep = min(keep, n)
+        is_end = torch.isin(input_ids[row, positions[:keep]], ends).nonzero().flatten()
+        if is_end.numel():
+            keep = int(is_end[0])
+        mask[row, positions[keep:]] = False
     return mask
 
 

@@ -1,4 +1,4 @@
-"""No code from a model folder runs unless the user opts in (``--trust_remote_code``; README "Remote code").
+"""No code from a model folder runs unless the user opts in (``--trust_remote_code``; docs/design.md §9).
 
 transformers runs Python shipped with a model folder in two ways: an ``auto_map`` entry in one of the
 folder's JSON configuration files (``config.json``: ``AutoConfig``, ``AutoModel*``, ``AutoTokenizer``...;

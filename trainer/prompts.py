@@ -20,7 +20,8 @@ ANSWER_SUFFIX = {
     'systhink': '',
     'simple': '\nAnswer the multiple choice question.',
     'cot': '\nSolve the multiple-choice question step-by-step.',
-    # the original's evaluation-only suffixes (README, "Evaluation"); "\\boxed{}" is a backslash and "boxed{}"
+    # the original's evaluation-only suffixes (docs/usage.md, "Evaluation, inference, LoRA merge");
+    # "\\boxed{}" is a backslash and "boxed{}"
     'boxed': '\nSolve the multiple-choice question, write the final selected option letter wrapped in \\boxed{}',
     'cotboxed': ('\nSolve the multiple-choice question step-by-step. At the end, write the final selected option '
                  'letter wrapped in \\boxed{}'),

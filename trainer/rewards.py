@@ -2,14 +2,18 @@
 provides its inputs.
 
 Rewards receive ms-swift's completions plus the dataset's ``tars_*`` columns (``trainer.data``) and
-the per-rollout fields the TARS trainer adds: ``tars_modality`` (speech | text) and, for the
-representation reward, ``tars_hidden`` (a pooled [L, D] state per rollout). The alignment rewards
+``tars_modality`` (speech | text), which the TARS trainer adds to each row. Under the TARS trainer a
+reward also gets the step's judged rollout view and the run's TARS options through one interface,
+``TARSReward.given`` (the view carries each rollout's pooled [L, D] state for the representation
+reward). With any other GRPO trainer a reward builds its own view from the columns (the representation
+reward then needs a ``tars_hidden`` column) and uses the options it was built with. The alignment rewards
 gather their inputs over all ranks and pair rollouts by question key (``trainer.tars_math``), so they
 stay right whatever the batch geometry.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import torch
 
@@ -39,17 +43,41 @@ def correctness(completions: Sequence[str], options: Sequence[Sequence[str]],
 
 
 class TARSReward(ORM):
-    """A TARS reward: reads the step's rollout view (``trainer.rollouts``) when the TARS trainer gives one
-    (``rollouts``), else builds its own from ms-swift's reward inputs (any other GRPO trainer)."""
+    """A TARS reward. ms-swift builds it with its arguments (``args``); ``config`` defaults to the run's TARS
+    options (``trainer.config.active()``).
+
+    Its inputs for one generation batch come through ``given`` (the TARS trainer): the judged, gathered
+    rollout view and the TARS options. Outside ``given`` (any other GRPO trainer, a test) it builds its own
+    view from ms-swift's reward inputs and uses the options it was built with.
+    """
     name = 'tars'
-    rollouts: Optional[RolloutBatch] = None  # set by TARSGRPOTrainer for the current generation batch
-    config: tars_config.TARSConfig = tars_config.TARSConfig()  # the run's TARS options, set by TARSGRPOTrainer
+
+    def __init__(self, args: Any = None, config: Optional[tars_config.TARSConfig] = None, **kwargs: Any) -> None:
+        super().__init__(args, **kwargs)
+        self._config = config if config is not None else tars_config.active()
+        self._rollouts: Optional[RolloutBatch] = None
+
+    @property
+    def config(self) -> tars_config.TARSConfig:
+        """The TARS options of the current call."""
+        return self._config
+
+    @contextmanager
+    def given(self, rollouts: RolloutBatch, config: tars_config.TARSConfig) -> Iterator[None]:
+        """The one way a trainer hands this reward its inputs: calls in this block read ``rollouts`` (when
+        they score exactly its local completions) and ``config``; both are dropped when the block ends."""
+        saved = self._rollouts, self._config
+        self._rollouts, self._config = rollouts, config
+        try:
+            yield
+        finally:
+            self._rollouts, self._config = saved
 
     def view(self, completions: Sequence[str], kwargs: dict, gather: bool = True) -> RolloutBatch:
-        """The judged rollouts of this batch: the trainer's (``self.rollouts``) when they are these
-        completions, else built from the ms-swift columns in ``kwargs`` (gathered over ranks with ``gather``)."""
-        if self.rollouts is not None and self.rollouts.matches(completions):
-            return self.rollouts
+        """The judged rollouts of this batch: the given ones (``given``) when they are these completions,
+        else built from the ms-swift columns in ``kwargs`` (gathered over ranks with ``gather``)."""
+        if self._given_for(completions):
+            return self._rollouts
         options = _require(kwargs, OPTIONS, self.name)
         gold = _require(kwargs, ANSWER_INDEX, self.name)
         keys = kwargs.get(KEY) or [''] * len(completions)
@@ -61,6 +89,10 @@ class TARSReward(ORM):
                  for k, m, c, o, g, ok, h in zip(keys, modalities, completions, options, gold, correct, hidden,
                                                  strict=True)]
         return RolloutBatch.gather(local) if gather else RolloutBatch(rows=local, offset=0, n_local=len(local))
+
+    def _given_for(self, completions: Sequence[str]) -> bool:
+        """Whether a given view holds exactly these completions (the guard against a stale view)."""
+        return self._rollouts is not None and self._rollouts.matches(completions)
 
 
 class FormatReward(ORM):
@@ -111,7 +143,7 @@ class RepresentationAlignmentReward(_AlignmentReward):
     name = 'representation alignment'
 
     def __call__(self, completions: List[str], **kwargs: Any) -> List[float]:
-        if self.rollouts is None or not self.rollouts.matches(completions):
+        if not self._given_for(completions):
             _require(kwargs, HIDDEN, self.name)
         return super().__call__(completions, **kwargs)
 
@@ -152,8 +184,6 @@ ORIGINAL_NAMES = {
     'reward_align_audio_to_text': 'tars_behaviour',
 }
 NEEDS_HIDDEN_STATES = (RepresentationAlignmentReward, )
-# rewards that read the trainer's rollout view (``TARSReward.rollouts``)
-VIEW_READERS = (TARSReward, )
 
 
 def register() -> None:

@@ -1,4 +1,4 @@
-"""The hf_format dataset schema: columns, audio reading, loading and validation (docs/design.md §2).
+"""The hf_format dataset schema: columns, audio reading, loading and validation (docs/formats.md §1).
 
 Every dataset the project reads or writes (MMLU/OBQA/MMSU with speech, docs/original.md §5) has the
 columns below. This module is the one place that knows them.
