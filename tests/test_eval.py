@@ -268,6 +268,7 @@ def test_inference_answers_speech_and_text(tiny_model, tiny_speech_set, tmp_path
 VOICEBENCH_FIELDS = ['key', 'mode', 'prompt', 'reference', 'response']
 
 
+@pytest.mark.slow
 def test_eval_sh_embedded_shows_intervals_judges_names_and_exports_voicebench(tmp_path):
     """``bash eval.sh`` (embedded: the tiny preset, the small MMLU set, every mode): table.md carries the
     intervals, failure rates, the judge, the benchmark with its item count; each run folder holds

@@ -165,6 +165,7 @@ def test_eval_qa_refuses_an_out_folder_in_use(holder, tiny_model, tiny_speech_se
     assert sorted(p.name for p in folder.iterdir()) == [LOCK_FILE]
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_dead_process_is_taken(tmp_path):
     folder = tmp_path / 'run'
     code = f'from trainer.run_state import acquire_run_lock\nacquire_run_lock({str(folder)!r}, what="dead")\n'
@@ -349,6 +350,7 @@ def test_the_warm_start_cache_is_keyed_by_content_not_by_path(tmp_path):
     assert embedded.folder_digest(c) != embedded.folder_digest(a)
 
 
+@pytest.mark.slow
 def test_eval_sh_names_the_preset_of_the_checkpoint(tmp_path):
     """``python -m scripts.recipes.embedded --preset_of CHECKPOINT`` (what ``eval.sh`` with no arguments asks): the
     checkpoint's own preset, and an error naming a checkpoint without one."""
