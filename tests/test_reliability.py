@@ -282,7 +282,8 @@ def test_a_cluster_start_with_a_model_that_cannot_be_fetched(tmp_path, tiny_mode
     corrected start is not refused."""
     out = tmp_path / 'run'
     done = subprocess.run(['bash', 'train_grpo.sh'], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env=launcher_env(MODEL='Qwen/does-not-exist', NPROC_PER_NODE='1', OUTPUT_DIR=str(out)))
+                          env=launcher_env(MODEL='Qwen/does-not-exist', NPROC_PER_NODE='1', OUTPUT_DIR=str(out),
+                                           USE_HF='0'))  # ms-swift's default hub (test.sh exports USE_HF=1)
     assert done.returncode == 2, done.stdout + done.stderr
     assert last_line(done.stderr) == (
         'train_grpo.sh: MODEL=Qwen/does-not-exist: cannot reach the hub (ModelScope) to fetch its configuration '
