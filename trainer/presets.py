@@ -58,6 +58,11 @@ PRESETS: Dict[str, Preset] = {
     'phi4_multimodal': Preset('phi4_multimodal', 'microsoft/Phi-4-multimodal-instruct',
                               llm_class='Phi4MultimodalForCausalLM', registration='trainer.models.phi4_multimodal',
                               vllm=False, tiny_twin=f'{_TWINS}:PHI4_MULTIMODAL'),
+    # the thinker of Qwen3-Omni-30B-A3B (talker disabled); the Thinking checkpoint is the same architecture
+    'qwen3_omni_moe': Preset('qwen3_omni_moe', 'Qwen/Qwen3-Omni-30B-A3B-Instruct',
+                             llm_class='Qwen3OmniMoeThinkerForConditionalGeneration', llm_attribute='thinker',
+                             registration='trainer.models.qwen3_omni', tiny_twin=f'{_TWINS}:QWEN3_OMNI_MOE',
+                             vllm_memory_fraction=0.30, vllm_limit_mm='{"audio": 1, "image": 0, "video": 0}'),
 }
 
 
