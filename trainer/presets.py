@@ -37,6 +37,9 @@ class Preset:
     # ms-swift's --max_length and --vllm_max_model_len: the paper's 8192-token prompts + 512 completion tokens,
     # or the model's max_position_embeddings when that is shorter (vLLM refuses a longer max_model_len)
     max_length: int = 8704
+    # the DeepSpeed stage the cluster launchers use unless DEEPSPEED is set: ZeRO-2 keeps a full bf16 copy of the
+    # weights on every GPU, which a 30 B model (59 GiB) plus its colocated vLLM copy cannot afford
+    deepspeed: str = 'zero2'
 
     @property
     def has_tiny_twin(self) -> bool:
@@ -58,11 +61,14 @@ PRESETS: Dict[str, Preset] = {
     'phi4_multimodal': Preset('phi4_multimodal', 'microsoft/Phi-4-multimodal-instruct',
                               llm_class='Phi4MultimodalForCausalLM', registration='trainer.models.phi4_multimodal',
                               vllm=False, tiny_twin=f'{_TWINS}:PHI4_MULTIMODAL'),
-    # the thinker of Qwen3-Omni-30B-A3B (talker disabled); the Thinking checkpoint is the same architecture
+    # Qwen3-Omni-30B-A3B with its talker disabled (ms-swift loads the thinker only, ENABLE_AUDIO_OUTPUT=0); the
+    # -Thinking checkpoint has the same architecture. vLLM holds a full bf16 copy (58 GiB), so the training side
+    # shards its weights (ZeRO-3) and vLLM gets 0.77 of each GPU (docs/memory.md §4)
     'qwen3_omni_moe': Preset('qwen3_omni_moe', 'Qwen/Qwen3-Omni-30B-A3B-Instruct',
                              llm_class='Qwen3OmniMoeThinkerForConditionalGeneration', llm_attribute='thinker',
-                             registration='trainer.models.qwen3_omni', tiny_twin=f'{_TWINS}:QWEN3_OMNI_MOE',
-                             vllm_memory_fraction=0.30, vllm_limit_mm='{"audio": 1, "image": 0, "video": 0}'),
+                             tiny_twin=f'{_TWINS}:QWEN3_OMNI_MOE',
+                             vllm_memory_fraction=0.77, vllm_limit_mm='{"audio": 1, "image": 0, "video": 0}',
+                             deepspeed='zero3'),
 }
 
 
