@@ -244,7 +244,8 @@ def check_settings(prompt_type: Optional[str], prompt_modality: Optional[str], m
 
 def preset_facts(model_preset: str, need_tiny_twin: bool = False) -> Dict[str, str]:
     """What the launchers need to know about a preset, answered with the preflight (one Python call):
-    its real checkpoint, whether vLLM serves it, and its launch settings (vLLM share and limits, length, DeepSpeed) (``trainer.presets``)."""
+    its real checkpoint, whether vLLM serves it, and its launch settings (vLLM share and limits, length,
+    DeepSpeed stage; ``trainer.presets``)."""
     preset = PRESETS[model_preset]
     if need_tiny_twin and not preset.has_tiny_twin:
         raise RunStateError(f'no tiny twin for MODEL_PRESET={model_preset} (presets with one: '
