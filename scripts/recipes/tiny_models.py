@@ -422,6 +422,9 @@ TINY_QWEN3_OMNI = {
     'audio_heads': 2,
     'audio_layers': 2,
     'audio_downsample_hidden_size': 32,
+    # the vision tower's image_size / patch_size grid of position embeddings (real: 768 / 16 -> 2304), which
+    # vLLM's Qwen3-Omni thinker reads from the config (image_size, apply_vit_abs_pos_embed)
+    'vision_image_size': 128,
 }
 
 
@@ -465,10 +468,12 @@ def _build_qwen3_omni(out: Path, recipe: dict) -> None:
                           conv_chunksize=500, downsample_hidden_size=recipe['audio_downsample_hidden_size'],
                           output_dim=h),
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3, patch_size=16,
-                           spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
-                           deepstack_visual_indexes=[0], out_hidden_size=h),
+                           spatial_merge_size=2, temporal_patch_size=2, image_size=recipe['vision_image_size'],
+                           num_position_embeddings=(recipe['vision_image_size'] // 16) ** 2,
+                           apply_vit_abs_pos_embed=True, deepstack_visual_indexes=[0], out_hidden_size=h),
         audio_token_id=ids['<|audio_pad|>'], image_token_id=ids['<|image_pad|>'], video_token_id=ids['<|video_pad|>'],
-        audio_start_token_id=ids['<|audio_start|>'], vision_start_token_id=ids['<|vision_start|>'],
+        audio_start_token_id=ids['<|audio_start|>'], audio_end_token_id=ids['<|audio_end|>'],
+        vision_start_token_id=ids['<|vision_start|>'],
         user_token_id=tokenizer.convert_tokens_to_ids('user'), position_id_per_seconds=13,
         tie_word_embeddings=False,
     )
