@@ -17,6 +17,14 @@ def sine(seconds: float) -> np.ndarray:
     return (0.1 * np.sin(np.arange(int(16000 * seconds)) / 16000 * 2 * np.pi * 440)).astype(np.float32)
 
 
+def test_both_released_checkpoints_are_the_preset():
+    from trainer.presets import detect_model_type, get_preset
+    assert get_preset(NAME).checkpoint == 'Qwen/Qwen3-Omni-30B-A3B-Instruct'
+    for variant in ('Instruct', 'Thinking'):
+        assert detect_model_type(f'Qwen/Qwen3-Omni-30B-A3B-{variant}') == NAME
+    assert detect_model_type('Qwen/Qwen3-Omni-30B-A3B-Captioner') is None
+
+
 def test_lora_targets_attention_only_counted_on_the_real_configuration():
     """r 8 'all-linear' on the real 48-layer thinker adapts q/k/v/o only: the 128 experts per layer are fused 3-D
     parameters (gate_up_proj, down_proj) and the router is not a Linear. Hand count, per layer:
