@@ -65,7 +65,7 @@ PRESETS: Dict[str, Preset] = {
                               vllm=False, tiny_twin=f'{_TWINS}:PHI4_MULTIMODAL'),
     # Qwen3-Omni-30B-A3B with its talker disabled (ms-swift loads the thinker only, ENABLE_AUDIO_OUTPUT=0); the
     # -Thinking checkpoint has the same architecture. vLLM holds a full bf16 copy (58 GiB), so the training side
-    # shards its weights (ZeRO-3) and vLLM gets 0.77 of each GPU (docs/memory.md §4)
+    # shards its weights (ZeRO-3) and vLLM gets 0.77 of each GPU (docs/memory.md §3)
     'qwen3_omni_moe': Preset('qwen3_omni_moe', 'Qwen/Qwen3-Omni-30B-A3B-Instruct',
                              llm_class='Qwen3OmniMoeThinkerForConditionalGeneration', llm_attribute='thinker',
                              tiny_twin=f'{_TWINS}:QWEN3_OMNI_MOE',
