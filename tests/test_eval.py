@@ -280,7 +280,7 @@ def test_eval_sh_embedded_shows_intervals_judges_names_and_exports_voicebench(tm
     env.pop('CUDA_VISIBLE_DEVICES', None)
     proc = subprocess.run(['bash', 'eval.sh'], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    model_dir, = [p for p in tmp_path.iterdir() if not p.name.startswith('_')][:1]
+    model_dir, = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(('_', '.'))][:1]
     table = (model_dir / 'table.md').read_text()
     assert '| model | MMLU (4) (A) | MMLU (4) (T) | Avg(A) | MRR |' in table
     assert 'Paper rows: none apply' in table

@@ -131,8 +131,17 @@ def read_config(name_or_path: str) -> Dict[str, Any]:
 
 def _config_object(config: Dict[str, Any]) -> Any:
     from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
     values = {k: v for k, v in config.items() if k not in ('model_type', 'architectures')}
-    return AutoConfig.for_model(config['model_type'], **values)
+    # transformers checks every special-token id of an omni configuration against each sub-model's vocabulary
+    # and warns for the ids of the other sub-models (e.g. the text ids against the talker's 8448 codes): noise
+    # in a launcher's preflight, and no parameter depends on it.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoConfig.for_model(config['model_type'], **values)
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def _attr_path(obj: Any, path: Sequence[str]) -> Any:

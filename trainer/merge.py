@@ -5,12 +5,10 @@ vLLM whose architecture cannot apply a LoRA adapter per request.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
+from trainer.cache import build_once
 from trainer.model_loading import check_no_remote_code, check_weight_files
 
 ADAPTER_FILES = ('adapter_config.json', 'adapter_model.safetensors', 'adapter_model.bin')
@@ -63,17 +61,4 @@ def cached_merge(base: str, model_type: str, adapter: str, trust_remote_code: bo
     adapter_path = Path(adapter).resolve()
     root = Path(cache_dir) if cache_dir else adapter_path.parent / 'merged'
     out = root / f'{adapter_path.name}-{adapter_digest(adapter, base, model_type)}'
-    if (out / 'config.json').is_file():
-        return out
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=root))
-    try:
-        merge_into(base, model_type, adapter, work / 'merged', trust_remote_code)
-        try:
-            os.replace(work / 'merged', out)
-        except OSError:  # another process finished the same merge first
-            if not (out / 'config.json').is_file():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out
+    return build_once(out, 'config.json', lambda path: merge_into(base, model_type, adapter, path, trust_remote_code))

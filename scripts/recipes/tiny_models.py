@@ -16,11 +16,11 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+from trainer.cache import build_once
 from trainer.presets import DEFAULT_PRESET, PRESETS
 
 BUILDER_VERSION = 3
@@ -593,23 +593,14 @@ def _cached_build(model_type: str, build, recipe: dict, cache_dir: Path | None, 
                   prefix: str = 'tiny') -> Path:
     """Build ``recipe`` with ``build`` once into ``<cache>/<subdir>/<prefix>-<type>-<recipe hash>`` (atomic
     rename; the miniature model uses subdir ``miniature``, prefix ``model``)."""
-    root = Path(cache_dir or default_cache_dir()) / subdir
-    out = root / f'{prefix}-{model_type}-{_recipe_hash(recipe)}'
-    if (out / 'recipe.json').exists():
-        return out
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{prefix}-{model_type}-', dir=root))
-    try:
-        build(tmp, recipe)
-        (tmp / 'recipe.json').write_text(json.dumps(recipe, indent=1))
-        if out.exists():  # built concurrently by another process
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    out = Path(cache_dir or default_cache_dir()) / subdir / f'{prefix}-{model_type}-{_recipe_hash(recipe)}'
+
+    def build_into(path: Path) -> None:
+        path.mkdir()
+        build(path, recipe)
+        (path / 'recipe.json').write_text(json.dumps(recipe, indent=1))
+
+    return build_once(out, 'recipe.json', build_into)
 
 
 if __name__ == '__main__':
