@@ -44,24 +44,6 @@ def test_lora_targets_attention_only_counted_on_the_real_configuration():
     assert per_expert * 128 * len(model.model.layers) == 314_572_800
 
 
-def test_lora_targets_reach_ms_swift_as_a_regex_of_the_llms_attention():
-    """ms-swift 4.6's training resolves 'all-linear' for this model type to bare names (q_proj, ...), which the audio
-    encoder's attention also has: the GRPO, DPO and SFT argv carry the preset's --target_regex instead, unless the
-    user chose targets."""
-    import re
-
-    from trainer import preference_train
-    from trainer.grpo import build_swift_argv
-    for argv in (build_swift_argv(['--model_type', NAME], plugin=False),
-                 preference_train.build_swift_argv('dpo', ['--model_type', NAME])):
-        regex = argv[argv.index('--target_regex') + 1]
-        assert re.fullmatch(regex, 'thinker.model.layers.47.self_attn.o_proj')
-        assert not re.fullmatch(regex, 'thinker.audio_tower.layers.0.self_attn.q_proj')
-        assert not re.fullmatch(regex, 'thinker.model.layers.0.mlp.gate')
-    assert '--target_regex' not in build_swift_argv(['--model_type', 'qwen2_audio'], plugin=False)
-    assert '--target_regex' not in build_swift_argv(['--model_type', NAME, '--target_modules', 'q_proj'], plugin=False)
-
-
 def test_router_auxiliary_loss_stays_off():
     """The router is frozen (not a LoRA target) and the paper's objective has no load-balancing term: ms-swift's
     GRPO trainer adds none, its router_aux_loss_coef defaults to 0 and the GRPO defaults do not set it."""
