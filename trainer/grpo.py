@@ -60,20 +60,9 @@ def flag_value(args: List[str], name: str) -> Optional[str]:
     return value
 
 
-def lora_target_args(swift_args: List[str]) -> List[str]:
-    """``--target_regex`` of the preset named by ``--model_type`` when its row has one (``Preset.lora_target_regex``)
-    and the user chose no targets; else nothing."""
-    from trainer.presets import PRESETS
-    preset = PRESETS.get(flag_value(swift_args, '--model_type') or '')
-    if preset is None or preset.lora_target_regex is None or \
-            any(flag_value(swift_args, f) is not None for f in ('--target_modules', '--target_regex')):
-        return []
-    return ['--target_regex', preset.lora_target_regex]
-
-
 def build_swift_argv(swift_args: List[str], plugin: bool = True) -> List[str]:
     """The full ms-swift argv: paper defaults, then the user's flags, then the TARS plugin and callback."""
-    argv = ['--rlhf_type', 'grpo'] + PAPER_DEFAULTS + lora_target_args(swift_args)
+    argv = ['--rlhf_type', 'grpo'] + PAPER_DEFAULTS
     if (flag_value(swift_args, '--use_vllm') or '').lower() in ('true', '1') \
             and flag_value(swift_args, '--rollout_importance_sampling_mode') is None:
         argv += VLLM_IS_DEFAULTS

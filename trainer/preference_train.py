@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Any, List, Optional
 
-from trainer.grpo import LORA_DEFAULTS, lora_target_args, plugin_args
+from trainer.grpo import LORA_DEFAULTS, plugin_args
 from trainer.model_loading import OPT_IN, check_swift_argv
 from trainer.registry import register_with_swift
 
@@ -34,7 +34,7 @@ def build_swift_argv(kind: str, swift_args: List[str]) -> List[str]:
     if kind not in KINDS:
         raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
     defaults = DPO_DEFAULTS if kind == 'dpo' else SFT_DEFAULTS
-    return defaults + lora_target_args(swift_args) + swift_args + plugin_args(swift_args)
+    return defaults + swift_args + plugin_args(swift_args)
 
 
 def main(argv: Optional[List[str]] = None) -> Any:

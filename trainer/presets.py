@@ -40,8 +40,6 @@ class Preset:
     # the DeepSpeed stage the cluster launchers use unless DEEPSPEED is set: ZeRO-2 keeps a full bf16 copy of the
     # weights on every GPU, which a 30 B model (59 GiB) plus its colocated vLLM copy cannot afford
     deepspeed: str = 'zero2'
-    # ms-swift --target_regex of the LoRA when 'all-linear' resolves wrongly for this model type (None: all-linear)
-    lora_target_regex: Optional[str] = None
     # other released checkpoints of the same architecture (detected as this preset)
     other_checkpoints: Tuple[str, ...] = ()
 
@@ -72,10 +70,7 @@ PRESETS: Dict[str, Preset] = {
                              llm_class='Qwen3OmniMoeThinkerForConditionalGeneration', llm_attribute='thinker',
                              tiny_twin=f'{_TWINS}:QWEN3_OMNI_MOE',
                              vllm_memory_fraction=0.77, vllm_limit_mm='{"audio": 1, "image": 0, "video": 0}',
-                             deepspeed='zero3', other_checkpoints=('Qwen/Qwen3-Omni-30B-A3B-Thinking',),
-                             # ms-swift 4.6's training resolves 'all-linear' to bare names (q_proj, ...), which also
-                             # match the audio encoder's; the LLM's attention only (docs/design.md §4)
-                             lora_target_regex=r'^thinker\.model\.layers\.\d+\.self_attn\.(q|k|v|o)_proj$'),
+                             deepspeed='zero3', other_checkpoints=('Qwen/Qwen3-Omni-30B-A3B-Thinking',)),
 }
 
 
