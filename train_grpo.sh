@@ -15,7 +15,7 @@
 #                    hsorm.hidden_state_sim reward_align_audio_to_text); default: all four TARS rewards
 #   PROMPT_MODALITY  a | t | mixed (default mixed); PROMPT_TYPE systhink | cot | simple | none
 #   NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   torchrun layout (default: all GPUs)
-#   DEEPSPEED        zero2 (default on GPUs) | zero3 | none
+#   DEEPSPEED        zero2 | zero3 | none (default on GPUs: the preset's, zero3 for qwen3_omni_moe, else zero2)
 #   WORLD_BATCH_SIZE rollouts per optimizer step over all GPUs (default 64); BATCH_SIZE_PER_GPU (default 2)
 #   OUTPUT_DIR       run directory (default output/grpo/tars_<date>); an existing one is resumed only with
 #                    RESUME=1, never overwritten. run.json in it records the inputs (dataset, model, preset,
@@ -94,7 +94,7 @@ else
         echo "train_grpo.sh: WORLD_BATCH_SIZE=$world_batch is not divisible by GPUs x BATCH_SIZE_PER_GPU = $((world * per_gpu))" >&2
         exit 2
     fi
-    DEEPSPEED=${DEEPSPEED:-zero2}
+    DEEPSPEED=${DEEPSPEED:-$preset_deepspeed}
     args+=(--per_device_train_batch_size "$per_gpu" --gradient_accumulation_steps $((world_batch / (world * per_gpu)))
            --per_device_eval_batch_size 4 --torch_dtype bfloat16 --attn_impl flash_attn --dataloader_num_workers 4
            --max_length "$preset_max_length" --report_to tensorboard --log_completions true --eval_steps 100

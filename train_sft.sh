@@ -17,7 +17,7 @@
 #                    MAX_AUDIO_SECONDS (default 60, 0: no limit) stops on longer clips, DROP_LONG_AUDIO=1 drops them
 #   PROMPT_MODALITY  a | t (default a: the speech prompt); PROMPT_TYPE (default systhink)
 #   NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   torchrun layout (default: all GPUs)
-#   DEEPSPEED        zero2 (default on GPUs) | zero3 | none
+#   DEEPSPEED        zero2 | zero3 | none (default on GPUs: the preset's, zero3 for qwen3_omni_moe, else zero2)
 #   WORLD_BATCH_SIZE rows per optimizer step over all GPUs (default 64; batch 1 per GPU)
 #   OUTPUT_DIR       run directory (default output/sft/sft_<date>); an existing one is resumed only with
 #                    RESUME=1, never overwritten. run.json in it records the inputs (data, model, preset, prompts)

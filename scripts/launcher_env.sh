@@ -46,7 +46,8 @@ MODEL_PRESET=${MODEL_PRESET:-qwen2_5_omni}   # trainer.presets.DEFAULT_PRESET (t
 # (input and run-directory checks, the checkpoint to resume, the preset's facts, the model on the hub); sets
 # `checkpoint` (empty: start at step 0), `prepared` (1: the data is ready), `preset_checkpoint` and
 # `preset_vllm` (1: vLLM serves it), and the preset's launch settings `preset_vllm_fraction`,
-# `preset_vllm_limit_mm`, `preset_max_length`. A resume of a run that is complete exits 0 here (the reason printed).
+# `preset_vllm_limit_mm`, `preset_max_length`, `preset_deepspeed`. A resume of a run that is complete exits 0 here
+# (the reason printed).
 launcher_preflight() {
     local plan
     plan=$(python -m trainer.run_state preflight --launcher "$me" --output_dir "$OUTPUT_DIR" \
@@ -58,6 +59,7 @@ launcher_preflight() {
     preset_vllm_fraction=$(launcher_get run_state:preset_vllm_fraction "$plan")
     preset_vllm_limit_mm=$(launcher_get run_state:preset_vllm_limit_mm "$plan")
     preset_max_length=$(launcher_get run_state:preset_max_length "$plan")
+    preset_deepspeed=$(launcher_get run_state:preset_deepspeed "$plan")
     [ "$(launcher_get run_state:complete "$plan")" != 1 ] || exit 0
     launcher_lock "$@"
 }

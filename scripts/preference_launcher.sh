@@ -75,7 +75,7 @@ else
     if [ $((world_batch % world)) != 0 ]; then
         echo "$me: WORLD_BATCH_SIZE=$world_batch is not divisible by the $world GPUs" >&2; exit 2
     fi
-    DEEPSPEED=${DEEPSPEED:-zero2}
+    DEEPSPEED=${DEEPSPEED:-$preset_deepspeed}
     args+=(--per_device_train_batch_size 1 --gradient_accumulation_steps $((world_batch / world))
            --torch_dtype bfloat16 --attn_impl flash_attn --dataloader_num_workers 4 --report_to tensorboard)
     [ "$DEEPSPEED" = none ] || args+=(--deepspeed "$DEEPSPEED")

@@ -14,7 +14,7 @@ from tests.conftest import PYTHON, run
 from trainer import config as tars_config
 from trainer import tars_math as tm
 
-PRESETS = ['qwen2_5_omni', 'qwen2_audio', 'phi4_multimodal']
+PRESETS = ['qwen2_5_omni', 'qwen2_audio', 'phi4_multimodal', 'qwen3_omni_moe']
 
 
 # ---- advantage flags ----

@@ -106,7 +106,7 @@ def test_every_preset_vllm_serves_answers_as_transformers(cache_dir, tiny_speech
     from scripts.recipes.tiny_models import tiny_model_dir
     from trainer.presets import PRESETS
     served = [name for name, preset in PRESETS.items() if preset.vllm and preset.has_tiny_twin]
-    assert set(served) == {'qwen2_5_omni', 'qwen2_audio'}
+    assert set(served) == {'qwen2_5_omni', 'qwen2_audio', 'qwen3_omni_moe'}
     for name in served:
         in_own_process('preset_case', name, tiny_model_dir(name, cache_dir), tiny_speech_set, tmp_path)
 
@@ -145,9 +145,9 @@ def judge_case(judge: str) -> None:
     assert found['vllm'] == found['transformers']
 
 
-def grpo_argv(model: Path, data: Path, out: Path, learning_rate: str) -> list:
+def grpo_argv(model: Path, data: Path, out: Path, learning_rate: str, model_type: str = 'qwen2_5_omni') -> list:
     """Two GRPO steps with colocated vLLM rollouts: the cluster launcher's vLLM flags, sized for two cores."""
-    return [PYTHON, '-m', 'trainer.grpo', '--model', str(model), '--model_type', 'qwen2_5_omni',
+    return [PYTHON, '-m', 'trainer.grpo', '--model', str(model), '--model_type', model_type,
             '--dataset', str(data), '--split_dataset_ratio', '0', '--check_model', 'false', '--add_version', 'false',
             '--output_dir', str(out), '--dump_rollouts', str(out / 'rollouts.jsonl'),
             '--use_vllm', 'true', '--vllm_mode', 'colocate', '--vllm_max_model_len', '8704',
@@ -190,3 +190,19 @@ def test_two_grpo_steps_with_colocated_vllm_rollouts(tmp_path, cache_dir):
         return [(r['key'], r['modality'], r['completion']) for r in rows if r['step'] == n]
     assert step(trained, 1) == step(dumps['0'], 1)  # the same first rollouts: same seeds, same weights
     assert step(trained, 2) != step(dumps['0'], 2)  # the trained LoRA reached vLLM before the second rollouts
+
+
+def test_two_colocated_grpo_steps_on_the_qwen3_omni_twin(tmp_path, cache_dir, tiny_speech_set):
+    """The MoE preset through the same colocated path (issue 28): vLLM's Qwen3-Omni thinker serves the rollouts of
+    two GRPO steps with all four TARS rewards on mixed speech/text prompts; the dump passes the advantage rule."""
+    from scripts.recipes.tiny_models import tiny_model_dir
+    from tests.test_grpo_integration import REWARDS, check_advantage_rule
+    from trainer.data import prepare_grpo_dataset
+    data = prepare_grpo_dataset(str(tiny_speech_set), tmp_path / 'data', max_rows=8)
+    out = tmp_path / 'run'
+    argv = grpo_argv(tiny_model_dir('qwen3_omni_moe', cache_dir), data, out, '5e-3', 'qwen3_omni_moe')
+    run(argv + ['--reward_funcs', *REWARDS], timeout=1500)   # the four TARS rewards and the length reward
+    rows = [json.loads(line) for line in (out / 'rollouts.jsonl').open()]
+    assert {r['step'] for r in rows} == {1, 2} and {r['modality'] for r in rows} == {'speech', 'text'}
+    assert all(set(REWARDS) <= set(r) for r in rows)
+    check_advantage_rule(rows)

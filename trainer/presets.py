@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,11 @@ class Preset:
     # ms-swift's --max_length and --vllm_max_model_len: the paper's 8192-token prompts + 512 completion tokens,
     # or the model's max_position_embeddings when that is shorter (vLLM refuses a longer max_model_len)
     max_length: int = 8704
+    # the DeepSpeed stage the cluster launchers use unless DEEPSPEED is set: ZeRO-2 keeps a full bf16 copy of the
+    # weights on every GPU, which a 30 B model (59 GiB) plus its colocated vLLM copy cannot afford
+    deepspeed: str = 'zero2'
+    # other released checkpoints of the same architecture (detected as this preset)
+    other_checkpoints: Tuple[str, ...] = ()
 
     @property
     def has_tiny_twin(self) -> bool:
@@ -58,6 +63,14 @@ PRESETS: Dict[str, Preset] = {
     'phi4_multimodal': Preset('phi4_multimodal', 'microsoft/Phi-4-multimodal-instruct',
                               llm_class='Phi4MultimodalForCausalLM', registration='trainer.models.phi4_multimodal',
                               vllm=False, tiny_twin=f'{_TWINS}:PHI4_MULTIMODAL'),
+    # Qwen3-Omni-30B-A3B with its talker disabled (ms-swift loads the thinker only, ENABLE_AUDIO_OUTPUT=0); the
+    # -Thinking checkpoint has the same architecture. vLLM holds a full bf16 copy (58 GiB), so the training side
+    # shards its weights (ZeRO-3) and vLLM gets 0.77 of each GPU (docs/memory.md §3)
+    'qwen3_omni_moe': Preset('qwen3_omni_moe', 'Qwen/Qwen3-Omni-30B-A3B-Instruct',
+                             llm_class='Qwen3OmniMoeThinkerForConditionalGeneration', llm_attribute='thinker',
+                             tiny_twin=f'{_TWINS}:QWEN3_OMNI_MOE',
+                             vllm_memory_fraction=0.77, vllm_limit_mm='{"audio": 1, "image": 0, "video": 0}',
+                             deepspeed='zero3', other_checkpoints=('Qwen/Qwen3-Omni-30B-A3B-Thinking',)),
 }
 
 
@@ -69,11 +82,12 @@ def get_preset(model_type: str) -> Preset:
 
 
 def detect_model_type(model: str) -> Optional[str]:
-    """The preset of a checkpoint: a preset's real checkpoint id; else, for a local directory, ms-swift's
-    ``args.json`` ``model_type`` (LoRA and merged checkpoints), else ``config.json`` ``model_type`` when it
-    names a preset (the transformers model types of the presets are their ms-swift names); else None."""
+    """The preset of a checkpoint: a preset's real checkpoint id or one of its other checkpoints; else, for a
+    local directory, ms-swift's ``args.json`` ``model_type`` (LoRA and merged checkpoints), else ``config.json``
+    ``model_type`` when it names a preset (the transformers model types of the presets are their ms-swift names);
+    else None."""
     for preset in PRESETS.values():
-        if model.rstrip('/') == preset.checkpoint:
+        if model.rstrip('/') in (preset.checkpoint, *preset.other_checkpoints):
             return preset.model_type
     path = Path(model)
     for name in ('args.json', 'config.json'):

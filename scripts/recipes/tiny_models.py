@@ -107,7 +107,8 @@ def _write_qwen_tokenizer(out: Path, added_tokens: dict, chat_template: str, ext
     """Copy the offline Qwen BPE to ``out`` with a real checkpoint's added-token layout.
 
     ``added_tokens`` maps id -> name: the offline tokenizer's added tokens at those ids are kept and
-    renamed, every other added token is dropped; ``special_flags`` marks names that are not special.
+    renamed, every other added token is dropped, ids past its last added token are appended;
+    ``special_flags`` marks names that are not special.
     """
     src = offline_qwen_tokenizer_dir()
     tok = json.loads((src / 'tokenizer.json').read_text())
@@ -117,6 +118,12 @@ def _write_qwen_tokenizer(out: Path, added_tokens: dict, chat_template: str, ext
         if entry['id'] in added_tokens:
             content = added_tokens[entry['id']]
             added.append(dict(entry, content=content, special=flags.get(content, True)))
+    # ids past the offline tokenizer's last added token (Qwen3-Omni's audio and TTS tokens) are appended
+    last = max(e['id'] for e in tok['added_tokens'])
+    for token_id in sorted(i for i in added_tokens if i > last):
+        content = added_tokens[token_id]
+        added.append({'id': token_id, 'content': content, 'single_word': False, 'lstrip': False, 'rstrip': False,
+                      'normalized': False, 'special': flags.get(content, True)})
     if len(added) != len(added_tokens):
         raise RuntimeError(f'unexpected offline tokenizer layout in {src}: {len(added)} of '
                            f'{len(added_tokens)} added tokens found')
@@ -360,6 +367,127 @@ def _build_qwen2_audio(out: Path, recipe: dict) -> None:
     _rename_weights(out / 'model.safetensors', QWEN2_AUDIO_CHECKPOINT_NAMES)
 
 
+# Qwen3-Omni-30B-A3B's added tokens and their ids in the real checkpoint (Qwen/Qwen3-Omni-30B-A3B-Instruct): the
+# offline tokenizer is Qwen3's, which has the first 26 at these ids with these names (<think> and </think> are
+# plain-text-like, not special, as in Qwen3), followed by the audio delimiters, the talker's TTS tokens and
+# the audio placeholder <|audio_pad|> (the thinker config's audio_token_id 151675), which are appended.
+QWEN3_OMNI_ADDED_TOKENS = {
+    151643: '<|endoftext|>', 151644: '<|im_start|>', 151645: '<|im_end|>', 151646: '<|object_ref_start|>',
+    151647: '<|object_ref_end|>', 151648: '<|box_start|>', 151649: '<|box_end|>', 151650: '<|quad_start|>',
+    151651: '<|quad_end|>', 151652: '<|vision_start|>', 151653: '<|vision_end|>', 151654: '<|vision_pad|>',
+    151655: '<|image_pad|>', 151656: '<|video_pad|>', 151657: '<tool_call>', 151658: '</tool_call>',
+    151659: '<|fim_prefix|>', 151660: '<|fim_middle|>', 151661: '<|fim_suffix|>', 151662: '<|fim_pad|>',
+    151663: '<|repo_name|>', 151664: '<|file_sep|>', 151665: '<tool_response>', 151666: '</tool_response>',
+    151667: '<think>', 151668: '</think>', 151669: '<|audio_start|>', 151670: '<|audio_end|>',
+    151671: '<tts_pad>', 151672: '<tts_text_bos>', 151673: '<tts_text_eod>', 151674: '<tts_text_bos_single>',
+    151675: '<|audio_pad|>'
+}
+QWEN3_OMNI_SPECIAL_FLAGS = {name: False for name in (
+    '<tool_call>', '</tool_call>', '<|fim_prefix|>', '<|fim_middle|>', '<|fim_suffix|>', '<|fim_pad|>',
+    '<|repo_name|>', '<|file_sep|>', '<tool_response>', '</tool_response>', '<think>', '</think>')}
+QWEN3_OMNI_EXTRA_SPECIAL_TOKENS = {
+    'image_token': '<|image_pad|>', 'audio_token': '<|audio_pad|>', 'video_token': '<|video_pad|>',
+    'vision_bos_token': '<|vision_start|>', 'vision_eos_token': '<|vision_end|>',
+    'audio_bos_token': '<|audio_start|>', 'audio_eos_token': '<|audio_end|>'
+}
+
+# The Qwen3-Omni Instruct chat template: ChatML without a default system prompt, each audio as
+# <|audio_start|><|audio_pad|><|audio_end|> in content order (the processor expands <|audio_pad|>).
+QWEN3_OMNI_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'audio' or 'audio' in content %}<|audio_start|><|audio_pad|><|audio_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+# The recipe of the tiny Qwen3-Omni thinker (see TINY_QWEN2_5_OMNI): every decoder layer a sparse-MoE block
+# (decoder_sparse_step 1, as the real 48 layers), 4 experts of which 2 are routed per token (real: 128 / 8).
+# The audio encoder keeps the real chunking (n_window 50: 100 mel frames -> 13 tokens), which ms-swift's
+# template hard-codes.
+TINY_QWEN3_OMNI = {
+    'seed': 0,
+    'hidden_size': 64,
+    'moe_intermediate_size': 32,
+    'num_experts': 4,
+    'num_experts_per_tok': 2,
+    'num_hidden_layers': 3,
+    'num_attention_heads': 2,   # head size 32 (vLLM's CPU kernels; the real model: 128)
+    'num_key_value_heads': 1,
+    'head_dim': 32,
+    'mrope_section': [6, 5, 5],  # sums to head_dim / 2, as the real [24, 20, 20] to 128 / 2
+    'audio_d_model': 64,
+    'audio_heads': 2,
+    'audio_layers': 2,
+    'audio_downsample_hidden_size': 32,
+    # the vision tower's image_size / patch_size grid of position embeddings (real: 768 / 16 -> 2304), which
+    # vLLM's Qwen3-Omni thinker reads from the config (image_size, apply_vit_abs_pos_embed)
+    'vision_image_size': 128,
+}
+
+
+def _build_qwen3_omni(out: Path, recipe: dict) -> None:
+    """The full ``Qwen3OmniMoeForConditionalGeneration`` with the talker disabled (``enable_audio_output``
+    False: the class then builds the thinker only), which is what ms-swift's loader instantiates for the real
+    checkpoint with ``ENABLE_AUDIO_OUTPUT=0``; the talker's config keeps transformers' defaults."""
+    import torch
+    from transformers import (AutoTokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3OmniMoeConfig,
+                              Qwen3OmniMoeForConditionalGeneration, Qwen3OmniMoeProcessor, WhisperFeatureExtractor)
+
+    _write_qwen_tokenizer(out, QWEN3_OMNI_ADDED_TOKENS, QWEN3_OMNI_CHAT_TEMPLATE, QWEN3_OMNI_EXTRA_SPECIAL_TOKENS,
+                          QWEN3_OMNI_SPECIAL_FLAGS)
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN3_OMNI_ADDED_TOKENS.values()}
+    for token, expected in QWEN3_OMNI_ADDED_TOKENS.items():
+        assert ids[expected] == token, (expected, ids[expected], token)
+
+    # the real feature extractor: 128 mel bins, 30-s chunk length (the processor does not truncate longer audio)
+    feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30,
+                                                n_fft=400, padding_value=0.0, return_attention_mask=True)
+    vision = dict(min_pixels=3136, max_pixels=12845056, patch_size=16, temporal_patch_size=2, merge_size=2)
+    processor = Qwen3OmniMoeProcessor(image_processor=Qwen2VLImageProcessor(**vision),
+                                      video_processor=Qwen2VLVideoProcessor(**vision),
+                                      feature_extractor=feature_extractor, tokenizer=tokenizer,
+                                      chat_template=QWEN3_OMNI_CHAT_TEMPLATE)
+    h = recipe['hidden_size']
+    thinker = dict(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=h, intermediate_size=2 * h,
+                         moe_intermediate_size=recipe['moe_intermediate_size'], num_experts=recipe['num_experts'],
+                         num_experts_per_tok=recipe['num_experts_per_tok'], decoder_sparse_step=1, mlp_only_layers=[],
+                         norm_topk_prob=True, num_hidden_layers=recipe['num_hidden_layers'],
+                         num_attention_heads=recipe['num_attention_heads'],
+                         num_key_value_heads=recipe['num_key_value_heads'], head_dim=recipe['head_dim'],
+                         max_position_embeddings=65536, tie_word_embeddings=False,
+                         rope_parameters=dict(rope_type='default', rope_theta=1000000.0,
+                                              mrope_section=recipe['mrope_section'], interleaved=True)),
+        audio_config=dict(d_model=recipe['audio_d_model'], encoder_layers=recipe['audio_layers'],
+                          encoder_attention_heads=recipe['audio_heads'], encoder_ffn_dim=2 * recipe['audio_d_model'],
+                          num_mel_bins=128, max_source_positions=1500, n_window=50, n_window_infer=800,
+                          conv_chunksize=500, downsample_hidden_size=recipe['audio_downsample_hidden_size'],
+                          output_dim=h),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3, patch_size=16,
+                           spatial_merge_size=2, temporal_patch_size=2, image_size=recipe['vision_image_size'],
+                           num_position_embeddings=(recipe['vision_image_size'] // 16) ** 2,
+                           apply_vit_abs_pos_embed=True, deepstack_visual_indexes=[0], out_hidden_size=h),
+        audio_token_id=ids['<|audio_pad|>'], image_token_id=ids['<|image_pad|>'], video_token_id=ids['<|video_pad|>'],
+        audio_start_token_id=ids['<|audio_start|>'], audio_end_token_id=ids['<|audio_end|>'],
+        vision_start_token_id=ids['<|vision_start|>'],
+        user_token_id=tokenizer.convert_tokens_to_ids('user'), position_id_per_seconds=13,
+        tie_word_embeddings=False,
+    )
+    config = Qwen3OmniMoeConfig(thinker_config=thinker, enable_audio_output=False,
+                                im_start_token_id=ids['<|im_start|>'], im_end_token_id=ids['<|im_end|>'],
+                                tts_pad_token_id=ids['<tts_pad>'], tts_bos_token_id=ids['<tts_text_bos>'],
+                                tts_eos_token_id=ids['<tts_text_eod>'])
+    config.architectures = ['Qwen3OmniMoeForConditionalGeneration']
+
+    torch.manual_seed(recipe['seed'])
+    model = Qwen3OmniMoeForConditionalGeneration(config)
+    _save_twin(out, model, processor, tokenizer, ids, QWEN3_OMNI_ADDED_TOKENS)
+
+
 # Phi-4-multimodal: the o200k tokenizer (offline package toktok-rs) with Phi-4's added tokens at their real
 # ids, the native Phi4MultimodalForCausalLM and processor, and a random speech-lora/ adapter folder.
 from scripts.recipes.phi4_tiny import TINY_PHI4_MULTIMODAL  # noqa: E402
@@ -436,6 +564,7 @@ class Twin:
 QWEN2_5_OMNI = Twin(_build_qwen2_5_omni, TINY_QWEN2_5_OMNI)
 QWEN2_AUDIO = Twin(_build_qwen2_audio, TINY_QWEN2_AUDIO)
 PHI4_MULTIMODAL = Twin(_build_phi4_multimodal, TINY_PHI4_MULTIMODAL)
+QWEN3_OMNI_MOE = Twin(_build_qwen3_omni, TINY_QWEN3_OMNI)
 XFINDER_JUDGE = Twin(_build_xfinder_judge, TINY_XFINDER_JUDGE)  # the answer judge, not a preset
 
 
