@@ -551,7 +551,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--gpus', type=int, default=8, help='GPUs in all (world size)')
     p.add_argument('--batch_per_gpu', type=int, default=2)
     p.add_argument('--world_batch', type=int, default=64)
-    p.add_argument('--deepspeed', default='zero2')
+    p.add_argument('--deepspeed', default=None, help="none | zero2 | zero3; default: the preset's (trainer.presets)")
     p.add_argument('--audio_output', type=_bool, default=False)
     p.add_argument('--reward_funcs', nargs='+', default=None,
                    help='reward names (default: all four TARS rewards); the behaviour reward loads the embedder, '
@@ -597,7 +597,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         grad_accum=args.world_batch // (args.gpus * args.batch_per_gpu),
         max_completion_length=args.max_completion_length, max_length=max_length,
         max_audio_seconds=args.max_audio_seconds, prompt_text_tokens=args.prompt_text_tokens,
-        deepspeed=args.deepspeed, gradient_checkpointing=args.gradient_checkpointing, use_vllm=use_vllm,
+        deepspeed=args.deepspeed or (preset.deepspeed if preset else 'zero2'),
+        gradient_checkpointing=args.gradient_checkpointing, use_vllm=use_vllm,
         vllm_memory_fraction=fraction, vllm_max_model_len=args.vllm_max_model_len or max_length,
         vllm_max_num_seqs=args.vllm_max_num_seqs, vllm_vision=vision, sleep_level=args.sleep_level,
         embedder=args.embedder if _has_reward(args.reward_funcs, 'tars_behaviour') else None,
