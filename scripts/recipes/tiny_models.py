@@ -328,20 +328,33 @@ def _rename_weights(path: Path, renames: dict) -> None:
     save_file(renamed, str(path), metadata={'format': 'pt'})
 
 
+def _relaid_qwen_tokenizer(out: Path, added: dict, chat_template: str, *extra: Any) -> tuple:
+    """The offline Qwen tokenizer written to ``out`` with the checkpoint's ``added`` tokens (id -> text) at their
+    real ids (``_write_qwen_tokenizer``), loaded back and checked id by id: (tokenizer, {text: id})."""
+    from transformers import AutoTokenizer
+    _write_qwen_tokenizer(out, added, chat_template, *extra)
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in added.values()}
+    for token, expected in added.items():
+        assert ids[expected] == token, (expected, ids[expected], token)
+    return tokenizer, ids
+
+
+def _whisper_features() -> Any:
+    """The real checkpoints' Whisper feature extractor: 128 mel bins at 16 kHz, 10 ms hops, 30-s chunks."""
+    from transformers import WhisperFeatureExtractor
+    return WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30,
+                                   n_fft=400, padding_value=0.0, return_attention_mask=True)
+
+
 def _build_qwen2_audio(out: Path, recipe: dict) -> None:
     import torch
-    from transformers import (AutoTokenizer, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration,
-                              Qwen2AudioProcessor, WhisperFeatureExtractor)
+    from transformers import (Qwen2AudioConfig, Qwen2AudioForConditionalGeneration,
+                              Qwen2AudioProcessor)
 
-    _write_qwen_tokenizer(out, QWEN2_AUDIO_ADDED_TOKENS, QWEN2_AUDIO_CHAT_TEMPLATE, {
+    tokenizer, ids = _relaid_qwen_tokenizer(out, QWEN2_AUDIO_ADDED_TOKENS, QWEN2_AUDIO_CHAT_TEMPLATE, {
         'audio_token': '<|AUDIO|>', 'audio_bos_token': '<|audio_bos|>', 'audio_eos_token': '<|audio_eos|>'})
-    tokenizer = AutoTokenizer.from_pretrained(str(out))
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_AUDIO_ADDED_TOKENS.values()}
-    for token, expected in QWEN2_AUDIO_ADDED_TOKENS.items():
-        assert ids[expected] == token, (expected, ids[expected], token)
-
-    feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30,
-                                                n_fft=400, padding_value=0.0, return_attention_mask=True)
+    feature_extractor = _whisper_features()
     processor = Qwen2AudioProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer,
                                     chat_template=QWEN2_AUDIO_CHAT_TEMPLATE)
 
@@ -433,19 +446,13 @@ def _build_qwen3_omni(out: Path, recipe: dict) -> None:
     False: the class then builds the thinker only), which is what ms-swift's loader instantiates for the real
     checkpoint with ``ENABLE_AUDIO_OUTPUT=0``; the talker's config keeps transformers' defaults."""
     import torch
-    from transformers import (AutoTokenizer, Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3OmniMoeConfig,
-                              Qwen3OmniMoeForConditionalGeneration, Qwen3OmniMoeProcessor, WhisperFeatureExtractor)
+    from transformers import (Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3OmniMoeConfig,
+                              Qwen3OmniMoeForConditionalGeneration, Qwen3OmniMoeProcessor)
 
-    _write_qwen_tokenizer(out, QWEN3_OMNI_ADDED_TOKENS, QWEN3_OMNI_CHAT_TEMPLATE, QWEN3_OMNI_EXTRA_SPECIAL_TOKENS,
-                          QWEN3_OMNI_SPECIAL_FLAGS)
-    tokenizer = AutoTokenizer.from_pretrained(str(out))
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN3_OMNI_ADDED_TOKENS.values()}
-    for token, expected in QWEN3_OMNI_ADDED_TOKENS.items():
-        assert ids[expected] == token, (expected, ids[expected], token)
-
-    # the real feature extractor: 128 mel bins, 30-s chunk length (the processor does not truncate longer audio)
-    feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30,
-                                                n_fft=400, padding_value=0.0, return_attention_mask=True)
+    tokenizer, ids = _relaid_qwen_tokenizer(out, QWEN3_OMNI_ADDED_TOKENS, QWEN3_OMNI_CHAT_TEMPLATE,
+                                            QWEN3_OMNI_EXTRA_SPECIAL_TOKENS, QWEN3_OMNI_SPECIAL_FLAGS)
+    # the processor does not truncate audio longer than the 30-s chunk length
+    feature_extractor = _whisper_features()
     vision = dict(min_pixels=3136, max_pixels=12845056, patch_size=16, temporal_patch_size=2, merge_size=2)
     processor = Qwen3OmniMoeProcessor(image_processor=Qwen2VLImageProcessor(**vision),
                                       video_processor=Qwen2VLVideoProcessor(**vision),
