@@ -6,13 +6,14 @@ import json
 
 import pytest
 
-METRIC_FIELDS = {'arm', 'seed', 'steps', 'train_wall_seconds', 'eval_wall_seconds', 'speech_acc', 'text_acc',
-                 'checkpoint', 'curve'}
+METRIC_FIELDS = {'arm', 'seed', 'steps', 'train_wall_seconds', 'eval_wall_seconds', 'curve_wall_seconds',
+                 'hearing_wall_seconds', 'speech_acc', 'text_acc', 'hearing_acc', 'checkpoint', 'start_checkpoint',
+                 'curve', 'val_curve', 'allwrong', 'curve_every', 'curve_items'}
 
 
 def test_arm_names_rewards_and_wrong_letters():
     from scripts.miniature import arms
-    assert arms.ARMS == ('sft', 'dpo', 'grpo', 'grpo_rep', 'grpo_beh', 'tars', 'tars_global')
+    assert arms.ARMS == ('sft', 'dpo', 'grpo', 'grpo_rep', 'grpo_beh', 'tars', 'tars_global', 'opsd', 'rlsd')
     assert arms.ARM_REWARDS['grpo'] == ('tars_format', 'tars_accuracy')
     assert arms.ARM_REWARDS['tars'] == arms.ARM_REWARDS['tars_global'] == (
         'tars_format', 'tars_accuracy', 'tars_representation', 'tars_behaviour')
@@ -91,8 +92,24 @@ def _check_run(out, arm, cache, setting):
     assert [p['step'] for p in metrics['curve']] == [1, 2]
     assert all(p['loss'] is not None for p in metrics['curve'])
     checkpoint = out / 'train' / 'checkpoint-2'
-    assert metrics['checkpoint'] == str(checkpoint) and (checkpoint / 'adapter_config.json').exists()
+    # paths relative to the miniature cache root, none absolute (the report carries them)
+    assert metrics['checkpoint'] == f'arms/{out.name}/train/checkpoint-2'
+    assert metrics['start_checkpoint'].startswith('stage2-') and '/' not in metrics['start_checkpoint']
+    assert (cache / 'miniature' / metrics['checkpoint'] / 'adapter_config.json').exists()
+    assert str(cache) not in json.dumps(metrics)
     assert _lora_b_nonzero(checkpoint)
+    # the validation curve: the stage-2 start, then every step (QUICK curve_every 1), each on curve_items items
+    assert [p['step'] for p in metrics['val_curve']] == [0, 1, 2]
+    assert all(0.0 <= p['speech_acc'] <= 1.0 and 0.0 <= p['text_acc'] <= 1.0 for p in metrics['val_curve'])
+    assert sorted(p.name for p in (out / 'train').glob('checkpoint-*')) == ['checkpoint-1', 'checkpoint-2']
+    for step in (1, 2):
+        for mode in ('audio', 'text'):
+            results = list((out / 'curve' / f'checkpoint-{step}').glob(f'*/miniature/{mode}_systhink/results.jsonl'))
+            assert len(results) == 1 and len(results[0].read_text().splitlines()) == setting.curve_items
+            assert all(json.loads(line)['key'].startswith('mini-validation-')
+                       for line in results[0].read_text().splitlines())
+    # step 0 is evaluated once, in the cache, for every arm and seed
+    assert list((cache / 'miniature').glob(f'eval-curve{setting.curve_items}/*/miniature/audio_systhink'))
     for mode in ('audio', 'text'):
         results = list((out / 'eval').glob(f'*/miniature/{mode}_systhink/results.jsonl'))
         assert len(results) == 1 and len(results[0].read_text().splitlines()) == setting.eval_items
@@ -116,6 +133,12 @@ def test_quick_grpo_arm(cache):
     assert argv[argv.index('--advantage_norm') + 1] == 'modality'
     assert argv[argv.index('--prompt_modality') + 1] == 'mixed'
     assert argv[argv.index('--dataset_shuffle') + 1] == 'false'
+    # the rollout dump the all-wrong statistic reads: 2 steps x 2 questions x 4 rollouts, half speech
+    dump = [json.loads(line) for line in (out / 'rollouts.jsonl').read_text().splitlines()]
+    assert len(dump) == 16 and sum(r['modality'] == 'speech' for r in dump) == 8
+    assert metrics['allwrong'] == arms.allwrong(out / 'rollouts.jsonl')
+    assert set(metrics['allwrong']) == {'groups', 'speech_rollouts', 'nonzero_adv_share'}
+    assert metrics['allwrong']['speech_rollouts'] == 2 * metrics['allwrong']['groups']
 
 
 @pytest.mark.slow  # the slow tier (tests/conftest.py)
@@ -140,6 +163,7 @@ def test_quick_dpo_arm_restarts_a_killed_run_and_shares_the_data_order(cache):
     metrics, argv = _check_run(out, 'dpo', cache, stages.QUICK)
     assert argv[0] == 'dpo' and argv[argv.index('--data_seed') + 1] == str(arms.DATA_SEED)
     assert any(k.startswith('rewards/') for k in metrics['curve'][0]['rewards'])
+    assert metrics['allwrong'] is None and not (out / 'rollouts.jsonl').exists()
     # the preference rows: gold answer chosen, a wrong letter rejected, in the GRPO arms' order
     rows = jsonl.read(arms.preference_data(stages.QUICK, cache)['dpo'], missing_ok=False)
     grpo_rows = jsonl.read(arms.grpo_data(stages.QUICK, cache), missing_ok=False)

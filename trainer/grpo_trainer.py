@@ -94,7 +94,23 @@ class Forward(enum.Enum):
     """The log-prob forwards of a GRPO step (``_get_per_token_logps_and_entropies``)."""
     OLD_POLICY = 'old policy'  # no gradients, dropout off; pools the hidden states of the representation reward
     REFERENCE = 'reference'    # beta != 0: the reference model's log-probs
+    TEACHER = 'teacher'        # a teacher_prompt column: the current policy on that prompt, no gradients, dropout off
     LOSS = 'loss'              # the policy-gradient loss (with gradients in training)
+
+
+class TextTeacherSample(GRPOSample):
+    """ms-swift's GRPO sample whose on-policy self-distillation teacher view (a ``teacher_prompt`` column: the
+    teacher is the current policy reading that prompt, scoring the sampled tokens) carries no audio: the teacher
+    prompt replaces the last user turn, speech prompt included, so the teacher reads the question as text alone.
+    ms-swift keeps the student's audios in the teacher view (it has a ``teacher_images`` switch, none for audio), and
+    its template would then put the clip back in front of the first message."""
+
+    def to_teacher_template_dict(self) -> Dict[str, Any]:
+        """ms-swift encodes the teacher view from it: the teacher messages and the sampled response, no audio."""
+        row = super().to_teacher_template_dict()
+        if self.teacher_prompt:
+            row.pop('audios', None)
+        return row
 
 
 @dataclass
@@ -141,6 +157,8 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
     ms-swift builds it from ``--rlhf_type grpo`` (``trainer.registry``) with its usual arguments; the TARS
     options come from ``trainer.config.active()``.
     """
+
+    sample_cls = TextTeacherSample   # the rows' samples (ms-swift's hook): a text-only self-distillation teacher
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.tars = tars_config.active()
@@ -254,6 +272,9 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
             forward = Forward.REFERENCE  # ms-swift passes its separate reference model itself
         if forward is None:
             raise RuntimeError('a log-prob forward outside generation and loss (a hook TARS does not know)')
+        if forward is Forward.TEACHER:   # the self-distillation teacher: deterministic, like the old policy
+            with dropout_off(model):
+                return super()._get_per_token_logps_and_entropies(model, model_inputs, grpo_batch, *args, **kwargs)
         if forward is not Forward.OLD_POLICY:
             out = super()._get_per_token_logps_and_entropies(model, model_inputs, grpo_batch, *args, **kwargs)
             if forward is Forward.LOSS:
@@ -272,6 +293,14 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
             out = super()._get_per_token_logps_and_entropies(model, model_inputs, grpo_batch, *args, **kwargs)
         step.pooled.append(self._capture.pooled.cpu())
         return out
+
+    def _compute_teacher_logps(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """ms-swift calls it inside the old-policy step (``_prepare_batch_inputs``) when the rows have a
+        ``teacher_prompt`` (on-policy self-distillation: the current policy on that prompt) and expects the
+        teacher's per-token log-probs of the sampled tokens [B, C]. Records ``Forward.TEACHER``, so this forward
+        pools nothing and is not counted as an old-policy forward."""
+        with self._running(Forward.TEACHER):
+            return super()._compute_teacher_logps(*args, **kwargs)
 
     def _postprocess_batch(self, samples: List[GRPOSample], batch_encoded_inputs: List[Dict[str, Any]]) -> None:
         """ms-swift calls it with the samples and the mini-batch dicts of ``_prepare_batch_inputs``; it writes

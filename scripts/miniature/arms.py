@@ -9,6 +9,8 @@
 | ``grpo_beh`` | ``trainer.grpo`` | + tars_behaviour |
 | ``tars`` | ``trainer.grpo`` | all four |
 | ``tars_global`` | ``trainer.grpo --advantage_norm group`` | all four, one baseline per question |
+| ``opsd`` | ``trainer.grpo --prompt_modality a``, ``teacher_prompt`` | per-token reverse KL to its text-reading self |
+| ``rlsd`` | ``trainer.grpo --advantage_reweight rlsd``, ``teacher_prompt`` | grpo's, reweighted per token |
 
 Every arm runs the project's own entry points in this process (``trainer.grpo.main``,
 ``trainer.preference_train.main``: the functions ``python -m trainer.grpo`` / ``python -m
@@ -26,6 +28,31 @@ training rollouts fail where the test answers fail. The rows are put in one orde
 order (``--dataset_shuffle false``, ``--train_dataloader_shuffle false``): the k-th step of every arm and seed sees
 the same questions. An arm's ``seed`` is ms-swift's ``--seed`` (the LoRA initialisation, dropout, GRPO sampling).
 
+**The rivals opsd and rlsd: on-policy self-distillation across modalities.** The teacher is the current policy
+reading the item's TEXT prompt (ms-swift's ``teacher_prompt`` column with no teacher model; the teacher view carries
+no audio, ``trainer.grpo_trainer.TextTeacherSample``), scoring each token the student sampled from the SPEECH prompt.
+``opsd`` (X-OPD's idea) samples every rollout from speech and learns only from the teacher: each token's advantage is
+log p_teacher - log p_student of that token (ms-swift's OPD-RL term, the rewards weighted 0), whose expectation under
+the student is minus the per-token reverse KL. ``rlsd`` is standard GRPO whose advantage ms-swift reweights per token
+by the same log-ratio (``--advantage_reweight rlsd``). Both are arms of the GRPO trainer: same steps, questions per
+step, rollouts per question, LoRA, rate, seeds and data order as ``grpo``. ms-swift's ``--rlhf_type gkd`` with a
+``teacher_prompt`` was not used: its teacher view keeps the student's audio (its samples have a ``teacher_images``
+switch, none for audio, and the template puts a clip without its tag back in front of the first message), so its
+teacher would hear the question as well as read it.
+
+**Common random numbers.** Every arm with seed s gets ``--seed s`` (ms-swift seeds everything from it before the
+LoRA is made: the same initial adapter for every arm, ``tests/test_miniature_arms_crn.py``), ``--data_seed``
+DATA_SEED and the one data order below, so the paired differences between arms over seeds cancel what the seed
+alone decides.
+
+**Validation curves and the all-wrong statistic.** The adapter is saved every ``Setting.curve_every`` steps; after
+training each saved adapter is evaluated with ``eval.qa`` on the first ``Setting.curve_items`` validation items in
+both modes (``val_curve``), after the step-0 point, the stage-2 checkpoint, evaluated once for every arm and seed
+(``<cache>/miniature/eval-curve<N>/``). The GRPO arms dump their rollouts (``--dump_rollouts``); ``allwrong`` reads
+the share of non-zero advantages among the speech rollouts of the (question, step) groups whose speech rollouts
+were all wrong. For ``opsd`` the dumped (sequence) advantage is 0 by construction: its signal is the per-token
+teacher term, non-zero on every token.
+
 **Preference data of sft and dpo: the world's gold answers.** The project's preference builder
 (``scripts.dataset_building.preference``) has two sources: ``generate`` + ``build`` (chosen = a correct
 text-conditioned answer of the model, rejected = a wrong speech-conditioned answer, the paper's) and
@@ -38,12 +65,13 @@ speech prompt (``prompt_modality a``, the paper's DPO setting). SFT trains on th
 used (no validation rows are held out).
 
 **Caching.** An arm run is ``<cache>/miniature/arms/<arm>-s<seed>-<hash>/`` (hash of the start checkpoint's name,
-the recipe, the steps, the arm and the seed) holding ``metrics.json`` (see ``run_arm``), ``train/`` (ms-swift's
-output folder: ``logging.jsonl``, the LoRA checkpoint) and ``eval/`` (``eval.qa``'s results). A run is built in
-``<name>.tmp`` and renamed when ``metrics.json`` is written, so a finished run is returned without work and a killed
-one leaves only the temporary folder, removed by the next call (which starts over). The prepared training files are
-shared by the arms (``arms/data-<hash>``, built in a temporary folder as well). Two processes must not run the same
-arm at once.
+the recipe, the steps, the arm, the seed and the evaluation sizes) holding ``metrics.json`` (see ``run_arm``; its
+paths relative to ``<cache>/miniature/``), ``train/`` (ms-swift's output folder: ``logging.jsonl``, the LoRA
+checkpoints), ``eval/`` and ``curve/`` (``eval.qa``'s results) and, for the GRPO arms, ``rollouts.jsonl``. A run
+is built in ``<name>.tmp`` and renamed when ``metrics.json`` is written, so a finished run is returned without work
+and a killed one leaves only the temporary folder, removed by the next call (which starts over). The prepared
+training files are shared by the arms (``arms/data-<hash>``, built in a temporary folder as well). Two processes
+must not run the same arm at once.
 
     python -m scripts.miniature.arms ARM --seed N [--quick] [--steps N] [--cache_dir DIR] [--set KEY=VALUE ...]
     # prints metrics.json; --set changes a STAGE3 entry (or sets train_questions) for a pilot
@@ -64,8 +92,11 @@ from scripts.miniature import stages
 from scripts.miniature.model import MODEL_TYPE
 from scripts.miniature.stages import DATASET_NAME, Setting
 
-ARMS: Tuple[str, ...] = ('sft', 'dpo', 'grpo', 'grpo_rep', 'grpo_beh', 'tars', 'tars_global')
+ARMS: Tuple[str, ...] = ('sft', 'dpo', 'grpo', 'grpo_rep', 'grpo_beh', 'tars', 'tars_global', 'opsd', 'rlsd')
 PREFERENCE_ARMS = ('sft', 'dpo')
+# The rivals whose teacher is the current policy reading the item's text prompt (a teacher_prompt column, ms-swift's
+# on-policy self-distillation, the teacher view without the audio: trainer.grpo_trainer.TextTeacherSample).
+TEACHER_ARMS = ('opsd', 'rlsd')
 BASE_REWARDS = ('tars_format', 'tars_accuracy')
 ARM_REWARDS: Dict[str, Tuple[str, ...]] = {
     'grpo': BASE_REWARDS,
@@ -73,10 +104,25 @@ ARM_REWARDS: Dict[str, Tuple[str, ...]] = {
     'grpo_beh': BASE_REWARDS + ('tars_behaviour',),
     'tars': BASE_REWARDS + ('tars_representation', 'tars_behaviour'),
     'tars_global': BASE_REWARDS + ('tars_representation', 'tars_behaviour'),
+    'opsd': BASE_REWARDS,   # computed and logged, weight 0: the teacher's log-ratio is the whole signal
+    'rlsd': BASE_REWARDS,
 }
 ADVANTAGE_NORM = {'tars_global': 'group'}   # every other GRPO arm: 'modality' (the paper)
+# Flags of the teacher arms beyond the GRPO arms' (ms-swift's GRPO with a teacher_prompt column and no teacher model:
+# the teacher is the current policy on that prompt, scoring the student's sampled tokens under no_grad).
+# opsd: every rollout from the speech prompt (the student), the rewards weighted 0, so each token's advantage is
+#   teacher_kl_coef x (log p_teacher - log p_student) of its sampled token: the per-token reverse KL of on-policy
+#   distillation, its single-sample estimate, as a dense per-token reward.
+# rlsd: standard GRPO (mixed rollouts, format + accuracy) whose per-sequence advantage is reweighted per token by
+#   the same teacher's log-ratio (ms-swift's defaults: lambda 0.5, weights clipped to [0.8, 1.2]); a text rollout's
+#   teacher prompt is its own prompt, so its weights are 1.
+PROMPT_MODALITY = {'opsd': 'a'}   # every other GRPO arm: 'mixed' (the paper)
+TEACHER_FLAGS: Dict[str, Tuple[str, ...]] = {
+    'opsd': ('--reward_weights', '0', '0', '--teacher_kl_coef', '1.0'),
+    'rlsd': ('--advantage_reweight', 'rlsd'),
+}
 DATA_SEED = 0          # the one data order of every arm and seed
-ARMS_VERSION = 1       # bump when an arm's data or flags change in a way its recipe does not show
+ARMS_VERSION = 2       # bump when an arm's data or flags change in a way its recipe does not show
 EVAL_MODES = ('audio', 'text')
 
 # Stage-3 recipes per setting name. grpo_questions questions per optimizer step, each with num_generations
@@ -172,6 +218,29 @@ def grpo_data(setting: Setting, cache_dir: Optional[Path] = None) -> Path:
     return _built(_arms_root(cache_dir) / name, build) / 'grpo.jsonl'
 
 
+def teacher_data(setting: Setting, cache_dir: Optional[Path] = None) -> Path:
+    """The teacher arms' rows: ``grpo_data``'s, same order, each with ``teacher_prompt`` = its text prompt (the
+    column ms-swift's self-distillation teacher reads): ``arms/data-teacher-<hash>/grpo.jsonl``."""
+    from trainer import jsonl
+    from trainer.data import TEXT_PROMPT
+    grpo = grpo_data(setting, cache_dir)
+
+    def build(tmp: Path) -> None:
+        rows = jsonl.read(grpo, missing_ok=False)
+        jsonl.write_atomic(tmp / 'grpo.jsonl', [dict(row, teacher_prompt=row[TEXT_PROMPT]) for row in rows])
+
+    name = f'data-teacher-{_digest(grpo.parent.name, ARMS_VERSION)}'
+    return _built(_arms_root(cache_dir) / name, build) / 'grpo.jsonl'
+
+
+def arm_data(arm: str, setting: Setting, cache_dir: Optional[Path] = None) -> Path:
+    """The training rows of ``arm``: the preference rows (sft, dpo), the teacher rows (opsd, rlsd) or the GRPO
+    rows, all in the one data order."""
+    if arm in PREFERENCE_ARMS:
+        return preference_data(setting, cache_dir)[arm]
+    return teacher_data(setting, cache_dir) if arm in TEACHER_ARMS else grpo_data(setting, cache_dir)
+
+
 def preference_data(setting: Setting, cache_dir: Optional[Path] = None) -> Dict[str, Path]:
     """The sft and dpo arms' rows: ``preference.from_columns`` on the spoken world's train split with the gold
     systhink answer as ``chosen`` and a wrong-letter one as ``rejected`` (module docstring), speech prompts, every
@@ -265,24 +334,30 @@ def parse_override(text: str) -> Tuple[str, object]:
         return key, value
 
 
-def common_flags(start: Path, recipe: Dict, seed: int, output_dir: Path) -> List[str]:
+def common_flags(start: Path, recipe: Dict, seed: int, output_dir: Path, save_every: Optional[int] = None) -> List[str]:
     """ms-swift flags every arm shares (after the entry point's own defaults): model, the CPU settings, the
-    LoRA size, the steps, one saved checkpoint at the end, a log line per step, the seeds and the fixed order."""
+    LoRA size, the steps, a saved adapter every ``save_every`` steps (default: one at the end), all kept (the
+    validation curve evaluates each; no optimizer state, a killed run starts over), a log line per step, the
+    seeds and the fixed order."""
     steps = str(recipe['steps'])
+    every = save_every or recipe['steps']
     return ['--model', str(start), '--model_type', MODEL_TYPE, '--output_dir', str(output_dir), '--add_version',
             'false', '--split_dataset_ratio', '0', '--check_model', 'false', '--torch_dtype', 'float32', '--fp16',
             'false', '--bf16', 'false', '--gradient_checkpointing', 'false', '--dataloader_num_workers', '0',
             '--dataset_num_proc', '1', '--report_to', 'none', '--lora_rank', str(recipe['lora_rank']),
             '--lora_alpha', str(recipe['lora_alpha']), '--learning_rate', str(recipe['learning_rate']),
-            '--warmup_ratio', '0', '--max_steps', steps, '--save_steps', steps, '--save_total_limit', '1',
+            '--warmup_ratio', '0', '--max_steps', steps, '--save_steps', str(every),
+            '--save_total_limit', str(recipe['steps'] // every + 1), '--save_only_model', 'true',
             '--logging_steps', '1', '--gradient_accumulation_steps', '1', '--eval_strategy', 'no',
             '--seed', str(seed), '--data_seed', str(DATA_SEED), '--dataset_shuffle', 'false',
             '--train_dataloader_shuffle', 'false']
 
 
-def arm_argv(arm: str, start: Path, data: Path, recipe: Dict, seed: int, output_dir: Path) -> List[str]:
-    """The argv of the arm's entry point (``trainer.grpo.main`` or ``trainer.preference_train.main``)."""
-    flags = common_flags(start, recipe, seed, output_dir) + ['--dataset', str(data)]
+def arm_argv(arm: str, start: Path, data: Path, recipe: Dict, seed: int, output_dir: Path,
+             save_every: Optional[int] = None, dump: Optional[Path] = None) -> List[str]:
+    """The argv of the arm's entry point (``trainer.grpo.main`` or ``trainer.preference_train.main``); a GRPO
+    arm dumps its rollouts to ``dump`` when given (``--dump_rollouts``, read by ``allwrong``)."""
+    flags = common_flags(start, recipe, seed, output_dir, save_every) + ['--dataset', str(data)]
     if arm in PREFERENCE_ARMS:
         flags += ['--per_device_train_batch_size', str(recipe['pref_batch_size'])]
         if arm == 'dpo':
@@ -290,22 +365,112 @@ def arm_argv(arm: str, start: Path, data: Path, recipe: Dict, seed: int, output_
         return [arm] + flags
     if arm not in ARM_REWARDS:
         raise ValueError(f'arm must be one of {ARMS}, got {arm!r}')
-    return ['--prompt_modality', 'mixed', '--embedder', 'minilm',
+    return ['--prompt_modality', PROMPT_MODALITY.get(arm, 'mixed'), '--embedder', 'minilm', *TEACHER_FLAGS.get(arm, ()),
             '--advantage_norm', ADVANTAGE_NORM.get(arm, 'modality'),
             '--reward_funcs', *ARM_REWARDS[arm],
             '--num_generations', str(recipe['num_generations']),
             '--per_device_train_batch_size', str(recipe['grpo_questions'] * recipe['num_generations']),
             '--max_completion_length', str(recipe['max_completion_length']),
             '--temperature', str(recipe['temperature']),
-            '--overlong_filter', str(recipe['overlong_filter']).lower(), '--use_vllm', 'false'] + flags
+            '--overlong_filter', str(recipe['overlong_filter']).lower(), '--use_vllm', 'false',
+            *(['--dump_rollouts', str(dump)] if dump is not None else [])] + flags
+
+
+def checkpoints(output_dir: Path) -> List[Tuple[int, Path]]:
+    """(step, folder) of every ``checkpoint-N`` folder of an ms-swift output folder, by step."""
+    found = [(int(p.name.split('-')[-1]), p) for p in output_dir.glob('checkpoint-*')
+             if p.name.split('-')[-1].isdigit()]
+    return sorted(found)
 
 
 def last_checkpoint(output_dir: Path) -> Path:
     """The newest ``checkpoint-N`` folder of an ms-swift output folder."""
-    found = sorted(output_dir.glob('checkpoint-*'), key=lambda p: int(p.name.split('-')[-1]))
+    found = checkpoints(output_dir)
     if not found:
         raise FileNotFoundError(f'{output_dir}: no checkpoint-* folder after training')
-    return found[-1]
+    return found[-1][1]
+
+
+def check_curve_steps(setting: Setting, steps: int) -> None:
+    """Refuse a step count the validation curve cannot sample: a checkpoint is saved every ``curve_every`` steps,
+    and the last one is the evaluated adapter."""
+    if setting.curve_every < 1 or steps % setting.curve_every:
+        raise ValueError(f'steps={steps}: must be a multiple of curve_every={setting.curve_every} '
+                         '(the validation curve evaluates a checkpoint every curve_every steps)')
+
+
+def accuracy(checkpoint: Path, setting: Setting, out: Path, split: str, items: int,
+             cache_dir: Optional[Path] = None) -> Dict[str, float]:
+    """Accuracy (0-1) per mode of EVAL_MODES of ``checkpoint`` (a model or a LoRA adapter folder) with
+    ``eval.qa`` on the first ``items`` items of ``split`` of the spoken world (results under ``out``, resumed item
+    by item)."""
+    from eval.qa import evaluate as qa_evaluate
+    world = stages.world_dataset(setting, True, cache_dir)
+    result = qa_evaluate(str(checkpoint), [(DATASET_NAME, str(world))], modes=list(EVAL_MODES), out=out,
+                         model_type=MODEL_TYPE, batch_size=setting.eval_batch_size,
+                         max_new_tokens=setting.max_new_tokens, max_items=items, split=split)
+    return {mode: result['datasets'][DATASET_NAME][mode]['accuracy'] for mode in EVAL_MODES}
+
+
+def curve_point(step: int, acc: Dict[str, float]) -> Dict:
+    """One point of a validation curve: ``{'step', 'speech_acc', 'text_acc'}`` (fractions)."""
+    return {'step': step, 'speech_acc': acc['audio'], 'text_acc': acc['text']}
+
+
+def start_point(setting: Setting, cache_dir: Optional[Path] = None) -> Dict:
+    """Step 0 of every arm's validation curve: the stage-2 checkpoint on the first ``curve_items`` validation
+    items, evaluated once for all arms and seeds (``<cache>/miniature/eval-curve<N>/``, resumable)."""
+    start = stages.stage2(setting, cache_dir)
+    out = stages._root(cache_dir) / f'eval-curve{setting.curve_items}'
+    return curve_point(0, accuracy(start, setting, out, 'validation', setting.curve_items, cache_dir))
+
+
+def val_curve(train_dir: Path, setting: Setting, out: Path, cache_dir: Optional[Path] = None) -> List[Dict]:
+    """The validation curve of a run: ``start_point`` then, for every saved ``checkpoint-N`` of ``train_dir``
+    (one each ``curve_every`` steps), its speech and text accuracy on the first ``curve_items`` validation items
+    (results under ``out/checkpoint-N``)."""
+    points = [start_point(setting, cache_dir)]
+    for step, checkpoint in checkpoints(train_dir):
+        acc = accuracy(checkpoint, setting, out / checkpoint.name, 'validation', setting.curve_items, cache_dir)
+        points.append(curve_point(step, acc))
+    return points
+
+
+ADVANTAGE_EPS = 1e-6   # an advantage this close to 0 is 0 (a cell's equal rewards minus their float mean)
+
+
+def allwrong(dump: Path) -> Dict:
+    """From a GRPO run's rollout dump (``--dump_rollouts``: one line per rollout per step): over the groups
+    (question x step) whose speech rollouts all have accuracy reward 0, the number of groups, of their speech
+    rollouts, and the share of those rollouts whose advantage is non-zero (None when there is no such group).
+    A non-zero advantage there can only come from a reward other than accuracy (format, or the dense TARS
+    rewards): the signal the paper says the dense rewards add when every speech answer is wrong."""
+    from trainer import jsonl
+    groups: Dict[Tuple[int, str], List[Dict]] = {}
+    for line in jsonl.read(dump, missing_ok=False):
+        if line.get('modality') == 'speech':
+            groups.setdefault((line['step'], line['key']), []).append(line)
+    wrong = [rows for rows in groups.values() if all(r.get('tars_accuracy') == 0 for r in rows)]
+    rollouts = [r for rows in wrong for r in rows]
+    nonzero = sum(1 for r in rollouts if r.get('advantage') is not None and abs(r['advantage']) > ADVANTAGE_EPS)
+    return {'groups': len(wrong), 'speech_rollouts': len(rollouts),
+            'nonzero_adv_share': nonzero / len(rollouts) if rollouts else None}
+
+
+def hearing_accuracy(checkpoint: Path, setting: Setting, cache_dir: Optional[Path] = None) -> Optional[float]:
+    """The hearing probe's accuracy (0-1) of ``checkpoint`` on the first ``eval_items`` test items
+    (``scripts.miniature.hearing.probe``); None while that module is absent."""
+    try:
+        from scripts.miniature import hearing
+    except ImportError:   # the probe lands with the coordinator's stage-2 rows
+        return None
+    return hearing.probe(checkpoint, setting, cache_dir, split='test', max_items=setting.eval_items)['hearing_acc']
+
+
+def relative(path: Path, cache_dir: Optional[Path] = None) -> str:
+    """``path`` relative to the miniature cache root (``<cache>/miniature/``): what metrics.json and the report
+    name, so that neither holds a path of the machine that made them."""
+    return str(Path(path).resolve().relative_to(stages._root(cache_dir).resolve()))
 
 
 def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
@@ -340,6 +505,8 @@ def curve(logging_jsonl: Path, arm: str) -> List[Dict]:
         points[step] = {'step': step, 'speech_acc': record.get('speech/accuracy'),
                         'text_acc': record.get('text/accuracy'), 'loss': record.get('loss'), 'rewards': rewards,
                         'rewards_by_modality': by_modality}
+        if arm in TEACHER_ARMS:   # ms-swift's k3 estimate of the KL from the text-reading teacher (a gauge)
+            points[step]['teacher_kl'] = record.get('teacher_kl')
     return [points[s] for s in sorted(points)]
 
 
@@ -351,26 +518,33 @@ def run_dir(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
         raise ValueError(f'arm must be one of {ARMS}, got {arm!r}')
     start = stages.stage2(setting, cache_dir)
     digest = _digest(start.name, recipe_for(setting, steps, overrides), arm, seed, setting.eval_items,
-                     setting.max_new_tokens, ARMS_VERSION)
+                     setting.max_new_tokens, setting.curve_every, setting.curve_items, ARMS_VERSION)
     return _arms_root(cache_dir) / f'{arm}-s{seed}-{digest}'
 
 
 def run_arm(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
             cache_dir: Optional[Path] = None, overrides: Optional[Dict] = None) -> Path:
     """Train ``arm`` from the stage-2 checkpoint with ``seed`` for ``steps`` optimizer steps (default: the
-    setting's STAGE3 recipe) and evaluate its adapter with ``eval.qa`` on the first ``setting.eval_items`` test
-    items in the modes audio and text; return the run folder ``<cache>/miniature/arms/<arm>-s<seed>-<hash>/``.
+    setting's STAGE3 recipe), saving the adapter every ``setting.curve_every`` steps; evaluate the last adapter
+    with ``eval.qa`` on the first ``setting.eval_items`` test items in the modes audio and text, every saved one on
+    the first ``setting.curve_items`` validation items (``val_curve``), and the last one's hearing
+    (``hearing_accuracy``); return the run folder ``<cache>/miniature/arms/<arm>-s<seed>-<hash>/``.
 
-    Its ``metrics.json``: ``arm``, ``seed``, ``steps``, ``train_wall_seconds``, ``eval_wall_seconds``,
-    ``speech_acc``, ``text_acc`` (fractions), ``checkpoint`` (the evaluated LoRA adapter folder) and ``curve``
-    (``curve``: one point per step). A finished run is returned at once; a killed one starts over. ``overrides``
-    change recipe entries (``recipe_for``; they are part of the run's name)."""
+    Its ``metrics.json``: ``arm``, ``seed``, ``steps``, ``setting``, ``speech_acc``, ``text_acc``, ``hearing_acc``
+    (fractions; hearing None without the probe), ``val_curve`` (``val_curve``), ``allwrong`` (``allwrong`` of the
+    rollout dump; None for sft and dpo), ``curve`` (``curve``: the training log, one point per step),
+    ``checkpoint`` and ``start_checkpoint`` (relative to ``<cache>/miniature/``), ``recipe``, ``eval_items``,
+    ``curve_every``, ``curve_items`` and the wall seconds of each part (``train_wall_seconds``,
+    ``eval_wall_seconds``, ``curve_wall_seconds``, ``hearing_wall_seconds``). A finished run is returned at once; a
+    killed one starts over. ``overrides`` change recipe entries (``recipe_for``; they are part of the run's
+    name)."""
     recipe = recipe_for(setting, steps, overrides)   # a bad override is refused before any work
+    check_curve_steps(setting, recipe['steps'])
     out = run_dir(arm, seed, setting, steps, cache_dir, overrides)
     if (out / 'metrics.json').exists():
         return out
     start = stages.stage2(setting, cache_dir)
-    data = preference_data(setting, cache_dir)[arm] if arm in PREFERENCE_ARMS else grpo_data(setting, cache_dir)
+    data = arm_data(arm, setting, cache_dir)
     tmp = out.with_name(out.name + '.tmp')
     shutil.rmtree(tmp, ignore_errors=True)   # a killed attempt: start over
     tmp.mkdir(parents=True)
@@ -380,7 +554,8 @@ def run_arm(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
         rows = cycled(jsonl.read(data, missing_ok=False), recipe['train_questions'], recipe['steps'] * per_step)
         data = tmp / data.name
         jsonl.write_atomic(data, rows)
-    argv = arm_argv(arm, start, data, recipe, seed, tmp / 'train')
+    dump = None if arm in PREFERENCE_ARMS else tmp / 'rollouts.jsonl'
+    argv = arm_argv(arm, start, data, recipe, seed, tmp / 'train', setting.curve_every, dump)
     (tmp / 'argv.json').write_text(json.dumps(argv, indent=1))
 
     t0 = time.perf_counter()
@@ -394,20 +569,24 @@ def run_arm(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
     checkpoint = last_checkpoint(tmp / 'train')
 
     t1 = time.perf_counter()
-    from eval.qa import evaluate as qa_evaluate
-    world = stages.world_dataset(setting, True, cache_dir)
-    result = qa_evaluate(str(checkpoint), [(DATASET_NAME, str(world))], modes=list(EVAL_MODES), out=tmp / 'eval',
-                         model_type=MODEL_TYPE, batch_size=setting.eval_batch_size,
-                         max_new_tokens=setting.max_new_tokens, max_items=setting.eval_items)
-    accuracy = {mode: result['datasets'][DATASET_NAME][mode]['accuracy'] for mode in EVAL_MODES}
-    eval_wall = time.perf_counter() - t1
+    acc = accuracy(checkpoint, setting, tmp / 'eval', 'test', setting.eval_items, cache_dir)
+    t2 = time.perf_counter()
+    points = val_curve(tmp / 'train', setting, tmp / 'curve', cache_dir)
+    t3 = time.perf_counter()
+    hearing = hearing_accuracy(checkpoint, setting, cache_dir)
+    t4 = time.perf_counter()
 
     metrics = {'arm': arm, 'seed': seed, 'steps': recipe['steps'], 'setting': setting.name,
-               'train_wall_seconds': round(train_wall, 1), 'eval_wall_seconds': round(eval_wall, 1),
-               'speech_acc': accuracy['audio'], 'text_acc': accuracy['text'], 'eval_items': setting.eval_items,
-               'start_checkpoint': str(start), 'recipe': recipe,
-               'checkpoint': str(out / checkpoint.relative_to(tmp)),
+               'train_wall_seconds': round(train_wall, 1), 'eval_wall_seconds': round(t2 - t1, 1),
+               'curve_wall_seconds': round(t3 - t2, 1), 'hearing_wall_seconds': round(t4 - t3, 1),
+               'speech_acc': acc['audio'], 'text_acc': acc['text'], 'hearing_acc': hearing,
+               'eval_items': setting.eval_items, 'curve_every': setting.curve_every,
+               'curve_items': setting.curve_items, 'start_checkpoint': relative(start, cache_dir), 'recipe': recipe,
+               'checkpoint': relative(out, cache_dir) + '/' + str(checkpoint.relative_to(tmp)),
+               'val_curve': points, 'allwrong': allwrong(dump) if dump is not None else None,
                'curve': curve(tmp / 'train' / 'logging.jsonl', arm)}
+    print(f'arm {arm} seed {seed}: train {train_wall:.0f} s, test eval {t2 - t1:.0f} s, curve {t3 - t2:.0f} s, '
+          f'hearing {t4 - t3:.0f} s')
     (tmp / 'metrics.json').write_text(json.dumps(metrics, indent=1))
     tmp.rename(out)
     return out
@@ -428,7 +607,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     a = p.parse_args(argv)
     try:
         overrides = dict(parse_override(text) for text in a.overrides)
-        recipe_for(stages.QUICK if a.quick else stages.FULL, a.steps, overrides)
+        recipe = recipe_for(stages.QUICK if a.quick else stages.FULL, a.steps, overrides)
+        check_curve_steps(stages.QUICK if a.quick else stages.FULL, recipe['steps'])
     except ValueError as e:
         p.error(str(e))
     setting = stages.QUICK if a.quick else stages.FULL

@@ -77,6 +77,10 @@ class Setting:
     # empty thinking), as spoken question-answering data usually are; None: all with their thinking
     stage2_speech_thinking: Optional[int] = None
     eval_items: int = 300                # the first N test items are evaluated
+    # stage 3's validation curves (scripts.miniature.arms.val_curve): every curve_every optimizer steps, the first
+    # curve_items validation items in both modes
+    curve_every: int = 10
+    curve_items: int = 100
     max_new_tokens: int = 96             # a systhink answer of the world is 20-45 tokens
     eval_batch_size: int = 32
 
@@ -85,13 +89,14 @@ FULL = Setting(
     'full', WorldConfig(), WHISPER_QWEN2_5_OMNI,
     stage1={'steps': 2400, 'learning_rate': 1.5e-3, 'batch_size': 16, 'prompt_type': 'systhink', 'seed': 0},
     stage2={'steps': 1200, 'learning_rate': 5e-4, 'batch_size': 8, 'prompt_type': 'systhink', 'seed': 0},
-    speech_items=4500, stage2_items=3000, stage2_speech_thinking=1500)
+    speech_items=4500, stage2_items=3000, stage2_speech_thinking=1500, eval_items=1200)
 
 QUICK = Setting(
     'quick', WorldConfig(n_train=24, n_validation=6, n_test=6), QUICK_QWEN2_5_OMNI,
     stage1={'steps': 2, 'learning_rate': 1e-3, 'batch_size': 4, 'prompt_type': 'systhink', 'seed': 0},
     stage2={'steps': 2, 'learning_rate': 1e-3, 'batch_size': 2, 'prompt_type': 'systhink', 'seed': 0},
-    stage2_items=16, stage2_speech_thinking=8, eval_items=6, max_new_tokens=16, eval_batch_size=6)
+    stage2_items=16, stage2_speech_thinking=8, eval_items=6, max_new_tokens=16, eval_batch_size=6,
+    curve_every=1, curve_items=6)
 
 SETTINGS = {s.name: s for s in (FULL, QUICK)}
 
