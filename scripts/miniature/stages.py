@@ -9,11 +9,12 @@
   the spoken items' SPEECH and TEXT prompts (``Setting.stage2_modality='mixed'``). FULL answers the speech prompts
   of half its items directly, without the thinking (``Setting.stage2_speech_thinking``), as spoken
   question-answering data usually are, and the text prompts always with it: the model then hears the values but
-  seldom reasons over speech, which is the modality gap stage 3 is to close (docs/miniature.md, "Sixth session").
-  The paper's baseline is an adapter with a frozen LLM; at this scale no frozen-LLM stage 2
-  carried the spoken values (docs/miniature.md, "Stage-2 attempts"), hence this deliberate difference. A setting
-  may train on transcriptions instead (``'asr_mixed'``, the original's ASR prompt); docs/miniature.md reports
-  that experiment.
+  seldom reasons over speech, which is the modality gap stage 3 is to close. Each spoken item also gives a hearing
+  row (``Setting.stage2_hearing``, ``scripts.miniature.hearing.probe_row``): its clip asked for the values it says,
+  so hearing is trained apart from reasoning and the hearing probe can ask any later checkpoint.
+  The paper's baseline is an adapter with a frozen LLM; at this scale no frozen-LLM stage 2 carried the spoken
+  values (docs/miniature.md, "What was tried"), hence this deliberate difference. A setting may train on
+  transcriptions instead (``'asr_mixed'``, the original's ASR prompt).
 
 Both go through the project's own paths: the preset ``qwen2_5_omni`` and ``swift sft``
 (``scripts.recipes.embedded.sft_checkpoint``, the embedded default's warm start), ``trainer.data``'s warm-start
@@ -70,7 +71,7 @@ class Setting:
     stage2_items: Optional[int] = None
     # stage 2's rows (trainer.data.prepare_warmstart_dataset): 'mixed', each spoken item's speech prompt and its
     # text prompt, so that text keeps its level; 'asr_mixed', its transcription instead of its speech prompt, and
-    # the answered speech prompts of the first stage2_speech_answers items only (an experiment, docs/miniature.md)
+    # the answered speech prompts of the first stage2_speech_answers items only (an experiment)
     stage2_modality: str = 'mixed'
     stage2_speech_answers: int = 0
     # stage 2 answers the speech prompts of its first N items with their thinking and the later ones directly (an
