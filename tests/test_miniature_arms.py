@@ -89,6 +89,11 @@ def _check_run(out, arm, cache, setting):
     assert METRIC_FIELDS <= set(metrics)
     assert metrics['arm'] == arm and metrics['seed'] == 0 and metrics['steps'] == 2
     assert 0.0 <= metrics['speech_acc'] <= 1.0 and 0.0 <= metrics['text_acc'] <= 1.0
+    # the hearing probe of the evaluated adapter, on the eval_items test items
+    from scripts.miniature import hearing
+    probed = hearing.probe(out / 'train' / 'checkpoint-2', setting, cache, split='test', max_items=setting.eval_items)
+    assert probed['n'] == setting.eval_items and metrics['hearing_acc'] == probed['hearing_acc']
+    assert 0.0 <= metrics['hearing_acc'] <= 1.0
     assert [p['step'] for p in metrics['curve']] == [1, 2]
     assert all(p['loss'] is not None for p in metrics['curve'])
     checkpoint = out / 'train' / 'checkpoint-2'

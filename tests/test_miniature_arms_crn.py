@@ -54,6 +54,12 @@ def test_arms_share_the_initial_adapter_the_questions_and_the_samples(tmp_path):
     for arm, dump in dumps.items():
         assert sorted({r['key'] for r in dump}) == sorted({r['key'] for r in dumps['grpo']}) and len(dump) == 8, arm
     assert {r['modality'] for r in dumps['opsd']} == {'speech'}
+    # the text-reading teacher scored the teacher arms' rollouts (its gap dumped), not grpo's
+    assert all(r['teacher_gap'] >= 0 for arm in ('opsd', 'rlsd') for r in dumps[arm])
+    assert any(r['teacher_gap'] > 0 for r in dumps['opsd']) and all('teacher_gap' not in r for r in dumps['grpo'])
+    # a text rollout's teacher reads its own prompt: the same forward, no gap
+    assert all(r['teacher_gap'] < 1e-5 for r in dumps['rlsd'] if r['modality'] == 'text')
+    assert all(r['advantage'] == 0 for r in dumps['opsd'])   # its rewards weigh 0: the teacher is its signal
     # grpo and rlsd draw their rollouts the same way: the same completions (the teacher forward comes after)
     assert [(r['key'], r['modality'], r['completion']) for r in dumps['rlsd']] == \
         [(r['key'], r['modality'], r['completion']) for r in dumps['grpo']]

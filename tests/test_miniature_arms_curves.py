@@ -28,6 +28,12 @@ def test_allwrong_counts_speech_rollouts_of_groups_whose_speech_rollouts_all_fai
     dump = tmp_path / 'rollouts.jsonl'
     dump.write_text(''.join(json.dumps(x) + '\n' for x in lines))
     assert arms.allwrong(dump) == {'groups': 2, 'speech_rollouts': 4, 'nonzero_adv_share': 0.25}
+    # opsd: the dumped advantages are 0, the teacher's per-token term is not (teacher_gap); rlsd's only reweights
+    gapped = [dict(x, advantage=0.0, teacher_gap=g) for x, g in zip(lines, (0.1, 0.0, 0.2, 0.2, 0.1, 0.1, 0.3, 1e-9),
+                                                                   strict=True)]
+    dump.write_text(''.join(json.dumps(x) + '\n' for x in gapped))
+    assert arms.allwrong(dump, additive_teacher=True) == {'groups': 2, 'speech_rollouts': 4, 'nonzero_adv_share': 0.5}
+    assert arms.allwrong(dump) == {'groups': 2, 'speech_rollouts': 4, 'nonzero_adv_share': 0.0}
     dump.write_text(''.join(json.dumps(x) + '\n' for x in lines[4:6]))
     assert arms.allwrong(dump) == {'groups': 0, 'speech_rollouts': 0, 'nonzero_adv_share': None}
 

@@ -354,9 +354,29 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
         self._log_tars_metrics(mode, rows, keys, is_speech, rollouts.correct, rewards_per_func, total)
         for i, name in enumerate(self.reward_func_names):
             self._logs['rewards'][name].extend(rewards_per_func[:, i].tolist())
-        if mode == 'train' and self.tars.dump_rollouts and self.accelerator.is_main_process:
-            self._dump(rows, rewards_per_func, total, advantages)
+        if mode == 'train' and self.tars.dump_rollouts:
+            gaps, _ = gather_lists(self._teacher_gaps(batch_encoded_inputs))   # every rank gathers
+            if self.accelerator.is_main_process:
+                self._dump(rows, rewards_per_func, total, advantages, gaps)
         return advantages.to(rewards_per_func.device)
+
+    def _teacher_gaps(self, batch_encoded_inputs: List[Dict[str, Any]]) -> List[Optional[float]]:
+        """Per local sample (ms-swift's order): the mean over its completion tokens of |log p_teacher - log p_policy|
+        of the sampled tokens, when a self-distillation teacher scored them (a ``teacher_prompt`` column; ms-swift adds
+        the signed difference to each token's advantage, or reweights it); None otherwise."""
+        step = self._generation
+        gaps: List[Optional[float]] = [None] * len(step.order)
+        row = 0
+        for encoded in batch_encoded_inputs:
+            batch: GRPOBatch = encoded['grpo_batch']
+            n = batch.completion_mask.shape[0]
+            if batch.teacher_per_token_logps is not None and batch.old_per_token_logps is not None:
+                mask = batch.completion_mask.float()
+                diff = (batch.teacher_per_token_logps - batch.old_per_token_logps).abs() * mask
+                for j, gap in enumerate((diff.sum(1) / mask.sum(1).clamp(min=1.0)).tolist()):
+                    gaps[step.order[row + j]] = gap
+            row += n
+        return gaps
 
     def _log_tars_metrics(self, mode: str, rows: Sequence[Rollout], keys: Sequence[str], is_speech: torch.Tensor,
                           correct: Sequence[bool], rewards_per_func: torch.Tensor, total: torch.Tensor) -> None:
@@ -395,8 +415,9 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
                         f'accuracy speech {correct_t[is_speech].mean():.2f} text {correct_t[~is_speech].mean():.2f}')
 
     def _dump(self, rows: Sequence[Rollout], rewards_per_func: torch.Tensor, total: torch.Tensor,
-              advantages: torch.Tensor) -> None:
-        """One JSON line per rollout: step, key, modality, completion, each reward, reward, advantage."""
+              advantages: torch.Tensor, gaps: Sequence[Optional[float]]) -> None:
+        """One JSON line per rollout: step, key, modality, completion, each reward, reward, advantage, and the
+        self-distillation teacher's gap (``_teacher_gaps``) when a teacher scored the rollout."""
         path = self.tars.dump_rollouts
         step = self.state.global_step + 1  # the optimizer step these rollouts train (1-based, as logged)
         if not self._dump_checked:
@@ -409,6 +430,8 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
                 line[name] = rewards_per_func[i, j].item()
             line['reward'] = total[i].item()
             line['advantage'] = advantages[i].item()
+            if gaps[i] is not None:
+                line['teacher_gap'] = gaps[i]
             lines.append(line)
         jsonl.append(path, lines)  # one write (a kill tears at most the last line); NaN is written as null
 

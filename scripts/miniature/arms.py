@@ -50,8 +50,8 @@ training each saved adapter is evaluated with ``eval.qa`` on the first ``Setting
 both modes (``val_curve``), after the step-0 point, the stage-2 checkpoint, evaluated once for every arm and seed
 (``<cache>/miniature/eval-curve<N>/``). The GRPO arms dump their rollouts (``--dump_rollouts``); ``allwrong`` reads
 the share of non-zero advantages among the speech rollouts of the (question, step) groups whose speech rollouts
-were all wrong. For ``opsd`` the dumped (sequence) advantage is 0 by construction: its signal is the per-token
-teacher term, non-zero on every token.
+were all wrong; for ``opsd``, whose dumped (sequence) advantage is 0 by construction, a rollout counts when its
+per-token teacher term is non-zero (the dump's ``teacher_gap``).
 
 **Preference data of sft and dpo: the world's gold answers.** The project's preference builder
 (``scripts.dataset_building.preference``) has two sources: ``generate`` + ``build`` (chosen = a correct
@@ -116,6 +116,7 @@ ADVANTAGE_NORM = {'tars_global': 'group'}   # every other GRPO arm: 'modality' (
 # rlsd: standard GRPO (mixed rollouts, format + accuracy) whose per-sequence advantage is reweighted per token by
 #   the same teacher's log-ratio (ms-swift's defaults: lambda 0.5, weights clipped to [0.8, 1.2]); a text rollout's
 #   teacher prompt is its own prompt, so its weights are 1.
+ADDITIVE_TEACHER = ('opsd',)   # the teacher's log-ratio is added to each token's advantage (allwrong)
 PROMPT_MODALITY = {'opsd': 'a'}   # every other GRPO arm: 'mixed' (the paper)
 TEACHER_FLAGS: Dict[str, Tuple[str, ...]] = {
     'opsd': ('--reward_weights', '0', '0', '--teacher_kl_coef', '1.0'),
@@ -439,12 +440,14 @@ def val_curve(train_dir: Path, setting: Setting, out: Path, cache_dir: Optional[
 ADVANTAGE_EPS = 1e-6   # an advantage this close to 0 is 0 (a cell's equal rewards minus their float mean)
 
 
-def allwrong(dump: Path) -> Dict:
+def allwrong(dump: Path, additive_teacher: bool = False) -> Dict:
     """From a GRPO run's rollout dump (``--dump_rollouts``: one line per rollout per step): over the groups
     (question x step) whose speech rollouts all have accuracy reward 0, the number of groups, of their speech
     rollouts, and the share of those rollouts whose advantage is non-zero (None when there is no such group).
     A non-zero advantage there can only come from a reward other than accuracy (format, or the dense TARS
-    rewards): the signal the paper says the dense rewards add when every speech answer is wrong."""
+    rewards): the signal the paper says the dense rewards add when every speech answer is wrong.
+    ``additive_teacher`` (opsd): the teacher's log-ratio is added to each token's advantage, so a rollout whose
+    dumped ``teacher_gap`` is non-zero counts as well (rlsd's teacher only reweights the dumped advantage)."""
     from trainer import jsonl
     groups: Dict[Tuple[int, str], List[Dict]] = {}
     for line in jsonl.read(dump, missing_ok=False):
@@ -452,18 +455,20 @@ def allwrong(dump: Path) -> Dict:
             groups.setdefault((line['step'], line['key']), []).append(line)
     wrong = [rows for rows in groups.values() if all(r.get('tars_accuracy') == 0 for r in rows)]
     rollouts = [r for rows in wrong for r in rows]
-    nonzero = sum(1 for r in rollouts if r.get('advantage') is not None and abs(r['advantage']) > ADVANTAGE_EPS)
+    def signal(r: Dict) -> bool:
+        if additive_teacher and (r.get('teacher_gap') or 0.0) > ADVANTAGE_EPS:
+            return True
+        return r.get('advantage') is not None and abs(r['advantage']) > ADVANTAGE_EPS
+
+    nonzero = sum(1 for r in rollouts if signal(r))
     return {'groups': len(wrong), 'speech_rollouts': len(rollouts),
             'nonzero_adv_share': nonzero / len(rollouts) if rollouts else None}
 
 
 def hearing_accuracy(checkpoint: Path, setting: Setting, cache_dir: Optional[Path] = None) -> Optional[float]:
     """The hearing probe's accuracy (0-1) of ``checkpoint`` on the first ``eval_items`` test items
-    (``scripts.miniature.hearing.probe``); None while that module is absent."""
-    try:
-        from scripts.miniature import hearing
-    except ImportError:   # the probe lands with the coordinator's stage-2 rows
-        return None
+    (``scripts.miniature.hearing.probe``, its answers cached under ``<cache>/miniature/hearing/``)."""
+    from scripts.miniature import hearing
     return hearing.probe(checkpoint, setting, cache_dir, split='test', max_items=setting.eval_items)['hearing_acc']
 
 
@@ -531,7 +536,7 @@ def run_arm(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
     (``hearing_accuracy``); return the run folder ``<cache>/miniature/arms/<arm>-s<seed>-<hash>/``.
 
     Its ``metrics.json``: ``arm``, ``seed``, ``steps``, ``setting``, ``speech_acc``, ``text_acc``, ``hearing_acc``
-    (fractions; hearing None without the probe), ``val_curve`` (``val_curve``), ``allwrong`` (``allwrong`` of the
+    (fractions), ``val_curve`` (``val_curve``), ``allwrong`` (``allwrong`` of the
     rollout dump; None for sft and dpo), ``curve`` (``curve``: the training log, one point per step),
     ``checkpoint`` and ``start_checkpoint`` (relative to ``<cache>/miniature/``), ``recipe``, ``eval_items``,
     ``curve_every``, ``curve_items`` and the wall seconds of each part (``train_wall_seconds``,
@@ -583,7 +588,8 @@ def run_arm(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
                'eval_items': setting.eval_items, 'curve_every': setting.curve_every,
                'curve_items': setting.curve_items, 'start_checkpoint': relative(start, cache_dir), 'recipe': recipe,
                'checkpoint': relative(out, cache_dir) + '/' + str(checkpoint.relative_to(tmp)),
-               'val_curve': points, 'allwrong': allwrong(dump) if dump is not None else None,
+               'val_curve': points,
+               'allwrong': allwrong(dump, arm in ADDITIVE_TEACHER) if dump is not None else None,
                'curve': curve(tmp / 'train' / 'logging.jsonl', arm)}
     print(f'arm {arm} seed {seed}: train {train_wall:.0f} s, test eval {t2 - t1:.0f} s, curve {t3 - t2:.0f} s, '
           f'hearing {t4 - t3:.0f} s')
