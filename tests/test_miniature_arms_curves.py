@@ -64,5 +64,6 @@ def test_paths_are_relative_to_the_miniature_cache(tmp_path):
     run = tmp_path / 'miniature' / 'arms' / 'grpo-s0-abc' / 'train' / 'checkpoint-100'
     assert arms.relative(run, tmp_path) == 'arms/grpo-s0-abc/train/checkpoint-100'
     assert arms.relative(tmp_path / 'miniature' / 'stage2-123', tmp_path) == 'stage2-123'
+    assert arms.cache_path('arms/grpo-s0-abc/train/checkpoint-100', tmp_path) == run
     with pytest.raises(ValueError):
         arms.relative(tmp_path / 'elsewhere', tmp_path)

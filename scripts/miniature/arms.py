@@ -478,6 +478,11 @@ def relative(path: Path, cache_dir: Optional[Path] = None) -> str:
     return str(Path(path).resolve().relative_to(stages._root(cache_dir).resolve()))
 
 
+def cache_path(name: str, cache_dir: Optional[Path] = None) -> Path:
+    """The path on this machine of a path metrics.json names (``relative``'s inverse)."""
+    return stages._root(cache_dir) / name
+
+
 def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
     """The mean of the values that are not None; None when none is."""
     present = [v for v in values if v is not None]
