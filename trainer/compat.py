@@ -48,8 +48,15 @@ TOUCHES = (
     Touch('swift.rlhf_trainers.rollout_mixin:DataType', 'trainer.grpo_trainer',
           'the type of the dataset rows ms-swift passes to _rollout_samples (the override is typed with it).'),
     Touch('swift.rlhf_trainers.rollout_mixin:RolloutTrainerMixin._has_teacher_explicit', 'trainer.grpo_trainer',
-          'a distillation teacher adds log-prob forwards the TARS trainer would not tell from the old-policy '
-          'one; TARSGRPOTrainer refuses it at start with this check.', ()),
+          'a separate distillation teacher (teacher_model, teacher_model_server) is a second model whose '
+          'forwards the TARS trainer does not run; TARSGRPOTrainer refuses it at start with this check (a '
+          'teacher_prompt column, the current policy as teacher, is supported).', ()),
+    Touch('swift.rlhf_trainers:GRPOTrainer.sample_cls', 'trainer.grpo_trainer',
+          "the class ms-swift builds each dataset row's sample from (to_samples -> sample_cls.from_row); "
+          'TARSGRPOTrainer sets its own GRPOSample subclass, whose self-distillation teacher view has no audio.'),
+    Touch('swift.rl_core.data:GRPOBatch.teacher_per_token_logps', 'trainer.grpo_trainer',
+          "the self-distillation teacher's log-probs of the sampled tokens ([B, C], None without a teacher_prompt); "
+          'the rollout dump records their mean gap to the policy (teacher_gap).'),
     Touch('toktok:_encoding', 'scripts.recipes.phi4_tokenizer',
           "the o200k_base ranks of the offline Phi-4 twin's tokenizer; toktok-rs exposes full token bytes only "
           'through this function (o200k_encoding).', ('name',)),
@@ -68,10 +75,15 @@ OVERRIDES = {
         '_postprocess_batch': ('samples', 'batch_encoded_inputs'),
         '_compute_advantages': ('samples', 'rewards_per_func', 'batch_encoded_inputs'),
         '_compute_loss_and_metrics': ('model', 'model_inputs', 'grpo_batch'),
+        '_compute_teacher_logps': ('model_inputs', 'grpo_batch', 'origin_data', 'teacher_model_inputs',
+                                   'teacher_grpo_batch'),
         'null_ref_context': (),
         'split_by_mini_batches': ('samples',),
         # on vLLM's CPU build only (trainer.vllm_cpu.VllmCpuWeightSync; tests/test_vllm_cpu.py checks vLLM's side)
         '_load_state_dict_to_vllm': ('state_dict',),
+    },
+    'swift.rl_core.data:GRPOSample': {
+        'to_teacher_template_dict': (),
     },
     'swift.template:Template': {
         '_encode': ('inputs',),

@@ -170,8 +170,9 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
                                                   self.beta)
         if self.dynamic_sample:
             raise ValueError('dynamic_sample resamples groups before TARS rewards exist; it is not supported')
-        if self._has_teacher_explicit():
-            raise ValueError('a distillation teacher adds log-prob forwards TARS does not pool; it is not supported')
+        if self._has_teacher_explicit():   # a teacher_prompt column (the current policy as teacher) is supported
+            raise ValueError('a separate distillation teacher (teacher_model, teacher_model_server) is not supported; '
+                             'a teacher_prompt column with no teacher model (the current policy as teacher) is')
         self._needs_hidden = any(isinstance(f, NEEDS_HIDDEN_STATES) for f in self.reward_funcs)
         if self._needs_hidden and (self.template.padding_free or self.template.sequence_parallel_size > 1):
             raise ValueError('the representation reward needs padded batches: set padding_free false and '
@@ -294,13 +295,18 @@ class TARSGRPOTrainer(*_stack_bases(), GRPOTrainer):
         step.pooled.append(self._capture.pooled.cpu())
         return out
 
-    def _compute_teacher_logps(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """ms-swift calls it inside the old-policy step (``_prepare_batch_inputs``) when the rows have a
-        ``teacher_prompt`` (on-policy self-distillation: the current policy on that prompt) and expects the
-        teacher's per-token log-probs of the sampled tokens [B, C]. Records ``Forward.TEACHER``, so this forward
-        pools nothing and is not counted as an old-policy forward."""
+    def _compute_teacher_logps(self, model_inputs: Dict[str, Any], grpo_batch: GRPOBatch, origin_data: Any = None,
+                               teacher_model_inputs: Optional[Dict[str, Any]] = None,
+                               teacher_grpo_batch: Optional[GRPOBatch] = None) -> torch.Tensor:
+        """ms-swift calls it inside the old-policy step (``_prepare_batch_inputs``) with one micro-batch's inputs
+        and ``GRPOBatch`` (and, with a ``teacher_prompt`` column, the teacher view's: on-policy self-distillation,
+        the current policy on that prompt) and expects the teacher's per-token log-probs of the sampled tokens
+        [B, C]. Records ``Forward.TEACHER``, so this forward pools nothing and is not counted as an old-policy
+        forward."""
         with self._running(Forward.TEACHER):
-            return super()._compute_teacher_logps(*args, **kwargs)
+            return super()._compute_teacher_logps(model_inputs, grpo_batch, origin_data=origin_data,
+                                                  teacher_model_inputs=teacher_model_inputs,
+                                                  teacher_grpo_batch=teacher_grpo_batch)
 
     def _postprocess_batch(self, samples: List[GRPOSample], batch_encoded_inputs: List[Dict[str, Any]]) -> None:
         """ms-swift calls it with the samples and the mini-batch dicts of ``_prepare_batch_inputs``; it writes

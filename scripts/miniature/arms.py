@@ -400,16 +400,23 @@ def check_curve_steps(setting: Setting, steps: int) -> None:
                          '(the validation curve evaluates a checkpoint every curve_every steps)')
 
 
+def engine_for(checkpoint: Path, setting: Setting):
+    """The inference engine ``eval.qa`` would build for ``checkpoint`` (``trainer.engine.build_engine``), to share
+    between evaluations of the same checkpoint."""
+    from trainer.engine import build_engine, resolve_model
+    return build_engine(resolve_model(str(checkpoint), None, MODEL_TYPE), 'auto', setting.eval_batch_size)
+
+
 def accuracy(checkpoint: Path, setting: Setting, out: Path, split: str, items: int,
-             cache_dir: Optional[Path] = None) -> Dict[str, float]:
+             cache_dir: Optional[Path] = None, engine=None) -> Dict[str, float]:
     """Accuracy (0-1) per mode of EVAL_MODES of ``checkpoint`` (a model or a LoRA adapter folder) with
     ``eval.qa`` on the first ``items`` items of ``split`` of the spoken world (results under ``out``, resumed item
-    by item)."""
+    by item); ``engine``: one already built for it (``engine_for``), else eval.qa builds one."""
     from eval.qa import evaluate as qa_evaluate
     world = stages.world_dataset(setting, True, cache_dir)
     result = qa_evaluate(str(checkpoint), [(DATASET_NAME, str(world))], modes=list(EVAL_MODES), out=out,
                          model_type=MODEL_TYPE, batch_size=setting.eval_batch_size,
-                         max_new_tokens=setting.max_new_tokens, max_items=items, split=split)
+                         max_new_tokens=setting.max_new_tokens, max_items=items, split=split, engine=engine)
     return {mode: result['datasets'][DATASET_NAME][mode]['accuracy'] for mode in EVAL_MODES}
 
 
@@ -426,13 +433,15 @@ def start_point(setting: Setting, cache_dir: Optional[Path] = None) -> Dict:
     return curve_point(0, accuracy(start, setting, out, 'validation', setting.curve_items, cache_dir))
 
 
-def val_curve(train_dir: Path, setting: Setting, out: Path, cache_dir: Optional[Path] = None) -> List[Dict]:
+def val_curve(train_dir: Path, setting: Setting, out: Path, cache_dir: Optional[Path] = None,
+              engines: Optional[Dict[int, object]] = None) -> List[Dict]:
     """The validation curve of a run: ``start_point`` then, for every saved ``checkpoint-N`` of ``train_dir``
     (one each ``curve_every`` steps), its speech and text accuracy on the first ``curve_items`` validation items
-    (results under ``out/checkpoint-N``)."""
+    (results under ``out/checkpoint-N``); ``engines``: {step: an engine already built for that checkpoint}."""
     points = [start_point(setting, cache_dir)]
     for step, checkpoint in checkpoints(train_dir):
-        acc = accuracy(checkpoint, setting, out / checkpoint.name, 'validation', setting.curve_items, cache_dir)
+        acc = accuracy(checkpoint, setting, out / checkpoint.name, 'validation', setting.curve_items, cache_dir,
+                       (engines or {}).get(step))
         points.append(curve_point(step, acc))
     return points
 
@@ -579,9 +588,11 @@ def run_arm(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
     checkpoint = last_checkpoint(tmp / 'train')
 
     t1 = time.perf_counter()
-    acc = accuracy(checkpoint, setting, tmp / 'eval', 'test', setting.eval_items, cache_dir)
+    engine = engine_for(checkpoint, setting)   # one load of the final adapter: its test and its curve point
+    acc = accuracy(checkpoint, setting, tmp / 'eval', 'test', setting.eval_items, cache_dir, engine)
     t2 = time.perf_counter()
-    points = val_curve(tmp / 'train', setting, tmp / 'curve', cache_dir)
+    points = val_curve(tmp / 'train', setting, tmp / 'curve', cache_dir, {recipe['steps']: engine})
+    del engine
     t3 = time.perf_counter()
     hearing = hearing_accuracy(checkpoint, setting, cache_dir)
     t4 = time.perf_counter()
