@@ -1,5 +1,5 @@
-"""The miniature's report (docs/miniature.md, "The report"): pure functions from the pipeline's results dict to
-``results.json``, the figures (PNG and PDF) and the generated region of ``docs/miniature.md``.
+"""The miniature's report (docs/miniature.md): pure functions from the pipeline's results dict to ``results.json``,
+the figures (PNG and PDF) and the generated region of ``docs/miniature.md``.
 
 The results dict (``scripts.miniature.pipeline`` builds it; the tests build them by hand). Accuracies are fractions;
 every path is relative to the miniature cache root ``<cache>/miniature/``:
