@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -181,7 +181,8 @@ def prepare_grpo_files(dataset: str, out_dir: Path, *, prompt_type: str = 'systh
 
 def prepare_warmstart_dataset(dataset: str, out_dir: Path, prompt_type: str = 'systhink', split: str = 'train',
                               max_rows: Optional[int] = None, modality: str = 'text',
-                              speech_answers: int = 0, speech_thinking: Optional[int] = None) -> Path:
+                              speech_answers: int = 0, speech_thinking: Optional[int] = None,
+                              probe: Optional[Callable[[Dict, str], Dict]] = None) -> Path:
     """Write ``out_dir/warmstart.jsonl``: prompts with systhink answers for ``swift sft``; ``modality`` one of
     WARMSTART_MODALITIES: ``text`` (the text prompts), ``speech`` (the speech prompts, clips written under
     ``out_dir/audio``), ``mixed`` (each item twice, its speech prompt then its text prompt), ``asr`` (each clip's
@@ -189,11 +190,15 @@ def prepare_warmstart_dataset(dataset: str, out_dir: Path, prompt_type: str = 's
     modality the first ``speech_answers`` items also give their answered speech prompt, after the transcription.
     With ``speech_thinking`` N (``speech`` or ``mixed``), only the first N items' speech prompts are answered with
     their thinking, the later ones directly (``warmstart_row(think=False)``), as spoken question-answering data
-    usually are; text prompts always carry it (the miniature's stage 2, docs/miniature.md)."""
+    usually are; text prompts always carry it (the miniature's stage 2, docs/miniature.md). With ``probe`` (a
+    function of the row and its clip path returning an SFT row), every spoken item also gives ``probe(row, path)``,
+    after its speech prompt (the miniature's hearing rows, ``scripts.miniature.hearing.probe_row``)."""
     if modality not in WARMSTART_MODALITIES:
         raise ValueError(f'modality must be one of {", ".join(WARMSTART_MODALITIES)}, got {modality!r}')
     if speech_answers and not modality.startswith('asr'):
         raise ValueError(f'speech_answers={speech_answers} needs an asr modality, got {modality!r}')
+    if probe is not None and modality == 'text':
+        raise ValueError('probe rows need a spoken modality, got modality=\'text\'')
     if speech_thinking is not None and modality not in ('speech', 'mixed'):
         raise ValueError(f'speech_thinking={speech_thinking} needs the speech or mixed modality, got {modality!r}')
     ds = load_hf_dataset(dataset, split)
@@ -214,6 +219,8 @@ def prepare_warmstart_dataset(dataset: str, out_dir: Path, prompt_type: str = 's
                 yield asr_row(row, path)
             if not modality.startswith('asr') or i < speech_answers:
                 yield warmstart_row(row, prompt_type, path, think=speech_thinking is None or i < speech_thinking)
+            if probe is not None:
+                yield probe(row, path)
             if modality.endswith('mixed'):
                 yield warmstart_row(row, prompt_type)
     write_jsonl(records(), out)

@@ -40,8 +40,8 @@ from trainer.schema import SAMPLING_RATE, load_audio, rows_to_dataset, validate_
 
 # espeak-ng voices (a language voice, optionally '+' a variant); HELD_OUT_VOICE speaks validation and test only
 TRAIN_VOICES = ('en-us', 'en-gb-x-rp', 'en-gb-scotland', 'en-029', 'en-us+f2', 'en-us+m3')
-# a new speaker of a trained accent (espeak's fourth female variant of en-us). It replaced the accent 'en-us-nyc'
-# on a measurement later found to be wrong (stale clips, docs/miniature.md): both give the same accuracy.
+# a new speaker of a trained accent (espeak's fourth female variant of en-us); the accent 'en-us-nyc' measured the
+# same accuracy (docs/miniature.md, "What was tried")
 HELD_OUT_VOICE = 'en-us+f4'
 HELD_OUT_SPLITS = ('validation', 'test')
 RATES = (145, 160, 175, 190, 205)     # words per minute (espeak's default 175 in the middle)

@@ -9,11 +9,12 @@
   the spoken items' SPEECH and TEXT prompts (``Setting.stage2_modality='mixed'``). FULL answers the speech prompts
   of half its items directly, without the thinking (``Setting.stage2_speech_thinking``), as spoken
   question-answering data usually are, and the text prompts always with it: the model then hears the values but
-  seldom reasons over speech, which is the modality gap stage 3 is to close (docs/miniature.md, "Sixth session").
-  The paper's baseline is an adapter with a frozen LLM; at this scale no frozen-LLM stage 2
-  carried the spoken values (docs/miniature.md, "Stage-2 attempts"), hence this deliberate difference. A setting
-  may train on transcriptions instead (``'asr_mixed'``, the original's ASR prompt); docs/miniature.md reports
-  that experiment.
+  seldom reasons over speech, which is the modality gap stage 3 is to close. Each spoken item also gives a hearing
+  row (``Setting.stage2_hearing``, ``scripts.miniature.hearing.probe_row``): its clip asked for the values it says,
+  so hearing is trained apart from reasoning and the hearing probe can ask any later checkpoint.
+  The paper's baseline is an adapter with a frozen LLM; at this scale no frozen-LLM stage 2 carried the spoken
+  values (docs/miniature.md, "What was tried"), hence this deliberate difference. A setting may train on
+  transcriptions instead (``'asr_mixed'``, the original's ASR prompt).
 
 Both go through the project's own paths: the preset ``qwen2_5_omni`` and ``swift sft``
 (``scripts.recipes.embedded.sft_checkpoint``, the embedded default's warm start), ``trainer.data``'s warm-start
@@ -70,12 +71,15 @@ class Setting:
     stage2_items: Optional[int] = None
     # stage 2's rows (trainer.data.prepare_warmstart_dataset): 'mixed', each spoken item's speech prompt and its
     # text prompt, so that text keeps its level; 'asr_mixed', its transcription instead of its speech prompt, and
-    # the answered speech prompts of the first stage2_speech_answers items only (an experiment, docs/miniature.md)
+    # the answered speech prompts of the first stage2_speech_answers items only (an experiment)
     stage2_modality: str = 'mixed'
     stage2_speech_answers: int = 0
     # stage 2 answers the speech prompts of its first N items with their thinking and the later ones directly (an
     # empty thinking), as spoken question-answering data usually are; None: all with their thinking
     stage2_speech_thinking: Optional[int] = None
+    # stage 2 also teaches the hearing probe (scripts.miniature.hearing): each spoken item gives a row asking for
+    # the values its clip says, answered by them, so that hearing is trained apart from reasoning
+    stage2_hearing: bool = False
     eval_items: int = 300                # the first N test items are evaluated
     max_new_tokens: int = 96             # a systhink answer of the world is 20-45 tokens
     eval_batch_size: int = 32
@@ -85,13 +89,13 @@ FULL = Setting(
     'full', WorldConfig(), WHISPER_QWEN2_5_OMNI,
     stage1={'steps': 2400, 'learning_rate': 1.5e-3, 'batch_size': 16, 'prompt_type': 'systhink', 'seed': 0},
     stage2={'steps': 1200, 'learning_rate': 5e-4, 'batch_size': 8, 'prompt_type': 'systhink', 'seed': 0},
-    speech_items=4500, stage2_items=3000, stage2_speech_thinking=1500)
+    speech_items=4500, stage2_items=3000, stage2_speech_thinking=1500, stage2_hearing=True)
 
 QUICK = Setting(
     'quick', WorldConfig(n_train=24, n_validation=6, n_test=6), QUICK_QWEN2_5_OMNI,
     stage1={'steps': 2, 'learning_rate': 1e-3, 'batch_size': 4, 'prompt_type': 'systhink', 'seed': 0},
     stage2={'steps': 2, 'learning_rate': 1e-3, 'batch_size': 2, 'prompt_type': 'systhink', 'seed': 0},
-    stage2_items=16, stage2_speech_thinking=8, eval_items=6, max_new_tokens=16, eval_batch_size=6)
+    stage2_items=16, stage2_speech_thinking=8, stage2_hearing=True, eval_items=6, max_new_tokens=16, eval_batch_size=6)
 
 SETTINGS = {s.name: s for s in (FULL, QUICK)}
 
@@ -125,7 +129,7 @@ def model_dir(setting: Setting, cache_dir: Optional[Path] = None) -> Path:
 
 def _stage(name: str, start: Path, data: Path, recipe: Dict, flags: Sequence[str], modality: str,
            cache_dir: Optional[Path], speech_answers: int = 0, max_rows: Optional[int] = None,
-           speech_thinking: Optional[int] = None) -> Path:
+           speech_thinking: Optional[int] = None, hearing: bool = False) -> Path:
     from scripts.recipes.embedded import sft_checkpoint
     parts = [name, recipe, list(flags), modality, start.name, str(data), STAGES_VERSION]
     if speech_answers:   # absent when 0, so the names of earlier checkpoints stay
@@ -134,9 +138,15 @@ def _stage(name: str, start: Path, data: Path, recipe: Dict, flags: Sequence[str
         parts.append({'max_rows': max_rows})
     if speech_thinking is not None:   # likewise absent when every speech row thinks
         parts.append({'speech_thinking': speech_thinking})
+    probe = None
+    if hearing:   # likewise absent without hearing rows
+        from scripts.miniature import hearing as hearing_probe
+        parts.append({'hearing': hearing_probe.HEARING_VERSION})
+        probe = hearing_probe.probe_row
     out = _root(cache_dir) / f'{name}-{_digest(*parts)}'
     return sft_checkpoint(start, data, out, recipe, MODEL_TYPE, modality=modality, extra=flags,
-                          speech_answers=speech_answers, max_rows=max_rows, speech_thinking=speech_thinking)
+                          speech_answers=speech_answers, max_rows=max_rows, speech_thinking=speech_thinking,
+                          probe=probe)
 
 
 def stage1(setting: Setting = FULL, cache_dir: Optional[Path] = None) -> Path:
@@ -151,7 +161,8 @@ def stage2(setting: Setting = FULL, cache_dir: Optional[Path] = None) -> Path:
     frozen (cached; runs stage 1 first when it is missing)."""
     return _stage('stage2', stage1(setting, cache_dir), world_dataset(setting, True, cache_dir),
                   setting.stage2, STAGE2_FLAGS, setting.stage2_modality, cache_dir, setting.stage2_speech_answers,
-                  max_rows=setting.stage2_items, speech_thinking=setting.stage2_speech_thinking)
+                  max_rows=setting.stage2_items, speech_thinking=setting.stage2_speech_thinking,
+                  hearing=setting.stage2_hearing)
 
 
 def evaluate(checkpoint: Path, dataset: Path, modes: Sequence[str], setting: Setting,

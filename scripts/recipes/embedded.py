@@ -96,11 +96,12 @@ def warm_started_model(model_dir: Path, dataset_dir: Path, cache: Path, recipe: 
 
 def sft_checkpoint(model_dir: Path, dataset_dir: Path, out: Path, recipe: Dict, model_type: str = DEFAULT_PRESET,
                    *, modality: str = 'text', extra: Sequence[str] = (), max_rows: Optional[int] = None,
-                   speech_answers: int = 0, speech_thinking: Optional[int] = None) -> Path:
+                   speech_answers: int = 0, speech_thinking: Optional[int] = None,
+                   probe: Optional[Callable[[Dict, str], Dict]] = None) -> Path:
     """Full SFT of ``model_dir`` (``swift sft``, ``warm_start_argv`` + ``extra``) on the rows that
     ``trainer.data.prepare_warmstart_dataset`` writes from the train split of ``dataset_dir`` (its ``modality``,
-    ``speech_answers`` and ``speech_thinking``, the first ``max_rows`` items); the last checkpoint is moved to
-    ``out`` with ``warm_start.json`` (recipe, losses, wall seconds). Skipped when ``out`` holds one already;
+    ``speech_answers``, ``speech_thinking`` and ``probe``, the first ``max_rows`` items); the last checkpoint is
+    moved to ``out`` with ``warm_start.json`` (recipe, losses, wall seconds). Skipped when ``out`` holds one already;
     a killed run leaves only a temporary folder (removed), so a rerun starts over.
 
     The embedded default's warm start and the miniature's stages (scripts.miniature.stages) are such runs."""
@@ -119,13 +120,13 @@ def sft_checkpoint(model_dir: Path, dataset_dir: Path, out: Path, recipe: Dict, 
         t0 = time.perf_counter()
         jsonl = prepare_warmstart_dataset(str(dataset_dir), work, recipe['prompt_type'], max_rows=max_rows,
                                           modality=modality, speech_answers=speech_answers,
-                                          speech_thinking=speech_thinking)
+                                          speech_thinking=speech_thinking, probe=probe)
         result = sft_main(warm_start_argv(model_dir, jsonl, work / 'sft', recipe, model_type, extra))
         checkpoint = Path(result['last_model_checkpoint'])
         losses = [e['loss'] for e in result.get('log_history', []) if 'loss' in e]
         (checkpoint / 'warm_start.json').write_text(json.dumps(
             {'recipe': recipe, 'extra': list(extra), 'modality': modality, 'speech_answers': speech_answers,
-             'speech_thinking': speech_thinking, 'losses': losses,
+             'speech_thinking': speech_thinking, 'probe': getattr(probe, '__qualname__', None), 'losses': losses,
              'wall_seconds': round(time.perf_counter() - t0, 1)}, indent=1))
         if not out.exists():
             shutil.move(str(checkpoint), str(out))

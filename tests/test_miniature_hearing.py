@@ -1,0 +1,80 @@
+"""The miniature's hearing probe (scripts.miniature.hearing): the values asked for, the exact score, the stage-2
+hearing rows and the probe run on the QUICK model."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scripts.miniature.hearing import HEARING_PROMPT, hearing_answer, probe_row, row_answer, score
+
+
+def test_hearing_answer_per_template():
+    assert hearing_answer('Ann has 5 apples and gives 3 to Tom. How many apples does Ann have now?',
+                          'arithmetic') == '5 gives 3'
+    assert hearing_answer('Dan has 2 hats and gets 6 more. How many hats does Dan have now?', 'arithmetic') == \
+        '2 gets 6'
+    assert hearing_answer('Tom has 7 coins and Sue has 4 coins. Which of them has more coins?', 'comparison') == \
+        'Tom 7 Sue 4'
+    assert hearing_answer('Kim visits the town of Galt. What colour are the roofs there?', 'knowledge') == \
+        'Galt colour'
+    with pytest.raises(ValueError, match="unknown template 'riddle'"):
+        hearing_answer('Ann has 5 apples.', 'riddle')
+    with pytest.raises(ValueError, match='expected two numbers and one verb'):
+        hearing_answer('Ann has 5 apples. How many?', 'arithmetic')
+
+
+def test_every_world_question_has_its_values():
+    from scripts.miniature.world import WorldConfig, generate_world
+    world = generate_world(WorldConfig(n_train=60, n_validation=30, n_test=30))
+    answers = {item.key: hearing_answer(item.question, item.template) for item in world.items()}
+    assert len(answers) == 120 and all(answers.values())
+
+
+def test_score_is_exact():
+    assert score(' Tom 7  Sue 4. ', 'Tom 7 Sue 4')
+    assert not score('Tom 7 Sue 5', 'Tom 7 Sue 4') and not score('tom 7 Sue 4', 'Tom 7 Sue 4')
+    assert not score('Tom 7 Sue 4 Tom', 'Tom 7 Sue 4')
+
+
+def test_probe_row_and_the_stage_2_rows(tmp_path):
+    """prepare_warmstart_dataset(probe=probe_row): each spoken item gives its speech row, its hearing row, then
+    its text row; the hearing row asks HEARING_PROMPT of the same clip and is answered by the item's values."""
+    import datasets
+    import numpy as np
+
+    from trainer.data import prepare_warmstart_dataset
+    rows = [{'key': f'k{i}', 'question': q, 'subject': t, 'options': ['4', '5', '6', '7'], 'answer_index': 2,
+             'prompt_for_tts': q + '\nA. 4\nB. 5\nC. 6\nD. 7', 'thinking': 'x', 'source': 'miniature',
+             'audio': {'array': np.zeros(1600, dtype=np.float32), 'sampling_rate': 16000}}
+            for i, (q, t) in enumerate([('Ann has 5 apples and buys 2 more. How many apples does Ann have now?',
+                                         'arithmetic'),
+                                        ('Ann lives in the town of Brill. Which tree grows there?', 'knowledge')])]
+    assert row_answer(rows[1]) == 'Brill tree'
+    assert probe_row(rows[0], '/c.wav') == {
+        'messages': [{'role': 'user', 'content': '<audio>' + HEARING_PROMPT},
+                     {'role': 'assistant', 'content': '5 buys 2'}], 'audios': ['/c.wav']}
+    path = tmp_path / 'set'
+    datasets.DatasetDict({'train': datasets.Dataset.from_list(rows)}).save_to_disk(str(path))
+    out = prepare_warmstart_dataset(str(path), tmp_path / 'w', modality='mixed', probe=probe_row)
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(written) == 6
+    assert [r['messages'][-1]['content'] for r in written[1::3]] == ['5 buys 2', 'Brill tree']
+    assert written[1]['audios'] == written[0]['audios'] and 'audios' not in written[2]
+    with pytest.raises(ValueError, match='probe rows need a spoken modality'):
+        prepare_warmstart_dataset(str(path), tmp_path / 'w2', modality='text', probe=probe_row)
+
+
+@pytest.mark.slow  # trains the QUICK stages (tests/conftest.py)
+def test_quick_stage2_learns_the_probe_format_and_the_probe_runs(tmp_path):
+    """The QUICK stage 2 trains with hearing rows (recorded in warm_start.json) and the probe scores its test
+    items, resumes from its results file, and counts per template."""
+    from scripts.miniature import hearing, stages
+    checkpoint = stages.stage2(stages.QUICK, tmp_path)
+    assert json.loads((checkpoint / 'warm_start.json').read_text())['probe'] == 'probe_row'
+    result = hearing.probe(checkpoint, stages.QUICK, tmp_path)
+    assert result['n'] == stages.QUICK.eval_items and 0.0 <= result['hearing_acc'] <= 1.0
+    assert set(result['by_template']) <= {'arithmetic', 'comparison', 'knowledge'}
+    files = list((tmp_path / 'miniature' / 'hearing').glob('*/test/results.jsonl'))
+    assert len(files) == 1 and len(files[0].read_text().splitlines()) == stages.QUICK.eval_items
+    assert hearing.probe(checkpoint, stages.QUICK, tmp_path) == result   # read back, nothing generated
