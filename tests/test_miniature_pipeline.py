@@ -26,7 +26,7 @@ def test_helpers(tmp_path):
     assert pipeline.default_report_paths(FULL, None) == (REPO / 'docs' / 'miniature', REPO / 'docs' / 'miniature.md')
     quick_dir, quick_md = pipeline.default_report_paths(QUICK, tmp_path)
     assert quick_dir == tmp_path / 'miniature' / 'report-quick' and quick_md == quick_dir / 'report.md'
-    assert (pipeline.FULL_SEEDS, pipeline.QUICK_SEEDS) == ((0, 1, 2, 3, 4), (0, 1))
+    assert (pipeline.FULL_SEEDS, pipeline.QUICK_SEEDS) == ((0, 1, 2, 3, 4), (0,))
     with pytest.raises(SystemExit):
         pipeline.main(['--arms', 'grpo,nonsense', '--quick', '--cache_dir', str(tmp_path)])
 
@@ -124,7 +124,7 @@ def test_bad_metrics_named(tmp_path):
 
 @pytest.mark.slow  # the slow tier (tests/conftest.py)
 def test_quick_end_to_end(tmp_path):
-    """`bash scripts/miniature/run.sh --quick` (seeds 0 and 1) in a fresh cache: every stage, the hearing probe and
+    """`bash scripts/miniature/run.sh --quick` (seed 0) in a fresh cache: every stage, the hearing probe and
     every arm run, results.json has contract C's keys and no absolute path, the figures are written (values not
     asserted at toy size). Its wall time (the issue's 5 minutes) is measured by `python -m scripts.bench
     miniature_quick`, not asserted here: it depends on load."""
@@ -132,7 +132,7 @@ def test_quick_end_to_end(tmp_path):
     cache = tmp_path / 'cache'
     env = dict(os.environ, TARS_CACHE=str(cache))
     proc = subprocess.run(['bash', 'scripts/miniature/run.sh', '--quick', '--cache_dir', str(cache)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     out = cache / 'miniature' / 'report-quick'
     raw = (out / 'results.json').read_text()
@@ -142,7 +142,7 @@ def test_quick_end_to_end(tmp_path):
     assert data['stage1']['text_acc'] is not None and data['start']['speech_acc'] is not None
     assert isinstance(data['start']['hearing_acc'], float) and not data['start']['checkpoint'].startswith('/')
     for arm, rows in data['arms'].items():
-        assert [r['seed'] for r in rows] == [0, 1], arm
+        assert [r['seed'] for r in rows] == [0], arm
         for r in rows:
             assert {'speech_acc', 'text_acc', 'hearing_acc', 'curve', 'allwrong', 'checkpoint'} <= set(r), arm
             assert r['curve'] and {'step', 'speech_acc', 'text_acc'} <= set(r['curve'][0]), arm
@@ -151,10 +151,10 @@ def test_quick_end_to_end(tmp_path):
     assert 'tars - grpo' in data['paired'] and 'tars - opsd' in data['paired']
     for key in ('paired', 'paired_auc'):
         assert {'diff', 'lo', 'hi', 'n_seeds'} <= set(data[key]['tars - grpo'])
-        assert data[key]['tars - grpo']['n_seeds'] == 2
+        assert data[key]['tars - grpo']['n_seeds'] == 1
     assert set(data['layer_similarity']) == {'stage 2', 'GRPO', 'TARS'}
     md = (out / 'report.md').read_text()
-    assert '| GRPO (R_base: format + accuracy) | 2 |' in md
+    assert '| GRPO (R_base: format + accuracy) | 1 |' in md
     assert 'bash scripts/miniature/run.sh --quick --cache_dir $TARS_CACHE' in md and str(tmp_path) not in md
     for name in report.FIGURE_FILES:
         assert (out / f'{name}.png').is_file() and (out / f'{name}.pdf').is_file()

@@ -5,7 +5,7 @@
 # generated region, docs/miniature/results.json and figures).
 #
 #   bash scripts/miniature/run.sh                          # the full run (seeds 0-4, every arm); writes docs/
-#   bash scripts/miniature/run.sh --quick                  # toy size, seeds 0 and 1, every stage and arm, minutes;
+#   bash scripts/miniature/run.sh --quick                  # toy size, seed 0, every stage and arm, minutes;
 #                                                          # report under $TARS_CACHE/miniature/report-quick/
 #   bash scripts/miniature/run.sh --seeds 0,1,2,3,4,5,6 --arms grpo,tars --steps 40
 #
