@@ -128,6 +128,18 @@ def test_paired_differences_by_hand():
     assert report.verdict(-0.05, 0.05, bound=0.05) == 'no effect larger than 5 points'
 
 
+def test_goal_plan_counts_each_arm_once():
+    plan = report.goal_plan(hand_results())
+    # tars - tars_global (SD 10 points) needs 46 seeds; tars - grpo_rep (-2, -5, -2: SD 1.73 points, half-width
+    # 4.3) needs 4; opsd - grpo has one seed (no SD); tars is counted once, at the larger of its two needs
+    hours = round(43 * 120 / 3600, 2)
+    assert plan['arms'] == {'grpo_rep': {'seeds_needed': 4, 'extra_seeds': 1, 'hours': round(120 / 3600, 2)},
+                            'tars': {'seeds_needed': 46, 'extra_seeds': 43, 'hours': hours},
+                            'tars_global': {'seeds_needed': 46, 'extra_seeds': 43, 'hours': hours}}
+    assert plan['hours'] == pytest.approx(2 * hours + round(120 / 3600, 2))
+    assert report.paired(hand_results())['tars - grpo_rep']['seeds_needed'] == 4
+
+
 def test_paired_curve_area_and_text():
     allp = report.paired_all(hand_results())
     auc = allp['paired_auc']['grpo_rep - grpo']
@@ -201,7 +213,7 @@ def test_results_json_figures_and_markdown(tmp_path):
     assert str(tmp_path) not in raw and _absolute_paths(raw) == []
     data = json.loads(raw)
     for key in ('command', 'date', 'git_commit', 'setting', 'stage1', 'stage2', 'start', 'arms', 'summary', 'paired',
-                'paired_auc', 'paired_text', 'allwrong', 'validity', 'wall_seconds', 'paper_ablation',
+                'paired_auc', 'paired_text', 'goal_plan', 'allwrong', 'validity', 'wall_seconds', 'paper_ablation',
                 'training_curves', 'layer_similarity'):
         assert key in data, key
     assert data['start']['hearing_acc'] == 0.92 and data['start']['checkpoint'] == 'stage2-bbb'
@@ -236,6 +248,8 @@ def test_results_json_figures_and_markdown(tmp_path):
             "implies 46 seeds for ±3: 43 more, about 2.9 h of both arms' runs at their measured per-seed wall time."
             in text)
     assert '- opsd - grpo: one seed, no interval; at least 2 seeds are needed for one.' in text
+    assert ('For every ordering at once (each arm counted once): grpo_rep to 4 seeds, tars to 46 seeds, tars_global '
+            'to 46 seeds: about 2.9 h more in all.') in text
     assert ('- the start hears >= 90 % of the test items: **holds** (the start\'s hearing probe 92.0 % of 1200 test '
             'items (needs >= 90))') in text
     assert '| start (stage 2) | - | 92.0 | 40.0 | 80.0 | - | 50.0 | 50.0 | - | - |' in text

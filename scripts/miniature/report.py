@@ -203,6 +203,28 @@ def paired(results: Dict, value=lambda row: row.get('speech_acc'), goal: Optiona
     return out
 
 
+def goal_plan(results: Dict) -> Dict:
+    """What the half-width goal asks of the whole run: per arm the seeds its orderings that miss the goal need (the
+    largest ``seeds_needed`` among them), the extra seeds beyond those run, and the hours of them all at each arm's
+    measured per-seed wall time (an arm shared by several orderings counted once). ``{'arms': {arm: {seeds_needed,
+    extra_seeds, hours}}, 'hours': total or None when a wall time is missing}``; arms whose orderings all meet the
+    goal (or have one seed, no SD) are left out."""
+    arms = results.get('arms', {})
+    need: Dict[str, int] = {}
+    for name, e in paired(results).items():
+        if e.get('seeds_needed'):
+            for arm in name.split(' - '):
+                need[arm] = max(need.get(arm, 0), e['seeds_needed'])
+    out: Dict[str, Dict] = {}
+    for arm in _arms_sorted(need):
+        extra = max(0, need[arm] - len({r['seed'] for r in arms[arm]}))
+        wall = per_seed_wall(arms[arm])
+        out[arm] = {'seeds_needed': need[arm], 'extra_seeds': extra,
+                    'hours': None if wall is None else round(extra * wall / 3600, 2)}
+    hours = [v['hours'] for v in out.values()]
+    return {'arms': out, 'hours': None if None in hours else round(sum(hours), 2)}
+
+
 def paired_all(results: Dict) -> Dict[str, Dict[str, Dict]]:
     """``{'paired': speech accuracy, 'paired_auc': area under the speech validation curve, 'paired_text': text
     accuracy}``, each :func:`paired` (the half-width goal on the speech accuracy only)."""
@@ -312,7 +334,7 @@ def results_json(results: Dict) -> Dict:
         'arms': {arm: [{k: r.get(k) for k in keep if k in r} for r in rows] for arm, rows in results['arms'].items()},
         'summary': {arm: {k: {'mean': m, 'ci95_half_width': h} for k, (m, h) in v.items()} for arm, v in summ.items()},
         **paired_all(results),
-        'goal_half_width': GOAL_HALF_WIDTH,
+        'goal_half_width': GOAL_HALF_WIDTH, 'goal_plan': goal_plan(results),
         'allwrong': {arm: dict(v, share={'mean': v['share'][0], 'ci95_half_width': v['share'][1]})
                      for arm, v in allwrong_summary(results).items()},
         'validity': validity(results),
@@ -633,6 +655,11 @@ def report_section(results: Dict, figure_dir: str) -> str:
         out += ['Orderings that miss the half-width goal, and what more seeds would cost (the observed per-seed SD '
                 'taken as the true one; shared arms such as standard GRPO are counted once per ordering):', '',
                 *missing, '']
+        plan = goal_plan(results)
+        if plan['arms']:
+            runs = ', '.join(f"{arm} to {v['seeds_needed']} seeds" for arm, v in plan['arms'].items())
+            total = '' if plan['hours'] is None else f": about {plan['hours']:.1f} h more in all"
+            out += [f'For every ordering at once (each arm counted once): {runs}{total}.', '']
     else:
         out += [f'Every paired speech interval has a half-width of at most {g} points.', '']
     out += ['### Where every speech rollout was wrong', '',
