@@ -182,11 +182,11 @@ def test_allwrong_summary():
 
 def test_paper_differences_from_the_data_file():
     papers = report.paper_differences()
-    assert papers['tars - grpo'] == {'diff': 3.54, 'note': 'ablation table'}        # 76.84 - 73.30
+    assert papers['tars - grpo'] == {'diff': 3.54, 'kind': 'table', 'note': 'ablation table'}        # 76.84 - 73.30
     assert papers['grpo_rep - grpo']['diff'] == 1.86 and papers['grpo - dpo']['diff'] == 3.41
-    assert papers['tars - tars_global']['diff'] is None
+    assert (papers['tars - tars_global']['diff'], papers['tars - tars_global']['kind']) == (None, 'claim')
     assert papers['tars - tars_global']['note'].startswith('claimed without a number')
-    assert papers['tars - opsd'] == {'diff': None, 'note': 'not measured by the paper'}
+    assert papers['tars - opsd'] == {'diff': None, 'kind': 'none', 'note': 'not measured by the paper'}
 
 
 def test_strip_absolute():
@@ -240,10 +240,9 @@ def test_results_json_figures_and_markdown(tmp_path):
     assert '| grpo_beh - grpo | 3 | -5.0 [-7.5, -2.5] | **contradicted** | yes (±2.5) | +2.22 | - | not run |' in text
     assert ('| tars - grpo | 3 | +0.0 [-2.5, +2.5] | **no effect larger than 3 points** | yes (±2.5) | +3.54 |'
             in text)
-    assert ('| tars - tars_global | 3 | +0.0 [-24.8, +24.8] | **inconclusive** | no (±24.8) | claimed without a '
-            'number') in text
-    assert ('| opsd - grpo | 1 | +0.0 (one seed, no interval) | **inconclusive** | - | not measured by the paper |'
-            in text)
+    assert ('| tars - tars_global | 3 | +0.0 [-24.8, +24.8] | **inconclusive** | no (±24.8) | claimed, no number | '
+            '- | not run |') in text
+    assert '| opsd - grpo | 1 | +0.0 (one seed, no interval) | **inconclusive** | - | not measured | - |' in text
     assert ('- tars - tars_global: half-width ±24.8 points from a per-seed SD of 10.0 points over 3 seeds; that SD '
             "implies 46 seeds for ±3: 43 more, about 2.9 h of both arms' runs at their measured per-seed wall time."
             in text)

@@ -89,7 +89,8 @@ def paper_ablation() -> Tuple[Dict[str, Optional[Dict[str, Optional[float]]]], s
 
 
 def paper_differences() -> Dict[str, Dict]:
-    """ordering -> {'diff': the paper's Avg(A) difference in points or None, 'note': how the paper states it}, for
+    """ordering -> {'diff': the paper's Avg(A) difference in points or None, 'kind': 'table' / 'claim' (argued
+    without a number) / 'none', 'note': how the paper states it}, for
     every ordering of ORDERINGS (docs/paper_results.json: the ablation rows, and ``ablation_claims`` for the
     orderings the paper argues without a number)."""
     papers = paper_results()
@@ -99,9 +100,12 @@ def paper_differences() -> Dict[str, Dict]:
     for arm, other in ORDERINGS:
         name = ordering_name(arm, other)
         if table.get(arm) and table.get(other):
-            out[name] = {'diff': round(table[arm]['speech'] - table[other]['speech'], 2), 'note': 'ablation table'}
+            out[name] = {'diff': round(table[arm]['speech'] - table[other]['speech'], 2), 'kind': 'table',
+                         'note': 'ablation table'}
+        elif name in claims:
+            out[name] = {'diff': None, 'kind': 'claim', 'note': claims[name]}
         else:
-            out[name] = {'diff': None, 'note': claims.get(name, 'not measured by the paper')}
+            out[name] = {'diff': None, 'kind': 'none', 'note': 'not measured by the paper'}
     return out
 
 
@@ -568,7 +572,7 @@ def ablation_table(results: Dict) -> str:
 
 def paired_table(results: Dict) -> str:
     """One row per ordering: the paired speech difference and its verdict, the half-width goal, the paper's
-    difference, the curve-area difference and its verdict (points)."""
+    difference (its claim, or 'not measured'), the curve-area difference and its verdict (points)."""
     allp = paired_all(results)
     papers = paper_differences()
     head = ('| ordering | seeds | speech difference [95 % interval] | verdict | half-width ≤ '
@@ -578,7 +582,8 @@ def paired_table(results: Dict) -> str:
     for name, e in allp['paired'].items():
         auc = allp['paired_auc'].get(name, {})
         paper = papers.get(name, {})
-        ptxt = f"{paper['diff']:+.2f}" if paper.get('diff') is not None else paper.get('note', '-')
+        ptxt = ({'table': f"{paper.get('diff') or 0:+.2f}", 'claim': 'claimed, no number', 'none': 'not measured'}
+                .get(paper.get('kind'), '-'))
         goal = ('-' if e['half_width'] is None else
                 f"{'yes' if e['goal_met'] else 'no'} (±{100 * e['half_width']:.1f})")
         lines.append(f"| {name} | {e['n_seeds']} | {interval_text(e)} | **{e['verdict']}** | {goal} | {ptxt} | "
@@ -664,7 +669,8 @@ def report_section(results: Dict, figure_dir: str) -> str:
         out += [f'Every paired speech interval has a half-width of at most {g} points.', '']
     out += ['### Where every speech rollout was wrong', '',
             'The paper argues that the dense rewards help most where a group\'s speech rollouts are all wrong (the '
-            'accuracy reward is then 0 for all of them and standard GRPO\'s speech advantages are 0). Measured from '
+            'accuracy reward is then 0 for all of them, so standard GRPO\'s speech advantages come from the format '
+            'reward alone). Measured from '
             'the runs\' rollout dumps: groups (question x step) whose speech rollouts all have accuracy reward 0, and '
             'the share of those rollouts whose advantage is not 0.', '', allwrong_table(results)]
     out += ['### Wall time', '', '| stage | seconds | |', '|---|---|---|']
