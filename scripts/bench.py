@@ -28,9 +28,12 @@ the other in one session, 16 prompts of each one's own speech/text set:
   step_time_ratio                miniature / tiny
   rollouts_per_second            rollouts per step / median step time, per model
 ``miniature_quick`` runs ``bash scripts/miniature/run.sh --quick`` in a fresh temporary cache (every stage at toy
-size, every arm, the report):
+size, the hearing probe, every arm on the quick seeds, the report):
   wall_seconds, within_limit     its wall time, and whether it is under the issue's 5 minutes (limit_seconds)
   cpu_seconds                    user + system CPU time of the whole process tree
+  every_arm_run, arms_seeds      whether results.json has every arm of scripts.miniature.arms.ARMS; arm -> seeds run
+  start_hearing_acc              the start's hearing probe (near 0 at toy size: random weights)
+  stage_wall_seconds             results.json's wall seconds per stage
 
 ``vllm`` (run it with the vllm-cpu stack's Python: ``.venv-vllm-cpu/bin/python -m scripts.bench vllm``) builds the
 vLLM engine and the transformers engine on the same model (the embedded default's warm start, float32), each
@@ -512,20 +515,27 @@ QUICK_LIMIT_SECONDS = 300   # issue 14: the --quick setting runs every stage at 
 
 def bench_miniature_quick() -> dict:
     """Wall time of ``bash scripts/miniature/run.sh --quick`` in a fresh cache (world, tokenizer, model, both
-    stages, every arm, the report): a benchmark rather than an assertion in the end-to-end test, whose wall time
-    depends on what else the machine runs."""
+    stages, the hearing probe, every arm on the quick seeds, the report): a benchmark rather than an assertion in
+    the end-to-end test, whose wall time depends on what else the machine runs. Its ``results.json`` says which
+    arms and seeds ran, and the wall seconds per stage."""
+    from scripts.miniature.arms import ARMS
     work = Path(tempfile.mkdtemp(prefix='bench-quick-'))
     cache = work / 'cache'
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         seconds = _timed(['bash', 'scripts/miniature/run.sh', '--quick', '--cache_dir', str(cache)],
                          'run.sh --quick', env={**os.environ, 'TARS_CACHE': str(cache)})
+        results = json.loads((cache / 'miniature' / 'report-quick' / 'results.json').read_text())
     finally:
         shutil.rmtree(work, ignore_errors=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    arms = {arm: [r['seed'] for r in rows] for arm, rows in results['arms'].items()}
     return {'wall_seconds': seconds, 'limit_seconds': QUICK_LIMIT_SECONDS,
             'within_limit': seconds < QUICK_LIMIT_SECONDS,
-            'cpu_seconds': (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)}
+            'cpu_seconds': (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+            'every_arm_run': sorted(arms) == sorted(ARMS), 'arms_seeds': arms,
+            'start_hearing_acc': results['start'].get('hearing_acc'),
+            'stage_wall_seconds': results['wall_seconds']}
 
 
 BENCHES = {'grpo': bench_grpo, 'eval': bench_eval, 'judge': bench_judge, 'tts': bench_tts, 'layers': bench_layers,

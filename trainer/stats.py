@@ -92,3 +92,18 @@ def t_interval(values: Sequence[Optional[float]], confidence: float = CONFIDENCE
         return mean, None
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
     return mean, float(scipy_stats.t.ppf(0.5 + confidence / 2, len(xs) - 1)) * sd / math.sqrt(len(xs))
+
+
+def seeds_for_half_width(sd: float, half_width: float, confidence: float = CONFIDENCE,
+                         max_seeds: int = 10_000) -> Optional[int]:
+    """The smallest number of seeds n >= 2 whose Student-t interval of a mean has a half-width of at most
+    ``half_width`` when the values' standard deviation is ``sd``: t(1 - alpha/2, n - 1) * sd / sqrt(n) <=
+    half_width (the planning rule of a paired design, with the observed SD taken as the true one); None when more
+    than ``max_seeds`` would be needed."""
+    if sd < 0 or half_width <= 0:
+        raise ValueError(f'seeds_for_half_width: need sd >= 0 and half_width > 0, got {sd}, {half_width}')
+    q = 0.5 + confidence / 2
+    for n in range(2, max_seeds + 1):
+        if float(scipy_stats.t.ppf(q, n - 1)) * sd / math.sqrt(n) <= half_width:
+            return n
+    return None

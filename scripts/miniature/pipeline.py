@@ -1,23 +1,28 @@
-"""The miniature's driver (issue 14): every stage, the ablation arms, the layer analysis and the report, in one run.
+"""The miniature's driver (docs/miniature.md): every stage, the hearing probe, the ablation arms, the layer analysis and
+the report, in one run.
 
-    python -m scripts.miniature.pipeline [--quick] [--seeds 0,1,2] [--arms sft,dpo,...] [--steps N]
+    python -m scripts.miniature.pipeline [--quick] [--seeds 0,1,2,3,4] [--arms sft,dpo,...] [--steps N]
         [--cache_dir D] [--report_dir docs/miniature] [--report_md docs/miniature.md]
 
 Jobs, in order (a progress bar with an ETA over them):
 
 1. stage 1 and stage 2 (``scripts.miniature.stages.run``: trained once, cached, evaluated with eval.qa);
-2. every arm x seed (``scripts.miniature.arms.run_arm``: cached per arm, seed, setting and steps, so a killed run
-   resumes at the first job without its ``metrics.json``);
-3. the layer-similarity analysis (``scripts.layer_similarity_analysis.measure``: token and pooled measures, the
+2. the hearing probe of the stage-2 checkpoint, the start of stage 3 (``scripts.miniature.hearing.probe`` on the
+   first ``eval_items`` test items; cached per checkpoint);
+3. every arm x seed (``scripts.miniature.arms.run_arm``: cached per arm, seed, setting and steps, so a killed run
+   resumes at the first job without its ``metrics.json``); every arm runs the same seeds (common random numbers);
+4. the layer-similarity analysis (``scripts.layer_similarity_analysis.measure``: token and pooled measures, the
    model's own greedy text responses teacher-forced after the text and the speech prompt) of the stage-2
    checkpoint and of seed 0 of the ``grpo`` and ``tars`` arms (when they and seed 0 are run), on the first test
    items (cached per checkpoint);
-4. the report (``scripts.miniature.report.write_report``): ``results.json`` and the figures in ``--report_dir``,
+5. the report (``scripts.miniature.report.write_report``): ``results.json`` and the figures in ``--report_dir``,
    the generated region of ``--report_md``.
 
-Wall seconds per stage: a job run now is timed; a job found in the cache reports the training time stored when
-it was made (plus this call's evaluation) and is marked cached in the report. Only the FULL setting writes
-``docs/`` by default; ``--quick`` writes its report under ``<cache>/miniature/report-quick/``.
+Every path the results hold is relative to the miniature cache root ``<cache>/miniature/``, and the command names
+the cache folder ``$TARS_CACHE``: no report names the folders of the machine that made it. Wall seconds per stage:
+a job run now is timed; a job found in the cache reports the training time stored when it was made (plus this
+call's evaluation) and is marked cached in the report. Only the FULL setting writes ``docs/`` by default;
+``--quick`` writes its report under ``<cache>/miniature/report-quick/``.
 """
 from __future__ import annotations
 
@@ -40,6 +45,13 @@ from scripts.miniature import report, stages
 REPO = Path(__file__).resolve().parents[2]
 LAYER_SAMPLES = {'full': 64, 'quick': 4}   # test items of the layer analysis
 LAYER_RUNS = (('stage 2', None), ('GRPO', 'grpo'), ('TARS', 'tars'))   # (label, arm of seed 0; None: stage 2)
+FULL_SEEDS = (0, 1, 2, 3, 4)   # at least 5 seeds per arm: the paired intervals' half-width goal (issue 29)
+# one: --quick runs every stage and arm within 5 minutes (the tests exercise the paired intervals on fake runs)
+QUICK_SEEDS = (0,)
+
+
+def _join(seeds: Sequence[int]) -> str:
+    return ','.join(map(str, seeds))
 
 
 def parse_list(text: str, kind: type = str) -> List:
@@ -66,6 +78,73 @@ def git_commit(repo: Path = REPO) -> str:
     return head + ('-dirty' if dirty else '')
 
 
+def relative_path(path: str, root: Path) -> str:
+    """``path`` relative to the miniature cache root ``root`` (as given when already relative); a folder outside
+    the root is named by its last component only (the report never names the machine's folders)."""
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        try:
+            return p.resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            return p.name
+
+
+def portable_command(command: str, cache_dir: Optional[Path], repo: Path = REPO) -> str:
+    """``command`` with the cache folder named ``$TARS_CACHE`` and the repository's own folder dropped (paths
+    under it become relative), so that the report holds no absolute path."""
+    given = Path(cache_dir or stages.default_cache_dir())
+    # absolute spellings only (a relative one is portable already, and could match inside a flag's name)
+    for spelling in sorted({str(given.resolve()), str(given)} - {'/'}, key=len, reverse=True):
+        if Path(spelling).is_absolute():
+            command = command.replace(spelling.rstrip('/'), '$TARS_CACHE')
+    return command.replace(str(repo).rstrip('/') + '/', '').replace(str(repo), '.')
+
+
+def read_metrics(run_dir: Path, arm: str, seed: int) -> Dict:
+    """An arm run's ``metrics.json`` (scripts.miniature.arms.run_arm), checked for the fields the report needs; a
+    missing file or field is named with the file, arm and seed."""
+    path = Path(run_dir) / 'metrics.json'
+    if not path.is_file():
+        raise FileNotFoundError(f'{path}: arm {arm} seed {seed} wrote no metrics.json')
+    try:
+        metrics = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f'{path}: arm {arm} seed {seed}: not JSON ({err})') from err
+    for field in ('speech_acc', 'text_acc', 'checkpoint'):
+        if field not in metrics:
+            raise ValueError(f'{path}: arm {arm} seed {seed}: field {field!r} missing')
+    return metrics
+
+
+def arm_entry(metrics: Dict, seed: int, root: Path, cached: bool) -> Dict:
+    """The results row of one arm x seed (report module docstring) from its ``metrics.json``: the accuracies and
+    hearing, the validation curve (``val_curve``), the all-wrong groups' advantages, the wall times, and the
+    checkpoint relative to ``root``."""
+    return {'seed': seed, 'speech_acc': metrics['speech_acc'], 'text_acc': metrics['text_acc'],
+            'hearing_acc': metrics.get('hearing_acc'), 'curve': metrics.get('val_curve') or [],
+            'allwrong': metrics.get('allwrong'), 'steps': metrics.get('steps'),
+            'train_wall_seconds': metrics.get('train_wall_seconds'),
+            'eval_wall_seconds': metrics.get('eval_wall_seconds'), 'cached': cached,
+            'checkpoint': relative_path(metrics['checkpoint'], root)}
+
+
+def stage_entry(stage: str, summary: Dict, root: Path, cached: bool) -> Dict:
+    """The results entry of a stage from ``stages.run``'s summary (checkpoint relative to ``root``); stage 2 also
+    has its speech accuracy."""
+    acc = summary.get('accuracy', {})
+    entry = {'text_acc': acc.get('text'), 'checkpoint': relative_path(summary['checkpoint'], root),
+             'train_wall_seconds': summary.get('train_wall_seconds'),
+             'eval_wall_seconds': summary.get('eval_wall_seconds'), 'cached': cached,
+             'final_loss': summary.get('final_loss'), 'eval_items': summary.get('eval_items')}
+    if stage == 'stage2':
+        entry['speech_acc'] = acc.get('audio')
+    return entry
+
+
 def _stage_job(stage: str, setting: stages.Setting, cache_dir: Optional[Path]) -> Tuple[Dict, float, bool]:
     """Run (or find) one stage; (summary, wall seconds, cached). Cached: its checkpoint's ``warm_start.json``
     was written before this call; its wall time is then the stored training time plus this call's evaluation."""
@@ -78,6 +157,15 @@ def _stage_job(stage: str, setting: stages.Setting, cache_dir: Optional[Path]) -
     return summary, wall, cached
 
 
+def _hearing_job(checkpoint: Path, setting: stages.Setting, cache_dir: Optional[Path]) -> Tuple[Dict, float]:
+    """The hearing probe of ``checkpoint`` on the first ``eval_items`` test items (cached per checkpoint by the
+    probe itself); (its result, wall seconds of this call)."""
+    from scripts.miniature import hearing
+    t0 = time.perf_counter()
+    result = hearing.probe(checkpoint, setting, cache_dir, split='test', max_items=setting.eval_items)
+    return result, time.perf_counter() - t0
+
+
 def _arm_job(arm: str, seed: int, setting: stages.Setting, steps: Optional[int],
              cache_dir: Optional[Path]) -> Tuple[Dict, float, bool]:
     """Run (or find) one arm x seed; (metrics.json's data, wall seconds, cached)."""
@@ -85,15 +173,9 @@ def _arm_job(arm: str, seed: int, setting: stages.Setting, steps: Optional[int],
     t0, wall_t0 = time.perf_counter(), time.time()
     run_dir = Path(run_arm(arm, seed, setting, steps=steps, cache_dir=cache_dir))
     wall = time.perf_counter() - t0
-    path = run_dir / 'metrics.json'
-    if not path.is_file():
-        raise FileNotFoundError(f'{path}: arm {arm} seed {seed} wrote no metrics.json')
-    metrics = json.loads(path.read_text())
-    for field in ('speech_acc', 'text_acc', 'checkpoint'):
-        if field not in metrics:
-            raise ValueError(f'{path}: arm {arm} seed {seed}: field {field!r} missing')
+    metrics = read_metrics(run_dir, arm, seed)
     # cached: metrics.json was written before this call; its wall time is then the one stored in it
-    cached = path.stat().st_mtime < wall_t0
+    cached = (run_dir / 'metrics.json').stat().st_mtime < wall_t0
     stored = (metrics.get('train_wall_seconds') or 0.0) + (metrics.get('eval_wall_seconds') or 0.0)
     return metrics, (stored if cached else wall), cached
 
@@ -134,49 +216,44 @@ def run_pipeline(setting: stages.Setting, seeds: Sequence[int], arms: Sequence[s
                  cache_dir: Optional[Path], report_dir: Path, report_md: Path, command: str) -> Dict:
     """Every job (module docstring) and the report; returns the results dict given to the report."""
     started = time.perf_counter()
-    jobs: List[Tuple] = [('stage', 'stage1'), ('stage', 'stage2')]
+    root = stages._root(cache_dir)
+    jobs: List[Tuple] = [('stage', 'stage1'), ('stage', 'stage2'), ('hearing',)]
     jobs += [('arm', arm, seed) for arm in arms for seed in seeds]
     jobs += [('layers', label, arm) for label, arm in LAYER_RUNS if arm is None or (arm in arms and 0 in seeds)]
     jobs += [('report',)]
-    results: Dict = {'command': command, 'git_commit': git_commit(),
+    results: Dict = {'command': portable_command(command, cache_dir), 'git_commit': git_commit(),
                      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-                     'setting': setting.name, 'seeds': list(seeds), 'steps': steps, 'arms': {}, 'curves': {},
-                     'layer_similarity': {}, 'wall_seconds': {}, 'wall_cached': {}}
+                     'setting': setting.name, 'seeds': list(seeds), 'steps': steps, 'arms': {},
+                     'training_curves': {}, 'layer_similarity': {}, 'wall_seconds': {}, 'wall_cached': {}}
     wall, cached_flags = results['wall_seconds'], results['wall_cached']
-    checkpoints: Dict[str, str] = {}
+    checkpoints: Dict[str, Path] = {}   # absolute, for the jobs; the results hold them relative to root
     bar = tqdm(jobs, desc='miniature', unit='job', file=sys.stderr, dynamic_ncols=True)
     for job in bar:
         bar.set_postfix_str(' '.join(str(j) for j in job))
         if job[0] == 'stage':
             summary, seconds, cached = _stage_job(job[1], setting, cache_dir)
-            acc = summary.get('accuracy', {})
-            entry = {'text_acc': acc.get('text'), 'checkpoint': summary['checkpoint'],
-                     'train_wall_seconds': summary.get('train_wall_seconds'),
-                     'eval_wall_seconds': summary.get('eval_wall_seconds'), 'cached': cached,
-                     'final_loss': summary.get('final_loss'), 'eval_items': summary.get('eval_items')}
-            if job[1] == 'stage2':
-                entry['speech_acc'] = acc.get('audio')
-            results[job[1]] = entry
-            checkpoints[job[1]] = summary['checkpoint']
+            results[job[1]] = stage_entry(job[1], summary, root, cached)
+            checkpoints[job[1]] = Path(summary['checkpoint'])
             wall[job[1]], cached_flags[job[1]] = round(seconds, 1), cached
+        elif job[0] == 'hearing':
+            probe, seconds = _hearing_job(checkpoints['stage2'], setting, cache_dir)
+            results['stage2'].update(hearing_acc=probe.get('hearing_acc'), hearing_n=probe.get('n'),
+                                     hearing_by_template=probe.get('by_template'))
+            wall['hearing probe (start)'] = round(seconds, 1)
         elif job[0] == 'arm':
             _, arm, seed = job
             metrics, seconds, cached = _arm_job(arm, seed, setting, steps, cache_dir)
-            results['arms'].setdefault(arm, []).append(
-                {'seed': seed, 'speech_acc': metrics['speech_acc'], 'text_acc': metrics['text_acc'],
-                 'steps': metrics.get('steps'), 'train_wall_seconds': metrics.get('train_wall_seconds'),
-                 'eval_wall_seconds': metrics.get('eval_wall_seconds'), 'cached': cached,
-                 'checkpoint': metrics['checkpoint']})
-            results['curves'].setdefault(arm, []).append(metrics.get('curve') or [])
+            results['arms'].setdefault(arm, []).append(arm_entry(metrics, seed, root, cached))
+            results['training_curves'].setdefault(arm, []).append(metrics.get('curve') or [])
             if seed == 0:
-                checkpoints[arm] = metrics['checkpoint']
+                checkpoints[arm] = root / results['arms'][arm][-1]['checkpoint']
             key = f'arm {arm}'
             wall[key] = round(wall.get(key, 0.0) + seconds, 1)
             cached_flags[key] = cached_flags.get(key, True) and cached
         elif job[0] == 'layers':
             _, label, arm = job
-            stats, seconds, cached = _layer_job(label, checkpoints[arm or 'stage2'], setting, cache_dir)
-            results['layer_similarity'][label] = stats
+            stats, seconds, cached = _layer_job(label, str(checkpoints[arm or 'stage2']), setting, cache_dir)
+            results['layer_similarity'][label] = dict(stats, model=relative_path(stats.get('model') or '', root))
             key = 'layer similarity'
             wall[key] = round(wall.get(key, 0.0) + seconds, 1)
             cached_flags[key] = cached_flags.get(key, True) and cached
@@ -198,7 +275,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--quick', action='store_true', help='the toy QUICK setting (every stage, in minutes)')
     p.add_argument('--seeds', default=None,
-                   help='comma-separated seeds of stage 3 (default 0,1,2; with --quick 0, to stay within minutes)')
+                   help=f'comma-separated seeds of stage 3, the same for every arm (default: {_join(FULL_SEEDS)}; '
+                        f'with --quick {_join(QUICK_SEEDS)})')
     p.add_argument('--arms', default=None, help='comma-separated arms (default: all of scripts.miniature.arms.ARMS)')
     p.add_argument('--steps', type=int, default=None, help="stage-3 optimizer steps (default: the setting's)")
     p.add_argument('--cache_dir', type=Path, default=None, help='default: $TARS_CACHE')
@@ -210,7 +288,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                    help='how the report names the program before the flags (run.sh passes its own name)')
     a = p.parse_args(argv)
     setting = stages.QUICK if a.quick else stages.FULL
-    seeds = parse_list(a.seeds or ('0' if a.quick else '0,1,2'), int)
+    seeds = parse_list(a.seeds, int) if a.seeds is not None else list(QUICK_SEEDS if a.quick else FULL_SEEDS)
     if not seeds:
         p.error('--seeds: no seed given')
     if a.arms is None:
