@@ -40,6 +40,10 @@ class Preset:
     # the DeepSpeed stage the cluster launchers use unless DEEPSPEED is set: ZeRO-2 keeps a full bf16 copy of the
     # weights on every GPU, which a 30 B model (59 GiB) plus its colocated vLLM copy cannot afford
     deepspeed: str = 'zero2'
+    # hand ms-swift the LLM's LoRA targets as full module names (trainer.lora_targets): for the MoE model types
+    # transformers 5 re-lays, peft reduces ms-swift's LLM-scoped regex to bare leaf names, which the audio
+    # encoder's attention also has (huggingface/peft #3232)
+    lora_target_names: bool = False
     # other released checkpoints of the same architecture (detected as this preset)
     other_checkpoints: Tuple[str, ...] = ()
 
@@ -70,7 +74,8 @@ PRESETS: Dict[str, Preset] = {
                              llm_class='Qwen3OmniMoeThinkerForConditionalGeneration', llm_attribute='thinker',
                              tiny_twin=f'{_TWINS}:QWEN3_OMNI_MOE',
                              vllm_memory_fraction=0.77, vllm_limit_mm='{"audio": 1, "image": 0, "video": 0}',
-                             deepspeed='zero3', other_checkpoints=('Qwen/Qwen3-Omni-30B-A3B-Thinking',)),
+                             deepspeed='zero3', lora_target_names=True,
+                             other_checkpoints=('Qwen/Qwen3-Omni-30B-A3B-Thinking',)),
 }
 
 
