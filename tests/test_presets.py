@@ -151,6 +151,9 @@ def test_launcher_takes_the_preset(name, tmp_path):
     assert flag(train, '--use_vllm') == ('false' if name == 'phi4_multimodal' else 'true')
     # a 30 B model shards its weights (ZeRO-3); the others keep ZeRO-2
     assert flag(train, '--deepspeed') == ('zero3' if name == 'qwen3_omni_moe' else 'zero2')
+    # and two GPUs share one colocated vLLM engine, which splits its 58 GiB of bf16 weights (docs/memory.md §3)
+    if name != 'phi4_multimodal':
+        assert flag(train, '--vllm_tensor_parallel_size') == ('2' if name == 'qwen3_omni_moe' else '1')
     from trainer.engine import choose_backend
     if name == 'phi4_multimodal':
         assert choose_backend('auto', name) == 'transformers'

@@ -34,6 +34,9 @@ class Preset:
     # let vLLM skip the vision tower, which the speech prompts never use)
     vllm_memory_fraction: float = 0.15
     vllm_limit_mm: str = '{"audio": 1}'
+    # ms-swift's --vllm_tensor_parallel_size: the ranks that share one colocated vLLM engine, whose weights and KV
+    # cache it splits among them (a 30 B model's bf16 copy, 58 GiB, would otherwise sit whole on every GPU)
+    vllm_tensor_parallel: int = 1
     # ms-swift's --max_length and --vllm_max_model_len: the paper's 8192-token prompts + 512 completion tokens,
     # or the model's max_position_embeddings when that is shorter (vLLM refuses a longer max_model_len)
     max_length: int = 8704
@@ -68,12 +71,14 @@ PRESETS: Dict[str, Preset] = {
                               llm_class='Phi4MultimodalForCausalLM', registration='trainer.models.phi4_multimodal',
                               vllm=False, tiny_twin=f'{_TWINS}:PHI4_MULTIMODAL'),
     # Qwen3-Omni-30B-A3B with its talker disabled (ms-swift loads the thinker only, ENABLE_AUDIO_OUTPUT=0); the
-    # -Thinking checkpoint has the same architecture. vLLM holds a full bf16 copy (58 GiB), so the training side
-    # shards its weights (ZeRO-3) and vLLM gets 0.77 of each GPU (docs/memory.md §3)
+    # -Thinking checkpoint has the same architecture. Its bf16 weights are 59 GiB: the training side shards them
+    # (ZeRO-3) and each pair of GPUs shares one vLLM engine (tensor parallel 2), which gets 0.45 of each GPU
+    # (docs/memory.md §3)
     'qwen3_omni_moe': Preset('qwen3_omni_moe', 'Qwen/Qwen3-Omni-30B-A3B-Instruct',
                              llm_class='Qwen3OmniMoeThinkerForConditionalGeneration', llm_attribute='thinker',
                              tiny_twin=f'{_TWINS}:QWEN3_OMNI_MOE',
-                             vllm_memory_fraction=0.77, vllm_limit_mm='{"audio": 1, "image": 0, "video": 0}',
+                             vllm_memory_fraction=0.45, vllm_tensor_parallel=2,
+                             vllm_limit_mm='{"audio": 1, "image": 0, "video": 0}',
                              deepspeed='zero3', lora_target_names=True,
                              other_checkpoints=('Qwen/Qwen3-Omni-30B-A3B-Thinking',)),
 }
