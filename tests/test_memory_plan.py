@@ -166,6 +166,9 @@ def test_qwen3_omni_needs_vllm_tensor_parallel_for_the_headroom_rule():
     with pytest.raises(ValueError, match=r'^--vllm_tensor_parallel_size 3 must divide the 8 GPUs \(ms-swift groups'):
         mp.settings_from_args(mp.parser().parse_args(['--preset', 'qwen3_omni_moe',
                                                       '--vllm_tensor_parallel_size', '3']))
+    # the evaluation engine (eval.sh, one GPU) is not tensor parallel
+    evaluation = mp.parser().parse_args(['--preset', 'qwen3_omni_moe', '--kind', 'eval', '--gpus', '1'])
+    assert mp.settings_from_args(evaluation).vllm_tensor_parallel == 1
 
 
 def test_the_original_fraction_does_not_hold_qwen2_5_omni_and_the_error_says_what_does():

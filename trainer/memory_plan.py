@@ -607,7 +607,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.gpus < 1 or args.batch_per_gpu < 1 or args.world_batch % (args.gpus * args.batch_per_gpu):
         raise ValueError(f'world batch {args.world_batch} must be a multiple of GPUs x batch per GPU = '
                          f'{args.gpus * args.batch_per_gpu}')
-    tensor_parallel = args.vllm_tensor_parallel_size or (preset.vllm_tensor_parallel if preset else 1)
+    # the preset's tensor-parallel size is the colocated training engines'; the evaluation engine runs on one GPU
+    tensor_parallel = args.vllm_tensor_parallel_size or (preset.vllm_tensor_parallel
+                                                         if preset and args.kind == 'grpo' else 1)
     if use_vllm and (tensor_parallel < 1 or args.gpus % tensor_parallel):
         raise ValueError(f'--vllm_tensor_parallel_size {tensor_parallel} must divide the {args.gpus} GPUs '
                          '(ms-swift groups the ranks into colocated vLLM engines of that size)')
