@@ -101,6 +101,7 @@ else
            --embedder Qwen/Qwen3-Embedding-0.6B)   # the paper's behaviour embedder (hub; MiniLM offline on the CPU)
     if [ "$preset_vllm" = 1 ]; then
         args+=(--use_vllm true --vllm_mode colocate --vllm_gpu_memory_utilization "$preset_vllm_fraction"
+               --vllm_tensor_parallel_size "$preset_vllm_tensor_parallel"
                --vllm_max_model_len "$preset_max_length" --vllm_limit_mm_per_prompt "$preset_vllm_limit_mm"
                --sleep_level 0)
     else   # the GPU stack's vLLM does not serve this architecture: rollouts with transformers

@@ -46,7 +46,7 @@ MODEL_PRESET=${MODEL_PRESET:-qwen2_5_omni}   # trainer.presets.DEFAULT_PRESET (t
 # (input and run-directory checks, the checkpoint to resume, the preset's facts, the model on the hub); sets
 # `checkpoint` (empty: start at step 0), `prepared` (1: the data is ready), `preset_checkpoint` and
 # `preset_vllm` (1: vLLM serves it), and the preset's launch settings `preset_vllm_fraction`,
-# `preset_vllm_limit_mm`, `preset_max_length`, `preset_deepspeed`. A resume of a run that is complete exits 0 here
+# `preset_vllm_tensor_parallel`, `preset_vllm_limit_mm`, `preset_max_length`, `preset_deepspeed`. A resume of a run that is complete exits 0 here
 # (the reason printed).
 launcher_preflight() {
     local plan
@@ -57,6 +57,7 @@ launcher_preflight() {
     preset_checkpoint=$(launcher_get run_state:preset_checkpoint "$plan")
     preset_vllm=$(launcher_get run_state:preset_vllm "$plan")
     preset_vllm_fraction=$(launcher_get run_state:preset_vllm_fraction "$plan")
+    preset_vllm_tensor_parallel=$(launcher_get run_state:preset_vllm_tensor_parallel "$plan")
     preset_vllm_limit_mm=$(launcher_get run_state:preset_vllm_limit_mm "$plan")
     preset_max_length=$(launcher_get run_state:preset_max_length "$plan")
     preset_deepspeed=$(launcher_get run_state:preset_deepspeed "$plan")

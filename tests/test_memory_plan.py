@@ -125,20 +125,50 @@ def paper(preset: str, gpu: str = 'A100-80', **changes) -> mp.Plan:
     p = PRESETS[preset]
     st = mp.Settings(preset=preset, use_vllm=p.vllm, vllm_memory_fraction=p.vllm_memory_fraction,
                      vllm_vision=mp._mm_limit_has_vision(p.vllm_limit_mm), max_length=p.max_length,
-                     vllm_max_model_len=p.max_length)
+                     vllm_max_model_len=p.max_length, vllm_tensor_parallel=p.vllm_tensor_parallel,
+                     deepspeed=p.deepspeed)
     return mp.make_plan(dataclasses.replace(st, **changes), mp.gpu_size(gpu))
 
 
-# Qwen3-Omni-30B-A3B: vLLM's full bf16 copy (58.1 GiB) leaves 6 % next to the ZeRO-3 training side (docs/memory.md §3)
-HEADROOM = {'qwen3_omni_moe': 0.05}
-
-
+@pytest.mark.parametrize('gpu', ['A100-80', 'H100-80'])
 @pytest.mark.parametrize('preset', sorted(PRESETS))
-def test_presets_fit_eight_a100_80_with_ten_percent_headroom(preset):
-    plan = paper(preset, deepspeed=PRESETS[preset].deepspeed)
-    assert plan.fits and plan.headroom_gib >= HEADROOM.get(preset, 0.1) * plan.gpu_gib, mp.format_plan(plan)
-    if plan.vllm_need_gib:   # vLLM's KV cache holds every sequence a rank generates at once
+def test_presets_fit_eight_80_gb_gpus_with_ten_percent_headroom(preset, gpu):
+    plan = paper(preset, gpu)
+    assert plan.fits and plan.headroom_gib >= 0.1 * plan.gpu_gib, mp.format_plan(plan)
+    if plan.vllm_need_gib:   # vLLM's KV cache holds every sequence its ranks generate at once
         assert plan.vllm_sequences >= plan.vllm_wanted_sequences
+
+
+def test_qwen3_omni_needs_vllm_tensor_parallel_for_the_headroom_rule():
+    """The preset's settings (ZeRO-3, vLLM tensor parallel 2 at 0.45) by hand on 8 x A100-80, against the same
+    run with one engine per GPU, whose full bf16 copy leaves under 10 % at the smallest share that holds its 8
+    sequences."""
+    count = mp.preset_count('qwen3_omni_moe')
+    llm, audio = count.parts['llm'], count.parts['audio']    # vision skipped by the modality limits
+    plan = paper('qwen3_omni_moe')
+    rows = {name: gib for name, gib, _ in plan.rows}
+    # tensor parallel 2 halves the LLM's weights and, 4 kv heads over 2 GPUs, the KV per token: 48 layers x 2 x 2 x
+    # 128 x 2 B = 48 KiB; one engine serves both ranks' 2 x 4 = 8 rollouts at once: 16 sequences
+    assert mp.kv_bytes_per_token(count.shape, 2, 2) == 48 * 2 * 2 * 128 * 2 == 49_152
+    assert mp.vllm_weight_params(count, vision=False, tensor_parallel=2) == llm / 2 + audio
+    assert plan.vllm_wanted_sequences == 16 and plan.vllm_sequences >= 16
+    assert rows['vLLM (fraction x GPU)'] == pytest.approx(0.45 * 80)
+    assert rows['training weights'] == pytest.approx(sum(count.parts.values()) * 2 / 8 / mp.GIB)   # ZeRO-3
+    assert plan.peak_gib == pytest.approx(sum(rows.values()))   # sleep level 0: everything at once
+    assert plan.headroom_gib >= 0.1 * 80 and plan.peak_gib == pytest.approx(49.53, abs=0.01)
+    single = paper('qwen3_omni_moe', vllm_tensor_parallel=1, vllm_memory_fraction=0.77)
+    assert single.vllm_sequences >= single.vllm_wanted_sequences == 8
+    assert mp.min_vllm_fraction(single) == 0.77 and single.headroom_gib < 0.1 * 80   # 75.13 GiB: 6 %
+    # 40 GB cards: four GPUs per engine (weights 15.4 GiB a GPU) at 0.5
+    small = paper('qwen3_omni_moe', 'A100-40', vllm_tensor_parallel=4, vllm_memory_fraction=0.5)
+    assert small.fits and small.headroom_gib >= 0.1 * 40 and small.vllm_sequences >= small.vllm_wanted_sequences == 32
+    assert not paper('qwen3_omni_moe', 'A100-40').fits
+    with pytest.raises(ValueError, match=r'^--vllm_tensor_parallel_size 3 must divide the 8 GPUs \(ms-swift groups'):
+        mp.settings_from_args(mp.parser().parse_args(['--preset', 'qwen3_omni_moe',
+                                                      '--vllm_tensor_parallel_size', '3']))
+    # the evaluation engine (eval.sh, one GPU) is not tensor parallel
+    evaluation = mp.parser().parse_args(['--preset', 'qwen3_omni_moe', '--kind', 'eval', '--gpus', '1'])
+    assert mp.settings_from_args(evaluation).vllm_tensor_parallel == 1
 
 
 def test_the_original_fraction_does_not_hold_qwen2_5_omni_and_the_error_says_what_does():

@@ -123,3 +123,37 @@ def test_40_second_clip_reaches_the_encoder_whole_in_training_and_evaluation(twi
     out = generate(engine, [([{'role': 'user', 'content': '<audio>What is said?'}], [str(clip)])],
                    ModelSpec(str(twin), None, NAME), use_adapter=False, max_new_tokens=2)
     assert isinstance(out[0], str) and seen and seen[0] == (4000, [4000], 520)
+
+
+@pytest.mark.slow
+def test_lora_targets_are_named_so_the_audio_encoder_stays_frozen(twin):
+    """peft 0.20 reduces ms-swift's LLM-scoped ``all-linear`` regex to leaf names on this model type (its v4 -> v5 MoE
+    config conversion, huggingface/peft #3232), which the audio encoder's q/k/v_proj also match; the full names
+    ``trainer.lora_targets`` gives adapt the LLM's attention only: 3 layers x 8 x (128 + 96 + 96 + 128) = 10,752."""
+    import types
+
+    from peft import LoraConfig, get_peft_model
+    from swift.model import get_model_processor
+    from swift.utils import get_multimodal_target_regex
+
+    from trainer.lora_targets import resolve_target_names
+
+    def adapted(targets):
+        model, _ = get_model_processor(str(twin), model_type=NAME, torch_dtype=torch.float32)
+        peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, target_modules=targets))
+        lora = {n: p.numel() for n, p in peft_model.named_parameters() if 'lora_' in n}
+        return {n.split('.lora_')[0].removeprefix('base_model.model.') for n in lora}, sum(lora.values())
+
+    model, _ = get_model_processor(str(twin), model_type=NAME, torch_dtype=torch.float32)
+    regex = get_multimodal_target_regex(model)
+    names, _ = adapted(regex)
+    assert 'thinker.audio_tower.layers.0.self_attn.q_proj' in names  # the upstream behaviour worked around
+    args = types.SimpleNamespace(model_type=NAME, tuner_type='lora', resume_from_checkpoint=None, adapters=[],
+                                 target_modules=['all-linear'], freeze_llm=False, freeze_vit=True, freeze_aligner=True)
+    resolve_target_names(args, model)
+    assert len(args.target_modules) == 12 and all(n.startswith('thinker.model.layers.') for n in args.target_modules)
+    names, count = adapted(args.target_modules)
+    assert names == set(args.target_modules) and count == 10_752
+    kept = types.SimpleNamespace(**{**vars(args), 'model_type': 'qwen2_5_omni', 'target_modules': ['all-linear']})
+    resolve_target_names(kept, model)
+    assert kept.target_modules == ['all-linear']  # other presets: ms-swift's own resolution

@@ -1,7 +1,8 @@
 """Entry point: ``python -m trainer.grpo [TARS flags] [ms-swift rlhf flags]``.
 
 Parses the TARS flags (``trainer.config``), activates them, registers the TARS plugin and hands every
-other flag to ms-swift's ``rlhf_main`` with ``--rlhf_type grpo``. The paper's hyper-parameters
+other flag to ms-swift's ``rlhf_main`` with ``--rlhf_type grpo`` (through ``trainer.lora_targets``, which names the
+LoRA targets for the presets that need it). The paper's hyper-parameters
 (docs/original.md §2.9, §12) come first, so any flag given on the command line overrides them. Works under
 ``torchrun`` unchanged (each rank runs this module).
 """
@@ -102,9 +103,8 @@ def main(argv: Optional[List[str]] = None) -> Any:
 
     register_with_swift()
     # deferred: ms-swift and torch.distributed load in seconds; the command line is checked before them
-    from swift.pipelines import rlhf_main
-
     from trainer.distributed import run_then_shutdown
+    from trainer.lora_targets import rlhf_main
     return run_then_shutdown(rlhf_main, build_swift_argv(swift_args))
 
 

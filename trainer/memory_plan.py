@@ -233,9 +233,18 @@ def activation_bytes(s: LLMShape, lora: 'LoRAShape', tokens: int, dtype_bytes: i
     return s.layers * per_layer
 
 
-def kv_bytes_per_token(s: LLMShape, dtype_bytes: int = 2) -> int:
-    """KV-cache bytes per token: keys and values of every layer, 2 x layers x kv_heads x head_dim x dtype."""
-    return 2 * s.layers * s.kv_heads * s.head_dim * dtype_bytes
+def kv_bytes_per_token(s: LLMShape, dtype_bytes: int = 2, tensor_parallel: int = 1) -> int:
+    """KV-cache bytes per token on one GPU: keys and values of every layer, 2 x layers x kv_heads x head_dim x
+    dtype, divided by the tensor-parallel size when it divides the kv heads (vLLM shards them; else replicates)."""
+    split = tensor_parallel if s.kv_heads % tensor_parallel == 0 else 1
+    return 2 * s.layers * s.kv_heads * s.head_dim * dtype_bytes // split
+
+
+def vllm_weight_params(count: 'ModelCount', vision: bool, tensor_parallel: int = 1) -> float:
+    """Parameters one GPU of a vLLM engine holds: the LLM divided by the tensor-parallel size (vLLM shards its
+    Linears and vocabulary), the encoders whole (counted unsharded: the plan's upper bound)."""
+    loaded = count.loaded(False, vision=vision)
+    return loaded.get('llm', 0) / tensor_parallel + sum(v for k, v in loaded.items() if k != 'llm')
 
 
 # ---------------------------------------------------------------------------------------------------- the plan
@@ -259,6 +268,7 @@ class Settings:
     vllm_max_model_len: int = 8704
     vllm_max_num_seqs: Optional[int] = None  # None: ms-swift's default, batch per GPU x accumulation steps
     vllm_vision: bool = True                 # False when --vllm_limit_mm_per_prompt sets image and video to 0
+    vllm_tensor_parallel: int = 1            # --vllm_tensor_parallel_size: ranks that share one colocated engine
     sleep_level: int = 0
     embedder: Optional[str] = EMBEDDER       # the behaviour reward's embedder, loaded on every rank (fp32)
     representation: bool = True              # the representation reward's pooled hidden states
@@ -375,10 +385,11 @@ def make_plan(settings: Settings, gpu_gib: float, count: Optional[ModelCount] = 
     plan.rows.append(('CUDA context, NCCL, fragmentation', CUDA_RESERVE_GIB, 'fixed estimate'))
     base = sum(r[1] for r in plan.rows)
     if st.kind in ('grpo', 'eval') and st.use_vllm:
-        v_loaded = count.loaded(False, vision=st.vllm_vision)
-        v_weights = _gib(sum(v_loaded.values()) * db)
-        kv_token = kv_bytes_per_token(shape, db)
-        num_seqs = st.vllm_max_num_seqs or (st.batch_per_gpu * st.grad_accum)
+        tp = st.vllm_tensor_parallel
+        v_weights = _gib(vllm_weight_params(count, st.vllm_vision, tp) * db)
+        kv_token = kv_bytes_per_token(shape, db, tp)
+        # ms-swift's default: one engine generates every sequence of its tensor-parallel group's ranks at once
+        num_seqs = st.vllm_max_num_seqs or (st.batch_per_gpu * st.grad_accum * tp)
         v_act = _gib(VLLM_PROFILE_TOKENS * (3 * shape.intermediate + 6 * shape.hidden) * db
                      + num_seqs * shape.vocab * 4)
         plan.vllm_budget_gib = st.vllm_memory_fraction * gpu_gib
@@ -390,7 +401,8 @@ def make_plan(settings: Settings, gpu_gib: float, count: Optional[ModelCount] = 
         vision = ('no vision tower' if 'vision' not in count.parts
                   else 'vision skipped' if not st.vllm_vision else 'with vision')
         plan.rows.append(('vLLM (fraction x GPU)', plan.vllm_budget_gib,
-                          f'{st.vllm_memory_fraction:g} x {gpu_gib:.1f}: weights {v_weights:.1f} ({vision}) + '
+                          f'{st.vllm_memory_fraction:g} x {gpu_gib:.1f}: weights {v_weights:.1f} ({vision}'
+                          + (f', tensor parallel {tp}' if tp > 1 else '') + ') + '
                           f'activations {v_act:.1f} + fixed {VLLM_FIXED_GIB:.1f} + KV {max(plan.vllm_kv_gib, 0):.1f}'
                           f' = {plan.vllm_sequences:.1f} x {seq} tokens ({kv_token // 1024} KiB/token)'))
         if st.sleep_level == 0 or st.kind == 'eval':
@@ -436,7 +448,8 @@ def min_vllm_fraction(plan: Plan) -> float:
     spec = MODEL_SPECS.get(st.preset)
     seq = st.sequence_length(spec) if spec else st.max_length
     shape = preset_count(st.preset).shape if spec else None
-    kv_all = plan.vllm_wanted_sequences * seq * kv_bytes_per_token(shape, st.dtype_bytes) if shape else 0
+    kv_all = (plan.vllm_wanted_sequences * seq * kv_bytes_per_token(shape, st.dtype_bytes, st.vllm_tensor_parallel)
+              if shape else 0)
     need = max(plan.vllm_need_gib, plan.vllm_budget_gib - plan.vllm_kv_gib + _gib(kv_all))
     return math.ceil(100 * need / plan.gpu_gib) / 100
 
@@ -568,6 +581,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--vllm_gpu_memory_utilization', type=float, default=None)
     p.add_argument('--vllm_max_model_len', type=int, default=None, help="default: the preset's max length")
     p.add_argument('--vllm_max_num_seqs', type=int, default=None)
+    p.add_argument('--vllm_tensor_parallel_size', type=int, default=None,
+                   help="ranks sharing one colocated vLLM engine; default the preset's (trainer.presets)")
     p.add_argument('--vllm_limit_mm_per_prompt', type=_mm_limit_has_vision, default=None, dest='vllm_vision',
                    help="JSON; default the preset's (trainer.presets vllm_limit_mm)")
     p.add_argument('--fraction_name', default='--vllm_gpu_memory_utilization',
@@ -592,6 +607,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.gpus < 1 or args.batch_per_gpu < 1 or args.world_batch % (args.gpus * args.batch_per_gpu):
         raise ValueError(f'world batch {args.world_batch} must be a multiple of GPUs x batch per GPU = '
                          f'{args.gpus * args.batch_per_gpu}')
+    # the preset's tensor-parallel size is the colocated training engines'; the evaluation engine runs on one GPU
+    tensor_parallel = args.vllm_tensor_parallel_size or (preset.vllm_tensor_parallel
+                                                         if preset and args.kind == 'grpo' else 1)
+    if use_vllm and (tensor_parallel < 1 or args.gpus % tensor_parallel):
+        raise ValueError(f'--vllm_tensor_parallel_size {tensor_parallel} must divide the {args.gpus} GPUs '
+                         '(ms-swift groups the ranks into colocated vLLM engines of that size)')
     return Settings(
         preset=args.preset, kind=args.kind, gpus=args.gpus, batch_per_gpu=args.batch_per_gpu,
         grad_accum=args.world_batch // (args.gpus * args.batch_per_gpu),
@@ -600,7 +621,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         deepspeed=args.deepspeed or (preset.deepspeed if preset else 'zero2'),
         gradient_checkpointing=args.gradient_checkpointing, use_vllm=use_vllm,
         vllm_memory_fraction=fraction, vllm_max_model_len=args.vllm_max_model_len or max_length,
-        vllm_max_num_seqs=args.vllm_max_num_seqs, vllm_vision=vision, sleep_level=args.sleep_level,
+        vllm_max_num_seqs=args.vllm_max_num_seqs, vllm_vision=vision, vllm_tensor_parallel=tensor_parallel,
+        sleep_level=args.sleep_level,
         embedder=args.embedder if _has_reward(args.reward_funcs, 'tars_behaviour') else None,
         representation=_has_reward(args.reward_funcs, 'tars_representation'),
         audio_output=args.audio_output, lora_rank=args.lora_rank, fraction_setting=args.fraction_name)

@@ -45,9 +45,8 @@ def main(argv: Optional[List[str]] = None) -> Any:
     check_swift_argv(swift_args, OPT_IN in argv[1:])
     register_with_swift()
     # deferred: ms-swift and torch.distributed load in seconds; the command line is checked before them
-    from swift.pipelines import rlhf_main, sft_main
-
     from trainer.distributed import run_then_shutdown
+    from trainer.lora_targets import rlhf_main, sft_main
     run = rlhf_main if kind == 'dpo' else sft_main
     return run_then_shutdown(run, build_swift_argv(kind, swift_args))
 

@@ -34,12 +34,19 @@ class Preset:
     # let vLLM skip the vision tower, which the speech prompts never use)
     vllm_memory_fraction: float = 0.15
     vllm_limit_mm: str = '{"audio": 1}'
+    # ms-swift's --vllm_tensor_parallel_size: the ranks that share one colocated vLLM engine, whose weights and KV
+    # cache it splits among them (a 30 B model's bf16 copy, 58 GiB, would otherwise sit whole on every GPU)
+    vllm_tensor_parallel: int = 1
     # ms-swift's --max_length and --vllm_max_model_len: the paper's 8192-token prompts + 512 completion tokens,
     # or the model's max_position_embeddings when that is shorter (vLLM refuses a longer max_model_len)
     max_length: int = 8704
     # the DeepSpeed stage the cluster launchers use unless DEEPSPEED is set: ZeRO-2 keeps a full bf16 copy of the
     # weights on every GPU, which a 30 B model (59 GiB) plus its colocated vLLM copy cannot afford
     deepspeed: str = 'zero2'
+    # hand ms-swift the LLM's LoRA targets as full module names (trainer.lora_targets): for the MoE model types
+    # transformers 5 re-lays, peft reduces ms-swift's LLM-scoped regex to bare leaf names, which the audio
+    # encoder's attention also has (huggingface/peft #3232)
+    lora_target_names: bool = False
     # other released checkpoints of the same architecture (detected as this preset)
     other_checkpoints: Tuple[str, ...] = ()
 
@@ -64,13 +71,16 @@ PRESETS: Dict[str, Preset] = {
                               llm_class='Phi4MultimodalForCausalLM', registration='trainer.models.phi4_multimodal',
                               vllm=False, tiny_twin=f'{_TWINS}:PHI4_MULTIMODAL'),
     # Qwen3-Omni-30B-A3B with its talker disabled (ms-swift loads the thinker only, ENABLE_AUDIO_OUTPUT=0); the
-    # -Thinking checkpoint has the same architecture. vLLM holds a full bf16 copy (58 GiB), so the training side
-    # shards its weights (ZeRO-3) and vLLM gets 0.77 of each GPU (docs/memory.md §3)
+    # -Thinking checkpoint has the same architecture. Its bf16 weights are 59 GiB: the training side shards them
+    # (ZeRO-3) and each pair of GPUs shares one vLLM engine (tensor parallel 2), which gets 0.45 of each GPU
+    # (docs/memory.md §3)
     'qwen3_omni_moe': Preset('qwen3_omni_moe', 'Qwen/Qwen3-Omni-30B-A3B-Instruct',
                              llm_class='Qwen3OmniMoeThinkerForConditionalGeneration', llm_attribute='thinker',
                              tiny_twin=f'{_TWINS}:QWEN3_OMNI_MOE',
-                             vllm_memory_fraction=0.77, vllm_limit_mm='{"audio": 1, "image": 0, "video": 0}',
-                             deepspeed='zero3', other_checkpoints=('Qwen/Qwen3-Omni-30B-A3B-Thinking',)),
+                             vllm_memory_fraction=0.45, vllm_tensor_parallel=2,
+                             vllm_limit_mm='{"audio": 1, "image": 0, "video": 0}',
+                             deepspeed='zero3', lora_target_names=True,
+                             other_checkpoints=('Qwen/Qwen3-Omni-30B-A3B-Thinking',)),
 }
 
 

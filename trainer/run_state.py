@@ -244,14 +244,15 @@ def check_settings(prompt_type: Optional[str], prompt_modality: Optional[str], m
 
 def preset_facts(model_preset: str, need_tiny_twin: bool = False) -> Dict[str, str]:
     """What the launchers need to know about a preset, answered with the preflight (one Python call):
-    its real checkpoint, whether vLLM serves it, and its launch settings (vLLM share and limits, length,
-    DeepSpeed stage; ``trainer.presets``)."""
+    its real checkpoint, whether vLLM serves it, and its launch settings (vLLM share, tensor-parallel size and
+    limits, length, DeepSpeed stage; ``trainer.presets``)."""
     preset = PRESETS[model_preset]
     if need_tiny_twin and not preset.has_tiny_twin:
         raise RunStateError(f'no tiny twin for MODEL_PRESET={model_preset} (presets with one: '
                             f'{" ".join(sorted(k for k, p in PRESETS.items() if p.has_tiny_twin))})')
     return {'preset_checkpoint': preset.checkpoint, 'preset_vllm': str(int(preset.vllm)),
             'preset_vllm_fraction': f'{preset.vllm_memory_fraction:g}', 'preset_vllm_limit_mm': preset.vllm_limit_mm,
+            'preset_vllm_tensor_parallel': str(preset.vllm_tensor_parallel),
             'preset_max_length': str(preset.max_length), 'preset_deepspeed': preset.deepspeed}
 
 
