@@ -57,6 +57,11 @@ TOUCHES = (
     Touch('swift.rl_core.data:GRPOBatch.teacher_per_token_logps', 'trainer.grpo_trainer',
           "the self-distillation teacher's log-probs of the sampled tokens ([B, C], None without a teacher_prompt); "
           'the rollout dump records their mean gap to the policy (teacher_gap).'),
+    Touch('peft.utils.transformers_weight_conversion:_convert_peft_config_moe', 'trainer.lora_targets',
+          'on model types transformers 5 re-lays (qwen3_omni_moe) peft reduces a regex target to the leaf names it '
+          "matches, losing ms-swift's LLM scope (the audio encoder's q/k/v_proj match too); lora_targets passes "
+          'full module names, which it keeps (tests/test_qwen3_omni.py shows the regex still reaching the encoder).',
+          ('peft_config', 'model')),
     Touch('toktok:_encoding', 'scripts.recipes.phi4_tokenizer',
           "the o200k_base ranks of the offline Phi-4 twin's tokenizer; toktok-rs exposes full token bytes only "
           'through this function (o200k_encoding).', ('name',)),
