@@ -129,11 +129,10 @@ EVAL_MODES = ('audio', 'text')
 # Stage-3 recipes per setting name. grpo_questions questions per optimizer step, each with num_generations
 # rollouts (half speech, half text: prompt_modality mixed); the sft and dpo arms take pref_batch_size rows per
 # step. One generation batch per optimizer step (gradient accumulation 1).
-# FULL: 100 steps (they keep the full run within its 2 hours) at 6e-4, one rate for every arm (docs/miniature.md,
-# "Pilots for condition 3", "Third session", "Sixth session"): from the older start at 1e-3 every GRPO pilot lost
-# arithmetic, in text too, and at 1e-4 nothing moved in 40 steps; from the current start (stage 2 answering half
-# its speech prompts directly) 3e-4 moved standard GRPO by less than its seed interval (+12.8 +- 13.3 points),
-# while 6e-4 moved it by +19.8 +- 9.4 with text kept at 100 %.
+# FULL: 100 steps at 6e-4, one rate for every arm (docs/miniature.md, "What was tried"): from an older start at
+# 1e-3 every GRPO pilot lost arithmetic, in text too, and at 1e-4 nothing moved in 40 steps; from a start whose
+# stage 2 answers half its speech prompts directly, 3e-4 moved standard GRPO by less than its seed interval
+# (+12.8 +- 13.3 points), while 6e-4 moved it by +19.8 +- 9.4 with text kept at 100 %.
 STAGE3: Dict[str, Dict] = {
     'full': {'steps': 100, 'learning_rate': 6e-4, 'lora_rank': 8, 'lora_alpha': 32, 'grpo_questions': 2,
              'num_generations': 8, 'max_completion_length': 64, 'temperature': 1.0, 'overlong_filter': True,

@@ -1,5 +1,5 @@
 """A seeded closed world of multiple-choice questions that need one short reasoning step (docs/miniature.md,
-"World and tokenizer").
+"The world").
 
 Three templates, each question with four options (one correct) and a thinking text that states the intermediate
 step (the ``<think>`` part of the systhink answer, ``trainer.prompts.systhink_answer``):
