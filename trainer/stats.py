@@ -11,6 +11,7 @@ there). Pure functions on numbers and numpy arrays, no torch.
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
@@ -90,7 +91,7 @@ def t_interval(values: Sequence[Optional[float]], confidence: float = CONFIDENCE
     mean = sum(xs) / len(xs)
     if len(xs) < 2:
         return mean, None
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+    sd = statistics.stdev(xs)
     return mean, float(scipy_stats.t.ppf(0.5 + confidence / 2, len(xs) - 1)) * sd / math.sqrt(len(xs))
 
 

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -188,7 +189,7 @@ def paired(results: Dict, value=lambda row: row.get('speech_acc'), goal: Optiona
         seeds = sorted(s for s in set(mine) & set(theirs) if mine[s] is not None and theirs[s] is not None)
         diffs = [mine[s] - theirs[s] for s in seeds]
         mean, half = t_interval(diffs)
-        sd = (math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) if len(diffs) > 1 else None)
+        sd = statistics.stdev(diffs) if len(diffs) > 1 else None   # the SD t_interval uses
         entry = {'diff': mean, 'lo': None if half is None else mean - half, 'hi': None if half is None else mean + half,
                  'n_seeds': len(seeds), 'seeds': seeds, 'sd': sd, 'half_width': half}
         entry['verdict'] = verdict(entry['lo'], entry['hi'], bound) if seeds else 'not run'
