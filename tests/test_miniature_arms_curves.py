@@ -40,7 +40,7 @@ def test_allwrong_counts_speech_rollouts_of_groups_whose_speech_rollouts_all_fai
 
 def test_curve_settings_and_save_flags():
     from scripts.miniature import arms, stages
-    assert (stages.FULL.curve_every, stages.FULL.curve_items, stages.FULL.eval_items) == (10, 100, 1200)
+    assert (stages.FULL.curve_every, stages.FULL.curve_items, stages.FULL.eval_items) == (10, 50, 1200)
     assert (stages.QUICK.curve_every, stages.QUICK.curve_items) == (1, 6)
     recipe = arms.recipe_for(stages.FULL)
     flags = arms.common_flags(Path('start'), recipe, 3, Path('out'), stages.FULL.curve_every)
@@ -67,3 +67,17 @@ def test_paths_are_relative_to_the_miniature_cache(tmp_path):
     assert arms.cache_path('arms/grpo-s0-abc/train/checkpoint-100', tmp_path) == run
     with pytest.raises(ValueError):
         arms.relative(tmp_path / 'elsewhere', tmp_path)
+
+
+def test_an_arms_hearing_probe_asks_arm_hearing_items(monkeypatch):
+    """FULL probes an arm's adapter on its first 300 test items (the start on all 1200); a setting without
+    arm_hearing_items probes eval_items."""
+    import dataclasses
+
+    from scripts.miniature import arms, hearing, stages
+    asked = []
+    monkeypatch.setattr(hearing, 'probe', lambda checkpoint, setting, cache_dir=None, split='test', max_items=None:
+                        asked.append((split, max_items)) or {'hearing_acc': 0.5})
+    assert arms.hearing_accuracy(Path('ck'), stages.FULL) == 0.5
+    assert arms.hearing_accuracy(Path('ck'), dataclasses.replace(stages.FULL, arm_hearing_items=None)) == 0.5
+    assert asked == [('test', 300), ('test', 1200)]

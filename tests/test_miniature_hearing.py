@@ -3,6 +3,7 @@ hearing rows and the probe run on the QUICK model."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +64,46 @@ def test_probe_row_and_the_stage_2_rows(tmp_path):
     assert written[1]['audios'] == written[0]['audios'] and 'audios' not in written[2]
     with pytest.raises(ValueError, match='probe rows need a spoken modality'):
         prepare_warmstart_dataset(str(path), tmp_path / 'w2', modality='text', probe=probe_row)
+    # the hearing phase's rows: the hearing rows alone, in the items' order, on the same clips
+    only = prepare_warmstart_dataset(str(path), tmp_path / 'w3', modality='probe', probe=probe_row)
+    hearing_rows = [json.loads(line) for line in only.read_text().splitlines()]
+    assert [r['messages'] for r in hearing_rows] == [r['messages'] for r in written[1::3]]
+    assert [Path(r['audios'][0]).name for r in hearing_rows] == [Path(r['audios'][0]).name for r in written[1::3]]
+    with pytest.raises(ValueError, match="modality 'probe' writes only probe rows"):
+        prepare_warmstart_dataset(str(path), tmp_path / 'w4', modality='probe')
+
+
+def test_stage2_phases_chain_from_each_other(tmp_path, monkeypatch):
+    """stage2_chain: the first phase from stage 1 on the mixed rows, then each of Setting.stage2_phases from the
+    previous checkpoint with its own rows and steps (FULL's: hearing rows alone 600 steps, mixed again 600); stage2
+    is the last; a bad phase is refused before anything trains."""
+    import dataclasses
+
+    from scripts.miniature import stages
+    calls = []
+
+    def fake_sft(start, data, out, recipe, model_type, **kw):
+        calls.append((start.name, out.name, recipe['steps'], kw['modality'], kw['speech_thinking'],
+                      kw['probe'] is not None, kw['max_rows']))
+        return out
+    monkeypatch.setattr('scripts.recipes.embedded.sft_checkpoint', fake_sft)
+    monkeypatch.setattr(stages, 'world_dataset', lambda setting, speech, cache_dir=None: tmp_path / str(speech))
+    monkeypatch.setattr(stages, 'model_dir', lambda setting, cache_dir=None: tmp_path / 'model')
+    chain = stages.stage2_chain(stages.FULL, tmp_path)
+    assert [c[2:] for c in calls] == [(2400, 'text', None, False, None),
+                                      (1200, 'mixed', 1500, True, 3000),
+                                      (600, 'probe', None, True, 3000),
+                                      (600, 'mixed', 1500, True, 3000)]
+    assert [c[0] for c in calls[1:]] == [c[1] for c in calls[:-1]]   # each phase starts from the one before
+    assert len(chain) == 3 and len({c.name for c in chain}) == 3 and chain == [tmp_path / 'miniature' / c[1]
+                                                                               for c in calls[1:]]
+    calls.clear()
+    assert stages.stage2(stages.FULL, tmp_path) == chain[-1]
+    for phases, match in ((('asr', 5),), 'expected one of probe, mixed'), ((('probe', 0),), 'positive step count'):
+        with pytest.raises(ValueError, match=match):
+            stages.stage2_chain(dataclasses.replace(stages.FULL, stage2_phases=phases), tmp_path)
+    with pytest.raises(ValueError, match='needs stage2_hearing'):
+        stages.stage2_chain(dataclasses.replace(stages.FULL, stage2_hearing=False), tmp_path)
 
 
 @pytest.mark.slow  # trains the QUICK stages (tests/conftest.py)

@@ -26,7 +26,7 @@ from trainer.schema import (DEFAULT_MAX_AUDIO_SECONDS, SAMPLING_RATE, SchemaErro
 KEY, QUESTION, OPTIONS, ANSWER_INDEX, TEXT_PROMPT, SUBJECT = (
     'tars_key', 'tars_question', 'tars_options', 'tars_answer_index', 'tars_text_prompt', 'tars_subject')
 # The row kinds of a warm-start set (prepare_warmstart_dataset)
-WARMSTART_MODALITIES = ('text', 'speech', 'mixed', 'asr', 'asr_mixed')
+WARMSTART_MODALITIES = ('text', 'speech', 'mixed', 'asr', 'asr_mixed', 'probe')
 
 
 def _safe_name(key: str, content: str = '') -> str:
@@ -186,7 +186,8 @@ def prepare_warmstart_dataset(dataset: str, out_dir: Path, prompt_type: str = 's
     """Write ``out_dir/warmstart.jsonl``: prompts with systhink answers for ``swift sft``; ``modality`` one of
     WARMSTART_MODALITIES: ``text`` (the text prompts), ``speech`` (the speech prompts, clips written under
     ``out_dir/audio``), ``mixed`` (each item twice, its speech prompt then its text prompt), ``asr`` (each clip's
-    transcription, ``asr_row``) or ``asr_mixed`` (each item's transcription then its text prompt). With an asr
+    transcription, ``asr_row``), ``asr_mixed`` (each item's transcription then its text prompt) or ``probe`` (only
+    the rows of ``probe``, which it needs: the miniature's hearing phase). With an asr
     modality the first ``speech_answers`` items also give their answered speech prompt, after the transcription.
     With ``speech_thinking`` N (``speech`` or ``mixed``), only the first N items' speech prompts are answered with
     their thinking, the later ones directly (``warmstart_row(think=False)``), as spoken question-answering data
@@ -199,6 +200,8 @@ def prepare_warmstart_dataset(dataset: str, out_dir: Path, prompt_type: str = 's
         raise ValueError(f'speech_answers={speech_answers} needs an asr modality, got {modality!r}')
     if probe is not None and modality == 'text':
         raise ValueError('probe rows need a spoken modality, got modality=\'text\'')
+    if probe is None and modality == 'probe':
+        raise ValueError('modality \'probe\' writes only probe rows: give probe')
     if speech_thinking is not None and modality not in ('speech', 'mixed'):
         raise ValueError(f'speech_thinking={speech_thinking} needs the speech or mixed modality, got {modality!r}')
     ds = load_hf_dataset(dataset, split)
@@ -214,6 +217,9 @@ def prepare_warmstart_dataset(dataset: str, out_dir: Path, prompt_type: str = 's
         for i, (row, path) in enumerate(zip(rows, paths, strict=True)):
             if modality == 'text':
                 yield warmstart_row(row, prompt_type)
+                continue
+            if modality == 'probe':
+                yield probe(row, path)
                 continue
             if modality.startswith('asr'):
                 yield asr_row(row, path)

@@ -474,10 +474,12 @@ def allwrong(dump: Path, additive_teacher: bool = False) -> Dict:
 
 
 def hearing_accuracy(checkpoint: Path, setting: Setting, cache_dir: Optional[Path] = None) -> Optional[float]:
-    """The hearing probe's accuracy (0-1) of ``checkpoint`` on the first ``eval_items`` test items
-    (``scripts.miniature.hearing.probe``, its answers cached under ``<cache>/miniature/hearing/``)."""
+    """The hearing probe's accuracy (0-1) of an arm's ``checkpoint`` on the first ``arm_hearing_items`` (default
+    ``eval_items``) test items (``scripts.miniature.hearing.probe``, its answers cached under
+    ``<cache>/miniature/hearing/``)."""
     from scripts.miniature import hearing
-    return hearing.probe(checkpoint, setting, cache_dir, split='test', max_items=setting.eval_items)['hearing_acc']
+    items = setting.arm_hearing_items or setting.eval_items
+    return hearing.probe(checkpoint, setting, cache_dir, split='test', max_items=items)['hearing_acc']
 
 
 def relative(path: Path, cache_dir: Optional[Path] = None) -> str:
@@ -536,7 +538,8 @@ def run_dir(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
         raise ValueError(f'arm must be one of {ARMS}, got {arm!r}')
     start = stages.stage2(setting, cache_dir)
     digest = _digest(start.name, recipe_for(setting, steps, overrides), arm, seed, setting.eval_items,
-                     setting.max_new_tokens, setting.curve_every, setting.curve_items, ARMS_VERSION)
+                     setting.max_new_tokens, setting.curve_every, setting.curve_items, ARMS_VERSION,
+                     *([{'hearing_items': setting.arm_hearing_items}] if setting.arm_hearing_items else []))
     return _arms_root(cache_dir) / f'{arm}-s{seed}-{digest}'
 
 
@@ -600,7 +603,8 @@ def run_arm(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
                'train_wall_seconds': round(train_wall, 1), 'eval_wall_seconds': round(t2 - t1, 1),
                'curve_wall_seconds': round(t3 - t2, 1), 'hearing_wall_seconds': round(t4 - t3, 1),
                'speech_acc': acc['audio'], 'text_acc': acc['text'], 'hearing_acc': hearing,
-               'eval_items': setting.eval_items, 'curve_every': setting.curve_every,
+               'eval_items': setting.eval_items, 'hearing_items': setting.arm_hearing_items or setting.eval_items,
+               'curve_every': setting.curve_every,
                'curve_items': setting.curve_items, 'start_checkpoint': relative(start, cache_dir), 'recipe': recipe,
                'checkpoint': relative(out, cache_dir) + '/' + str(checkpoint.relative_to(tmp)),
                'val_curve': points,

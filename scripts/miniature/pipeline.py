@@ -9,8 +9,9 @@ Jobs, in order (a progress bar with an ETA over them):
 1. stage 1 and stage 2 (``scripts.miniature.stages.run``: trained once, cached, evaluated with eval.qa);
 2. the hearing probe of the stage-2 checkpoint, the start of stage 3 (``scripts.miniature.hearing.probe`` on the
    first ``eval_items`` test items; cached per checkpoint);
-3. every arm x seed (``scripts.miniature.arms.run_arm``: cached per arm, seed, setting and steps, so a killed run
-   resumes at the first job without its ``metrics.json``); every arm runs the same seeds (common random numbers);
+3. every arm x seed, seed by seed (``scripts.miniature.arms.run_arm``: cached per arm, seed, setting and steps, so
+   a killed run resumes at the first job without its ``metrics.json``); every arm runs the same seeds (common
+   random numbers);
 4. the layer-similarity analysis (``scripts.layer_similarity_analysis.measure``: token and pooled measures, the
    model's own greedy text responses teacher-forced after the text and the speech prompt) of the stage-2
    checkpoint and of seed 0 of the ``grpo`` and ``tars`` arms (when they and seed 0 are run), on the first test
@@ -142,6 +143,9 @@ def stage_entry(stage: str, summary: Dict, root: Path, cached: bool) -> Dict:
              'final_loss': summary.get('final_loss'), 'eval_items': summary.get('eval_items')}
     if stage == 'stage2':
         entry['speech_acc'] = acc.get('audio')
+    if summary.get('phases'):
+        entry['phases'] = [dict(phase, checkpoint=relative_path(phase['checkpoint'], root))
+                           for phase in summary['phases']]
     return entry
 
 
@@ -218,7 +222,8 @@ def run_pipeline(setting: stages.Setting, seeds: Sequence[int], arms: Sequence[s
     started = time.perf_counter()
     root = stages._root(cache_dir)
     jobs: List[Tuple] = [('stage', 'stage1'), ('stage', 'stage2'), ('hearing',)]
-    jobs += [('arm', arm, seed) for arm in arms for seed in seeds]
+    # seed by seed: a run stopped part-way leaves whole seeds of every arm, the pairs the report compares
+    jobs += [('arm', arm, seed) for seed in seeds for arm in arms]
     jobs += [('layers', label, arm) for label, arm in LAYER_RUNS if arm is None or (arm in arms and 0 in seeds)]
     jobs += [('report',)]
     results: Dict = {'command': portable_command(command, cache_dir), 'git_commit': git_commit(),

@@ -11,7 +11,9 @@
   question-answering data usually are, and the text prompts always with it: the model then hears the values but
   seldom reasons over speech, which is the modality gap stage 3 is to close. Each spoken item also gives a hearing
   row (``Setting.stage2_hearing``, ``scripts.miniature.hearing.probe_row``): its clip asked for the values it says,
-  so hearing is trained apart from reasoning and the hearing probe can ask any later checkpoint.
+  so hearing is trained apart from reasoning and the hearing probe can ask any later checkpoint. Stage 2 goes on in
+  phases (``Setting.stage2_phases``, ``stage2_chain``): FULL then trains the hearing rows alone, and then the mixed
+  rows again, so that the start hears the values and still answers.
   The paper's baseline is an adapter with a frozen LLM; at this scale no frozen-LLM stage 2 carried the spoken
   values (docs/miniature.md, "What was tried"), hence this deliberate difference. A setting may train on
   transcriptions instead (``'asr_mixed'``, the original's ASR prompt).
@@ -80,11 +82,21 @@ class Setting:
     # stage 2 also teaches the hearing probe (scripts.miniature.hearing): each spoken item gives a row asking for
     # the values its clip says, answered by them, so that hearing is trained apart from reasoning
     stage2_hearing: bool = False
+    # stage 2's later phases, in order, each a full SFT from the previous phase's checkpoint with the stage-2
+    # recipe and flags and its own number of steps: ('probe', N) the hearing rows alone, ('mixed', N) the rows of
+    # the first phase again. FULL: the first phase hears a quarter of the values, hearing rows alone raise that to
+    # nearly all but unlearn answering, and the mixed rows again bring answering back (docs/miniature.md, "The
+    # start")
+    stage2_phases: Tuple[Tuple[str, int], ...] = ()
     eval_items: int = 300                # the first N test items are evaluated
     # stage 3's validation curves (scripts.miniature.arms.val_curve): every curve_every optimizer steps, the first
     # curve_items validation items in both modes
     curve_every: int = 10
     curve_items: int = 100
+    # the hearing probe of each arm's final adapter: the first N test items (None: eval_items). The start is probed
+    # on eval_items; an arm's LoRA on the LLM seldom moves hearing (the encoder is frozen), and fewer items keep the
+    # arms' runs cheap
+    arm_hearing_items: Optional[int] = None
     max_new_tokens: int = 96             # a systhink answer of the world is 20-45 tokens
     eval_batch_size: int = 32
 
@@ -93,14 +105,15 @@ FULL = Setting(
     'full', WorldConfig(), WHISPER_QWEN2_5_OMNI,
     stage1={'steps': 2400, 'learning_rate': 1.5e-3, 'batch_size': 16, 'prompt_type': 'systhink', 'seed': 0},
     stage2={'steps': 1200, 'learning_rate': 5e-4, 'batch_size': 8, 'prompt_type': 'systhink', 'seed': 0},
-    speech_items=4500, stage2_items=3000, stage2_speech_thinking=1500, stage2_hearing=True, eval_items=1200)
+    speech_items=4500, stage2_items=3000, stage2_speech_thinking=1500, stage2_hearing=True,
+    stage2_phases=(('probe', 600), ('mixed', 600)), eval_items=1200, curve_items=50, arm_hearing_items=300)
 
 QUICK = Setting(
     'quick', WorldConfig(n_train=24, n_validation=6, n_test=6), QUICK_QWEN2_5_OMNI,
     stage1={'steps': 2, 'learning_rate': 1e-3, 'batch_size': 4, 'prompt_type': 'systhink', 'seed': 0},
     stage2={'steps': 2, 'learning_rate': 1e-3, 'batch_size': 2, 'prompt_type': 'systhink', 'seed': 0},
-    stage2_items=16, stage2_speech_thinking=8, stage2_hearing=True, eval_items=6, max_new_tokens=16, eval_batch_size=6,
-    curve_every=1, curve_items=6)
+    stage2_items=16, stage2_speech_thinking=8, stage2_hearing=True, stage2_phases=(('probe', 1), ('mixed', 1)),
+    eval_items=6, max_new_tokens=16, eval_batch_size=6, curve_every=1, curve_items=6)
 
 SETTINGS = {s.name: s for s in (FULL, QUICK)}
 
@@ -160,14 +173,42 @@ def stage1(setting: Setting = FULL, cache_dir: Optional[Path] = None) -> Path:
                   setting.stage1, STAGE1_FLAGS, 'text', cache_dir)
 
 
+PHASES = ('probe', 'mixed')   # the kinds of stage 2's later phases (Setting.stage2_phases)
+
+
+def stage2_chain(setting: Setting = FULL, cache_dir: Optional[Path] = None) -> List[Path]:
+    """Stage 2's checkpoints, one per phase, in order (each cached; runs stage 1 first when it is missing).
+
+    The first phase trains the projector and the LLM of the stage-1 checkpoint on the speech and text prompts (and
+    hearing rows) of the first ``stage2_items`` spoken train items, the audio encoder frozen; each of
+    ``Setting.stage2_phases`` continues from the previous checkpoint on the hearing rows alone (``probe``) or on
+    the first phase's rows again (``mixed``). A phase kind other than PHASES, or a probe phase without
+    ``stage2_hearing``, is refused before anything trains."""
+    for kind, steps in setting.stage2_phases:
+        if kind not in PHASES or steps < 1:
+            raise ValueError(f'setting {setting.name}: stage-2 phase ({kind!r}, {steps}): expected one of '
+                             f'{", ".join(PHASES)} and a positive step count')
+        if kind == 'probe' and not setting.stage2_hearing:
+            raise ValueError(f'setting {setting.name}: a probe phase of stage 2 needs stage2_hearing')
+    data = world_dataset(setting, True, cache_dir)
+    chain = [_stage('stage2', stage1(setting, cache_dir), data, setting.stage2, STAGE2_FLAGS,
+                    setting.stage2_modality, cache_dir, setting.stage2_speech_answers, max_rows=setting.stage2_items,
+                    speech_thinking=setting.stage2_speech_thinking, hearing=setting.stage2_hearing)]
+    for kind, steps in setting.stage2_phases:
+        recipe = dict(setting.stage2, steps=steps)
+        if kind == 'probe':
+            chain.append(_stage('stage2', chain[-1], data, recipe, STAGE2_FLAGS, 'probe', cache_dir,
+                                max_rows=setting.stage2_items, hearing=True))
+        else:
+            chain.append(_stage('stage2', chain[-1], data, recipe, STAGE2_FLAGS, setting.stage2_modality, cache_dir,
+                                setting.stage2_speech_answers, max_rows=setting.stage2_items,
+                                speech_thinking=setting.stage2_speech_thinking, hearing=setting.stage2_hearing))
+    return chain
+
+
 def stage2(setting: Setting = FULL, cache_dir: Optional[Path] = None) -> Path:
-    """Stage 2 (input-side fusion): the checkpoint after training the projector and the LLM of the stage-1
-    checkpoint on the speech and text prompts of the first ``stage2_items`` spoken train items, the audio encoder
-    frozen (cached; runs stage 1 first when it is missing)."""
-    return _stage('stage2', stage1(setting, cache_dir), world_dataset(setting, True, cache_dir),
-                  setting.stage2, STAGE2_FLAGS, setting.stage2_modality, cache_dir, setting.stage2_speech_answers,
-                  max_rows=setting.stage2_items, speech_thinking=setting.stage2_speech_thinking,
-                  hearing=setting.stage2_hearing)
+    """Stage 2 (input-side fusion): the checkpoint of its last phase (``stage2_chain``), the start of stage 3."""
+    return stage2_chain(setting, cache_dir)[-1]
 
 
 def evaluate(checkpoint: Path, dataset: Path, modes: Sequence[str], setting: Setting,
@@ -198,12 +239,18 @@ def run(stage: str, setting: Setting = FULL, cache_dir: Optional[Path] = None, d
     (checkpoint, accuracies, wall seconds of training and of the evaluation), also written to its
     ``summary.json``."""
     t0 = time.perf_counter()
-    checkpoint = {'stage1': stage1, 'stage2': stage2}[stage](setting, cache_dir)
-    train_info = json.loads((checkpoint / 'warm_start.json').read_text())
+    chain = [stage1(setting, cache_dir)] if stage == 'stage1' else stage2_chain(setting, cache_dir)
+    checkpoint = chain[-1]
+    infos = [json.loads((c / 'warm_start.json').read_text()) for c in chain]
+    walls = [i.get('wall_seconds') for i in infos]
     summary: Dict = {'stage': stage, 'setting': setting.name, 'checkpoint': str(checkpoint),
-                     'recipe': train_info['recipe'], 'flags': train_info.get('extra'),
-                     'train_wall_seconds': train_info.get('wall_seconds'),
-                     'final_loss': (train_info.get('losses') or [None])[-1]}
+                     'recipe': infos[0]['recipe'], 'flags': infos[0].get('extra'),
+                     'train_wall_seconds': None if None in walls else round(sum(walls), 1),
+                     'final_loss': (infos[-1].get('losses') or [None])[-1]}
+    if len(chain) > 1:   # stage 2's phases: each one's checkpoint, rows, steps, wall seconds and final loss
+        summary['phases'] = [{'checkpoint': str(c), 'rows': i.get('modality'), 'steps': i['recipe'].get('steps'),
+                              'train_wall_seconds': i.get('wall_seconds'),
+                              'final_loss': (i.get('losses') or [None])[-1]} for c, i in zip(chain, infos, strict=True)]
     if do_eval:
         t1 = time.perf_counter()
         modes: Tuple[str, ...] = ('audio', 'text') if stage == 'stage2' else ('text',)
