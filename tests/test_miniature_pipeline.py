@@ -148,6 +148,12 @@ def test_quick_end_to_end(tmp_path):
             assert r['curve'] and {'step', 'speech_acc', 'text_acc'} <= set(r['curve'][0]), arm
             assert r['curve'][0]['step'] == 0
     assert set(data['training_curves']) == set(ARMS)
+    # two arm runs at once in worker processes, one torch thread each (this machine: two cores, no GPU)
+    jobs = pipeline.default_jobs()
+    assert data['parallel'] == {'jobs': jobs, 'threads_per_job': (os.cpu_count() // jobs) if jobs > 1 else None}
+    for arm in ARMS:
+        metrics = json.loads(next((cache / 'miniature' / 'arms').glob(f'{arm}-s0-*/metrics.json')).read_text())
+        assert metrics['torch_threads'] == (os.cpu_count() // jobs if jobs > 1 else metrics['torch_threads']), arm
     assert 'tars - grpo' in data['paired'] and 'tars - opsd' in data['paired']
     for key in ('paired', 'paired_auc'):
         assert {'diff', 'lo', 'hi', 'n_seeds'} <= set(data[key]['tars - grpo'])

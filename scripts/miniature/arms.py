@@ -599,7 +599,9 @@ def run_arm(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
     hearing = hearing_accuracy(checkpoint, setting, cache_dir)
     t4 = time.perf_counter()
 
+    import torch
     metrics = {'arm': arm, 'seed': seed, 'steps': recipe['steps'], 'setting': setting.name,
+               'torch_threads': torch.get_num_threads(),
                'train_wall_seconds': round(train_wall, 1), 'eval_wall_seconds': round(t2 - t1, 1),
                'curve_wall_seconds': round(t3 - t2, 1), 'hearing_wall_seconds': round(t4 - t3, 1),
                'speech_acc': acc['audio'], 'text_acc': acc['text'], 'hearing_acc': hearing,

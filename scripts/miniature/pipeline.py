@@ -2,7 +2,7 @@
 the report, in one run.
 
     python -m scripts.miniature.pipeline [--quick] [--seeds 0,1,2,3,4] [--arms sft,dpo,...] [--steps N]
-        [--cache_dir D] [--report_dir docs/miniature] [--report_md docs/miniature.md]
+        [--jobs N] [--cache_dir D] [--report_dir docs/miniature] [--report_md docs/miniature.md]
 
 Jobs, in order (a progress bar with an ETA over them):
 
@@ -11,7 +11,8 @@ Jobs, in order (a progress bar with an ETA over them):
    first ``eval_items`` test items; cached per checkpoint);
 3. every arm x seed, seed by seed (``scripts.miniature.arms.run_arm``: cached per arm, seed, setting and steps, so
    a killed run resumes at the first job without its ``metrics.json``); every arm runs the same seeds (common
-   random numbers);
+   random numbers). ``--jobs`` runs go at once in worker processes (``default_jobs``: 2 on a CPU machine),
+   after the data and the start's curve point they share are built;
 4. the layer-similarity analysis (``scripts.layer_similarity_analysis.measure``: token and pooled measures, the
    model's own greedy text responses teacher-forced after the text and the speech prompt) of the stage-2
    checkpoint and of seed 0 of the ``grpo`` and ``tars`` arms (when they and seed 0 are run), on the first test
@@ -31,12 +32,15 @@ import argparse
 import datetime
 import hashlib
 import json
+import multiprocessing
+import os
 import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
@@ -184,6 +188,31 @@ def _arm_job(arm: str, seed: int, setting: stages.Setting, steps: Optional[int],
     return metrics, (stored if cached else wall), cached
 
 
+def default_jobs() -> int:
+    """How many arm runs go at once: 2 on a machine with at least two cores and no GPU, else 1. The miniature's
+    model is small enough that one run leaves the second core mostly idle: two one-thread runs at once train 1.46x
+    and evaluate 1.34x as fast as one two-thread run (docs/miniature.md, "What the full run costs")."""
+    import torch
+    return 2 if (os.cpu_count() or 1) >= 2 and not torch.cuda.is_available() else 1
+
+
+def _init_worker(threads: int) -> None:
+    """A worker process of the arm runs: ``threads`` torch threads (the machine's cores shared among the jobs)."""
+    os.environ['OMP_NUM_THREADS'] = str(threads)
+    import torch
+    torch.set_num_threads(threads)
+
+
+def prepare_shared(setting: stages.Setting, arms: Sequence[str], cache_dir: Optional[Path]) -> None:
+    """Build what the arm runs share, once, before they run at once: their training rows
+    (``scripts.miniature.arms.arm_data``) and the start's validation-curve point (``arms.start_point``). Each is
+    cached; two runs building it at the same time would write the same folder."""
+    from scripts.miniature import arms as arms_module
+    for arm in arms:
+        arms_module.arm_data(arm, setting, cache_dir)
+    arms_module.start_point(setting, cache_dir)
+
+
 def _layer_job(label: str, checkpoint: str, setting: stages.Setting,
                cache_dir: Optional[Path]) -> Tuple[Dict, float, bool]:
     """The layer-similarity statistics of ``checkpoint`` on the first test items of the spoken set (cached per
@@ -217,59 +246,76 @@ def default_report_paths(setting: stages.Setting, cache_dir: Optional[Path]) -> 
 
 
 def run_pipeline(setting: stages.Setting, seeds: Sequence[int], arms: Sequence[str], steps: Optional[int],
-                 cache_dir: Optional[Path], report_dir: Path, report_md: Path, command: str) -> Dict:
-    """Every job (module docstring) and the report; returns the results dict given to the report."""
+                 cache_dir: Optional[Path], report_dir: Path, report_md: Path, command: str, jobs: int = 1) -> Dict:
+    """Every job (module docstring) and the report; returns the results dict given to the report. ``jobs`` > 1:
+    that many arm runs at once, each in a worker process with the machine's cores divided among them; their
+    results are taken in the jobs' order, so the report reads as with one."""
     started = time.perf_counter()
     root = stages._root(cache_dir)
-    jobs: List[Tuple] = [('stage', 'stage1'), ('stage', 'stage2'), ('hearing',)]
+    job_list: List[Tuple] = [('stage', 'stage1'), ('stage', 'stage2'), ('hearing',)]
     # seed by seed: a run stopped part-way leaves whole seeds of every arm, the pairs the report compares
-    jobs += [('arm', arm, seed) for seed in seeds for arm in arms]
-    jobs += [('layers', label, arm) for label, arm in LAYER_RUNS if arm is None or (arm in arms and 0 in seeds)]
-    jobs += [('report',)]
+    job_list += [('arm', arm, seed) for seed in seeds for arm in arms]
+    job_list += [('layers', label, arm) for label, arm in LAYER_RUNS if arm is None or (arm in arms and 0 in seeds)]
+    job_list += [('report',)]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     results: Dict = {'command': portable_command(command, cache_dir), 'git_commit': git_commit(),
                      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                      'setting': setting.name, 'seeds': list(seeds), 'steps': steps, 'arms': {},
-                     'training_curves': {}, 'layer_similarity': {}, 'wall_seconds': {}, 'wall_cached': {}}
+                     'training_curves': {}, 'layer_similarity': {}, 'wall_seconds': {}, 'wall_cached': {},
+                     'parallel': {'jobs': jobs, 'threads_per_job': threads if jobs > 1 else None}}
     wall, cached_flags = results['wall_seconds'], results['wall_cached']
     checkpoints: Dict[str, Path] = {}   # absolute, for the jobs; the results hold them relative to root
-    bar = tqdm(jobs, desc='miniature', unit='job', file=sys.stderr, dynamic_ncols=True)
-    for job in bar:
-        bar.set_postfix_str(' '.join(str(j) for j in job))
-        if job[0] == 'stage':
-            summary, seconds, cached = _stage_job(job[1], setting, cache_dir)
-            results[job[1]] = stage_entry(job[1], summary, root, cached)
-            checkpoints[job[1]] = Path(summary['checkpoint'])
-            wall[job[1]], cached_flags[job[1]] = round(seconds, 1), cached
-        elif job[0] == 'hearing':
-            probe, seconds = _hearing_job(checkpoints['stage2'], setting, cache_dir)
-            results['stage2'].update(hearing_acc=probe.get('hearing_acc'), hearing_n=probe.get('n'),
-                                     hearing_by_template=probe.get('by_template'))
-            wall['hearing probe (start)'] = round(seconds, 1)
-        elif job[0] == 'arm':
-            _, arm, seed = job
-            metrics, seconds, cached = _arm_job(arm, seed, setting, steps, cache_dir)
-            results['arms'].setdefault(arm, []).append(arm_entry(metrics, seed, root, cached))
-            results['training_curves'].setdefault(arm, []).append(metrics.get('curve') or [])
-            if seed == 0:
-                checkpoints[arm] = root / results['arms'][arm][-1]['checkpoint']
-            key = f'arm {arm}'
-            wall[key] = round(wall.get(key, 0.0) + seconds, 1)
-            cached_flags[key] = cached_flags.get(key, True) and cached
-        elif job[0] == 'layers':
-            _, label, arm = job
-            stats, seconds, cached = _layer_job(label, str(checkpoints[arm or 'stage2']), setting, cache_dir)
-            results['layer_similarity'][label] = dict(stats, model=relative_path(stats.get('model') or '', root))
-            key = 'layer similarity'
-            wall[key] = round(wall.get(key, 0.0) + seconds, 1)
-            cached_flags[key] = cached_flags.get(key, True) and cached
-        else:
-            if steps is None:   # the arms' own step counts (their setting's default)
-                found = sorted({r.get('steps') for rows in results['arms'].values() for r in rows} - {None})
-                results['steps'] = found[0] if len(found) == 1 else (found or None)
-            wall['total'] = round(sum(v for k, v in wall.items()), 1)
-            wall['this invocation'] = round(time.perf_counter() - started, 1)
-            results['written'] = {k: str(v) for k, v in
-                                  report.write_report(results, report_dir, report_md).items() if k != 'figures'}
+    pool: Optional[ProcessPoolExecutor] = None
+    futures: Dict[Tuple[str, int], Future] = {}
+    bar = tqdm(job_list, desc='miniature', unit='job', file=sys.stderr, dynamic_ncols=True)
+    try:
+        for job in bar:
+            bar.set_postfix_str(' '.join(str(j) for j in job))
+            if job[0] == 'stage':
+                summary, seconds, cached = _stage_job(job[1], setting, cache_dir)
+                results[job[1]] = stage_entry(job[1], summary, root, cached)
+                checkpoints[job[1]] = Path(summary['checkpoint'])
+                wall[job[1]], cached_flags[job[1]] = round(seconds, 1), cached
+            elif job[0] == 'hearing':
+                probe, seconds = _hearing_job(checkpoints['stage2'], setting, cache_dir)
+                results['stage2'].update(hearing_acc=probe.get('hearing_acc'), hearing_n=probe.get('n'),
+                                         hearing_by_template=probe.get('by_template'))
+                wall['hearing probe (start)'] = round(seconds, 1)
+            elif job[0] == 'arm':
+                _, arm, seed = job
+                if jobs > 1 and pool is None:   # the first arm job: every arm run goes to the workers
+                    prepare_shared(setting, arms, cache_dir)
+                    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn'),
+                                               initializer=_init_worker, initargs=(threads,))
+                    futures = {(j[1], j[2]): pool.submit(_arm_job, j[1], j[2], setting, steps, cache_dir)
+                               for j in job_list if j[0] == 'arm'}
+                metrics, seconds, cached = (futures[(arm, seed)].result() if pool is not None
+                                            else _arm_job(arm, seed, setting, steps, cache_dir))
+                results['arms'].setdefault(arm, []).append(arm_entry(metrics, seed, root, cached))
+                results['training_curves'].setdefault(arm, []).append(metrics.get('curve') or [])
+                if seed == 0:
+                    checkpoints[arm] = root / results['arms'][arm][-1]['checkpoint']
+                key = f'arm {arm}'
+                wall[key] = round(wall.get(key, 0.0) + seconds, 1)
+                cached_flags[key] = cached_flags.get(key, True) and cached
+            elif job[0] == 'layers':
+                _, label, arm = job
+                stats, seconds, cached = _layer_job(label, str(checkpoints[arm or 'stage2']), setting, cache_dir)
+                results['layer_similarity'][label] = dict(stats, model=relative_path(stats.get('model') or '', root))
+                key = 'layer similarity'
+                wall[key] = round(wall.get(key, 0.0) + seconds, 1)
+                cached_flags[key] = cached_flags.get(key, True) and cached
+            else:
+                if steps is None:   # the arms' own step counts (their setting's default)
+                    found = sorted({r.get('steps') for rows in results['arms'].values() for r in rows} - {None})
+                    results['steps'] = found[0] if len(found) == 1 else (found or None)
+                wall['total'] = round(sum(v for k, v in wall.items()), 1)
+                wall['this invocation'] = round(time.perf_counter() - started, 1)
+                results['written'] = {k: str(v) for k, v in
+                                      report.write_report(results, report_dir, report_md).items() if k != 'figures'}
+    finally:
+        if pool is not None:   # after an error the runs under way finish (and are cached); the rest are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
     return results
 
@@ -289,6 +335,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                    help='results.json and figures (default: docs/miniature for the full run, else under the cache)')
     p.add_argument('--report_md', type=Path, default=None,
                    help='markdown whose marked region is regenerated (default: docs/miniature.md for the full run)')
+    p.add_argument('--jobs', type=int, default=None,
+                   help='arm runs at once, the cores divided among them (default: 2 on a CPU machine with two or '
+                        'more cores, else 1)')
     p.add_argument('--launcher', default='python -m scripts.miniature.pipeline',
                    help='how the report names the program before the flags (run.sh passes its own name)')
     a = p.parse_args(argv)
@@ -307,10 +356,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             p.error(f'--arms: unknown arm(s) {unknown}; known: {", ".join(report.ARM_ORDER)}')
     if a.steps is not None and a.steps < 1:
         p.error('--steps must be >= 1')
+    if a.jobs is not None and a.jobs < 1:
+        p.error('--jobs must be >= 1')
     report_dir, report_md = default_report_paths(setting, a.cache_dir)
     report_dir, report_md = a.report_dir or report_dir, a.report_md or report_md
     command = command_line(a.launcher, argv)
-    results = run_pipeline(setting, seeds, arms, a.steps, a.cache_dir, report_dir, report_md, command)
+    results = run_pipeline(setting, seeds, arms, a.steps, a.cache_dir, report_dir, report_md, command,
+                           a.jobs or default_jobs())
     print(f"report: {results['written']['markdown']} (data and figures in {report_dir})")
     return results
 

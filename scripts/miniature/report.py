@@ -344,6 +344,7 @@ def results_json(results: Dict) -> Dict:
                      for arm, v in allwrong_summary(results).items()},
         'validity': validity(results),
         'wall_seconds': results.get('wall_seconds', {}), 'wall_cached': results.get('wall_cached', {}),
+        'parallel': results.get('parallel'),
         'paper_ablation': {'rows': paper_ablation()[0], 'source': paper_ablation()[1],
                            'differences': paper_differences()},
         'training_curves': results.get('training_curves', {}),
@@ -674,7 +675,13 @@ def report_section(results: Dict, figure_dir: str) -> str:
             'reward alone). Measured from '
             'the runs\' rollout dumps: groups (question x step) whose speech rollouts all have accuracy reward 0, and '
             'the share of those rollouts whose advantage is not 0.', '', allwrong_table(results)]
-    out += ['### Wall time', '', '| stage | seconds | |', '|---|---|---|']
+    out += ['### Wall time', '']
+    par = results.get('parallel') or {}
+    if (par.get('jobs') or 1) > 1:
+        out += [f"The arm runs went {par['jobs']} at once, {par.get('threads_per_job')} torch thread(s) each: an "
+                "arm's seconds are its runs' own, so their sum exceeds the time they took together ('this "
+                "invocation' is the elapsed time of the call).", '']
+    out += ['| stage | seconds | |', '|---|---|---|']
     for stage, seconds in wall.items():
         note = ''
         if cached.get(stage):   # a cached stage is evaluated again in each call; an arm's evaluation is cached too
