@@ -190,8 +190,8 @@ def _arm_job(arm: str, seed: int, setting: stages.Setting, steps: Optional[int],
 
 def default_jobs() -> int:
     """How many arm runs go at once: 2 on a machine with at least two cores and no GPU, else 1. The miniature's
-    model is small enough that one run leaves the second core mostly idle: two one-thread runs at once train 1.46x
-    and evaluate 1.34x as fast as one two-thread run (docs/miniature.md, "What the full run costs")."""
+    model is small enough that one run leaves the second core mostly idle: two one-thread runs at once give 1.15
+    to 1.46 times the throughput of one two-thread run (docs/miniature.md, "What the full run costs")."""
     import torch
     return 2 if (os.cpu_count() or 1) >= 2 and not torch.cuda.is_available() else 1
 
