@@ -191,18 +191,18 @@ def stage2_chain(setting: Setting = FULL, cache_dir: Optional[Path] = None) -> L
         if kind == 'probe' and not setting.stage2_hearing:
             raise ValueError(f'setting {setting.name}: a probe phase of stage 2 needs stage2_hearing')
     data = world_dataset(setting, True, cache_dir)
-    chain = [_stage('stage2', stage1(setting, cache_dir), data, setting.stage2, STAGE2_FLAGS,
-                    setting.stage2_modality, cache_dir, setting.stage2_speech_answers, max_rows=setting.stage2_items,
-                    speech_thinking=setting.stage2_speech_thinking, hearing=setting.stage2_hearing)]
-    for kind, steps in setting.stage2_phases:
-        recipe = dict(setting.stage2, steps=steps)
+
+    def phase(start: Path, kind: str, recipe: Dict) -> Path:
         if kind == 'probe':
-            chain.append(_stage('stage2', chain[-1], data, recipe, STAGE2_FLAGS, 'probe', cache_dir,
-                                max_rows=setting.stage2_items, hearing=True))
-        else:
-            chain.append(_stage('stage2', chain[-1], data, recipe, STAGE2_FLAGS, setting.stage2_modality, cache_dir,
-                                setting.stage2_speech_answers, max_rows=setting.stage2_items,
-                                speech_thinking=setting.stage2_speech_thinking, hearing=setting.stage2_hearing))
+            return _stage('stage2', start, data, recipe, STAGE2_FLAGS, 'probe', cache_dir,
+                          max_rows=setting.stage2_items, hearing=True)
+        return _stage('stage2', start, data, recipe, STAGE2_FLAGS, setting.stage2_modality, cache_dir,
+                      setting.stage2_speech_answers, max_rows=setting.stage2_items,
+                      speech_thinking=setting.stage2_speech_thinking, hearing=setting.stage2_hearing)
+
+    chain = [phase(stage1(setting, cache_dir), 'mixed', setting.stage2)]
+    for kind, steps in setting.stage2_phases:
+        chain.append(phase(chain[-1], kind, dict(setting.stage2, steps=steps)))
     return chain
 
 
