@@ -59,6 +59,20 @@ def test_recipe_overrides_of_a_pilot_change_the_recipe_and_refuse_unknown_keys()
             arms.recipe_for(stages.FULL, None, {'train_questions': n})
 
 
+def test_a_finished_training_is_kept_only_when_whole(tmp_path):
+    from scripts.miniature import arms
+    argv = ['grpo', '--seed', '0']
+    assert arms.finished_training(tmp_path / 'none', argv) is None
+    (tmp_path / 'train' / 'checkpoint-10').mkdir(parents=True)
+    (tmp_path / arms.TRAINED).write_text('{"train_wall_seconds": 12.5, "argv": ["grpo", "--se')   # torn
+    assert arms.finished_training(tmp_path, argv) is None
+    (tmp_path / arms.TRAINED).write_text(json.dumps({'train_wall_seconds': 12.5, 'argv': argv}))
+    assert arms.finished_training(tmp_path, argv) == {'train_wall_seconds': 12.5, 'argv': argv}
+    assert arms.finished_training(tmp_path, argv + ['--more']) is None   # another training
+    (tmp_path / 'train' / 'checkpoint-10').rmdir()
+    assert arms.finished_training(tmp_path, argv) is None                 # no checkpoint left
+
+
 @pytest.fixture(scope='module')
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp('arms')
@@ -156,7 +170,7 @@ def test_quick_tars_global_arm(cache):
 
 
 @pytest.mark.slow  # the slow tier (tests/conftest.py)
-def test_quick_dpo_arm_restarts_a_killed_run_and_shares_the_data_order(cache):
+def test_quick_dpo_arm_restarts_a_killed_run_and_shares_the_data_order(cache, monkeypatch):
     from trainer import jsonl
     from scripts.miniature import arms, stages
     # a killed attempt: a temporary folder with a half-written file; the next call removes it and starts over
@@ -167,6 +181,23 @@ def test_quick_dpo_arm_restarts_a_killed_run_and_shares_the_data_order(cache):
     assert arms.run_arm('dpo', 0, stages.QUICK, cache_dir=cache) == out
     metrics, argv = _check_run(out, 'dpo', cache, stages.QUICK)
     assert argv[0] == 'dpo' and argv[argv.index('--data_seed') + 1] == str(arms.DATA_SEED)
+    # killed after its training finished, during the test evaluation: the rerun keeps the training
+    metrics_before = json.loads((out / 'metrics.json').read_text())
+    out.rename(tmp)
+    (tmp / 'metrics.json').unlink()
+    results = next((tmp / 'eval').glob('*/miniature/audio_systhink/results.jsonl'))
+    results.write_text(results.read_text().splitlines()[0] + '\n{"key": "mini-te')   # one answer and a torn line
+    from trainer import preference_train
+
+    def no_training(argv):
+        raise AssertionError('a finished training was run again')
+
+    monkeypatch.setattr(preference_train, 'main', no_training)
+    assert arms.run_arm('dpo', 0, stages.QUICK, cache_dir=cache) == out
+    again = json.loads((out / 'metrics.json').read_text())
+    assert again['train_wall_seconds'] == metrics_before['train_wall_seconds'] > 0
+    for key in ('speech_acc', 'text_acc', 'curve', 'checkpoint'):
+        assert again[key] == metrics_before[key], key
     assert any(k.startswith('rewards/') for k in metrics['curve'][0]['rewards'])
     assert metrics['allwrong'] is None and not (out / 'rollouts.jsonl').exists()
     # the preference rows: gold answer chosen, a wrong letter rejected, in the GRPO arms' order

@@ -118,4 +118,14 @@ def test_quick_stage2_learns_the_probe_format_and_the_probe_runs(tmp_path):
     assert set(result['by_template']) <= {'arithmetic', 'comparison', 'knowledge'}
     files = list((tmp_path / 'miniature' / 'hearing').glob('*/test/results.jsonl'))
     assert len(files) == 1 and len(files[0].read_text().splitlines()) == stages.QUICK.eval_items
-    assert hearing.probe(checkpoint, stages.QUICK, tmp_path) == result   # read back, nothing generated
+    # its seconds are stored beside the answers, for a later call to report
+    assert result['generated'] == stages.QUICK.eval_items and result['wall_seconds'] > 0
+    assert json.loads((files[0].parent / 'wall_seconds.json').read_text())['seconds'] == result['wall_seconds']
+    again = hearing.probe(checkpoint, stages.QUICK, tmp_path)   # read back, nothing generated
+    assert again == dict(result, generated=0)
+    # a resumed probe answers only what is missing and adds its seconds to the stored ones
+    lines = files[0].read_text().splitlines()
+    files[0].write_text('\n'.join(lines[:-1]) + '\n')
+    resumed = hearing.probe(checkpoint, stages.QUICK, tmp_path)
+    assert resumed['generated'] == 1 and resumed['wall_seconds'] > result['wall_seconds']
+    assert resumed['hearing_acc'] == result['hearing_acc']

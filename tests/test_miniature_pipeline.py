@@ -60,7 +60,8 @@ def _fake_arm(root: Path, arm: str, seed: int, speech: float, absolute: bool) ->
     run.mkdir(parents=True)
     checkpoint = run / 'train' / 'checkpoint-10'
     metrics = {'arm': arm, 'seed': seed, 'steps': 20, 'speech_acc': speech, 'text_acc': 0.9, 'hearing_acc': 0.93,
-               'train_wall_seconds': 100.0, 'eval_wall_seconds': 20.0,
+               'train_wall_seconds': 100.0, 'eval_wall_seconds': 20.0, 'curve_wall_seconds': 15.0,
+               'hearing_wall_seconds': 5.0,
                'checkpoint': str(checkpoint) if absolute else checkpoint.relative_to(root).as_posix(),
                'start_checkpoint': str(root / 'stage2-bbb') if absolute else 'stage2-bbb',
                'val_curve': [{'step': 0, 'speech_acc': 0.4, 'text_acc': 0.9},
@@ -95,6 +96,7 @@ def test_a_fake_run_becomes_a_report_without_absolute_paths(tmp_path):
     assert results['arms']['grpo'][1]['checkpoint'] == 'arms/grpo-s1-abc/train/checkpoint-10'
     assert (row['hearing_acc'], row['curve'][1]['speech_acc'], row['allwrong']['nonzero_adv_share']) == (
         0.93, 0.50, 0.25)
+    assert report.run_wall(row) == 140.0   # training, test evaluation, curve and hearing probe
     assert results['stage2']['checkpoint'] == 'stage2-bbb' and results['stage2']['speech_acc'] == 0.4
     pair = report.paired(results)['tars - grpo']
     # differences 0.03 and 0.04: mean 0.035, SD 0.00707, t(1) = 12.706: half-width 12.706 * 0.005 = 0.0635
@@ -109,6 +111,7 @@ def test_a_fake_run_becomes_a_report_without_absolute_paths(tmp_path):
     assert data['command'] == 'bash scripts/miniature/run.sh --cache_dir $TARS_CACHE'
     assert data['start']['hearing_acc'] == 0.92
     assert data['arms']['tars'][1]['curve'][1] == {'step': 10, 'speech_acc': 0.56, 'text_acc': 0.9}
+    assert (data['arms']['tars'][1]['curve_wall_seconds'], data['arms']['tars'][1]['hearing_wall_seconds']) == (15, 5)
 
 
 def test_bad_metrics_named(tmp_path):
@@ -159,6 +162,12 @@ def test_quick_end_to_end(tmp_path):
         assert {'diff', 'lo', 'hi', 'n_seeds'} <= set(data[key]['tars - grpo'])
         assert data[key]['tars - grpo']['n_seeds'] == 1
     assert set(data['layer_similarity']) == {'stage 2', 'GRPO', 'TARS'}
+    # every job's seconds, measured in this call (a fresh cache: nothing cached)
+    walls = data['wall_seconds']
+    assert walls['hearing probe (start)'] > 0 and not data['wall_cached']['hearing probe (start)']
+    assert all(walls[f'arm {arm}'] > 0 for arm in ARMS)
+    if jobs > 1:
+        assert data['elapsed_estimate_seconds'] < walls['total']
     md = (out / 'report.md').read_text()
     assert '| GRPO (R_base: format + accuracy) | 1 |' in md
     assert 'bash scripts/miniature/run.sh --quick --cache_dir $TARS_CACHE' in md and str(tmp_path) not in md

@@ -302,3 +302,32 @@ def test_training_series_smoothed():
     steps, mean, half = report.band_series([_vcurve(0.3, 0.5), _vcurve(0.5, 0.5), _vcurve(0.4)], 'speech_acc')
     assert steps == [0, 10] and mean == pytest.approx([0.4, 0.5])
     assert half == pytest.approx([T_975_2 * 0.1 / math.sqrt(3), 0.0])
+
+
+def test_wall_times_count_every_part_of_a_run_and_estimate_the_elapsed_time():
+    # a run's seconds: training, test evaluation, validation curve and hearing probe (those it stored)
+    row = {'train_wall_seconds': 373.0, 'eval_wall_seconds': 161.0, 'curve_wall_seconds': 69.0,
+           'hearing_wall_seconds': 29.0}
+    assert report.run_wall(row) == 632.0
+    assert report.run_wall({'train_wall_seconds': 100.0, 'eval_wall_seconds': 20.0}) == 120.0
+    assert report.run_wall({'speech_acc': 0.5}) is None
+    assert report.per_seed_wall([row, dict(row, train_wall_seconds=273.0), {}]) == 582.0
+    # the cost of more seeds counts the curve and the probe too: 43 seeds of two arms at 632 s each
+    results = hand_results()
+    for arm in ('tars', 'tars_global'):
+        results['arms'][arm] = [dict(r, curve_wall_seconds=69.0, hearing_wall_seconds=29.0, train_wall_seconds=373.0,
+                                     eval_wall_seconds=161.0) for r in results['arms'][arm]]
+    assert report.paired(results)['tars - tars_global']['extra_hours'] == round(43 * 2 * 632 / 3600, 2)   # 15.1
+    # one job at a time: no estimate; two: the arm runs' seconds halved, the rest as they are
+    results['wall_seconds'] = {'stage1': 700.0, 'stage2': 360.0, 'hearing probe (start)': None,
+                               'arm grpo': 1000.0, 'arm tars': 600.0, 'layer similarity': 40.0, 'total': 2700.0,
+                               'this invocation': 30.0}
+    results['wall_cached'] = {'stage1': True, 'hearing probe (start)': True, 'layer similarity': True}
+    assert report.elapsed_estimate(results) is None
+    results['parallel'] = {'jobs': 2, 'threads_per_job': 1}
+    assert report.elapsed_estimate(results) == 700 + 360 + 40 + (1000 + 600) / 2
+    section = report.report_section(results, 'doc')
+    assert 'One uninterrupted call takes about 0.5 h' in section   # 1900 s
+    assert '| hearing probe (start) | - | cached: made by an earlier call that stored no time |' in section
+    assert '| layer similarity | 40 s | cached: the time stored when it was made |' in section
+    assert report.results_json(results)['elapsed_estimate_seconds'] == 1900.0

@@ -543,6 +543,22 @@ def run_dir(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
     return _arms_root(cache_dir) / f'{arm}-s{seed}-{digest}'
 
 
+TRAINED = 'trained.json'   # in a run's temporary folder once its training has finished
+
+
+def finished_training(tmp: Path, argv: Sequence[str]) -> Optional[Dict]:
+    """``trained.json`` of a killed run's temporary folder (``{train_wall_seconds, argv}``) when its training
+    finished with this ``argv`` and left its last checkpoint; None otherwise (no such folder, a killed training,
+    a torn file, another argv): the run then starts over."""
+    try:
+        trained = json.loads((tmp / TRAINED).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(trained, dict) or trained.get('argv') != list(argv) or not checkpoints(tmp / 'train'):
+        return None
+    return trained
+
+
 def run_arm(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
             cache_dir: Optional[Path] = None, overrides: Optional[Dict] = None) -> Path:
     """Train ``arm`` from the stage-2 checkpoint with ``seed`` for ``steps`` optimizer steps (default: the
@@ -557,36 +573,42 @@ def run_arm(arm: str, seed: int, setting: Setting, steps: Optional[int] = None,
     ``checkpoint`` and ``start_checkpoint`` (relative to ``<cache>/miniature/``), ``recipe``, ``eval_items``,
     ``curve_every``, ``curve_items`` and the wall seconds of each part (``train_wall_seconds``,
     ``eval_wall_seconds``, ``curve_wall_seconds``, ``hearing_wall_seconds``). A finished run is returned at once; a
-    killed one starts over. ``overrides`` change recipe entries (``recipe_for``; they are part of the run's
-    name)."""
+    killed one resumes from what it finished: a finished training is kept (``trained.json`` in the run's
+    temporary folder records it, with its argv and seconds) and the evaluations resume item by item; a killed
+    training starts over (the seconds of a resumed evaluation are those of the call that finished it).
+    ``overrides`` change recipe entries (``recipe_for``; they are part of the run's name)."""
     recipe = recipe_for(setting, steps, overrides)   # a bad override is refused before any work
     check_curve_steps(setting, recipe['steps'])
     out = run_dir(arm, seed, setting, steps, cache_dir, overrides)
     if (out / 'metrics.json').exists():
         return out
     start = stages.stage2(setting, cache_dir)
-    data = arm_data(arm, setting, cache_dir)
+    source = arm_data(arm, setting, cache_dir)
+    from trainer import jsonl
     tmp = out.with_name(out.name + '.tmp')
-    shutil.rmtree(tmp, ignore_errors=True)   # a killed attempt: start over
-    tmp.mkdir(parents=True)
-    if recipe.get('train_questions'):
-        from trainer import jsonl
-        per_step = recipe['pref_batch_size'] if arm in PREFERENCE_ARMS else recipe['grpo_questions']
-        rows = cycled(jsonl.read(data, missing_ok=False), recipe['train_questions'], recipe['steps'] * per_step)
-        data = tmp / data.name
-        jsonl.write_atomic(data, rows)
     dump = None if arm in PREFERENCE_ARMS else tmp / 'rollouts.jsonl'
+    data = tmp / source.name if recipe.get('train_questions') else source   # cycled rows: written below
     argv = arm_argv(arm, start, data, recipe, seed, tmp / 'train', setting.curve_every, dump)
-    (tmp / 'argv.json').write_text(json.dumps(argv, indent=1))
-
-    t0 = time.perf_counter()
-    if arm in PREFERENCE_ARMS:
-        from trainer import preference_train
-        preference_train.main(argv)
-    else:
-        from trainer import grpo
-        grpo.main(argv)
-    train_wall = time.perf_counter() - t0
+    trained = finished_training(tmp, argv)
+    if trained is None:
+        shutil.rmtree(tmp, ignore_errors=True)   # a killed attempt that had not finished training: start over
+        tmp.mkdir(parents=True)
+        if recipe.get('train_questions'):
+            per_step = recipe['pref_batch_size'] if arm in PREFERENCE_ARMS else recipe['grpo_questions']
+            rows = cycled(jsonl.read(source, missing_ok=False), recipe['train_questions'],
+                          recipe['steps'] * per_step)
+            jsonl.write_atomic(data, rows)
+        (tmp / 'argv.json').write_text(json.dumps(argv, indent=1))
+        t0 = time.perf_counter()
+        if arm in PREFERENCE_ARMS:
+            from trainer import preference_train
+            preference_train.main(argv)
+        else:
+            from trainer import grpo
+            grpo.main(argv)
+        trained = {'train_wall_seconds': round(time.perf_counter() - t0, 1), 'argv': argv}
+        jsonl.write_json_atomic(tmp / TRAINED, trained)
+    train_wall = trained['train_wall_seconds']
     checkpoint = last_checkpoint(tmp / 'train')
 
     t1 = time.perf_counter()

@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import re
+import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -90,9 +91,11 @@ def probe(checkpoint: Path, setting, cache_dir: Optional[Path] = None, split: st
     """The hearing accuracy of ``checkpoint`` (a full checkpoint or a LoRA adapter folder) on the first
     ``max_items`` (default ``setting.eval_items``) items of ``split`` of the setting's spoken world set.
 
-    Returns ``{'hearing_acc': fraction, 'n': items, 'by_template': {template: fraction}}``. Answers are appended
-    per batch to ``<cache>/miniature/hearing/<checkpoint digest>/<split>/results.jsonl`` and resumed (a torn
-    last line is redone); the same call again reads them back without generating."""
+    Returns ``{'hearing_acc': fraction, 'n': items, 'by_template': {template: fraction}, 'generated': items
+    answered by this call, 'wall_seconds': the probe's seconds over every call that answered some (None when none
+    are stored)}``. Answers are appended per batch to
+    ``<cache>/miniature/hearing/<checkpoint digest>/<split>/results.jsonl`` and resumed (a torn last line is redone);
+    the same call again reads them back without generating."""
     from tqdm import tqdm
 
     from scripts.miniature import stages
@@ -107,10 +110,13 @@ def probe(checkpoint: Path, setting, cache_dir: Optional[Path] = None, split: st
     checkpoint = Path(checkpoint).resolve()
     digest = hashlib.sha256(f'{checkpoint}|{dataset}|{HEARING_VERSION}|{setting.max_new_tokens}'.encode()).hexdigest()
     run_dir = stages._root(cache_dir) / 'hearing' / f'{checkpoint.name}-{digest[:12]}' / split
-    results = run_dir / 'results.jsonl'
+    results, wall_file = run_dir / 'results.jsonl', run_dir / 'wall_seconds.json'
     done = {r['key'] for r in jsonl.read(results)}
     todo = [i for i, k in enumerate(ds['key']) if k not in done]
     if todo:
+        # the probe's own seconds, stored with each batch of answers, so that a later call reading them back (or
+        # resuming a killed one) can report them
+        stored, t0 = _stored_seconds(wall_file) or 0.0, time.perf_counter()
         spec = resolve_model(str(checkpoint), None, stages.MODEL_TYPE)
         size = batch_size or setting.eval_batch_size
         engine = build_engine(spec, 'transformers', size)
@@ -122,6 +128,7 @@ def probe(checkpoint: Path, setting, cache_dir: Optional[Path] = None, split: st
             jsonl.append(results, [{'key': row['key'], 'template': row['subject'], 'output': out,
                                     'gold': row_answer(row), 'correct': score(out, row_answer(row))}
                                    for row, out in zip(rows, outputs, strict=True)])
+            jsonl.write_json_atomic(wall_file, {'seconds': round(stored + time.perf_counter() - t0, 1)})
     keys = set(ds['key'])
     items = [r for r in jsonl.read(results) if r['key'] in keys]
     by: Dict[str, List[bool]] = {}
@@ -129,7 +136,17 @@ def probe(checkpoint: Path, setting, cache_dir: Optional[Path] = None, split: st
         by.setdefault(r['template'], []).append(bool(r['correct']))
     n = len(items)
     return {'hearing_acc': round(sum(r['correct'] for r in items) / n, 4) if n else None, 'n': n,
-            'by_template': {t: round(sum(v) / len(v), 4) for t, v in sorted(by.items())}}
+            'by_template': {t: round(sum(v) / len(v), 4) for t, v in sorted(by.items())},
+            'generated': len(todo), 'wall_seconds': _stored_seconds(wall_file)}
+
+
+def _stored_seconds(path: Path) -> Optional[float]:
+    """The seconds a probe folder's ``wall_seconds.json`` stores; None when it is missing or unreadable (a torn
+    write is only a lost time, never an error)."""
+    try:
+        return float(json.loads(path.read_text())['seconds'])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -132,8 +132,7 @@ def arm_entry(metrics: Dict, seed: int, root: Path, cached: bool) -> Dict:
     return {'seed': seed, 'speech_acc': metrics['speech_acc'], 'text_acc': metrics['text_acc'],
             'hearing_acc': metrics.get('hearing_acc'), 'curve': metrics.get('val_curve') or [],
             'allwrong': metrics.get('allwrong'), 'steps': metrics.get('steps'),
-            'train_wall_seconds': metrics.get('train_wall_seconds'),
-            'eval_wall_seconds': metrics.get('eval_wall_seconds'), 'cached': cached,
+            **{k: metrics.get(k) for k in report.RUN_WALL_FIELDS}, 'cached': cached,
             'checkpoint': relative_path(metrics['checkpoint'], root)}
 
 
@@ -165,13 +164,18 @@ def _stage_job(stage: str, setting: stages.Setting, cache_dir: Optional[Path]) -
     return summary, wall, cached
 
 
-def _hearing_job(checkpoint: Path, setting: stages.Setting, cache_dir: Optional[Path]) -> Tuple[Dict, float]:
+def _hearing_job(checkpoint: Path, setting: stages.Setting,
+                 cache_dir: Optional[Path]) -> Tuple[Dict, Optional[float], bool]:
     """The hearing probe of ``checkpoint`` on the first ``eval_items`` test items (cached per checkpoint by the
-    probe itself); (its result, wall seconds of this call)."""
+    probe itself); (its result, wall seconds, cached). Cached: every answer was made by an earlier call. The
+    seconds are those the probe stored for all its calls (a resumed probe counts each), or this call's when it
+    stored none (None when cached without them)."""
     from scripts.miniature import hearing
     t0 = time.perf_counter()
     result = hearing.probe(checkpoint, setting, cache_dir, split='test', max_items=setting.eval_items)
-    return result, time.perf_counter() - t0
+    cached = not result.get('generated')
+    stored = result.get('wall_seconds')
+    return result, (stored if stored is not None or cached else time.perf_counter() - t0), cached
 
 
 def _arm_job(arm: str, seed: int, setting: stages.Setting, steps: Optional[int],
@@ -184,8 +188,7 @@ def _arm_job(arm: str, seed: int, setting: stages.Setting, steps: Optional[int],
     metrics = read_metrics(run_dir, arm, seed)
     # cached: metrics.json was written before this call; its wall time is then the one stored in it
     cached = (run_dir / 'metrics.json').stat().st_mtime < wall_t0
-    stored = (metrics.get('train_wall_seconds') or 0.0) + (metrics.get('eval_wall_seconds') or 0.0)
-    return metrics, (stored if cached else wall), cached
+    return metrics, ((report.run_wall(metrics) or 0.0) if cached else wall), cached
 
 
 def default_jobs() -> int:
@@ -277,10 +280,11 @@ def run_pipeline(setting: stages.Setting, seeds: Sequence[int], arms: Sequence[s
                 checkpoints[job[1]] = Path(summary['checkpoint'])
                 wall[job[1]], cached_flags[job[1]] = round(seconds, 1), cached
             elif job[0] == 'hearing':
-                probe, seconds = _hearing_job(checkpoints['stage2'], setting, cache_dir)
+                probe, seconds, cached = _hearing_job(checkpoints['stage2'], setting, cache_dir)
                 results['stage2'].update(hearing_acc=probe.get('hearing_acc'), hearing_n=probe.get('n'),
                                          hearing_by_template=probe.get('by_template'))
-                wall['hearing probe (start)'] = round(seconds, 1)
+                key = 'hearing probe (start)'
+                wall[key], cached_flags[key] = None if seconds is None else round(seconds, 1), cached
             elif job[0] == 'arm':
                 _, arm, seed = job
                 if jobs > 1 and pool is None:   # the first arm job: every arm run goes to the workers
@@ -309,7 +313,7 @@ def run_pipeline(setting: stages.Setting, seeds: Sequence[int], arms: Sequence[s
                 if steps is None:   # the arms' own step counts (their setting's default)
                     found = sorted({r.get('steps') for rows in results['arms'].values() for r in rows} - {None})
                     results['steps'] = found[0] if len(found) == 1 else (found or None)
-                wall['total'] = round(sum(v for k, v in wall.items()), 1)
+                wall['total'] = round(sum(v for v in wall.values() if v is not None), 1)
                 wall['this invocation'] = round(time.perf_counter() - started, 1)
                 results['written'] = {k: str(v) for k, v in
                                       report.write_report(results, report_dir, report_md).items() if k != 'figures'}

@@ -15,8 +15,9 @@ every path is relative to the miniature cache root ``<cache>/miniature/``:
 - ``training_curves``: arm -> list (one per seed) of the per-step training logs ``[{step, speech_acc, text_acc,
   loss, rewards: {name: value}}]``
 - ``layer_similarity``: label -> ``layer_stats.json`` of ``scripts.layer_similarity_analysis.measure``
-- ``wall_seconds``: stage -> seconds, and ``total``; ``wall_cached``: stage -> True when the time is the one stored
-  when a cached job was made
+- ``wall_seconds``: stage -> seconds (None for a cached job that stored none), ``total`` and ``this invocation``;
+  ``wall_cached``: stage -> True when the time is the one stored when a cached job was made; ``parallel``:
+  ``{jobs, threads_per_job}`` of the arm runs
 
 Statistics (``trainer.stats``, the project's one place for them): a 95 % Student-t interval over seeds for each
 arm, and for each ordering of the paper the t interval over seeds of the per-seed differences (arm seed s minus
@@ -150,11 +151,19 @@ def arm_summary(results: Dict) -> Dict[str, Dict[str, Tuple[Optional[float], Opt
     return out
 
 
+RUN_WALL_FIELDS = ('train_wall_seconds', 'eval_wall_seconds', 'curve_wall_seconds', 'hearing_wall_seconds')
+
+
+def run_wall(row: Dict) -> Optional[float]:
+    """The wall seconds of one arm run as its metrics store them: training, the test evaluation, the validation
+    curve and the hearing probe (``RUN_WALL_FIELDS``, those present); None when it has none of them."""
+    parts = [row[k] for k in RUN_WALL_FIELDS if row.get(k) is not None]
+    return float(sum(parts)) if parts else None
+
+
 def per_seed_wall(rows: Sequence[Dict]) -> Optional[float]:
-    """The mean wall seconds of one seed of an arm (training + evaluation as stored in its metrics); None when no
-    row has them."""
-    walls = [(r.get('train_wall_seconds') or 0.0) + (r.get('eval_wall_seconds') or 0.0) for r in rows
-             if r.get('train_wall_seconds') is not None or r.get('eval_wall_seconds') is not None]
+    """The mean ``run_wall`` of one seed of an arm; None when no row has one."""
+    walls = [w for w in (run_wall(r) for r in rows) if w is not None]
     return sum(walls) / len(walls) if walls else None
 
 
@@ -329,7 +338,7 @@ def results_json(results: Dict) -> Dict:
     """The data of ``results.json`` (module docstring; docs/miniature.md lists the keys), no absolute path."""
     results = add_mrr(results)
     keep = ('seed', 'speech_acc', 'text_acc', 'hearing_acc', 'mrr', 'mrr_start', 'curve', 'allwrong', 'checkpoint',
-            'steps', 'train_wall_seconds', 'eval_wall_seconds', 'cached')
+            'steps', *RUN_WALL_FIELDS, 'cached')
     summ = arm_summary(results)
     start = results.get('stage2', {})
     data = {
@@ -344,7 +353,7 @@ def results_json(results: Dict) -> Dict:
                      for arm, v in allwrong_summary(results).items()},
         'validity': validity(results),
         'wall_seconds': results.get('wall_seconds', {}), 'wall_cached': results.get('wall_cached', {}),
-        'parallel': results.get('parallel'),
+        'parallel': results.get('parallel'), 'elapsed_estimate_seconds': elapsed_estimate(results),
         'paper_ablation': {'rows': paper_ablation()[0], 'source': paper_ablation()[1],
                            'differences': paper_differences()},
         'training_curves': results.get('training_curves', {}),
@@ -631,6 +640,19 @@ def _seconds(s: Optional[float]) -> str:
     return '-' if s is None else f'{s:.0f} s'
 
 
+def elapsed_estimate(results: Dict) -> Optional[float]:
+    """The seconds one uninterrupted call of a pipeline that ran its arm runs ``parallel.jobs`` at once would take:
+    every other job's seconds plus the arm runs' divided by the jobs (``wall_seconds``, without 'total' and 'this
+    invocation'); None when the arm runs went one at a time."""
+    jobs = (results.get('parallel') or {}).get('jobs') or 1
+    if jobs <= 1:
+        return None
+    wall = {k: v for k, v in results.get('wall_seconds', {}).items()
+            if v is not None and k not in ('total', 'this invocation')}
+    arms = sum(v for k, v in wall.items() if k.startswith('arm '))
+    return sum(v for k, v in wall.items() if not k.startswith('arm ')) + arms / jobs
+
+
 def report_section(results: Dict, figure_dir: str) -> str:
     """The generated region of docs/miniature.md (between the markers); ``figure_dir`` is the figures' folder
     relative to the markdown file. No absolute path."""
@@ -677,16 +699,23 @@ def report_section(results: Dict, figure_dir: str) -> str:
             'the share of those rollouts whose advantage is not 0.', '', allwrong_table(results)]
     out += ['### Wall time', '']
     par = results.get('parallel') or {}
-    if (par.get('jobs') or 1) > 1:
+    elapsed = elapsed_estimate(results)
+    if elapsed is not None:
         out += [f"The arm runs went {par['jobs']} at once, {par.get('threads_per_job')} torch thread(s) each: an "
-                "arm's seconds are its runs' own, so their sum exceeds the time they took together ('this "
-                "invocation' is the elapsed time of the call).", '']
+                "arm's seconds are its runs' own (training, test evaluation, validation curve, hearing probe), so "
+                "'total', their sum with the other jobs', exceeds the time they took together. One uninterrupted "
+                f"call takes about {elapsed / 3600:.1f} h: the other jobs' seconds plus the arm runs' divided by "
+                f"{par['jobs']}. 'this invocation' is the elapsed time of the call that wrote this report.", '']
     out += ['| stage | seconds | |', '|---|---|---|']
     for stage, seconds in wall.items():
         note = ''
         if cached.get(stage):   # a cached stage is evaluated again in each call; an arm's evaluation is cached too
-            note = ('cached: its training time stored when it was made, its evaluation this call'
-                    if stage.startswith('stage') else 'cached: the times stored when it was made')
+            if stage.startswith('stage'):
+                note = 'cached: its training time stored when it was made, its evaluation this call'
+            elif seconds is None:
+                note = 'cached: made by an earlier call that stored no time'
+            else:
+                note = 'cached: the time stored when it was made'
         out.append(f'| {stage} | {_seconds(seconds)} | {note} |')
     out += ['', '### Figures', '']
     for name in FIGURE_FILES:
