@@ -318,6 +318,12 @@ def test_wall_times_count_every_part_of_a_run_and_estimate_the_elapsed_time():
         results['arms'][arm] = [dict(r, curve_wall_seconds=69.0, hearing_wall_seconds=29.0, train_wall_seconds=373.0,
                                      eval_wall_seconds=161.0) for r in results['arms'][arm]]
     assert report.paired(results)['tars - tars_global']['extra_hours'] == round(43 * 2 * 632 / 3600, 2)   # 15.1
+    # two runs at once: the same seeds in half the elapsed time (each run's seconds were measured side by side)
+    two = dict(results, parallel={'jobs': 2, 'threads_per_job': 1})
+    assert report.paired(two)['tars - tars_global']['extra_hours'] == round(43 * 632 / 3600, 2)
+    assert report.goal_plan(two)['arms']['tars_global']['hours'] == round(43 * 632 / 2 / 3600, 2)
+    assert "about 7.5 h of both arms' runs at their measured per-seed wall time, 2 at once." in '\n'.join(
+        report.goal_lines(two))
     # one job at a time: no estimate; two: the arm runs' seconds halved, the rest as they are
     results['wall_seconds'] = {'stage1': 700.0, 'stage2': 360.0, 'hearing probe (start)': None,
                                'arm grpo': 1000.0, 'arm tars': 600.0, 'layer similarity': 40.0, 'total': 2700.0,

@@ -154,6 +154,11 @@ def arm_summary(results: Dict) -> Dict[str, Dict[str, Tuple[Optional[float], Opt
 RUN_WALL_FIELDS = ('train_wall_seconds', 'eval_wall_seconds', 'curve_wall_seconds', 'hearing_wall_seconds')
 
 
+def parallel_jobs(results: Dict) -> int:
+    """How many arm runs went at once (``parallel.jobs``; 1 when not recorded)."""
+    return int((results.get('parallel') or {}).get('jobs') or 1)
+
+
 def run_wall(row: Dict) -> Optional[float]:
     """The wall seconds of one arm run as its metrics store them: training, the test evaluation, the validation
     curve and the hearing probe (``RUN_WALL_FIELDS``, those present); None when it has none of them."""
@@ -186,9 +191,11 @@ def paired(results: Dict, value=lambda row: row.get('speech_acc'), goal: Optiona
     """ordering -> ``{diff, lo, hi, n_seeds, sd, half_width, verdict}`` over the seeds both arms ran: the t interval
     of the per-seed differences ``value(arm row) - value(other row)`` (fractions). With ``goal`` (the speech
     accuracy) also ``goal_met`` (half-width <= goal), and, for an ordering that misses it, ``seeds_needed`` (what the
-    observed per-seed SD implies for the goal), ``extra_seeds`` and ``extra_hours`` (those seeds of both arms at
-    their measured per-seed wall time). Orderings whose arms were not both run are left out."""
+    observed per-seed SD implies for the goal), ``extra_seeds`` and ``extra_hours`` (the elapsed hours of those
+    seeds of both arms at their measured per-seed wall time, ``parallel.jobs`` runs at once as they ran). Orderings
+    whose arms were not both run are left out."""
     arms = results.get('arms', {})
+    jobs = parallel_jobs(results)
     out: Dict[str, Dict] = {}
     for arm, other in ORDERINGS:
         if arm not in arms or other not in arms:
@@ -212,15 +219,16 @@ def paired(results: Dict, value=lambda row: row.get('speech_acc'), goal: Optiona
                     entry['extra_seeds'] = max(0, need - len(seeds))
                     walls = [per_seed_wall(arms[arm]), per_seed_wall(arms[other])]
                     if None not in walls:
-                        entry['extra_hours'] = round(entry['extra_seeds'] * sum(walls) / 3600, 2)
+                        entry['extra_hours'] = round(entry['extra_seeds'] * sum(walls) / jobs / 3600, 2)
         out[ordering_name(arm, other)] = entry
     return out
 
 
 def goal_plan(results: Dict) -> Dict:
     """What the half-width goal asks of the whole run: per arm the seeds its orderings that miss the goal need (the
-    largest ``seeds_needed`` among them), the extra seeds beyond those run, and the hours of them all at each arm's
-    measured per-seed wall time (an arm shared by several orderings counted once). ``{'arms': {arm: {seeds_needed,
+    largest ``seeds_needed`` among them), the extra seeds beyond those run, and the elapsed hours of them all at each
+    arm's measured per-seed wall time, ``parallel.jobs`` runs at once (an arm shared by several orderings counted
+    once). ``{'arms': {arm: {seeds_needed,
     extra_seeds, hours}}, 'hours': total or None when a wall time is missing}``; arms whose orderings all meet the
     goal (or have one seed, no SD) are left out."""
     arms = results.get('arms', {})
@@ -234,7 +242,7 @@ def goal_plan(results: Dict) -> Dict:
         extra = max(0, need[arm] - len({r['seed'] for r in arms[arm]}))
         wall = per_seed_wall(arms[arm])
         out[arm] = {'seeds_needed': need[arm], 'extra_seeds': extra,
-                    'hours': None if wall is None else round(extra * wall / 3600, 2)}
+                    'hours': None if wall is None else round(extra * wall / parallel_jobs(results) / 3600, 2)}
     hours = [v['hours'] for v in out.values()]
     return {'arms': out, 'hours': None if None in hours else round(sum(hours), 2)}
 
@@ -604,7 +612,7 @@ def paired_table(results: Dict) -> str:
 
 def goal_lines(results: Dict) -> List[str]:
     """For each ordering that misses the half-width goal: why (its per-seed SD) and what more seeds would cost."""
-    out = []
+    out, jobs = [], parallel_jobs(results)
     for name, e in paired(results).items():
         if e.get('goal_met') or not e['n_seeds']:
             continue
@@ -615,7 +623,8 @@ def goal_lines(results: Dict) -> List[str]:
             out.append(f"- {name}: per-seed SD {100 * e['sd']:.1f} points; more than 10000 seeds would be needed.")
             continue
         cost = ('' if e['extra_hours'] is None else
-                f", about {e['extra_hours']:.1f} h of both arms' runs at their measured per-seed wall time")
+                f", about {e['extra_hours']:.1f} h of both arms' runs at their measured per-seed wall time"
+                + (f', {jobs} at once' if jobs > 1 else ''))
         out.append(f"- {name}: half-width ±{100 * e['half_width']:.1f} points from a per-seed SD of "
                    f"{100 * e['sd']:.1f} points over {e['n_seeds']} seeds; that SD implies {e['seeds_needed']} seeds "
                    f"for ±{100 * GOAL_HALF_WIDTH:g}: {e['extra_seeds']} more{cost}.")
@@ -644,7 +653,7 @@ def elapsed_estimate(results: Dict) -> Optional[float]:
     """The seconds one uninterrupted call of a pipeline that ran its arm runs ``parallel.jobs`` at once would take:
     every other job's seconds plus the arm runs' divided by the jobs (``wall_seconds``, without 'total' and 'this
     invocation'); None when the arm runs went one at a time."""
-    jobs = (results.get('parallel') or {}).get('jobs') or 1
+    jobs = parallel_jobs(results)
     if jobs <= 1:
         return None
     wall = {k: v for k, v in results.get('wall_seconds', {}).items()
