@@ -1,4 +1,4 @@
-"""The miniature's foundation (docs/miniature.md, "World and tokenizer"): the seeded world generator, its
+"""The miniature's foundation (docs/miniature.md, "The world" and "The tokenizer"): the seeded world generator, its
 speech plan and hf_format build, and the small tokenizer. No model is loaded; the one espeak build speaks six
 short clips (run this file under the heavy lock)."""
 from __future__ import annotations

@@ -85,8 +85,8 @@ class Setting:
     # stage 2's later phases, in order, each a full SFT from the previous phase's checkpoint with the stage-2
     # recipe and flags and its own number of steps: ('probe', N) the hearing rows alone, ('mixed', N) the rows of
     # the first phase again. FULL: the first phase hears a quarter of the values, hearing rows alone raise that to
-    # nearly all but unlearn answering, and the mixed rows again bring answering back (docs/miniature.md, "The
-    # start")
+    # nearly all but unlearn answering, and the mixed rows again bring answering back (docs/miniature.md, "Why
+    # stage 2 has three phases")
     stage2_phases: Tuple[Tuple[str, int], ...] = ()
     eval_items: int = 300                # the first N test items are evaluated
     # stage 3's validation curves (scripts.miniature.arms.val_curve): every curve_every optimizer steps, the first
