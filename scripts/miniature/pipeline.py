@@ -168,14 +168,11 @@ def _hearing_job(checkpoint: Path, setting: stages.Setting,
                  cache_dir: Optional[Path]) -> Tuple[Dict, Optional[float], bool]:
     """The hearing probe of ``checkpoint`` on the first ``eval_items`` test items (cached per checkpoint by the
     probe itself); (its result, wall seconds, cached). Cached: every answer was made by an earlier call. The
-    seconds are those the probe stored for all its calls (a resumed probe counts each), or this call's when it
-    stored none (None when cached without them)."""
+    seconds are those the probe stores with its answers, over all its calls (None for answers made before it
+    stored them)."""
     from scripts.miniature import hearing
-    t0 = time.perf_counter()
     result = hearing.probe(checkpoint, setting, cache_dir, split='test', max_items=setting.eval_items)
-    cached = not result.get('generated')
-    stored = result.get('wall_seconds')
-    return result, (stored if stored is not None or cached else time.perf_counter() - t0), cached
+    return result, result.get('wall_seconds'), not result.get('generated')
 
 
 def _arm_job(arm: str, seed: int, setting: stages.Setting, steps: Optional[int],
