@@ -20,6 +20,24 @@ _tars_jemalloc() {
     return 0
 }
 
+# A new venv fills several GB (measured: .venv 7.4 GB, .venv-vllm-cpu 8.4 GB, both mostly CUDA torch's
+# libraries); pip fails half-way with "No space left on device" when the disk runs out, so check first.
+# The GPU stack's figure is a floor (it holds at least the same CUDA torch). TARS_DISK_CHECK=0 skips it.
+_tars_disk_check() {
+    local venv=$1 stack=$2 need_gb free_kb dir
+    [ "${TARS_DISK_CHECK:-1}" != 0 ] || return 0
+    case "$stack" in vllm-cpu) need_gb=9 ;; *) need_gb=8 ;; esac
+    dir=$(dirname "$venv")
+    free_kb=$(df -Pk "$dir" 2>/dev/null | awk 'NR == 2 { print $4 }')
+    [ -n "$free_kb" ] || return 0
+    if [ "$free_kb" -lt $(( need_gb * 1024 * 1024 )) ]; then
+        echo "env.sh: $(( free_kb / 1024 / 1024 )) GB free on the disk of $dir; a new $venv ($stack stack) needs" \
+             "about $need_gb GB. Free some space or set TARS_VENV to a venv on another disk (TARS_DISK_CHECK=0 skips" \
+             "this check)" >&2
+        return 1
+    fi
+}
+
 _tars_env_main() {
     local root venv stack python stamp hash
     root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -41,6 +59,7 @@ _tars_env_main() {
     hash=$(cat "$root"/requirements*.txt "$root"/constraints*.txt | sha256sum | cut -c1-16)
     stamp="$venv/.tars-stack-$stack-$hash"
     if [ ! -f "$stamp" ]; then
+        [ -x "$venv/bin/python" ] || _tars_disk_check "$venv" "$stack" || return 1
         echo "env.sh: setting up $venv ($stack stack)" >&2
         [ -x "$venv/bin/python" ] || "$python" -m venv "$venv" || return 1
         local pip=("$venv/bin/python" -m pip install --disable-pip-version-check)

@@ -208,3 +208,26 @@ def test_a_rebuilt_set_whose_row_keeps_its_key_gets_its_new_clip(tmp_path):
     tone = 0.5 * np.sin(np.linspace(0, 400, 1600))
     rebuilt = write_clip({'key': 'k1', 'audio': {'bytes': encode_wav_bytes(tone), 'path': None}}, 'd', clips)
     assert rebuilt != first and np.abs(sf.read(rebuilt)[0]).max() > 0.4 and np.abs(sf.read(first)[0]).max() == 0
+
+
+@pytest.mark.slow  # the slow tier (tests/conftest.py)
+def test_env_sh_stops_before_a_new_venv_when_the_disk_is_too_full(tmp_path):
+    # a stub df on PATH reports 1 GB free: env.sh must stop with one line naming the disk, before creating anything
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'df').write_text('#!/bin/sh\necho "Filesystem 1024-blocks Used Available Capacity Mounted"\n'
+                                'echo "/dev/x 100000000 99000000 1048576 99% /"\n')
+    (bin_dir / 'df').chmod(0o755)
+    venv = tmp_path / 'venvs' / 'v'
+    venv.parent.mkdir()
+    env = {**os.environ, 'PATH': f'{bin_dir}:{os.environ["PATH"]}', 'TARS_VENV': str(venv), 'TARS_STACK': 'cpu'}
+    r = subprocess.run(['bash', str(REPO / 'env.sh')], env=env, capture_output=True, text=True)
+    assert r.returncode == 1
+    assert f'env.sh: 1 GB free on the disk of {venv.parent}; a new {venv} (cpu stack) needs about 8 GB' in r.stderr
+    assert not venv.exists()
+    # TARS_DISK_CHECK=0 skips the check (checked up to the set-up message only: the stub venv command fails)
+    (bin_dir / 'python3').write_text('#!/bin/sh\nexit 3\n')
+    (bin_dir / 'python3').chmod(0o755)
+    r = subprocess.run(['bash', str(REPO / 'env.sh')], capture_output=True, text=True,
+                       env={**env, 'TARS_DISK_CHECK': '0', 'PYTHON': str(bin_dir / 'python3')})
+    assert 'GB free' not in r.stderr and 'setting up' in r.stderr and r.returncode == 1
