@@ -26,7 +26,7 @@ def test_helpers(tmp_path):
     assert pipeline.default_report_paths(FULL, None) == (REPO / 'docs' / 'miniature', REPO / 'docs' / 'miniature.md')
     quick_dir, quick_md = pipeline.default_report_paths(QUICK, tmp_path)
     assert quick_dir == tmp_path / 'miniature' / 'report-quick' and quick_md == quick_dir / 'report.md'
-    assert (pipeline.FULL_SEEDS, pipeline.QUICK_SEEDS) == ((0, 1, 2, 3, 4), (0,))
+    assert (pipeline.FULL_SEEDS, pipeline.QUICK_SEEDS) == ((0, 1, 2, 3, 4, 5), (0,))
     with pytest.raises(SystemExit):
         pipeline.main(['--arms', 'grpo,nonsense', '--quick', '--cache_dir', str(tmp_path)])
 

@@ -4,7 +4,7 @@
 # stage 3 (the same seeds for every arm), the layer-similarity analysis and the report (docs/miniature.md's
 # generated region, docs/miniature/results.json and figures).
 #
-#   bash scripts/miniature/run.sh                          # the full run (seeds 0-4, every arm); writes docs/
+#   bash scripts/miniature/run.sh                          # the full run (seeds 0-5, every arm); writes docs/
 #   bash scripts/miniature/run.sh --quick                  # toy size, seed 0, every stage and arm, minutes;
 #                                                          # report under $TARS_CACHE/miniature/report-quick/
 #   bash scripts/miniature/run.sh --seeds 0,1,2,3,4,5,6 --arms grpo,tars --steps 40
